@@ -1,0 +1,123 @@
+"""``bin/jaxmi``: the command-line entry point.
+
+Every user error (bad config field, missing data, wrong checkpoint) prints one line
+``jaxmi: error: ...`` to stderr and exits with status 2; nothing already written is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from jaxmi.errors import JaxmiError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
+  if config:
+    p.add_argument("--config", required=True, help="experiment config (a Python file under configs/)")
+    p.add_argument("overrides", nargs="*", metavar="field=value",
+                   help="config overrides, e.g. train.epochs=2 data.private_ids=0:20")
+  p.add_argument("--workdir", help="output directory (default: the config's workdir)")
+  p.add_argument("--data-dir", help="directory holding the raw datasets (default: $JAXMI_DATA_DIR, else ~/jaxmi_data)")
+  p.add_argument("--cache-dir", help="where prepared datasets are kept (default: $JAXMI_CACHE_DIR, else ~/.cache/jaxmi)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="jaxmi", description="Model-inversion attacks and defenses in JAX.")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  p = sub.add_parser("train-classifier", help="train a target or evaluation classifier on the private split")
+  _add_common(p)
+
+  p = sub.add_parser("evaluate", help="natural accuracy of a trained classifier on its private test split")
+  p.add_argument("checkpoint_workdir", help="workdir of a trained classifier")
+  _add_common(p, config=False)
+
+  p = sub.add_parser("prepare-data", help="download (if needed), verify and prepare a dataset")
+  p.add_argument("dataset", help="mnist | att_faces | image_folder")
+  p.add_argument("--root", help="image_folder: the root directory <root>/<identity>/<image>")
+  _add_common(p, config=False)
+
+  p = sub.add_parser("demo", help="a few-minute end-to-end run on MNIST (or scikit-learn digits)")
+  _add_common(p, config=False)
+  p.add_argument("--epochs", type=int, default=1, help="classifier epochs (default 1)")
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.data_dir:
+    os.environ["JAXMI_DATA_DIR"] = str(Path(args.data_dir).absolute())
+  if args.cache_dir:
+    os.environ["JAXMI_CACHE_DIR"] = str(Path(args.cache_dir).absolute())
+  try:
+    return COMMANDS[args.command](args)
+  except JaxmiError as e:
+    print(f"jaxmi: error: {e}", file=sys.stderr)
+    return EXIT_USER_ERROR
+  except KeyboardInterrupt as e:
+    print(f"jaxmi: {e or 'interrupted'}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _train_classifier(args) -> int:
+  from jaxmi import config as config_lib
+  from jaxmi.train import train_classifier
+
+  cfg = config_lib.load_config(args.config, args.overrides)
+  if args.workdir:
+    cfg = config_lib.replace(cfg, workdir=args.workdir)
+  train_classifier(cfg, progress=not args.no_progress)
+  return 0
+
+
+def _evaluate(args) -> int:
+  from jaxmi.data import load_splits
+  from jaxmi.train import evaluate, load_classifier, make_eval_step
+
+  clf = load_classifier(args.checkpoint_workdir)
+  splits = load_splits(_saved_data_config(args.checkpoint_workdir))
+  result = evaluate(make_eval_step(clf.module), clf.variables, splits.private_test, 500)
+  print(f"{clf.config.name}: private test top-1 {100 * result['acc']:.2f}%  top-5 {100 * result['acc5']:.2f}%  "
+        f"({result['count']} images)")
+  return 0
+
+
+def _saved_data_config(workdir: str):
+  from jaxmi.data import DataConfig
+  from jaxmi.train import Checkpointer
+
+  ckpt = Checkpointer(Path(workdir) / "checkpoints")
+  saved = ckpt.meta()["config"]["data"]
+  ckpt.close()
+  saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+  saved.update(data_dir=None if saved.get("dataset") != "image_folder" else saved.get("data_dir"), cache_dir=None)
+  return DataConfig(**saved)
+
+
+def _prepare_data(args) -> int:
+  from jaxmi.data import prepare
+
+  print(prepare(args.dataset, data_dir=args.root))
+  return 0
+
+
+def _demo(args) -> int:
+  from jaxmi.demo import run_demo
+
+  run_demo(workdir=args.workdir or "runs/demo", epochs=args.epochs, progress=not args.no_progress)
+  return 0
+
+
+COMMANDS = {
+    "train-classifier": _train_classifier,
+    "evaluate": _evaluate,
+    "prepare-data": _prepare_data,
+    "demo": _demo,
+}

@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Anything a user can cause (a missing file, a bad config field, a checkpoint of the
+wrong model) raises `JaxmiError` with one line that names the file/field and what
+was expected. The CLI prints that line and exits non-zero; tracebacks are kept for
+bugs.
+"""
+
+
+class JaxmiError(Exception):
+  """An error caused by the user's input; its message is one self-contained line."""
+
+
+class DataError(JaxmiError):
+  """Dataset files are missing, corrupt or do not match their checksums."""
+
+
+class ConfigError(JaxmiError):
+  """A config file or override names an unknown field or a bad value."""
+
+
+class CheckpointError(JaxmiError):
+  """A checkpoint is missing or belongs to a different model."""

@@ -1,0 +1,72 @@
+"""Networks: classifiers (targets, evaluation models, surrogates); GANs come later.
+
+``build_classifier(ModelConfig, num_classes)`` returns a Linen module whose variables are
+plain dicts ``{"params": ..., "batch_stats": ...}``; jitted code receives them as arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxmi.errors import ConfigError
+from jaxmi.nets.classifiers import VGG, VGG16_LAYOUT, ClassifierOutput, LinearHead, ResNet, SmallCNN
+
+VGG_LAYOUTS = {
+    "vgg16": VGG16_LAYOUT,
+    # Three pooling stages: the VGG family at MNIST/32-px scale.
+    "vgg_small": (64, 64, "M", 128, 128, "M", 256, 256, "M"),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  arch: str = "cnn"                          # cnn | resnet | vgg
+  width: int = 32                            # base channels (cnn, resnet)
+  feature_dim: int = 128                     # penultimate size (cnn)
+  blocks: tuple[int, ...] = (2, 2, 2, 2)     # basic blocks per stage (resnet)
+  vgg_layout: str = "vgg16"                  # a key of VGG_LAYOUTS (vgg)
+  width_divisor: int = 1                     # divides every VGG stage width (vgg)
+  head: str = "linear"
+
+
+ARCHS = ("cnn", "resnet", "vgg")
+HEADS = ("linear",)
+
+
+def build_classifier(cfg: ModelConfig, num_classes: int):
+  if cfg.head not in HEADS:
+    raise ConfigError(f"model.head: unknown head '{cfg.head}'; expected one of {', '.join(HEADS)}")
+  if cfg.arch == "cnn":
+    return SmallCNN(num_classes, width=cfg.width, feature_dim=cfg.feature_dim)
+  if cfg.arch == "resnet":
+    return ResNet(num_classes, width=cfg.width, blocks=tuple(cfg.blocks))
+  if cfg.arch == "vgg":
+    if cfg.vgg_layout not in VGG_LAYOUTS:
+      raise ConfigError(f"model.vgg_layout: unknown layout '{cfg.vgg_layout}'; expected one of {', '.join(VGG_LAYOUTS)}")
+    return VGG(num_classes, layout=VGG_LAYOUTS[cfg.vgg_layout], width_divisor=cfg.width_divisor)
+  raise ConfigError(f"model.arch: unknown architecture '{cfg.arch}'; expected one of {', '.join(ARCHS)}")
+
+
+def init_variables(model, rng: jax.Array, image_shape: tuple[int, int, int]) -> dict:
+  """Initial ``{"params", "batch_stats"}`` for images of shape (H, W, C)."""
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((2, *image_shape), jnp.float32), train=False))(rng)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def shape_signature(tree) -> dict[str, list[int]]:
+  """``{"path/to/leaf": shape}``: what a checkpoint must match to belong to this model."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key(k) for k in path): list(leaf.shape) for path, leaf in flat}
+
+
+def _key(k) -> str:
+  return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+
+__all__ = [
+    "ARCHS", "ClassifierOutput", "LinearHead", "ModelConfig", "ResNet", "SmallCNN", "VGG",
+    "build_classifier", "init_variables", "shape_signature",
+]

@@ -1,0 +1,132 @@
+"""Image classifiers that expose logits, penultimate features and hidden activations.
+
+Every classifier maps images in [0, 1] (NHWC, no mean/std normalisation, as in the MI
+literature) to a ``ClassifierOutput``. Attacks need the logits, metrics (KNN distance,
+feature-FID) and LOMMA need the penultimate ``features``, BiDO needs the ``hidden``
+block outputs; so all three come out of every forward pass.
+
+Architectures:
+  * ``cnn``: a small conv net for MNIST-scale inputs (28-32 px).
+  * ``resnet``: a ResNet with basic blocks for 32-112 px faces (``resnet18`` layout by default).
+  * ``vgg``: VGG with BatchNorm (``vgg16`` layout by default), the standard MI target; at 64 px
+    its features are 512x2x2 = 2048 as in the reference VGG16 target.
+Heads are a separate module so defenses can swap them (CALoR's low-rank head, MID's VIB).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class ClassifierOutput(NamedTuple):
+  logits: Any     # [B, num_classes]
+  features: Any   # [B, feature_dim] penultimate representation
+  hidden: tuple   # block outputs, shallow to deep, each [B, ...]
+
+
+def _bn(train: bool, name: str | None = None):
+  # PyTorch-equivalent BN (momentum 0.1 there == 0.9 here) so imported weights behave the same.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class LinearHead(nn.Module):
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features, train: bool = False):
+    return nn.Dense(self.num_classes, name="fc")(features)
+
+
+class SmallCNN(nn.Module):
+  """Two conv-BN-ReLU-pool blocks and a dense feature layer (MNIST scale)."""
+  num_classes: int
+  width: int = 32
+  feature_dim: int = 128
+  head: nn.Module | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False) -> ClassifierOutput:
+    hidden = []
+    for i, ch in enumerate((self.width, 2 * self.width)):
+      x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=False, name=f"conv{i}")(x)
+      x = nn.relu(_bn(train, f"bn{i}")(x))
+      x = nn.max_pool(x, (2, 2), (2, 2))
+      hidden.append(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.Dense(self.feature_dim, use_bias=False, name="fc_feat")(x)
+    features = nn.relu(_bn(train, "bn_feat")(x))
+    hidden.append(features)
+    head = self.head or LinearHead(self.num_classes, name="head")
+    return ClassifierOutput(head(features, train), features, tuple(hidden))
+
+
+class BasicBlock(nn.Module):
+  channels: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    residual = x
+    y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)), use_bias=False)(x)
+    y = nn.relu(_bn(train)(y))
+    y = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(y)
+    y = _bn(train)(y)
+    if residual.shape != y.shape:
+      residual = nn.Conv(self.channels, (1, 1), (self.stride, self.stride), use_bias=False, name="proj")(residual)
+      residual = _bn(train, "proj_bn")(residual)
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """ResNet with basic blocks; the stem downsamples only for inputs larger than 32 px."""
+  num_classes: int
+  width: int = 64
+  blocks: Sequence[int] = (2, 2, 2, 2)
+  head: nn.Module | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False) -> ClassifierOutput:
+    large = x.shape[1] > 32
+    x = nn.Conv(self.width, (3, 3), (2, 2) if large else (1, 1), padding=((1, 1), (1, 1)), use_bias=False,
+                name="stem")(x)
+    x = nn.relu(_bn(train, "stem_bn")(x))
+    hidden = []
+    for stage, n in enumerate(self.blocks):
+      for b in range(n):
+        stride = 2 if (b == 0 and stage > 0) else 1
+        x = BasicBlock(self.width * 2**stage, stride, name=f"stage{stage}_block{b}")(x, train)
+      hidden.append(x)
+    features = jnp.mean(x, axis=(1, 2))
+    head = self.head or LinearHead(self.num_classes, name="head")
+    return ClassifierOutput(head(features, train), features, tuple(hidden))
+
+
+class VGG(nn.Module):
+  """VGG with BatchNorm; ``width_divisor`` shrinks every stage for small data and fast tests."""
+  num_classes: int
+  layout: Sequence[Any] = VGG16_LAYOUT
+  width_divisor: int = 1
+  head: nn.Module | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False) -> ClassifierOutput:
+    hidden = []
+    conv = 0
+    for item in self.layout:
+      if item == "M":
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        hidden.append(x)
+        continue
+      x = nn.Conv(max(int(item) // self.width_divisor, 1), (3, 3), padding=((1, 1), (1, 1)), name=f"conv{conv}")(x)
+      x = nn.relu(_bn(train, f"bn{conv}")(x))
+      conv += 1
+    x = x.reshape(x.shape[0], -1)
+    # As in the reference VGG16 target: flattened features -> BatchNorm1d -> linear head.
+    features = _bn(train, "bn_feat")(x)
+    head = self.head or LinearHead(self.num_classes, name="head")
+    return ClassifierOutput(head(features, train), features, tuple(hidden))

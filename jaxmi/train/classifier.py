@@ -1,0 +1,226 @@
+"""Training and loading classifiers: targets, evaluation models, defended targets.
+
+``train_classifier(config)`` trains on the private split with per-epoch evaluation on the
+private test split, writes ``metrics.jsonl``, ``summary.json`` and ``curves.png`` to the
+workdir, checkpoints every N steps and resumes from the latest checkpoint when run again.
+Resuming yields the same parameters as an uninterrupted run: the data order, augmentation
+and defense randomness are all functions of (seed, step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmi import config as config_lib
+from jaxmi.data import DataConfig, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
+from jaxmi.errors import ConfigError
+from jaxmi.nets import ModelConfig, build_classifier, init_variables, shape_signature
+from jaxmi.train import records
+from jaxmi.train.checkpoint import Checkpointer
+from jaxmi.train.optim import OptimConfig, make_optimizer
+from jaxmi.train.state import TrainState
+from jaxmi.train.step import AugmentConfig, Defense, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  epochs: int = 10
+  batch_size: int = 64
+  eval_batch_size: int = 500
+  seed: int = 0
+  log_every: int = 50               # steps between metric flushes (the only host syncs)
+  checkpoint_every: int = 500       # steps
+  keep_checkpoints: int = 3
+  augment: AugmentConfig = AugmentConfig()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClassifierConfig:
+  name: str = "classifier"
+  role: str = "target"              # target | evaluation: recorded so later stages pick the right model
+  workdir: str = "runs/classifier"
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  optim: OptimConfig = OptimConfig()
+  train: TrainConfig = TrainConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+  """A trained classifier ready for jitted use: ``module.apply(variables, x)``."""
+  module: Any
+  variables: dict
+  config: ClassifierConfig
+  num_classes: int
+  image_shape: tuple[int, int, int]
+
+  def apply(self, variables: dict, images: jax.Array):
+    return self.module.apply(variables, images, train=False)
+
+
+def arch_meta(model_cfg: ModelConfig, num_classes: int, image_shape: tuple[int, ...]) -> dict:
+  return {**config_lib.to_dict(model_cfg), "num_classes": num_classes, "image_shape": list(image_shape)}
+
+
+def _validate(cfg: ClassifierConfig) -> None:
+  t = cfg.train
+  for field in ("epochs", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+    if getattr(t, field) <= 0:
+      raise ConfigError(f"train.{field}: expected a positive integer, got {getattr(t, field)}")
+  if cfg.role not in ("target", "evaluation"):
+    raise ConfigError(f"role: expected 'target' or 'evaluation', got '{cfg.role}'")
+
+
+def evaluate(eval_step, variables: dict, split, batch_size: int) -> dict:
+  """Top-1/top-5 accuracy and mean loss over a split; one host transfer at the end."""
+  totals = None
+  for batch in eval_batches(split, batch_size):
+    sums = eval_step(variables, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  n = max(float(totals["count"]), 1.0)
+  return {"acc": totals["correct"] / n, "acc5": totals["correct5"] / n, "loss": totals["loss"] / n, "count": int(n)}
+
+
+def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, defense: Defense = Defense(),
+                     progress: bool = True, stop_at_step: int | None = None, log=print) -> dict:
+  """Trains (or resumes) ``cfg`` and returns the summary written to ``<workdir>/summary.json``.
+
+  ``stop_at_step`` ends the run early as an interruption would (after saving), for resume tests.
+  """
+  _validate(cfg)
+  workdir = Path(cfg.workdir)
+  splits = splits if splits is not None else load_splits(cfg.data)
+  train_split, test_split = splits.private_train, splits.private_test
+  num_classes = splits.num_private_classes
+  image_shape = tuple(train_split.images.shape[1:])
+  log(f"[{cfg.name}] data: {splits.description}; {len(train_split)} train / {len(test_split)} test images, "
+      f"{num_classes} classes, {image_shape}")
+
+  module = build_classifier(cfg.model, num_classes) if defense.head(num_classes) is None else \
+      dataclasses.replace(build_classifier(cfg.model, num_classes), head=defense.head(num_classes))
+  spe = steps_per_epoch(len(train_split), cfg.train.batch_size)
+  total_steps = spe * cfg.train.epochs
+  tx = make_optimizer(cfg.optim, spe, total_steps)
+
+  rng = jax.random.PRNGKey(cfg.train.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  variables = init_variables(module, init_rng, image_shape)
+  tx = defense.optimizer(tx, variables["params"])
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                     batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+                     defense_state=defense.init_state(variables), rng=state_rng)
+  meta = {"kind": "classifier", "defense": defense.name, "arch": arch_meta(cfg.model, num_classes, image_shape),
+          "signature": shape_signature(variables), "config": config_lib.to_dict(cfg)}
+
+  ckpt = Checkpointer(workdir / "checkpoints", every_steps=cfg.train.checkpoint_every,
+                      keep=cfg.train.keep_checkpoints)
+  start = ckpt.latest_step()
+  if start is not None:
+    changed = [k for k in config_lib.diff(ckpt.meta(start)["config"], meta["config"])
+               if not k.startswith(("train.epochs", "train.log_every", "data.data_dir", "data.cache_dir"))]
+    state = TrainState.from_dict(ckpt.restore(state.as_dict(), meta, start))
+    log(f"[{cfg.name}] resuming from {ckpt.directory}/{start}" +
+        (f" (config differs from the checkpoint's in: {', '.join(changed)})" if changed else ""))
+  start = int(start or 0)
+
+  train_step = make_train_step(module, tx, defense, cfg.train.augment)
+  eval_step = make_eval_step(module)
+  writer = records.JsonlWriter(workdir / "metrics.jsonl")
+  batches = train_batches(train_split, cfg.train.batch_size, cfg.train.seed, start_step=start)
+  bar = _progress(progress, total_steps, start, cfg.name)
+  pending: list[dict] = []
+  step = start
+  t0 = time.time()
+  try:
+    while step < total_steps:
+      state, metrics = train_step(state, next(batches))
+      step += 1
+      pending.append(metrics)
+      if step % cfg.train.log_every == 0 or step % spe == 0 or step == total_steps:
+        train_metrics = records.mean_metrics(jax.device_get(pending))
+        pending = []
+        if not np.isfinite(train_metrics["loss"]):
+          raise FloatingPointError(f"[{cfg.name}] loss became {train_metrics['loss']} at step {step}")
+        record = {"step": step, "epoch": step / spe, **{f"train/{k}": v for k, v in train_metrics.items()}}
+        if step % spe == 0 or step == total_steps:
+          test = evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
+          record.update({"test/acc": test["acc"], "test/acc5": test["acc5"], "test/loss": test["loss"]})
+        writer.write(record)
+        if bar is not None:
+          bar.set_postfix({k.split("/")[-1] if k != "test/acc" else "test_acc": f"{v:.4f}"
+                           for k, v in record.items() if k in ("train/loss", "train/acc", "test/acc")})
+      if bar is not None:
+        bar.update(1)
+      ckpt.save(step, state.as_dict(), {**meta, "step": step})
+      if stop_at_step is not None and step >= stop_at_step and step < total_steps:
+        ckpt.save(step, state.as_dict(), {**meta, "step": step}, force=True)
+        ckpt.close()
+        return {"interrupted_at_step": step}
+  except KeyboardInterrupt:
+    ckpt.save(step, state.as_dict(), {**meta, "step": step}, force=True)
+    ckpt.close()
+    raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved in {ckpt.directory}; "
+                            "run the same command again to resume") from None
+  finally:
+    batches.close()
+    if bar is not None:
+      bar.close()
+  elapsed = time.time() - t0
+  ckpt.save(step, state.as_dict(), {**meta, "step": step}, force=True)
+  ckpt.close()
+
+  test = evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
+  train_eval = evaluate(eval_step, state.variables, train_split, cfg.train.eval_batch_size)
+  summary = {
+      "name": cfg.name, "role": cfg.role, "defense": defense.name,
+      "natural_accuracy": test["acc"], "natural_accuracy_top5": test["acc5"], "test_loss": test["loss"],
+      "train_accuracy": train_eval["acc"], "test_images": test["count"], "train_images": len(train_split),
+      "num_classes": num_classes, "steps": step, "epochs": cfg.train.epochs,
+      "train_seconds_this_run": round(elapsed, 2), "resumed_from_step": start,
+      "data": splits.description, "checkpoints": str(ckpt.directory), "config": config_lib.to_dict(cfg),
+  }
+  records.write_json(workdir / "summary.json", summary)
+  records.plot_curves(records.read_jsonl(workdir / "metrics.jsonl"), workdir / "curves.png",
+                      f"{cfg.name}: test top-1 {100 * test['acc']:.2f}%")
+  log(f"[{cfg.name}] natural (private test) accuracy {100 * test['acc']:.2f}% (top-5 {100 * test['acc5']:.2f}%), "
+      f"train accuracy {100 * train_eval['acc']:.2f}%, {step} steps, {elapsed:.1f}s this run; "
+      f"results in {workdir}")
+  return summary
+
+
+def load_classifier(workdir: str | Path, *, expect_role: str | None = None) -> Classifier:
+  """Rebuilds a trained classifier from its workdir's latest checkpoint."""
+  ckpt = Checkpointer(Path(workdir) / "checkpoints")
+  meta = ckpt.meta()
+  if meta.get("kind") != "classifier":
+    raise ConfigError(f"{ckpt.directory}: holds a '{meta.get('kind')}' checkpoint; expected a classifier")
+  saved = meta["config"]
+  model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["model"].items()})
+  arch = meta["arch"]
+  if expect_role is not None and saved.get("role") != expect_role:
+    raise ConfigError(f"{ckpt.directory}: is a '{saved.get('role')}' model; expected a '{expect_role}' model")
+  module = build_classifier(model_cfg, arch["num_classes"])
+  image_shape = tuple(arch["image_shape"])
+  abstract = jax.eval_shape(lambda: init_variables(module, jax.random.PRNGKey(0), image_shape))
+  expected = {**meta, "signature": shape_signature(abstract)}
+  state = ckpt.restore(None, expected)  # None: the saved structure; only params and statistics are used
+  ckpt.close()
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  cfg = config_lib.replace(ClassifierConfig(), name=saved["name"], role=saved["role"], workdir=str(workdir),
+                           model=model_cfg)
+  return Classifier(module, variables, cfg, arch["num_classes"], image_shape)
+
+
+def _progress(enabled: bool, total: int, initial: int, name: str):
+  if not enabled:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True)
