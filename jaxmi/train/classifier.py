@@ -22,7 +22,7 @@ from jaxmi import config as config_lib
 from jaxmi.data import DataConfig, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
 from jaxmi.errors import ConfigError
 from jaxmi.nets import ModelConfig, build_classifier, init_variables, shape_signature
-from jaxmi.train import records
+from jaxmi import records
 from jaxmi.train.checkpoint import Checkpointer
 from jaxmi.train.optim import OptimConfig, make_optimizer
 from jaxmi.train.state import TrainState

@@ -83,3 +83,23 @@ def plot_curves(records: list[dict], path: str | Path, title: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def save_grid(images, path: str | Path, *, ncol: int | None = None, pad: int = 2, scale: int = 1) -> None:
+  """Writes images ([N, H, W, C] in [0, 1]) as one PNG grid, row-major."""
+  from PIL import Image
+
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  ncol = ncol or int(np.ceil(np.sqrt(n)))
+  nrow = int(np.ceil(n / ncol))
+  canvas = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), np.float32)
+  for i in range(n):
+    r, col = divmod(i, ncol)
+    canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+  pixels = (canvas * 255 + 0.5).astype(np.uint8)
+  img = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+  if scale > 1:
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+  Path(path).parent.mkdir(parents=True, exist_ok=True)
+  img.save(path)

@@ -1,0 +1,130 @@
+"""Classifier training on real MNIST digits: learning, exact resume, checkpoint safety, no recompiles."""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxmi import config as config_lib
+from jaxmi.data import DataConfig, load_splits, train_batches
+from jaxmi.errors import CheckpointError
+from jaxmi.nets import ModelConfig, build_classifier, init_variables
+from jaxmi.train import (ClassifierConfig, Defense, OptimConfig, TrainConfig, TrainState, load_classifier,
+                         make_train_step, train_classifier)
+from jaxmi.records import read_jsonl
+
+PRIVATE = (0, 1, 2, 3, 4)
+SMALL_MNIST = DataConfig(dataset="mnist", image_size=28, channels=1, private_ids=PRIVATE, public_ids=(5, 6, 7, 8, 9),
+                         max_per_class=200)
+
+
+@pytest.fixture(scope="module")
+def mnist_small(cache_root, data_root):
+  return load_splits(SMALL_MNIST)
+
+
+def small_config(workdir, **train) -> ClassifierConfig:
+  return ClassifierConfig(
+      name="t", workdir=str(workdir), data=SMALL_MNIST, model=ModelConfig(arch="cnn", width=8, feature_dim=32),
+      optim=OptimConfig(name="sgd", learning_rate=0.05, schedule="cosine"),
+      train=TrainConfig(**{"epochs": 2, "batch_size": 50, "log_every": 5, "checkpoint_every": 7, **train}))
+
+
+def quiet(*args):
+  pass
+
+
+def test_target_learns_the_private_digits(tmp_path, mnist_small):
+  summary = train_classifier(small_config(tmp_path, epochs=3), splits=mnist_small, progress=False, log=quiet)
+  # 1000 training images, 60 steps: chance is 20%; a working pipeline is far above it.
+  assert summary["natural_accuracy"] >= 0.90, summary["natural_accuracy"]
+  assert summary["test_images"] == len(mnist_small.private_test) and summary["num_classes"] == 5
+  lines = read_jsonl(tmp_path / "metrics.jsonl")
+  assert [l["epoch"] for l in lines if "test/acc" in l] == [1.0, 2.0, 3.0]
+  assert all(np.isfinite(l["train/loss"]) for l in lines)
+  assert (tmp_path / "curves.png").stat().st_size > 1000 and (tmp_path / "summary.json").exists()
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, mnist_small):
+  full = small_config(tmp_path / "full")
+  interrupted = small_config(tmp_path / "resumed")
+  train_classifier(full, splits=mnist_small, progress=False, log=quiet)
+  # Stop mid-epoch and between checkpoint intervals: resume must not depend on where it stopped.
+  assert train_classifier(interrupted, splits=mnist_small, progress=False, stop_at_step=17, log=quiet) == {
+      "interrupted_at_step": 17}
+  lines_before = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+  summary = train_classifier(interrupted, splits=mnist_small, progress=False, log=quiet)
+  assert summary["resumed_from_step"] == 17 and summary["steps"] == 40
+  a, b = load_classifier(tmp_path / "full"), load_classifier(tmp_path / "resumed")
+  for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # Metrics written before the interruption are kept, not overwritten.
+  assert read_jsonl(tmp_path / "resumed" / "metrics.jsonl")[:len(lines_before)] == lines_before
+
+
+def test_a_different_seed_gives_different_parameters(tmp_path, mnist_small):
+  # Guards the resume test against passing trivially (e.g. nothing trained at all).
+  train_classifier(small_config(tmp_path / "a", epochs=1), splits=mnist_small, progress=False, log=quiet)
+  train_classifier(small_config(tmp_path / "b", epochs=1, seed=3), splits=mnist_small, progress=False, log=quiet)
+  a, b = load_classifier(tmp_path / "a"), load_classifier(tmp_path / "b")
+  assert not np.array_equal(np.asarray(a.variables["params"]["head"]["fc"]["kernel"]),
+                            np.asarray(b.variables["params"]["head"]["fc"]["kernel"]))
+
+
+def test_checkpoint_of_another_architecture_is_refused_and_kept(tmp_path, mnist_small):
+  train_classifier(small_config(tmp_path, epochs=1), splits=mnist_small, progress=False, log=quiet)
+  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+  other = dataclasses.replace(small_config(tmp_path, epochs=2), model=ModelConfig(arch="resnet", width=8, blocks=(1,)))
+  with pytest.raises(CheckpointError) as e:
+    train_classifier(other, splits=mnist_small, progress=False, log=quiet)
+  assert "arch=cnn" in str(e.value) and "arch=resnet" in str(e.value) and "\n" not in str(e.value)
+  after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+  assert after == before
+  # Same architecture, different shapes (width) is refused too, naming a parameter.
+  wider = dataclasses.replace(small_config(tmp_path, epochs=2), model=ModelConfig(arch="cnn", width=16, feature_dim=32))
+  with pytest.raises(CheckpointError, match="arch=cnn, width=8"):
+    train_classifier(wider, splits=mnist_small, progress=False, log=quiet)
+
+
+def test_train_step_compiles_once_and_never_again(mnist_small):
+  model = build_classifier(ModelConfig(arch="cnn", width=8, feature_dim=32), 5)
+  tx = optax.sgd(0.01, momentum=0.9)
+  variables = init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats=variables["batch_stats"],
+                     opt_state=tx.init(variables["params"]), defense_state={}, rng=jax.random.PRNGKey(1))
+  step = make_train_step(model, tx)
+  batches = train_batches(mnist_small.private_train, 32, seed=0)
+  for _ in range(5):
+    state, _ = step(state, next(batches))
+  batches.close()
+  assert step._cache_size() == 1
+  assert int(state.step) == 5
+
+
+@dataclasses.dataclass(frozen=True)
+class _WeightPenalty(Defense):
+  """A toy defense exercising the hook: an L2 penalty on the head with its own state."""
+  name: str = "l2_head"
+  weight: float = 10.0
+
+  def init_state(self, variables):
+    return {"calls": jnp.zeros((), jnp.int32)}
+
+  def regularizer(self, out, labels, *, images, params, state, rng, step):
+    penalty = self.weight * jnp.sum(params["head"]["fc"]["kernel"] ** 2)
+    return penalty, {"calls": state["calls"] + 1}, {"penalty": penalty}
+
+
+def test_defense_hook_adds_its_term_and_carries_its_state(tmp_path, mnist_small):
+  plain = train_classifier(small_config(tmp_path / "plain", epochs=1), splits=mnist_small, progress=False, log=quiet)
+  defended = train_classifier(small_config(tmp_path / "defended", epochs=1), splits=mnist_small,
+                              defense=_WeightPenalty(), progress=False, log=quiet)
+  assert defended["defense"] == "l2_head" and plain["defense"] == "none"
+  norm = lambda w: float(jnp.sum(load_classifier(w).variables["params"]["head"]["fc"]["kernel"] ** 2))
+  assert norm(tmp_path / "defended") < 0.2 * norm(tmp_path / "plain")
+  lines = read_jsonl(tmp_path / "defended" / "metrics.jsonl")
+  assert all("train/defense/penalty" in l for l in lines)
