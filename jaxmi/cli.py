@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("train-classifier", help="train a target or evaluation classifier on the private split")
   _add_common(p)
 
+  p = sub.add_parser("train-gan", help="train a GAN prior on the PUBLIC split (WGAN-GP, GMI)")
+  _add_common(p)
+
+  p = sub.add_parser("attack", help="invert a target: every identity x restart in one compiled program")
+  _add_common(p)
+  p.add_argument("--overwrite", action="store_true", help="replace results already in the workdir")
+
   p = sub.add_parser("evaluate", help="natural accuracy of a trained classifier on its private test split")
   p.add_argument("checkpoint_workdir", help="workdir of a trained classifier")
   _add_common(p, config=False)
@@ -67,13 +74,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train_classifier(args) -> int:
-  from jaxmi import config as config_lib
   from jaxmi.train import train_classifier
 
+  train_classifier(_load(args), progress=not args.no_progress)
+  return 0
+
+
+def _load(args):
+  from jaxmi import config as config_lib
+
   cfg = config_lib.load_config(args.config, args.overrides)
-  if args.workdir:
-    cfg = config_lib.replace(cfg, workdir=args.workdir)
-  train_classifier(cfg, progress=not args.no_progress)
+  return config_lib.replace(cfg, workdir=args.workdir) if args.workdir else cfg
+
+
+def _train_gan(args) -> int:
+  from jaxmi.train.gan import train_gan
+
+  train_gan(_load(args), progress=not args.no_progress)
+  return 0
+
+
+def _attack(args) -> int:
+  from jaxmi.attacks.run import run_attack
+
+  run_attack(_load(args), progress=not args.no_progress, overwrite=args.overwrite)
   return 0
 
 
@@ -82,23 +106,11 @@ def _evaluate(args) -> int:
   from jaxmi.train import evaluate, load_classifier, make_eval_step
 
   clf = load_classifier(args.checkpoint_workdir)
-  splits = load_splits(_saved_data_config(args.checkpoint_workdir))
+  splits = load_splits(clf.config.data)
   result = evaluate(make_eval_step(clf.module), clf.variables, splits.private_test, 500)
   print(f"{clf.config.name}: private test top-1 {100 * result['acc']:.2f}%  top-5 {100 * result['acc5']:.2f}%  "
         f"({result['count']} images)")
   return 0
-
-
-def _saved_data_config(workdir: str):
-  from jaxmi.data import DataConfig
-  from jaxmi.train import Checkpointer
-
-  ckpt = Checkpointer(Path(workdir) / "checkpoints")
-  saved = ckpt.meta()["config"]["data"]
-  ckpt.close()
-  saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
-  saved.update(data_dir=None if saved.get("dataset") != "image_folder" else saved.get("data_dir"), cache_dir=None)
-  return DataConfig(**saved)
 
 
 def _prepare_data(args) -> int:
@@ -117,6 +129,8 @@ def _demo(args) -> int:
 
 COMMANDS = {
     "train-classifier": _train_classifier,
+    "train-gan": _train_gan,
+    "attack": _attack,
     "evaluate": _evaluate,
     "prepare-data": _prepare_data,
     "demo": _demo,

@@ -103,3 +103,21 @@ def save_grid(images, path: str | Path, *, ncol: int | None = None, pad: int = 2
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
   Path(path).parent.mkdir(parents=True, exist_ok=True)
   img.save(path)
+
+
+def plot_loss_parts(parts: dict, path: str | Path, title: str) -> None:
+  """Each weighted loss term against optimisation step, one PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 3.4))
+  for name, curve in parts.items():
+    ax.plot(np.arange(1, len(curve) + 1), curve, label=name)
+  ax.set_xlabel("step")
+  ax.set_ylabel("weighted term")
+  ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -22,7 +22,9 @@ class Checkpointer:
 
   def __init__(self, directory: str | Path, *, every_steps: int = 1000, keep: int = 3):
     self.directory = Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every_steps, 1), create=True)
+    self.every_steps = max(every_steps, 1)
+    # The interval is applied here: orbax's own policy also saves whenever none exists yet.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
 
   def latest_step(self) -> int | None:
@@ -33,7 +35,7 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
     """Saves if the interval says so (or ``force``). Returns whether it saved."""
-    if not force and not self._manager.should_save(step):
+    if not force and step % self.every_steps:
       return False
     if step in self._manager.all_steps():
       return False

@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxmi import config as config_lib
 from jaxmi.data import DataConfig, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
@@ -24,6 +23,7 @@ from jaxmi.errors import ConfigError
 from jaxmi.nets import ModelConfig, build_classifier, init_variables, shape_signature
 from jaxmi import records
 from jaxmi.train.checkpoint import Checkpointer
+from jaxmi.train.loop import interrupted_message, run_steps
 from jaxmi.train.optim import OptimConfig, make_optimizer
 from jaxmi.train.state import TrainState
 from jaxmi.train.step import AugmentConfig, Defense, make_eval_step, make_train_step
@@ -67,6 +67,15 @@ class Classifier:
 
 def arch_meta(model_cfg: ModelConfig, num_classes: int, image_shape: tuple[int, ...]) -> dict:
   return {**config_lib.to_dict(model_cfg), "num_classes": num_classes, "image_shape": list(image_shape)}
+
+
+def saved_data_config(saved: dict) -> DataConfig:
+  """The data config stored in a checkpoint, with machine-specific paths reset to this machine's defaults."""
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+  if fields.get("dataset") != "image_folder":
+    fields["data_dir"] = None  # image_folder's data_dir names the dataset itself, so it stays
+  fields["cache_dir"] = None
+  return DataConfig(**fields)
 
 
 def _validate(cfg: ClassifierConfig) -> None:
@@ -133,49 +142,27 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
 
   train_step = make_train_step(module, tx, defense, cfg.train.augment)
   eval_step = make_eval_step(module)
-  writer = records.JsonlWriter(workdir / "metrics.jsonl")
+
+  def epoch_end(state, step):
+    test = evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
+    return {"test/acc": test["acc"], "test/acc5": test["acc5"], "test/loss": test["loss"]}
+
   batches = train_batches(train_split, cfg.train.batch_size, cfg.train.seed, start_step=start)
-  bar = _progress(progress, total_steps, start, cfg.name)
-  pending: list[dict] = []
-  step = start
   t0 = time.time()
   try:
-    while step < total_steps:
-      state, metrics = train_step(state, next(batches))
-      step += 1
-      pending.append(metrics)
-      if step % cfg.train.log_every == 0 or step % spe == 0 or step == total_steps:
-        train_metrics = records.mean_metrics(jax.device_get(pending))
-        pending = []
-        if not np.isfinite(train_metrics["loss"]):
-          raise FloatingPointError(f"[{cfg.name}] loss became {train_metrics['loss']} at step {step}")
-        record = {"step": step, "epoch": step / spe, **{f"train/{k}": v for k, v in train_metrics.items()}}
-        if step % spe == 0 or step == total_steps:
-          test = evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
-          record.update({"test/acc": test["acc"], "test/acc5": test["acc5"], "test/loss": test["loss"]})
-        writer.write(record)
-        if bar is not None:
-          bar.set_postfix({k.split("/")[-1] if k != "test/acc" else "test_acc": f"{v:.4f}"
-                           for k, v in record.items() if k in ("train/loss", "train/acc", "test/acc")})
-      if bar is not None:
-        bar.update(1)
-      ckpt.save(step, state.as_dict(), {**meta, "step": step})
-      if stop_at_step is not None and step >= stop_at_step and step < total_steps:
-        ckpt.save(step, state.as_dict(), {**meta, "step": step}, force=True)
-        ckpt.close()
-        return {"interrupted_at_step": step}
-  except KeyboardInterrupt:
-    ckpt.save(step, state.as_dict(), {**meta, "step": step}, force=True)
-    ckpt.close()
-    raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved in {ckpt.directory}; "
-                            "run the same command again to resume") from None
+    result = run_steps(state, name=cfg.name, step_fn=train_step, next_input=lambda: next(batches), start=start,
+                       total=total_steps, steps_per_epoch=spe, ckpt=ckpt, meta=meta,
+                       writer=records.JsonlWriter(workdir / "metrics.jsonl"), log_every=cfg.train.log_every,
+                       metric_prefix="train/", epoch_end=epoch_end, progress=progress, stop_at_step=stop_at_step,
+                       postfix_keys=("train/loss", "train/acc", "test/acc"))
   finally:
     batches.close()
-    if bar is not None:
-      bar.close()
   elapsed = time.time() - t0
-  ckpt.save(step, state.as_dict(), {**meta, "step": step}, force=True)
-  ckpt.close()
+  if result.by_user:
+    raise KeyboardInterrupt(interrupted_message(result.step, ckpt))
+  if result.stopped_early:
+    return {"interrupted_at_step": result.step}
+  state, step = result.state, result.step
 
   test = evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
   train_eval = evaluate(eval_step, state.variables, train_split, cfg.train.eval_batch_size)
@@ -215,12 +202,5 @@ def load_classifier(workdir: str | Path, *, expect_role: str | None = None) -> C
   ckpt.close()
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   cfg = config_lib.replace(ClassifierConfig(), name=saved["name"], role=saved["role"], workdir=str(workdir),
-                           model=model_cfg)
+                           model=model_cfg, data=saved_data_config(saved["data"]))
   return Classifier(module, variables, cfg, arch["num_classes"], image_shape)
-
-
-def _progress(enabled: bool, total: int, initial: int, name: str):
-  if not enabled:
-    return None
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True)
