@@ -81,3 +81,26 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path, cache_root):
   assert {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("*") if p.is_file()} == before
   ok = run("evaluate", tmp_path / "w", "--cache-dir", cache_root)
   assert ok.returncode == 0 and "private test top-1" in ok.stdout, ok.stderr[-2000:]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, cache_root):
+  import signal
+  import time
+  args = [*JAXMI, "train-classifier", "--config", str(REPO / "configs/mnist_target.py"), "--workdir", str(tmp_path / "w"),
+          "--cache-dir", str(cache_root), "--no-progress", "data.max_per_class=100", "train.batch_size=50",
+          "train.epochs=40", "train.log_every=2", "train.checkpoint_every=1000", "model.width=8"]
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "w" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130, err[-2000:]
+  assert "interrupted at step" in err and "Traceback" not in err
+  steps = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
+  # checkpoint_every is larger than the run: the only checkpoint is the one Ctrl-C wrote.
+  assert len(steps) == 1 and 0 < steps[0] < 400
+  again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f"resuming from {tmp_path / 'w' / 'checkpoints'}/{steps[0]}" in again.stdout

@@ -78,7 +78,7 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
 
   metrics = evaluate_inversion(result, evaluator, splits.private_train.images, splits.private_train.labels)
   summary = {
-      "name": cfg.name, "attack": cfg.attack, **{k: v for k, v in metrics.items() if k != "per_identity"},
+      "name": cfg.name, "attack": cfg.attack, **{k: v for k, v in metrics.items() if k not in ("per_identity", "eval_predictions")},
       "attack_seconds": round(seconds, 2), "latent_steps_per_second": round(total_latents * cfg.inversion.steps / seconds, 1),
       "compilations": inverter.traces, "target": str(cfg.target), "evaluator": str(cfg.evaluator), "gan": str(cfg.gan),
       "config": config_lib.to_dict(cfg),
@@ -91,7 +91,8 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
     writer.writerows(metrics["per_identity"])
   np.savez_compressed(workdir / "latents.npz", latents=result.latents, labels=result.labels,
                       target_confidence=result.target_confidence, best_restart=result.best_restart)
-  pair_grid(result, splits.private_train.images, splits.private_train.labels, workdir / "grid.png")
+  pair_grid(result, splits.private_train.images, splits.private_train.labels, workdir / "grid.png",
+            eval_predictions=metrics["eval_predictions"])
   records.plot_loss_parts(result.loss_parts, workdir / "loss.png", f"{cfg.name}: loss terms (mean over latents)")
   log(format_summary(summary))
   log(f"[{cfg.name}] results in {workdir.absolute()} (results.json, per_identity.csv, grid.png, loss.png)")

@@ -100,6 +100,7 @@ def evaluate_inversion(result: InversionResult, evaluator, private_images: np.nd
   else:
     fid_rec, fid_priv, fid_space = feature_fn(flat), feature_fn(private_images[attacked]), "custom features"
   per_restart_acc1 = top1.mean(axis=0)
+  predictions = np.argmax(logits, -1).reshape(num_ids, restarts)
   per_restart_acc5 = top5.mean(axis=0)
   return {
       "identities": int(num_ids), "restarts": int(restarts), "chance_acc1": 1.0 / evaluator.num_classes,
@@ -111,6 +112,7 @@ def evaluate_inversion(result: InversionResult, evaluator, private_images: np.nd
       "feature_fid": frechet_distance(fid_rec, fid_priv), "fid_feature_space": fid_space,
       "target_confidence": float(result.target_confidence[rows, best].mean()),
       "evaluator_private_train_acc": float(topk_correct(priv_logits, priv_labels, 1).mean()),
+      "eval_predictions": predictions,
       "per_identity": [
           {"label": int(result.labels[i]), "best_restart": int(best[i]),
            "target_confidence": float(result.target_confidence[i, best[i]]),
@@ -120,17 +122,41 @@ def evaluate_inversion(result: InversionResult, evaluator, private_images: np.nd
 
 
 def pair_grid(result: InversionResult, private_images: np.ndarray, private_labels: np.ndarray, path, *,
-              max_rows: int = 50, per_row: int = 5) -> None:
-  """PNG: for each identity, one real private image, then its selected reconstruction, then other restarts."""
-  from jaxmi.records import save_grid
+              eval_predictions: np.ndarray | None = None, max_rows: int = 40, per_row: int = 5) -> None:
+  """PNG: per identity, a real private image, the selected reconstruction, then other restarts.
 
-  rows = []
+  Titles give the target's confidence and, when ``eval_predictions`` [I, R] is given, the
+  evaluation model's verdict, so the figure can be read without the JSON.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
   num_ids = min(len(result.labels), max_rows)
-  extra = min(result.images.shape[1] - 1, per_row - 2)
+  restarts = result.images.shape[1]
+  ncol = 2 + min(restarts - 1, per_row - 2)
+  fig, axes = plt.subplots(num_ids, ncol, figsize=(1.5 * ncol, 1.6 * num_ids + 0.4), squeeze=False)
+  grey = result.images.shape[-1] == 1
+  show = lambda ax, img: ax.imshow(img[..., 0] if grey else img, cmap="gray" if grey else None, vmin=0, vmax=1)
   for i in range(num_ids):
-    real = private_images[np.flatnonzero(private_labels == result.labels[i])[0]].astype(np.float32) / 255.0
-    real = np.asarray(resize_to(jnp.asarray(real), result.images.shape[2:]))
-    others = [r for r in range(result.images.shape[1]) if r != result.best_restart[i]][:extra]
-    rows.append([real, result.images[i, result.best_restart[i]], *(result.images[i, r] for r in others)])
-  ncol = len(rows[0])
-  save_grid(np.stack([img for row in rows for img in row]), path, ncol=ncol, scale=2)
+    label = int(result.labels[i])
+    real = private_images[np.flatnonzero(private_labels == label)[0]].astype(np.float32) / 255.0
+    show(axes[i, 0], np.asarray(resize_to(jnp.asarray(real), result.images.shape[2:])))
+    axes[i, 0].set_title(f"private id {label}", fontsize=7)
+    best = int(result.best_restart[i])
+    order = [best] + [r for r in range(restarts) if r != best][:ncol - 2]
+    for j, r in enumerate(order, start=1):
+      show(axes[i, j], result.images[i, r])
+      title = ("selected" if j == 1 else f"restart {r}") + f"\nT {result.target_confidence[i, r]:.2f}"
+      if eval_predictions is not None:
+        pred = int(eval_predictions[i, r])
+        title += f", E: {pred} " + ("ok" if pred == label else "x")
+      axes[i, j].set_title(title, fontsize=6, color="black" if eval_predictions is None or
+                           eval_predictions[i, r] == label else "firebrick")
+  for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.suptitle("real private image | reconstructions (T: target confidence, E: evaluation model)", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
