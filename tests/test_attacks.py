@@ -68,6 +68,9 @@ def test_chunks_reuse_one_compilation_and_match_the_unchunked_run():
   assert np.all(np.abs(a.latents) <= 1.0)
   # Same seed, same result; another seed, other latents.
   np.testing.assert_array_equal(a.latents, whole.run(variables, [0, 1, 2, 3, 4]).latents)
+  # 14 steps with log_every 4: equal segments of 2 steps, still one compilation.
+  uneven = build_gmi(models, 100, dataclasses.replace(cfg, steps=14))
+  assert uneven.run(variables, [0, 1]).loss_curve.shape == (14,) and uneven.traces == 1
   other = build_gmi(models, 100, dataclasses.replace(cfg, seed=1)).run(variables, [0, 1, 2, 3, 4])
   assert not np.allclose(a.latents, other.latents)
 

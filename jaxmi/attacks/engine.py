@@ -214,7 +214,9 @@ class Inverter:
     keys = jax.vmap(lambda ir: jax.random.fold_in(jax.random.fold_in(root, ir[0]), ir[1]))(
         jnp.asarray(np.array(pairs, np.uint32)))
 
-    segments = [cfg.log_every] * (cfg.steps // cfg.log_every) + ([cfg.steps % cfg.log_every] if cfg.steps % cfg.log_every else [])
+    # Equal segments so one compiled program serves them all: the largest divisor of steps <= log_every.
+    seg = max(d for d in range(1, min(cfg.log_every, cfg.steps) + 1) if cfg.steps % d == 0)
+    segments = [seg] * (cfg.steps // seg)
     history = np.zeros((num_chunks, cfg.steps), np.float32)
     history_parts: dict[str, np.ndarray] = {}
     outs = []
