@@ -31,6 +31,7 @@ from jaxmi.nets import shape_signature
 from jaxmi.nets.gan import GANConfig, build_gan
 from jaxmi.train.checkpoint import Checkpointer
 from jaxmi.train.loop import interrupted_message, run_steps
+from jaxmi.train.state import StateDict
 from jaxmi.train.step import to_float
 
 
@@ -63,7 +64,7 @@ class GANExperimentConfig:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class GANState:
+class GANState(StateDict):
   step: jax.Array
   g_params: Any
   g_stats: Any
@@ -75,13 +76,6 @@ class GANState:
   @property
   def generator_variables(self) -> dict:
     return {"params": self.g_params, "batch_stats": self.g_stats}
-
-  def as_dict(self) -> dict:
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "GANState":
-    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
 
 def gradient_penalty(critic, d_params, real, fake, eps):

@@ -8,9 +8,20 @@ from typing import Any
 import jax
 
 
+class StateDict:
+  """Mixin for state dataclasses: orbax saves plain dicts most robustly, so that is the on-disk layout."""
+
+  def as_dict(self) -> dict:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_dict(cls, d: dict):
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class TrainState:
+class TrainState(StateDict):
   step: jax.Array          # int32 scalar: optimiser steps taken
   params: Any
   batch_stats: Any         # BatchNorm running statistics (not trained by the optimiser)
@@ -21,11 +32,3 @@ class TrainState:
   @property
   def variables(self) -> dict:
     return {"params": self.params, "batch_stats": self.batch_stats}
-
-  def as_dict(self) -> dict:
-    # Orbax saves plain dicts most robustly; this is the on-disk layout.
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "TrainState":
-    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
