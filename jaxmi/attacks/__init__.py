@@ -1,6 +1,6 @@
 """Model-inversion attacks on top of one batched inversion engine."""
 
-from jaxmi.attacks.engine import (AttackModels, Forward, IdentityTerm, InversionConfig, InversionResult, Inverter,
+from jaxmi.attacks.engine import (AttackModels, FeatureRegTerm, Forward, IdentityTerm, InversionConfig, InversionResult, Inverter,
                                   PointLatent, PriorTerm, resize_to)
 from jaxmi.attacks.gmi import build_gmi
 
@@ -8,6 +8,6 @@ from jaxmi.attacks.gmi import build_gmi
 ATTACKS = {"gmi": build_gmi}
 
 __all__ = [
-    "ATTACKS", "AttackModels", "Forward", "IdentityTerm", "InversionConfig", "InversionResult", "Inverter",
+    "ATTACKS", "AttackModels", "FeatureRegTerm", "Forward", "IdentityTerm", "InversionConfig", "InversionResult", "Inverter",
     "PointLatent", "PriorTerm", "build_gmi", "resize_to",
 ]

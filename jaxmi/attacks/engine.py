@@ -45,6 +45,8 @@ class InversionConfig:
   prior_weight: float = 1.0        # weight of -D(G(z))
   identity_weight: float = 100.0   # lambda of the identity term
   identity_loss: str = "ce"        # ce (GMI) | logit (LOMMA: negative target logit)
+  feature_reg_weight: float = 0.0  # LOMMA: weight of mean (phi_T(x) - p_reg)^2 (identity_weight * lam = 100)
+  p_reg: str = "global"            # global: one public-feature mean (official); per_class: by target prediction
   reference_batch: int = 60        # per-latent losses / this = the reference's batch-mean gradient scale
   max_batch: int = 4096            # latents per compiled chunk
   log_every: int = 100             # steps per scan segment (progress and loss curve resolution)
@@ -88,6 +90,23 @@ class IdentityTerm:
       else:
         raise ConfigError(f"inversion.identity_loss: unknown '{self.loss}'; expected ce or logit")
     return jnp.mean(jnp.stack(per_model))
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureRegTerm:
+  """LOMMA's feature regulariser: mean_d (phi_T(x)_d - p_reg_d)^2 on the target's penultimate features.
+
+  ``extras["p_reg"]`` is either one public-feature mean [D] (the official code's behaviour and the
+  default: it needs no labels for the public data) or per-class means [num_classes, D].
+  """
+  weight: float = 1.0
+  name: str = "feature_reg"
+  needs_critic: bool = False
+
+  def __call__(self, f: Forward, label: jax.Array, extras: dict) -> jax.Array:
+    p_reg = extras["p_reg"]
+    centre = p_reg[label] if p_reg.ndim == 2 else p_reg
+    return jnp.mean((f.target_features[0] - centre) ** 2)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,15 +4,20 @@
 
 Nesterov SGD (lr 0.02, momentum 0.9), lambda = 100, 1500-2400 steps, 5 restarts; each
 identity keeps the restart the target is most confident about (attacks.md section 2).
+LOMMA on top is configuration: ``identity_loss="logit"``, ``feature_reg_weight``, and
+surrogate models in the attacked ensemble (AttackConfig.surrogates).
 """
 
 from __future__ import annotations
 
-from jaxmi.attacks.engine import AttackModels, IdentityTerm, InversionConfig, Inverter, PointLatent, PriorTerm
+from jaxmi.attacks.engine import (AttackModels, FeatureRegTerm, IdentityTerm, InversionConfig, Inverter, PointLatent,
+                                  PriorTerm)
 
 
 def build_gmi(models: AttackModels, z_dim: int, cfg: InversionConfig) -> Inverter:
   terms = [IdentityTerm(cfg.identity_weight, cfg.identity_loss)]
   if cfg.prior_weight:
     terms.insert(0, PriorTerm(cfg.prior_weight))
+  if cfg.feature_reg_weight:  # LOMMA's regulariser; p_reg travels in variables["extras"]
+    terms.append(FeatureRegTerm(cfg.feature_reg_weight))
   return Inverter(models, PointLatent(z_dim, cfg.clip_z), terms, cfg)

@@ -17,6 +17,7 @@ import numpy as np
 from jaxmi import config as config_lib
 from jaxmi import records
 from jaxmi.attacks import ATTACKS, AttackModels, InversionConfig
+from jaxmi.attacks.lomma import public_feature_reg
 from jaxmi.data import Splits, load_splits
 from jaxmi.errors import ConfigError
 from jaxmi.metrics import evaluate_inversion, pair_grid
@@ -33,6 +34,8 @@ class AttackConfig:
   evaluator: str = "runs/mnist_eval"      # workdir of the independent evaluation model
   gan: str = "runs/gan_mnist"             # workdir of the GAN prior (trained on public data)
   identities: tuple[int, ...] = ()        # target classes to attack; () = all of them
+  surrogates: tuple[str, ...] = ()        # LOMMA: workdirs of surrogates distilled from the target
+  p_reg_images: int = 5000                # LOMMA: public images for p_reg (the official code uses ~5,050)
   inversion: InversionConfig = InversionConfig()
 
 
@@ -54,11 +57,20 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   if bad:
     raise ConfigError(f"identities: {bad} out of range; the target {cfg.target} has classes 0..{target.num_classes - 1}")
 
+  surrogates = [load_classifier(w, expect_role="surrogate") for w in cfg.surrogates]
+  for path, s in zip(cfg.surrogates, surrogates):
+    if s.num_classes != target.num_classes:
+      raise ConfigError(f"surrogates: {path} has {s.num_classes} classes but the target has {target.num_classes}")
   splits = splits if splits is not None else load_splits(target.config.data)
-  models = AttackModels(generator=gan.generator, critic=gan.critic, targets=(target.module,),
-                        target_shapes=(target.image_shape,))
+  attacked = [target, *surrogates]  # equal weights: the identity term averages over them
+  models = AttackModels(generator=gan.generator, critic=gan.critic, targets=tuple(m.module for m in attacked),
+                        target_shapes=tuple(m.image_shape for m in attacked))
   inverter = ATTACKS[cfg.attack](models, gan.config.z_dim, cfg.inversion)
-  variables = {"generator": gan.g_variables, "critic": gan.d_variables, "targets": (target.variables,)}
+  variables = {"generator": gan.g_variables, "critic": gan.d_variables,
+               "targets": tuple(m.variables for m in attacked)}
+  if cfg.inversion.feature_reg_weight:
+    variables["extras"] = {"p_reg": public_feature_reg(target, splits.public.images[:cfg.p_reg_images],
+                                                       cfg.inversion.p_reg)}
   total_latents = len(labels) * cfg.inversion.restarts
   log(f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
       f"{cfg.inversion.steps} steps, chunks of at most {cfg.inversion.max_batch} latents")

@@ -135,7 +135,8 @@ def pair_grid(result: InversionResult, private_images: np.ndarray, private_label
   num_ids = min(len(result.labels), max_rows)
   restarts = result.images.shape[1]
   ncol = 2 + min(restarts - 1, per_row - 2)
-  fig, axes = plt.subplots(num_ids, ncol, figsize=(1.5 * ncol, 1.6 * num_ids + 0.4), squeeze=False)
+  height = 1.6 * num_ids + 0.5
+  fig, axes = plt.subplots(num_ids, ncol, figsize=(1.5 * ncol, height), squeeze=False)
   grey = result.images.shape[-1] == 1
   show = lambda ax, img: ax.imshow(img[..., 0] if grey else img, cmap="gray" if grey else None, vmin=0, vmax=1)
   for i in range(num_ids):
@@ -157,6 +158,6 @@ def pair_grid(result: InversionResult, private_images: np.ndarray, private_label
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle("real private image | reconstructions (T: target confidence, E: evaluation model)", fontsize=7)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # keep the title clear of the first row
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -41,10 +41,15 @@ class TrainConfig:
   augment: AugmentConfig = AugmentConfig()
 
 
+# target: the attacked model; evaluation: the independent judge; surrogate: distilled from the
+# target on public data (LOMMA's model augmentation).
+ROLES = ("target", "evaluation", "surrogate")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ClassifierConfig:
   name: str = "classifier"
-  role: str = "target"              # target | evaluation: recorded so later stages pick the right model
+  role: str = "target"              # one of ROLES: recorded so later stages pick the right model
   workdir: str = "runs/classifier"
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
@@ -83,8 +88,8 @@ def _validate(cfg: ClassifierConfig) -> None:
   for field in ("epochs", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
     if getattr(t, field) <= 0:
       raise ConfigError(f"train.{field}: expected a positive integer, got {getattr(t, field)}")
-  if cfg.role not in ("target", "evaluation"):
-    raise ConfigError(f"role: expected 'target' or 'evaluation', got '{cfg.role}'")
+  if cfg.role not in ROLES:
+    raise ConfigError(f"role: expected one of {', '.join(ROLES)}, got '{cfg.role}'")
 
 
 def evaluate(eval_step, variables: dict, split, batch_size: int) -> dict:
@@ -177,7 +182,8 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   records.write_json(workdir / "summary.json", summary)
   records.plot_curves(records.read_jsonl(workdir / "metrics.jsonl"), workdir / "curves.png",
                       f"{cfg.name}: test top-1 {100 * test['acc']:.2f}%")
-  log(f"[{cfg.name}] natural (private test) accuracy {100 * test['acc']:.2f}% (top-5 {100 * test['acc5']:.2f}%), "
+  measured = "test-split agreement with the target" if cfg.role == "surrogate" else "natural (private test) accuracy"
+  log(f"[{cfg.name}] {measured} {100 * test['acc']:.2f}% (top-5 {100 * test['acc5']:.2f}%), "
       f"train accuracy {100 * train_eval['acc']:.2f}%, {step} steps, {elapsed:.1f}s this run; "
       f"results in {workdir}")
   return summary

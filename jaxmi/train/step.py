@@ -93,7 +93,9 @@ def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = 
     reg, defense_state, reg_metrics = defense.regularizer(
         out, labels, images=images, params=params, state=state.defense_state, rng=defense_rng, step=state.step)
     loss = task + reg
-    metrics = {"loss": loss, "task_loss": task, "acc": jnp.mean(jnp.argmax(out.logits, -1) == labels),
+    # Soft labels ([B, K], e.g. a teacher's logits for distillation) count as their argmax class.
+    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
+    metrics = {"loss": loss, "task_loss": task, "acc": jnp.mean(jnp.argmax(out.logits, -1) == hard),
                **{f"defense/{k}": v for k, v in reg_metrics.items()}}
     return loss, (mutated.get("batch_stats", {}), defense_state, metrics)
 
@@ -119,6 +121,7 @@ def make_eval_step(model):
   def eval_step(variables: dict, batch: dict) -> dict:
     out = model.apply(variables, to_float(batch["image"]), train=False)
     labels, mask = batch["label"], batch["mask"]
+    labels = labels if labels.ndim == 1 else jnp.argmax(labels, -1)  # soft labels: their top-1 class
     ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, labels)
     top5 = jax.lax.top_k(out.logits, min(5, out.logits.shape[-1]))[1]
     return {

@@ -1,0 +1,79 @@
+"""LOMMA's model augmentation: distil surrogate classifiers from the target on PUBLIC data only.
+
+The student minimises KL(softmax(t / T) || softmax(s / T)) * T^2 against the target's logits t
+on public images (T = 1 in LOMMA, where the reference's division by T^2 is the same thing).
+No private image is touched. Training reuses the classifier trainer unchanged: the "training
+split" is the public images labelled with the teacher's logits, and the "test split" is a
+held-out part of the public images labelled with the teacher's top-1 class, so the test
+accuracy it reports is the student's agreement with the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmi import records
+from jaxmi.data import ArraySplit, Splits, load_splits
+from jaxmi.errors import ConfigError
+from jaxmi.train.classifier import ClassifierConfig, evaluate, load_classifier, train_classifier
+from jaxmi.train.step import Defense, make_eval_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation(Defense):
+  """Task loss = KL to the teacher's tempered softmax; ``labels`` are the teacher's logits [B, K]."""
+  name: str = "distillation"
+  temperature: float = 1.0
+
+  def task_loss(self, logits, labels):
+    t = self.temperature
+    teacher = jax.nn.softmax(labels / t, axis=-1)
+    kl = jnp.sum(teacher * (jax.nn.log_softmax(labels / t, axis=-1) - jax.nn.log_softmax(logits / t, axis=-1)), -1)
+    return kl * t**2
+
+
+def teacher_splits(teacher, splits: Splits, holdout_fraction: float, seed: int) -> Splits:
+  """Public images with the teacher's logits (train) and its top-1 labels on a held-out part (test)."""
+  from jaxmi.metrics import classifier_outputs
+
+  public = splits.public
+  logits, _ = classifier_outputs(teacher, public.images)
+  order = np.random.default_rng(seed).permutation(len(public))
+  num_hold = max(1, int(round(holdout_fraction * len(public))))
+  hold, train = order[:num_hold], order[num_hold:]
+  train_split = ArraySplit(public.images[train], logits[train].astype(np.float32), public.identities[train])
+  hold_split = ArraySplit(public.images[hold], np.argmax(logits[hold], -1).astype(np.int32), public.identities[hold])
+  return Splits(train_split, hold_split, public, teacher.num_classes, splits.num_public_classes,
+                f"public split of {splits.description}, labelled by the target")
+
+
+def distill_surrogate(cfg: ClassifierConfig, teacher_workdir: str, *, temperature: float = 1.0,
+                      holdout_fraction: float = 0.1, splits: Splits | None = None, progress: bool = True,
+                      log=print) -> dict:
+  """Trains ``cfg.model`` as a surrogate of the target in ``teacher_workdir``; returns its summary.
+
+  The summary's ``public_agreement`` is top-1 agreement with the target on held-out public
+  images; ``natural_accuracy`` is the surrogate's accuracy on the private test split
+  (monitoring only, as in the reference: it is never trained on private data).
+  """
+  if cfg.role != "surrogate":
+    raise ConfigError(f"role: a distilled model has role 'surrogate', got '{cfg.role}'")
+  teacher = load_classifier(teacher_workdir, expect_role="target")
+  splits = splits if splits is not None else load_splits(teacher.config.data)
+  cfg = dataclasses.replace(cfg, data=teacher.config.data)
+  summary = train_classifier(cfg, splits=teacher_splits(teacher, splits, holdout_fraction, cfg.train.seed),
+                             defense=Distillation(temperature=temperature), progress=progress, log=log)
+  if "interrupted_at_step" in summary:
+    return summary
+  student = load_classifier(cfg.workdir, expect_role="surrogate")
+  private = evaluate(make_eval_step(student.module), student.variables, splits.private_test, cfg.train.eval_batch_size)
+  summary = {**summary, "public_agreement": summary["natural_accuracy"], "natural_accuracy": private["acc"],
+             "teacher": str(teacher_workdir)}
+  records.write_json(f"{cfg.workdir}/summary.json", summary)
+  log(f"[{cfg.name}] agreement with the target on held-out public images {100 * summary['public_agreement']:.2f}%, "
+      f"private test accuracy {100 * private['acc']:.2f}%")
+  return summary
