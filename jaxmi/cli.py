@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("train-gan", help="train a GAN prior on the PUBLIC split (WGAN-GP, GMI)")
   _add_common(p)
 
+  p = sub.add_parser("distill", help="distil a surrogate of the target on PUBLIC data (LOMMA)")
+  _add_common(p)
+
   p = sub.add_parser("attack", help="invert a target: every identity x restart in one compiled program")
   _add_common(p)
   p.add_argument("--overwrite", action="store_true", help="replace results already in the workdir")
@@ -94,6 +97,17 @@ def _train_gan(args) -> int:
   return 0
 
 
+def _distill(args) -> int:
+  from jaxmi import config as config_lib
+  from jaxmi.train.distill import distill_surrogate
+
+  cfg = config_lib.load_config(args.config, args.overrides)
+  student = config_lib.replace(cfg.student, workdir=args.workdir) if args.workdir else cfg.student
+  distill_surrogate(student, cfg.teacher, temperature=cfg.temperature, holdout_fraction=cfg.holdout_fraction,
+                    progress=not args.no_progress)
+  return 0
+
+
 def _attack(args) -> int:
   from jaxmi.attacks.run import run_attack
 
@@ -130,6 +144,7 @@ def _demo(args) -> int:
 COMMANDS = {
     "train-classifier": _train_classifier,
     "train-gan": _train_gan,
+    "distill": _distill,
     "attack": _attack,
     "evaluate": _evaluate,
     "prepare-data": _prepare_data,

@@ -17,6 +17,14 @@ def test_repo_configs_load_and_roles():
     assert not set(cfg.data.private_ids) & set(cfg.data.public_ids)
 
 
+def test_attack_gan_and_surrogate_configs_load():
+  lomma = config_lib.load_config(REPO / "configs" / "attack_gmi_lomma_mnist.py", ["inversion.steps=10"])
+  assert lomma.inversion.identity_loss == "logit" and lomma.surrogates and lomma.inversion.steps == 10
+  assert config_lib.load_config(REPO / "configs" / "surrogate_mnist.py").student.role == "surrogate"
+  for name in ("gan_mnist", "gan_att", "attack_gmi_mnist", "attack_gmi_att"):
+    assert config_lib.load_config(REPO / "configs" / f"{name}.py").workdir.startswith("runs/")
+
+
 def test_overrides_are_parsed_by_field_type():
   cfg = config_lib.load_config(REPO / "configs" / "att_target.py", [
       "train.epochs=2", "optim.learning_rate=3e-3", "train.augment.hflip=false", "data.private_ids=0:5",

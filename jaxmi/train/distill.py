@@ -23,6 +23,19 @@ from jaxmi.train.classifier import ClassifierConfig, evaluate, load_classifier, 
 from jaxmi.train.step import Defense, make_eval_step
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SurrogateConfig:
+  """``bin/jaxmi distill``: which target to imitate and the student to train (role 'surrogate')."""
+  teacher: str = "runs/mnist_target"      # workdir of the trained target
+  temperature: float = 1.0
+  holdout_fraction: float = 0.1           # public images held out to measure agreement
+  student: ClassifierConfig = ClassifierConfig(role="surrogate")
+
+  @property
+  def workdir(self) -> str:
+    return self.student.workdir
+
+
 @dataclasses.dataclass(frozen=True)
 class Distillation(Defense):
   """Task loss = KL to the teacher's tempered softmax; ``labels`` are the teacher's logits [B, K]."""
