@@ -83,11 +83,11 @@ def _train_classifier(args) -> int:
   return 0
 
 
-def _load(args):
+def _load(args, workdir_field: str = "workdir"):
   from jaxmi import config as config_lib
 
   cfg = config_lib.load_config(args.config, args.overrides)
-  return config_lib.replace(cfg, workdir=args.workdir) if args.workdir else cfg
+  return config_lib.replace(cfg, **{workdir_field: args.workdir}) if args.workdir else cfg
 
 
 def _train_gan(args) -> int:
@@ -98,12 +98,10 @@ def _train_gan(args) -> int:
 
 
 def _distill(args) -> int:
-  from jaxmi import config as config_lib
   from jaxmi.train.distill import distill_surrogate
 
-  cfg = config_lib.load_config(args.config, args.overrides)
-  student = config_lib.replace(cfg.student, workdir=args.workdir) if args.workdir else cfg.student
-  distill_surrogate(student, cfg.teacher, temperature=cfg.temperature, holdout_fraction=cfg.holdout_fraction,
+  cfg = _load(args, workdir_field="student__workdir")
+  distill_surrogate(cfg.student, cfg.teacher, temperature=cfg.temperature, holdout_fraction=cfg.holdout_fraction,
                     progress=not args.no_progress)
   return 0
 

@@ -31,10 +31,6 @@ class SurrogateConfig:
   holdout_fraction: float = 0.1           # public images held out to measure agreement
   student: ClassifierConfig = ClassifierConfig(role="surrogate")
 
-  @property
-  def workdir(self) -> str:
-    return self.student.workdir
-
 
 @dataclasses.dataclass(frozen=True)
 class Distillation(Defense):
