@@ -8,7 +8,6 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmi import config as config_lib
 from jaxmi.attacks import AttackModels, InversionConfig, build_gmi
 from jaxmi.attacks.run import AttackConfig, run_attack
 from jaxmi.data import DataConfig, load_splits

@@ -1,7 +1,6 @@
 """Classifier training on real MNIST digits: learning, exact resume, checkpoint safety, no recompiles."""
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,6 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmi import config as config_lib
 from jaxmi.data import DataConfig, load_splits, train_batches
 from jaxmi.errors import CheckpointError
 from jaxmi.nets import ModelConfig, build_classifier, init_variables

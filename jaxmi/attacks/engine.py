@@ -23,7 +23,6 @@ matters for a scale-sensitive optimiser; per-latent losses here are divided by
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
