@@ -148,8 +148,10 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   train_step = make_train_step(module, tx, defense, cfg.train.augment)
   eval_step = make_eval_step(module)
 
+  last_test = {}  # step -> evaluation, so the final summary reuses the last epoch's
+
   def epoch_end(state, step):
-    test = evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
+    test = last_test[step] = evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
     return {"test/acc": test["acc"], "test/acc5": test["acc5"], "test/loss": test["loss"]}
 
   batches = train_batches(train_split, cfg.train.batch_size, cfg.train.seed, start_step=start)
@@ -169,7 +171,8 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
     return {"interrupted_at_step": result.step}
   state, step = result.state, result.step
 
-  test = evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
+  # A run that was already complete trained no step this time, so nothing is cached.
+  test = last_test.get(step) or evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
   train_eval = evaluate(eval_step, state.variables, train_split, cfg.train.eval_batch_size)
   summary = {
       "name": cfg.name, "role": cfg.role, "defense": defense.name,
