@@ -35,8 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("train-classifier", help="train a target or evaluation classifier on the private split")
   _add_common(p)
 
-  p = sub.add_parser("train-gan", help="train a GAN prior on the PUBLIC split (WGAN-GP, GMI)")
+  p = sub.add_parser("train-gan", help="train a GAN prior on the PUBLIC split (GMI's WGAN-GP or KEDMI's)")
   _add_common(p)
+  p.add_argument("--kind", choices=("gmi", "kedmi"),
+                 help="gmi: WGAN-GP; kedmi: inversion-specific GAN that learns the target's soft labels "
+                      "(default: the config's kind)")
 
   p = sub.add_parser("distill", help="distil a surrogate of the target on PUBLIC data (LOMMA)")
   _add_common(p)
@@ -93,7 +96,12 @@ def _load(args, workdir_field: str = "workdir"):
 def _train_gan(args) -> int:
   from jaxmi.train.gan import train_gan
 
-  train_gan(_load(args), progress=not args.no_progress)
+  from jaxmi import config as config_lib
+
+  cfg = _load(args)
+  if args.kind:
+    cfg = config_lib.replace(cfg, kind=args.kind)
+  train_gan(cfg, progress=not args.no_progress)
   return 0
 
 

@@ -47,13 +47,15 @@ def test_subpixel_equals_transposed_conv_and_the_pytorch_definition(h, cin, cout
   assert np.abs(wrong - expected).max() > 1e-2
 
 
-def test_space_to_depth_equals_the_strided_conv_and_its_gradient():
+@pytest.mark.parametrize("k", [5, 3])  # GMI's/KEDMI's 5x5 (padding 2) and KEDMI's last 3x3 (padding 1)
+def test_space_to_depth_equals_the_strided_conv_and_its_gradient(k):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, 16, 16, 4)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(5, 5, 4, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 4, 6)), jnp.float32)
   b = jnp.asarray(rng.normal(size=6), jnp.float32)
+  p = (k - 1) // 2
   with jax.default_matmul_precision("highest"):
-    direct = lax.conv_general_dilated(x, w, (2, 2), ((2, 2), (2, 2)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    direct = lax.conv_general_dilated(x, w, (2, 2), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(gan_lib.conv_s2_space_to_depth(x, w, b), direct + b[None, None, None, :], rtol=1e-5,
                                atol=1e-4)
     g = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.tanh(f(x, w, b))), argnums=(0, 1))(x, w)

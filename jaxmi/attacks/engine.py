@@ -13,6 +13,10 @@ one padded) by the same compiled function, and the scan is cut into segments of
 Randomness is keyed per latent: latent (identity i, restart r) starts from
 ``fold_in(fold_in(key, i), r)``, so results do not depend on how latents are chunked.
 
+The latent parametrisation is pluggable: ``PointLatent`` (GMI: one z per restart) or
+``DistributionalLatent`` (KEDMI: a learned Gaussian per identity, a fresh reparameterised
+sample every step, several images drawn from it for evaluation).
+
 GMI's optimiser is ``optax.sgd(lr, momentum, nesterov=True)`` followed by clipping z to
 [-1, 1] (identical to its hand-written Nesterov update; attacks.md section 2). GMI takes the
 *mean* loss over a batch of B identities, which scales each latent's gradient by 1/B and
@@ -38,10 +42,12 @@ class InversionConfig:
   steps: int = 1500
   restarts: int = 5
   optimizer: str = "nesterov"      # nesterov (GMI) | adam (KEDMI)
+  eval_draws: int = 5              # distributional latents (KEDMI): images drawn per learned distribution
+  init_logvar: float = 1.0         # distributional latents: initial log-variance (mean starts at 0)
   learning_rate: float = 0.02
   momentum: float = 0.9
-  clip_z: float = 1.0              # clip latents to [-c, c] after every step; 0 = never
-  prior_weight: float = 1.0        # weight of -D(G(z))
+  clip_z: float = 1.0              # GMI: clip z to [-c, c] after every step; KEDMI: clamp sampled z before G; 0 = never
+  prior_weight: float = 1.0        # weight of the prior: -D(G(z)) (WGAN critic) or -log P(real) (KEDMI)
   identity_weight: float = 100.0   # lambda of the identity term
   identity_loss: str = "ce"        # ce (GMI) | logit (LOMMA: negative target logit)
   feature_reg_weight: float = 0.0  # LOMMA: weight of mean (phi_T(x) - p_reg)^2 (identity_weight * lam = 100)
@@ -55,14 +61,15 @@ class InversionConfig:
 class Forward(NamedTuple):
   """What loss terms see for one latent."""
   image: jax.Array                 # [H, W, C] the generated image
-  critic_score: jax.Array          # scalar D(G(z)); 0 when no critic is used
+  critic_score: jax.Array          # scalar realism s(G(z)): D(G(z)) or KEDMI's log P(real); 0 without a critic
   target_logits: tuple             # per target: [num_classes]
   target_features: tuple           # per target: [feature_dim]
 
 
 @dataclasses.dataclass(frozen=True)
 class PriorTerm:
-  """GMI's prior: -D(G(z)), the critic's realism score."""
+  """The GAN prior: minus the critic's realism score, -D(G(z)) for GMI's WGAN critic and
+  -log sigmoid(LSE(l(G(z)))) = softplus(LSE) - LSE for KEDMI's discriminator."""
   weight: float = 1.0
   name: str = "prior"
   needs_critic: bool = True
@@ -110,9 +117,15 @@ class FeatureRegTerm:
 
 @dataclasses.dataclass(frozen=True)
 class PointLatent:
-  """One z per latent (GMI): z0 ~ N(0, I), optimised directly, clipped after each step."""
+  """One z per latent (GMI): z0 ~ N(0, I), optimised directly, clipped after each step.
+
+  The latent interface: ``init(key)`` -> params, ``sample(params, key)`` -> the z fed to G
+  in a step, ``project(params)`` after each update, ``final(params, key)`` -> [draws, z_dim]
+  latents whose images are evaluated.
+  """
   z_dim: int
   clip: float = 1.0
+  draws: int = 1
 
   def init(self, key: jax.Array) -> jax.Array:
     return jax.random.normal(key, (self.z_dim,))
@@ -123,8 +136,42 @@ class PointLatent:
   def project(self, params: jax.Array) -> jax.Array:
     return jnp.clip(params, -self.clip, self.clip) if self.clip else params
 
-  def final(self, params: jax.Array) -> jax.Array:
-    return self.project(params)
+  def final(self, params: jax.Array, key: jax.Array) -> jax.Array:
+    return self.project(params)[None]
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributionalLatent:
+  """KEDMI: a Gaussian N(mu, exp(logvar)) per latent, learned by reparameterisation.
+
+  mu starts at 0 and logvar at ``init_logvar`` (1, i.e. std e^0.5); each step draws a fresh
+  z = mu + eps * exp(logvar / 2). ``clip`` > 0 clamps the sampled z to [-clip, clip] before the
+  generator (LOMMA's KEDMI path); KEDMI itself does not clip (attacks.md section 3.2).
+  Evaluation draws ``draws`` z per distribution, clamped the same way as in training.
+  """
+  z_dim: int
+  clip: float = 0.0
+  init_logvar: float = 1.0
+  draws: int = 5
+
+  def init(self, key: jax.Array) -> dict:
+    # Explicit dtypes: a weakly typed start would change type after one update and force a retrace.
+    return {"mu": jnp.zeros((self.z_dim,), jnp.float32), "logvar": jnp.full((self.z_dim,), self.init_logvar, jnp.float32)}
+
+  def _draw(self, params: dict, eps: jax.Array) -> jax.Array:
+    """eps: [..., z_dim] standard normal."""
+    mu = jnp.broadcast_to(params["mu"], eps.shape)
+    z = mu + eps * jnp.broadcast_to(jnp.exp(0.5 * params["logvar"]), eps.shape)
+    return jnp.clip(z, -self.clip, self.clip) if self.clip else z
+
+  def sample(self, params: dict, key: jax.Array) -> jax.Array:
+    return self._draw(params, jax.random.normal(key, (self.z_dim,)))
+
+  def project(self, params: dict) -> dict:
+    return params
+
+  def final(self, params: dict, key: jax.Array) -> jax.Array:
+    return self._draw(params, jax.random.normal(key, (self.draws, self.z_dim)))
 
 
 def resize_to(images: jax.Array, shape: Sequence[int]) -> jax.Array:
@@ -160,7 +207,7 @@ class Inverter:
       self.tx = optax.adam(cfg.learning_rate)
     else:
       raise ConfigError(f"inversion.optimizer: unknown '{cfg.optimizer}'; expected nesterov or adam")
-    for field in ("steps", "restarts", "max_batch", "log_every", "reference_batch"):
+    for field in ("steps", "restarts", "max_batch", "log_every", "reference_batch", "eval_draws"):
       if getattr(cfg, field) <= 0:
         raise ConfigError(f"inversion.{field}: expected a positive integer, got {getattr(cfg, field)}")
     self.segment = jax.jit(self._segment, static_argnames=("num_steps",), donate_argnums=(0,))
@@ -173,7 +220,7 @@ class Inverter:
     image = m.generator.apply(variables["generator"], z[None], train=False)
     score = jnp.zeros(())
     if m.critic is not None and any(getattr(t, "needs_critic", False) for t in self.terms):
-      score = m.critic.apply(variables["critic"], image)[0]
+      score = m.critic.apply(variables["critic"], image, method="realism")[0]
     logits, feats = [], []
     for module, shape, tvars in zip(m.targets, m.target_shapes, variables["targets"]):
       out = module.apply(tvars, resize_to(image, shape), train=False)
@@ -204,9 +251,10 @@ class Inverter:
 
     return jax.lax.scan(one_step, carry, None, length=num_steps)
 
-  def _finish(self, params, variables):
-    """Final images and every target's outputs for a chunk of optimised latents."""
-    z = jax.vmap(self.latent.final)(params)
+  def _finish(self, params, keys, variables):
+    """Final images and the target's logits for a chunk of optimised latents, ``draws`` per latent."""
+    z = jax.vmap(self.latent.final)(params, keys)
+    z = z.reshape(-1, *z.shape[2:])  # [chunk * draws, z_dim], draws of a latent adjacent
     images = self.models.generator.apply(variables["generator"], z, train=False)
     module, shape, tvars = self.models.targets[0], self.models.target_shapes[0], variables["targets"][0]
     logits = module.apply(tvars, resize_to(images, shape), train=False).logits
@@ -237,7 +285,7 @@ class Inverter:
     segments = [seg] * (cfg.steps // seg)
     history = np.zeros((num_chunks, cfg.steps), np.float32)
     history_parts: dict[str, np.ndarray] = {}
-    outs = []
+    outs, params_out = [], []
     for c in range(num_chunks):
       sl = slice(c * chunk, (c + 1) * chunk)
       chunk_keys = keys[sl]
@@ -254,28 +302,38 @@ class Inverter:
         done += n
         if progress is not None:
           progress(n * chunk, {k: float(v[-1]) for k, v in parts.items()})
-      outs.append(jax.device_get(self.finish(carry[0], variables)))
-    z, images, logits = (np.concatenate([o[i] for o in outs])[:total] for i in range(3))
+      final_keys = jax.vmap(lambda k: jax.random.fold_in(k, cfg.steps))(chunk_keys)  # steps used 0..steps-1
+      outs.append(jax.device_get(self.finish(carry[0], final_keys, variables)))
+      params_out.append(jax.device_get(carry[0]))
+    draws = self.latent.draws
+    per_id = restarts * draws  # reconstructions per identity: restart-major, then draws
+    z, images, logits = (np.concatenate([o[i] for o in outs])[:total * draws] for i in range(3))
     probs = np.asarray(jax.nn.softmax(logits, -1))
-    conf = probs[np.arange(total), flat_labels[:total]].reshape(num_ids, restarts)
+    conf = probs[np.arange(total * draws), np.repeat(flat_labels[:total], draws)].reshape(num_ids, per_id)
+    latent_params = jax.tree.map(lambda *xs: np.concatenate(xs)[:total].reshape(num_ids, restarts, *xs[0].shape[1:]),
+                                 *params_out)
     weights = mask.reshape(num_chunks, chunk).sum(1)
     mean_curve = lambda h: (h * weights[:, None]).sum(0) / weights.sum()
     return InversionResult(
-        labels=labels, latents=z.reshape(num_ids, restarts, *z.shape[1:]),
-        images=images.reshape(num_ids, restarts, *images.shape[1:]),
+        labels=labels, latents=z.reshape(num_ids, per_id, *z.shape[1:]),
+        images=images.reshape(num_ids, per_id, *images.shape[1:]),
         target_confidence=conf, best_restart=np.argmax(conf, axis=1),
-        loss_curve=mean_curve(history), loss_parts={k: mean_curve(v) for k, v in history_parts.items()})
+        loss_curve=mean_curve(history), loss_parts={k: mean_curve(v) for k, v in history_parts.items()},
+        latent_params=latent_params, draws=draws)
 
 
 @dataclasses.dataclass(frozen=True)
 class InversionResult:
+  """Reconstructions per identity: R = restarts x draws (GMI: 5 restarts x 1; KEDMI: 1 x 5 draws)."""
   labels: np.ndarray               # [I] attacked target classes
-  latents: np.ndarray              # [I, R, ...] final latents
+  latents: np.ndarray              # [I, R, z_dim] the latents of the evaluated images
   images: np.ndarray               # [I, R, H, W, C] reconstructions in [0, 1]
   target_confidence: np.ndarray    # [I, R] target softmax probability of the attacked class
-  best_restart: np.ndarray         # [I] restart with the highest target confidence (GMI's selection)
+  best_restart: np.ndarray         # [I] reconstruction with the highest target confidence (GMI's selection)
   loss_curve: np.ndarray           # [steps] mean total loss over latents
   loss_parts: dict                 # name -> [steps] mean weighted term
+  latent_params: Any = None        # optimised parameters, leaves [I, restarts, ...] (z, or KEDMI's mu/logvar)
+  draws: int = 1                   # images drawn per optimised latent
 
   @property
   def best_images(self) -> np.ndarray:

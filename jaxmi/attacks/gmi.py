@@ -14,10 +14,15 @@ from jaxmi.attacks.engine import (AttackModels, FeatureRegTerm, IdentityTerm, In
                                   PriorTerm)
 
 
-def build_gmi(models: AttackModels, z_dim: int, cfg: InversionConfig) -> Inverter:
+def loss_terms(cfg: InversionConfig) -> list:
+  """Prior + identity (+ LOMMA's feature regulariser): the objective GMI and KEDMI share."""
   terms = [IdentityTerm(cfg.identity_weight, cfg.identity_loss)]
   if cfg.prior_weight:
     terms.insert(0, PriorTerm(cfg.prior_weight))
   if cfg.feature_reg_weight:  # LOMMA's regulariser; p_reg travels in variables["extras"]
     terms.append(FeatureRegTerm(cfg.feature_reg_weight))
-  return Inverter(models, PointLatent(z_dim, cfg.clip_z), terms, cfg)
+  return terms
+
+
+def build_gmi(models: AttackModels, z_dim: int, cfg: InversionConfig) -> Inverter:
+  return Inverter(models, PointLatent(z_dim, cfg.clip_z), loss_terms(cfg), cfg)

@@ -12,6 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from jaxmi import config as config_lib
@@ -72,8 +73,10 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
     variables["extras"] = {"p_reg": public_feature_reg(target, splits.public.images[:cfg.p_reg_images],
                                                        cfg.inversion.p_reg)}
   total_latents = len(labels) * cfg.inversion.restarts
+  prior = {"gmi": "WGAN critic -D(G(z))", "kedmi": "KEDMI discriminator -log P(real)"}.get(gan.kind, gan.kind)
   log(f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
-      f"{cfg.inversion.steps} steps, chunks of at most {cfg.inversion.max_batch} latents")
+      f"{cfg.inversion.steps} steps, chunks of at most {cfg.inversion.max_batch} latents; prior: {prior}; "
+      f"attacking {len(attacked)} model(s)")
 
   bar = None
   if progress:
@@ -93,6 +96,7 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
       "name": cfg.name, "attack": cfg.attack, **{k: v for k, v in metrics.items() if k not in ("per_identity", "eval_predictions")},
       "attack_seconds": round(seconds, 2), "latent_steps_per_second": round(total_latents * cfg.inversion.steps / seconds, 1),
       "compilations": inverter.traces, "target": str(cfg.target), "evaluator": str(cfg.evaluator), "gan": str(cfg.gan),
+      "gan_kind": gan.kind, "draws_per_latent": result.draws,
       "config": config_lib.to_dict(cfg),
   }
   workdir.mkdir(parents=True, exist_ok=True)
@@ -101,8 +105,12 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
     writer = csv.DictWriter(f, fieldnames=list(metrics["per_identity"][0]))
     writer.writeheader()
     writer.writerows(metrics["per_identity"])
+  params = {}
+  if result.latent_params is not None:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(result.latent_params)
+    params = {"param_" + ("_".join(str(getattr(k, "key", k)) for k in path) or "z"): v for path, v in leaves}
   np.savez_compressed(workdir / "latents.npz", latents=result.latents, labels=result.labels,
-                      target_confidence=result.target_confidence, best_restart=result.best_restart)
+                      target_confidence=result.target_confidence, best_restart=result.best_restart, **params)
   pair_grid(result, splits.private_train.images, splits.private_train.labels, workdir / "grid.png",
             eval_predictions=metrics["eval_predictions"])
   records.plot_loss_parts(result.loss_parts, workdir / "loss.png", f"{cfg.name}: loss terms (mean over latents)")
@@ -113,6 +121,7 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
 
 def format_summary(s: dict) -> str:
   return (f"[{s['name']}] attack acc@1 {100 * s['acc1']:.1f}% (chance {100 * s['chance_acc1']:.1f}%), "
-          f"acc@5 {100 * s['acc5']:.1f}%, over all restarts acc@1 {100 * s['acc1_all_restarts_mean']:.1f} "
-          f"+/- {100 * s['acc1_all_restarts_std']:.1f}%, KNN dist {s['knn_dist']:.2f}, "
+          f"acc@5 {100 * s['acc5']:.1f}% (selected); over all reconstructions acc@1 "
+          f"{100 * s['acc1_all_restarts_mean']:.1f} +/- {100 * s['acc1_all_restarts_std']:.1f}%, acc@5 "
+          f"{100 * s['acc5_all_restarts_mean']:.1f}%, KNN dist {s['knn_dist_all_restarts']:.2f}; "
           f"feature-FID {s['feature_fid']:.2f}, {s['attack_seconds']:.1f}s")

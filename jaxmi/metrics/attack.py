@@ -148,7 +148,8 @@ def pair_grid(result: InversionResult, private_images: np.ndarray, private_label
     order = [best] + [r for r in range(restarts) if r != best][:ncol - 2]
     for j, r in enumerate(order, start=1):
       show(axes[i, j], result.images[i, r])
-      title = ("selected" if j == 1 else f"restart {r}") + f"\nT {result.target_confidence[i, r]:.2f}"
+      name = f"draw {r}" if result.draws > 1 and restarts == result.draws else f"restart {r}"
+      title = ("selected" if j == 1 else name) + f"\nT {result.target_confidence[i, r]:.2f}"
       if eval_predictions is not None:
         pred = int(eval_predictions[i, r])
         title += f", E: {pred} " + ("ok" if pred == label else "x")

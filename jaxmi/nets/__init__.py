@@ -1,4 +1,4 @@
-"""Networks: classifiers (targets, evaluation models, surrogates); GANs come later.
+"""Networks: classifiers (targets, evaluation models, surrogates); the GAN priors are in ``jaxmi.nets.gan``.
 
 ``build_classifier(ModelConfig, num_classes)`` returns a Linen module whose variables are
 plain dicts ``{"params": ..., "batch_stats": ...}``; jitted code receives them as arguments.

@@ -15,6 +15,8 @@ so reference checkpoints load as they are. ``upsample`` picks how they run:
 
 Critic (GMI ``DGWGAN``): 5x5 stride-2 convs, instance norm (affine) after all but the first,
 LeakyReLU 0.2, and a final 4x4 valid conv to one score. No BatchNorm, as WGAN-GP requires.
+KEDMI's discriminator (``KEDMIDiscriminator``) shares the conv trunk style and predicts the
+target's K classes. Both expose ``realism(x)``, the score the attacks' prior maximises.
 """
 
 from __future__ import annotations
@@ -62,27 +64,40 @@ def convtranspose_subpixel(x, w, b=None):
 UPSAMPLE = {"transpose": convtranspose_reference, "subpixel": convtranspose_subpixel}
 
 
-def conv_s2_reference(x, w, b):
-  """5x5 stride-2 conv, padding 2 (PyTorch ``Conv2d(k=5, s=2, p=2)``), HWIO weights."""
-  return lax.conv_general_dilated(x, w, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_DN) + b[None, None, None, :]
+def space_to_depth_kernel(w, padding: int):
+  """(K, K, Cin, Cout) stride-2 weights -> (T, T, 4*Cin, Cout) stride-1 weights on space-to-depth input.
 
-
-def space_to_depth_kernel(w):
-  """(5, 5, Cin, Cout) stride-2 weights -> (3, 3, 4*Cin, Cout) stride-1 weights on space-to-depth input.
-
-  Input row i = 2(o + j) + p (offset j in {-1, 0, 1}, phase p in {0, 1}) meets tap k = 2j + p + 2;
-  k = 5 does not exist and reads the zero padding row.
+  Input row i = 2o + k - padding = 2(o + j) + p (offset j, phase p in {0, 1}) meets tap k, so
+  k + padding % 2 = 2(j + ceil(padding / 2)) + p; the kernel is zero-padded in front (odd
+  padding) and at the back to an even length 2T, whose missing taps read zeros. K = 5, padding
+  2 gives T = 3; K = 3, padding 1 (KEDMI's last stage) gives T = 2.
   """
-  cin, cout = w.shape[2:]
-  padded = jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0)))  # [6, 6, Cin, Cout]
-  v = padded.reshape(3, 2, 3, 2, cin, cout)               # [jy, py, jx, px, Cin, Cout]
-  return v.transpose(0, 2, 1, 3, 4, 5).reshape(3, 3, 4 * cin, cout)
+  size, _, cin, cout = w.shape
+  front = padding % 2
+  taps = -(-(size + front) // 2)
+  back = 2 * taps - size - front
+  padded = jnp.pad(w, ((front, back), (front, back), (0, 0), (0, 0)))  # [2T, 2T, Cin, Cout]
+  v = padded.reshape(taps, 2, taps, 2, cin, cout)                         # [jy, py, jx, px, Cin, Cout]
+  return v.transpose(0, 2, 1, 3, 4, 5).reshape(taps, taps, 4 * cin, cout)
+
+
+def _s2d_padding(size: int, padding: int) -> tuple[int, int]:
+  low = -(-padding // 2)
+  return low, -(-(size + padding % 2) // 2) - 1 - low
+
+
+def conv_s2_reference(x, w, b):
+  """KxK stride-2 conv with padding (K-1)/2 (PyTorch ``Conv2d(k, s=2, p=(k-1)//2)``), HWIO weights."""
+  pad = (w.shape[0] - 1) // 2
+  return lax.conv_general_dilated(x, w, (2, 2), ((pad, pad), (pad, pad)), dimension_numbers=_DN) + b[None, None, None, :]
 
 
 def conv_s2_space_to_depth(x, w, b):
   n, h, wd, c = x.shape
+  pad = (w.shape[0] - 1) // 2
   x = x.reshape(n, h // 2, 2, wd // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // 2, wd // 2, 4 * c)
-  y = lax.conv_general_dilated(x, space_to_depth_kernel(w), (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DN)
+  lo_hi = _s2d_padding(w.shape[0], pad)
+  y = lax.conv_general_dilated(x, space_to_depth_kernel(w, pad), (1, 1), (lo_hi, lo_hi), dimension_numbers=_DN)
   return y + b[None, None, None, :]
 
 
@@ -90,7 +105,7 @@ DOWNSAMPLE = {"direct": conv_s2_reference, "space_to_depth": conv_s2_space_to_de
 
 
 class DownConv(nn.Module):
-  """5x5 stride-2 conv that halves H and W, same parameters as ``nn.Conv(f, (5, 5), 2, padding=2)``.
+  """KxK stride-2 conv that halves H and W, same parameters as ``nn.Conv(f, (K, K), 2, padding=(K-1)//2)``.
 
   Its input gradient (needed by WGAN-GP and by every inversion step) is an lhs-dilated conv in
   the direct form, which XLA:CPU runs ~8x slower than the forward pass; the space-to-depth form
@@ -98,10 +113,12 @@ class DownConv(nn.Module):
   """
   features: int
   downsample: str = "space_to_depth"
+  kernel_size: int = 5
 
   @nn.compact
   def __call__(self, x):
-    w = self.param("kernel", nn.initializers.lecun_normal(), (5, 5, x.shape[-1], self.features))
+    k = self.kernel_size
+    w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
     b = self.param("bias", nn.initializers.zeros, (self.features,))
     return DOWNSAMPLE[self.downsample](x, w.astype(x.dtype), b.astype(x.dtype))
 
@@ -186,8 +203,81 @@ class Critic(nn.Module):
     x = nn.Conv(1, (4, 4), padding="VALID", name="score")(x)
     return x.reshape(x.shape[0])
 
+  def realism(self, x):
+    """The attack prior's score s(x) (the loss is -s): the critic value D(x)."""
+    return self(x)
 
-def build_gan(cfg: GANConfig, critic_width: int | None = None):
+
+class MinibatchDiscrimination(nn.Module):
+  """Salimans et al. (2016): per example, how close the others in its batch are.
+
+  M = x T ([N, kernels, kernel_dim]); o_i,b = sum_{j != i} exp(-||M_i,b - M_j,b||_1);
+  returns [x, o]. T ~ N(0, 1) as in KEDMI, which makes the L1 distances between distinct
+  4096-d features so large that o is ~0 unless two examples nearly coincide. With a batch of
+  one (how the attack engine applies the prior, per latent) o is exactly 0.
+  """
+  kernels: int = 64
+  kernel_dim: int = 50
+
+  @nn.compact
+  def __call__(self, x):
+    t = self.param("T", nn.initializers.normal(1.0), (x.shape[-1], self.kernels, self.kernel_dim))
+    m = jnp.einsum("na,abc->nbc", x, t.astype(x.dtype))
+
+    def closeness_of(m_i):  # [kernels, kernel_dim] -> [kernels]
+      return jnp.sum(jnp.exp(-jnp.sum(jnp.abs(m_i[None] - m), axis=-1)), axis=0)
+
+    # One row at a time: XLA:CPU materialises the [N, N, kernels, kernel_dim] difference of the
+    # broadcast form and its gradient (0.19 s per batch of 64); row by row it stays in cache (0.025 s).
+    closeness = jax.lax.map(closeness_of, m) - 1.0  # drop the self term exp(0)
+    return jnp.concatenate([x, closeness], axis=-1)
+
+
+class KEDMIDiscriminator(nn.Module):
+  """KEDMI's inversion-specific discriminator: K class logits, realness from their logsumexp.
+
+  5x5 stride-2 convs (d, 2d, 4d) with instance norm and LeakyReLU(0.2) after each, plus a 3x3
+  stride-2 conv (4d -> 4d) at 64 px, down to 4x4x4d = ``feat`` (4096-d at d = 64), then
+  minibatch discrimination (+64) and Linear(-> K). The "K+1" formulation: with Z = sum_k
+  exp(l_k), P(real | x) = Z / (Z + 1) = sigmoid(logsumexp(l)) (attacks.md section 3.1).
+  """
+  num_classes: int
+  base_width: int = 64
+  stages: int = 4             # 4 for 64 px (three 5x5 + one 3x3 stage), 3 for 32 px
+  mbd_kernels: int = 64
+  mbd_kernel_dim: int = 50
+  downsample: str = "space_to_depth"
+
+  @nn.compact
+  def __call__(self, x):
+    """Returns (feat [N, 16 * 4d], logits [N, K])."""
+    widths = [self.base_width * 2**i for i in range(3)] + [self.base_width * 4] * (self.stages - 3)
+    for i, width in enumerate(widths):
+      x = DownConv(width, self.downsample, kernel_size=5 if i < 3 else 3, name=f"conv{i}")(x)
+      x = nn.leaky_relu(InstanceNorm(name=f"in{i}")(x), 0.2)
+    # PyTorch flattens NCHW; keep that order so imported weights mean the same.
+    feat = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+    h = MinibatchDiscrimination(self.mbd_kernels, self.mbd_kernel_dim, name="mbd")(feat)
+    return feat, nn.Dense(self.num_classes, name="fc")(h)
+
+  def realism(self, x):
+    """log P(real | x) = log sigmoid(logsumexp(l)); KEDMI's prior loss is its negative."""
+    _, logits = self(x)
+    return jax.nn.log_sigmoid(jax.nn.logsumexp(logits, axis=-1))
+
+
+GAN_KINDS = ("gmi", "kedmi")
+
+
+def build_gan(cfg: GANConfig, critic_width: int | None = None, *, kind: str = "gmi", num_classes: int = 0):
+  """(generator, critic): GMI's WGAN-GP critic, or KEDMI's K-class discriminator (``num_classes`` = K)."""
   if cfg.stages not in (3, 4):
     raise ConfigError(f"gan.stages: expected 3 (32 px) or 4 (64 px), got {cfg.stages}")
-  return Generator(cfg), Critic(base_width=critic_width or cfg.base_width, stages=cfg.stages)
+  width = critic_width or cfg.base_width
+  if kind == "gmi":
+    return Generator(cfg), Critic(base_width=width, stages=cfg.stages)
+  if kind == "kedmi":
+    if num_classes <= 0:
+      raise ConfigError("kind: a KEDMI discriminator predicts the target's classes; num_classes must be positive")
+    return Generator(cfg), KEDMIDiscriminator(num_classes, base_width=width, stages=cfg.stages)
+  raise ConfigError(f"kind: unknown GAN kind '{kind}'; expected one of {', '.join(GAN_KINDS)}")

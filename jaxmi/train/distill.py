@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmi import config as config_lib
 from jaxmi import records
-from jaxmi.data import ArraySplit, Splits, load_splits
+from jaxmi.data import ArraySplit, DataConfig, Splits, load_splits
 from jaxmi.errors import ConfigError
 from jaxmi.train.classifier import ClassifierConfig, evaluate, load_classifier, train_classifier
 from jaxmi.train.step import Defense, make_eval_step
@@ -72,6 +73,15 @@ def distill_surrogate(cfg: ClassifierConfig, teacher_workdir: str, *, temperatur
   if cfg.role != "surrogate":
     raise ConfigError(f"role: a distilled model has role 'surrogate', got '{cfg.role}'")
   teacher = load_classifier(teacher_workdir, expect_role="target")
+  # The surrogate sees exactly the attacker's public split of the teacher's dataset; a student
+  # data config that names another split would silently train on something else, so refuse it.
+  if cfg.data != DataConfig():
+    differ = [k for k in config_lib.diff(config_lib.to_dict(cfg.data), config_lib.to_dict(teacher.config.data))
+              if k not in ("data_dir", "cache_dir", "download")]
+    if differ:
+      raise ConfigError(f"student.data: {', '.join('data.' + k for k in differ)} differ from the target's data config "
+                        f"in {teacher_workdir}; a surrogate trains on the target's public split, so leave them unset "
+                        "or equal to the target's")
   splits = splits if splits is not None else load_splits(teacher.config.data)
   cfg = dataclasses.replace(cfg, data=teacher.config.data)
   summary = train_classifier(cfg, splits=teacher_splits(teacher, splits, holdout_fraction, cfg.train.seed),

@@ -1,13 +1,23 @@
-"""WGAN-GP training of the GAN prior on the PUBLIC split only (GMI ``train_gan.py``).
+"""GAN priors, trained on the PUBLIC split only: GMI's WGAN-GP and KEDMI's inversion-specific GAN.
 
+GMI (``kind="gmi"``, ``train_gan.py``):
   L_D = -(E D(x) - E D(G(z))) + gp_weight * E (||grad_x D(x_hat)||_2 - 1)^2
   L_G = -E D(G(z))
 
-Adam(2e-4, betas (0.5, 0.999)) for both, ``n_critic`` = 5 critic updates per generator update.
-One jitted ``train_step`` does all of them: a ``lax.scan`` over the n_critic real batches,
-then the generator update, so a step is one dispatch and never a host sync. A PNG grid of
-samples from a fixed latent batch is written every epoch; checkpoints and resume work as for
-classifiers.
+KEDMI (``kind="kedmi"``, ``k+1_gan.py``; attacks.md section 3.1): the discriminator's K logits
+l predict the target's classes, realness is sigmoid(LSE(l)):
+  L_D = softCE(l(x_pub), softmax(T(x_pub)))
+        + 1/2 [E softplus(LSE(l(x_unl))) - E LSE(l(x_unl)) + E softplus(LSE(l(G(z))))]
+  L_G = mean_d |E feat(G(z)) - E feat(x_unl2)|_d + entropy_weight * H(l(G(z)))
+with H summed over the batch, and x_pub, x_unl, x_unl2 independently shuffled public batches.
+The soft labels come from the target run inside the compiled step (its variables are an
+argument). The target never sees private data here: the attacker queries it on public images.
+
+Adam(2e-4, betas (0.5, 0.999)) for both, ``n_critic`` = 5 discriminator updates per generator
+update. One jitted ``train_step`` does all of them: a ``lax.scan`` over the n_critic real
+batches, then the generator update, so a step is one dispatch and never a host sync. A PNG
+grid of samples from a fixed latent batch is written every epoch; checkpoints and resume work
+as for classifiers.
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ from jaxmi import records
 from jaxmi.data import DataConfig, Splits, load_splits, steps_per_epoch, train_batches
 from jaxmi.errors import CheckpointError, ConfigError
 from jaxmi.nets import shape_signature
-from jaxmi.nets.gan import GANConfig, build_gan
+from jaxmi.attacks.engine import resize_to
+from jaxmi.nets.gan import GAN_KINDS, GANConfig, KEDMIDiscriminator, build_gan
 from jaxmi.train.checkpoint import Checkpointer
 from jaxmi.train.loop import interrupted_message, run_steps
 from jaxmi.train.state import StateDict
@@ -48,13 +59,15 @@ class GANTrainConfig:
   checkpoint_every: int = 200       # generator steps
   keep_checkpoints: int = 3
   sample_count: int = 64            # images in each epoch's sample grid
+  entropy_weight: float = 1e-4      # KEDMI: weight of the generator's summed entropy term
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GANExperimentConfig:
   name: str = "gan"
-  kind: str = "gmi"                 # gmi (WGAN-GP); kedmi arrives with the KEDMI issue
+  kind: str = "gmi"                 # gmi (WGAN-GP) | kedmi (inversion-specific, needs the target)
   workdir: str = "runs/gan"
+  target: str = ""                  # kedmi: workdir of the target whose soft labels train the discriminator
   data: DataConfig = DataConfig()
   gan: GANConfig = GANConfig()
   critic_width: int = 0             # 0: same as gan.base_width
@@ -135,6 +148,80 @@ def make_gan_step(generator, critic, g_tx, d_tx, cfg: GANTrainConfig, z_dim: int
   return train_step
 
 
+def kedmi_discriminator_loss(labelled_logits, soft_labels, unlabelled_logits, fake_logits):
+  """KEDMI's L_D: soft-label cross-entropy on labelled public images + the K+1 real/fake term."""
+  label_loss = jnp.mean(-jnp.sum(soft_labels * jax.nn.log_softmax(labelled_logits), axis=-1))
+  lse_unl = jax.nn.logsumexp(unlabelled_logits, axis=-1)
+  lse_fake = jax.nn.logsumexp(fake_logits, axis=-1)
+  # softplus(a) - a = -log sigmoid(a): real images should look real, fakes fake.
+  unlabel_loss = 0.5 * (jnp.mean(jax.nn.softplus(lse_unl)) - jnp.mean(lse_unl) + jnp.mean(jax.nn.softplus(lse_fake)))
+  return label_loss, unlabel_loss
+
+
+def kedmi_generator_loss(fake_feat, real_feat, fake_logits, entropy_weight):
+  """KEDMI's L_G: feature matching (mean |E feat(G(z)) - E feat(x)|) + weight * entropy summed over the batch."""
+  matching = jnp.mean(jnp.abs(jnp.mean(fake_feat, 0) - jnp.mean(real_feat, 0)))
+  entropy = -jnp.sum(jax.nn.softmax(fake_logits) * jax.nn.log_softmax(fake_logits))
+  return matching + entropy_weight * entropy, (matching, entropy)
+
+
+def make_kedmi_step(generator, disc, target, target_shape, g_tx, d_tx, cfg: GANTrainConfig, z_dim: int):
+  """``train_step(state, target_variables, labelled, unlabelled, unlabelled2)``: uint8 batches
+  [n_critic, B, ...], [n_critic, B, ...] and [B, ...]."""
+
+  def generate(g_params, g_stats, z):
+    return generator.apply({"params": g_params, "batch_stats": g_stats}, z, train=True, mutable=["batch_stats"])
+
+  def d_loss_fn(d_params, g_params, g_stats, labelled, soft, unlabelled, rng):
+    z = jax.random.normal(rng, (labelled.shape[0], z_dim))
+    fake, mutated = generate(g_params, g_stats, z)
+    apply = lambda x: disc.apply({"params": d_params}, x)[1]
+    l_lab, l_unl, l_fake = apply(labelled), apply(unlabelled), apply(jax.lax.stop_gradient(fake))
+    label_loss, unlabel_loss = kedmi_discriminator_loss(l_lab, soft, l_unl, l_fake)
+    metrics = {"label_loss": label_loss, "unlabel_loss": unlabel_loss,
+               "agreement": jnp.mean(jnp.argmax(l_lab, -1) == jnp.argmax(soft, -1)),
+               "p_real": jnp.mean(jax.nn.sigmoid(jax.nn.logsumexp(l_unl, -1))),
+               "p_real_fake": jnp.mean(jax.nn.sigmoid(jax.nn.logsumexp(l_fake, -1)))}
+    return label_loss + unlabel_loss, (mutated["batch_stats"], metrics)
+
+  def g_loss_fn(g_params, g_stats, d_params, unlabelled2, rng):
+    z = jax.random.normal(rng, (unlabelled2.shape[0], z_dim))
+    fake, mutated = generate(g_params, g_stats, z)
+    fake_feat, fake_logits = disc.apply({"params": d_params}, fake)
+    real_feat, _ = disc.apply({"params": d_params}, unlabelled2)
+    loss, (matching, entropy) = kedmi_generator_loss(fake_feat, real_feat, fake_logits, cfg.entropy_weight)
+    return loss, (mutated["batch_stats"], {"g_loss": loss, "feature_matching": matching, "entropy": entropy})
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def train_step(state: GANState, target_variables, labelled, unlabelled, unlabelled2):
+    rng = jax.random.fold_in(state.rng, state.step)
+    d_rngs = jax.random.split(rng, cfg.n_critic + 1)
+    labelled, unlabelled = to_float(labelled), to_float(unlabelled)
+    flat = labelled.reshape(-1, *labelled.shape[2:])
+    soft = jax.nn.softmax(target.apply(target_variables, resize_to(flat, target_shape), train=False).logits)
+    soft = jax.lax.stop_gradient(soft).reshape(*labelled.shape[:2], -1)
+
+    def disc_update(carry, inputs):
+      d_params, d_opt, g_stats = carry
+      lab, sft, unl, key = inputs
+      grads, (g_stats, m) = jax.grad(d_loss_fn, has_aux=True)(d_params, state.g_params, g_stats, lab, sft, unl, key)
+      updates, d_opt = d_tx.update(grads, d_opt, d_params)
+      return (optax.apply_updates(d_params, updates), d_opt, g_stats), m
+
+    # Unrolled for the same XLA:CPU reason as the WGAN-GP step.
+    (d_params, d_opt, g_stats), d_metrics = jax.lax.scan(
+        disc_update, (state.d_params, state.d_opt, state.g_stats), (labelled, soft, unlabelled, d_rngs[:-1]),
+        unroll=True)
+    g_grads, (g_stats, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(state.g_params, g_stats, d_params,
+                                                                       to_float(unlabelled2), d_rngs[-1])
+    updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    metrics = {**g_metrics, **{k: jnp.mean(v) for k, v in d_metrics.items()}}
+    return GANState(state.step + 1, g_params, g_stats, d_params, g_opt, d_opt, state.rng), metrics
+
+  return train_step
+
+
 def init_gan_state(generator, critic, g_tx, d_tx, gan_cfg: GANConfig, seed: int) -> GANState:
   g_rng, d_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
   g_vars = jax.jit(lambda r: generator.init(r, jnp.zeros((2, gan_cfg.z_dim))))(g_rng)
@@ -144,16 +231,19 @@ def init_gan_state(generator, critic, g_tx, d_tx, gan_cfg: GANConfig, seed: int)
                   g_tx.init(g_vars["params"]), d_tx.init(d_vars["params"]), state_rng)
 
 
-def gan_meta(cfg: GANExperimentConfig, state: GANState) -> dict:
-  return {"kind": "gan", "gan_kind": cfg.kind,
+def gan_meta(cfg: GANExperimentConfig, state: GANState, num_classes: int = 0) -> dict:
+  return {"kind": "gan", "gan_kind": cfg.kind, "num_classes": num_classes,
           "arch": {**config_lib.to_dict(cfg.gan), "critic_width": cfg.critic_width or cfg.gan.base_width},
           "signature": shape_signature({"g": state.g_params, "d": state.d_params}),
           "config": config_lib.to_dict(cfg)}
 
 
 def _validate(cfg: GANExperimentConfig, splits: Splits) -> None:
-  if cfg.kind != "gmi":
-    raise ConfigError(f"kind: unknown GAN kind '{cfg.kind}'; expected 'gmi'")
+  if cfg.kind not in GAN_KINDS:
+    raise ConfigError(f"kind: unknown GAN kind '{cfg.kind}'; expected one of {', '.join(GAN_KINDS)}")
+  if cfg.kind == "kedmi" and not cfg.target:
+    raise ConfigError("target: a KEDMI GAN learns the target's soft labels on public images; set target to the "
+                      "target classifier's workdir")
   if cfg.data.image_size != cfg.gan.image_size or cfg.data.channels != cfg.gan.channels:
     raise ConfigError(f"gan: generates {cfg.gan.image_size}x{cfg.gan.image_size}x{cfg.gan.channels} images but "
                       f"data is {cfg.data.image_size}x{cfg.data.image_size}x{cfg.data.channels}; "
@@ -168,16 +258,23 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
   public = splits.public
   t = cfg.train
   workdir = Path(cfg.workdir)
-  generator, critic = build_gan(cfg.gan, cfg.critic_width or None)
+  target = None
+  if cfg.kind == "kedmi":
+    from jaxmi.train.classifier import load_classifier
+    target = load_classifier(cfg.target, expect_role="target")
+  num_classes = target.num_classes if target is not None else 0
+  generator, critic = build_gan(cfg.gan, cfg.critic_width or None, kind=cfg.kind, num_classes=num_classes)
   adam = lambda: optax.adam(t.learning_rate, b1=t.beta1, b2=t.beta2)
   g_tx, d_tx = adam(), adam()
   state = init_gan_state(generator, critic, g_tx, d_tx, cfg.gan, t.seed)
-  meta = gan_meta(cfg, state)
+  meta = gan_meta(cfg, state, num_classes)
   images_per_step = t.batch_size * t.n_critic
   spe = steps_per_epoch(len(public), images_per_step)
   total = spe * t.epochs
-  log(f"[{cfg.name}] WGAN-GP on the public split: {len(public)} images {public.images.shape[1:]}, "
-      f"{spe} generator steps/epoch x {t.epochs} epochs ({t.n_critic} critic steps each)")
+  what = ("WGAN-GP" if cfg.kind == "gmi" else
+          f"KEDMI GAN (discriminator learns the soft labels of target {cfg.target}, {num_classes} classes)")
+  log(f"[{cfg.name}] {what} on the public split: {len(public)} images {public.images.shape[1:]}, "
+      f"{spe} generator steps/epoch x {t.epochs} epochs ({t.n_critic} discriminator steps each)")
 
   ckpt = Checkpointer(workdir / "checkpoints", every_steps=t.checkpoint_every, keep=t.keep_checkpoints)
   start = ckpt.latest_step()
@@ -186,7 +283,6 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
     log(f"[{cfg.name}] resuming from {ckpt.directory}/{start}")
   start = int(start or 0)
 
-  step_fn = make_gan_step(generator, critic, g_tx, d_tx, t, cfg.gan.z_dim)
   sample = jax.jit(lambda v, z: generator.apply(v, z, train=False))
   fixed_z = jax.random.normal(jax.random.PRNGKey(t.seed + 1), (t.sample_count, cfg.gan.z_dim))
 
@@ -197,19 +293,33 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
     return {}
 
   batches = train_batches(public, images_per_step, t.seed, start_step=start)
+  split = lambda real: real.reshape(t.n_critic, t.batch_size, *real.shape[1:])
+  if cfg.kind == "gmi":
+    step_fn = make_gan_step(generator, critic, g_tx, d_tx, t, cfg.gan.z_dim)
+    next_input = lambda: split(next(batches)["image"])
+    streams = [batches]
+  else:
+    # The labelled stream sets the epoch; a second, independently shuffled stream gives the
+    # unlabelled batches of the discriminator steps and the generator's feature-matching batch.
+    unlabelled = train_batches(public, images_per_step + t.batch_size, t.seed + 1, start_step=start)
+    streams = [batches, unlabelled]
+    kedmi_step = make_kedmi_step(generator, critic, target.module, target.image_shape, g_tx, d_tx, t, cfg.gan.z_dim)
+    step_fn = lambda state, inputs: kedmi_step(state, target.variables, *inputs)
 
-  def next_input():
-    real = next(batches)["image"]
-    return real.reshape(t.n_critic, t.batch_size, *real.shape[1:])
+    def next_input():
+      unl = next(unlabelled)["image"]
+      return split(next(batches)["image"]), split(unl[:images_per_step]), unl[images_per_step:]
 
   t0 = time.time()
   try:
     result = run_steps(state, name=cfg.name, step_fn=step_fn, next_input=next_input, start=start, total=total,
                        steps_per_epoch=spe, ckpt=ckpt, meta=meta, writer=records.JsonlWriter(workdir / "metrics.jsonl"),
                        log_every=t.log_every, epoch_end=epoch_end, progress=progress, stop_at_step=stop_at_step,
-                       postfix_keys=("wasserstein", "gp", "g_loss"))
+                       postfix_keys=("wasserstein", "gp", "g_loss") if cfg.kind == "gmi" else
+                       ("label_loss", "unlabel_loss", "agreement", "g_loss"))
   finally:
-    batches.close()
+    for stream in streams:
+      stream.close()
   if result.by_user:
     raise KeyboardInterrupt(interrupted_message(result.step, ckpt))
   if result.stopped_early:
@@ -229,10 +339,11 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
 class GAN:
   """A trained GAN prior: generator (eval mode) and critic, with their variables."""
   generator: Any
-  critic: Any
+  critic: Any                       # Critic (gmi) or KEDMIDiscriminator (kedmi); both have realism(x)
   g_variables: dict
   d_variables: dict
   config: GANConfig
+  kind: str = "gmi"
 
 
 def load_gan(workdir: str | Path) -> GAN:
@@ -244,10 +355,11 @@ def load_gan(workdir: str | Path) -> GAN:
   arch = dict(meta["arch"])
   critic_width = arch.pop("critic_width")
   gan_cfg = GANConfig(**arch)
-  generator, critic = build_gan(gan_cfg, critic_width)
+  kind = meta.get("gan_kind", "gmi")
+  generator, critic = build_gan(gan_cfg, critic_width, kind=kind, num_classes=meta.get("num_classes", 0))
   abstract = jax.eval_shape(lambda: init_gan_state(generator, critic, optax.adam(1e-3), optax.adam(1e-3), gan_cfg, 0))
   expected = {**meta, "signature": shape_signature({"g": abstract.g_params, "d": abstract.d_params})}
   state = ckpt.restore(None, expected)
   ckpt.close()
   return GAN(generator, critic, {"params": state["g_params"], "batch_stats": state["g_stats"]},
-             {"params": state["d_params"]}, gan_cfg)
+             {"params": state["d_params"]}, gan_cfg, kind)

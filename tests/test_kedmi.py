@@ -1,0 +1,144 @@
+"""KEDMI: the K+1 discriminator, its soft-label and generator losses, and the distributional latent."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmi.attacks import AttackModels, DistributionalLatent, InversionConfig, build_kedmi
+from jaxmi.nets import ModelConfig, build_classifier, init_variables
+from jaxmi.nets.gan import GANConfig, KEDMIDiscriminator, MinibatchDiscrimination, build_gan
+from jaxmi.train.gan import kedmi_discriminator_loss, kedmi_generator_loss
+
+
+@pytest.mark.parametrize("stages, size, feat", [(4, 64, 4096), (3, 32, 4096)])
+def test_discriminator_shapes_match_the_reference(stages, size, feat):
+  """d = 64: 64 px (three 5x5 stages + a 3x3 one) and 32 px (three 5x5) both end at 4x4x256 = 4096
+  features; minibatch discrimination adds 64 and the head maps 4160 -> K (attacks.md 3.1)."""
+  disc = KEDMIDiscriminator(num_classes=1000, base_width=64, stages=stages)
+  x = jnp.zeros((2, size, size, 3))
+  variables = jax.eval_shape(lambda: disc.init(jax.random.PRNGKey(0), x))
+  params = jax.tree.map(lambda a: a.shape, variables["params"])
+  assert params["mbd"]["T"] == (feat, 64, 50) and params["fc"]["kernel"] == (feat + 64, 1000)
+  if stages == 4:
+    assert params["conv3"]["kernel"] == (3, 3, 256, 256)
+  out_feat, logits = jax.eval_shape(lambda v: disc.apply(v, x), variables)
+  assert out_feat.shape == (2, feat) and logits.shape == (2, 1000)
+
+
+def test_minibatch_discrimination_matches_a_direct_computation():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(4, 3)).astype(np.float32)
+  t = (0.3 * rng.normal(size=(3, 2, 5))).astype(np.float32)  # small T: closeness far from 0
+  layer = MinibatchDiscrimination(kernels=2, kernel_dim=5)
+  out = np.asarray(layer.apply({"params": {"T": jnp.asarray(t)}}, jnp.asarray(x)))
+  m = np.einsum("na,abc->nbc", x, t)
+  expected = np.zeros((4, 2))
+  for i in range(4):
+    for j in range(4):
+      if i != j:
+        expected[i] += np.exp(-np.abs(m[i] - m[j]).sum(-1))
+  np.testing.assert_allclose(out[:, :3], x)
+  np.testing.assert_allclose(out[:, 3:], expected, rtol=1e-5, atol=1e-6)
+  assert expected.min() > 0.01
+  # A batch of one (how the attack applies the prior, per latent): the closeness features are 0.
+  np.testing.assert_allclose(layer.apply({"params": {"T": jnp.asarray(t)}}, jnp.asarray(x[:1]))[:, 3:], 0.0)
+
+
+def log_softmax(a):
+  a = a - a.max(-1, keepdims=True)
+  return a - np.log(np.exp(a).sum(-1, keepdims=True))
+
+
+def test_discriminator_loss_is_soft_label_cross_entropy_plus_the_k_plus_1_term():
+  rng = np.random.default_rng(1)
+  lab, unl, fake = (rng.normal(size=(6, 4)) for _ in range(3))
+  teacher = rng.normal(size=(6, 4)) * 3
+  soft = np.exp(log_softmax(teacher))
+  label_loss, unlabel_loss = kedmi_discriminator_loss(*(jnp.asarray(a, jnp.float32) for a in (lab, soft, unl, fake)))
+  # softXEnt: -sum_k softmax(T(x))_k log softmax(l(x))_k, averaged over the batch.
+  assert float(label_loss) == pytest.approx(float(np.mean(-np.sum(soft * log_softmax(lab), -1))), rel=1e-5)
+  # With Z = sum_k exp(l_k): real images should have Z/(Z+1) -> 1, fakes -> 0.
+  z_unl, z_fake = np.exp(unl).sum(-1), np.exp(fake).sum(-1)
+  expected = 0.5 * (np.mean(-np.log(z_unl / (z_unl + 1))) + np.mean(np.log(1 + z_fake)))
+  assert float(unlabel_loss) == pytest.approx(float(expected), rel=1e-5)
+  # The label term is smallest when the discriminator reproduces the target's distribution.
+  matched, _ = kedmi_discriminator_loss(jnp.asarray(teacher), jnp.asarray(soft), jnp.asarray(unl), jnp.asarray(fake))
+  assert float(matched) < float(label_loss)
+
+
+def test_generator_loss_is_feature_matching_plus_summed_entropy():
+  rng = np.random.default_rng(2)
+  fake_feat, real_feat, logits = rng.normal(size=(5, 7)), rng.normal(size=(5, 7)), rng.normal(size=(5, 3))
+  loss, (matching, entropy) = kedmi_generator_loss(jnp.asarray(fake_feat), jnp.asarray(real_feat),
+                                                   jnp.asarray(logits), 1e-4)
+  p = np.exp(log_softmax(logits))
+  assert float(matching) == pytest.approx(float(np.mean(np.abs(fake_feat.mean(0) - real_feat.mean(0)))), rel=1e-5)
+  assert float(entropy) == pytest.approx(float(-np.sum(p * np.log(p))), rel=1e-5)  # summed over the batch
+  assert float(loss) == pytest.approx(float(matching) + 1e-4 * float(entropy), rel=1e-6)
+
+
+def test_realism_is_minus_kedmis_prior():
+  """Prior = E softplus(LSE(l)) - E LSE(l) (attacks.md 3.2); realism must be its negative."""
+  disc = KEDMIDiscriminator(num_classes=3, base_width=4, stages=3)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 1))
+  variables = disc.init(jax.random.PRNGKey(1), x)
+  _, logits = disc.apply(variables, x)
+  lse = np.log(np.exp(np.asarray(logits, np.float64)).sum(-1))
+  prior = np.log1p(np.exp(lse)) - lse
+  np.testing.assert_allclose(-np.asarray(disc.apply(variables, x, method="realism")), prior, rtol=1e-5)
+
+
+def test_distributional_sampler_reparameterises_and_clips():
+  latent = DistributionalLatent(z_dim=3, clip=0.0, init_logvar=1.0, draws=5)
+  params = latent.init(jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(params["mu"], 0.0)
+  np.testing.assert_array_equal(params["logvar"], 1.0)
+  params = {"mu": jnp.asarray([0.5, -1.0, 2.0]), "logvar": jnp.asarray([0.0, 1.0, -2.0])}
+  keys = jax.random.split(jax.random.PRNGKey(1), 20000)
+  z = np.asarray(jax.vmap(latent.sample, in_axes=(None, 0))(params, keys))
+  np.testing.assert_allclose(z.mean(0), params["mu"], atol=0.05)
+  np.testing.assert_allclose(z.std(0), np.exp(0.5 * np.asarray(params["logvar"])), rtol=0.03)
+  # Gradients flow through the sample: dz/dmu = 1, dz/dlogvar = eps * std / 2.
+  key = jax.random.PRNGKey(2)
+  eps = jax.random.normal(key, (3,))
+  grads = jax.grad(lambda p: jnp.sum(latent.sample(p, key)))(params)
+  np.testing.assert_allclose(grads["mu"], 1.0)
+  np.testing.assert_allclose(grads["logvar"], 0.5 * eps * jnp.exp(0.5 * params["logvar"]), rtol=1e-5)
+  # Evaluation draws; with clip (LOMMA's KEDMI path) every sampled z lies in [-1, 1].
+  assert latent.final(params, key).shape == (5, 3)
+  clipped = DistributionalLatent(z_dim=3, clip=1.0)
+  z = np.asarray(jax.vmap(clipped.sample, in_axes=(None, 0))(params, keys[:500]))
+  assert np.abs(z).max() <= 1.0 and np.isclose(np.abs(z).max(), 1.0)
+
+
+def toy_kedmi(num_classes=4):
+  gan_cfg = GANConfig(z_dim=16, base_width=4, stages=3, channels=1)
+  generator, disc = build_gan(gan_cfg, kind="kedmi", num_classes=num_classes)
+  target = build_classifier(ModelConfig(arch="cnn", width=4, feature_dim=8), num_classes)
+  variables = {
+      "generator": generator.init(jax.random.PRNGKey(0), jnp.zeros((2, 16))),
+      "critic": disc.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 1))),
+      "targets": (init_variables(target, jax.random.PRNGKey(2), (32, 32, 1)),),
+  }
+  return AttackModels(generator, disc, (target,), ((32, 32, 1),)), variables
+
+
+def test_kedmi_engine_learns_distributions_in_one_compilation_independent_of_chunking():
+  models, variables = toy_kedmi()
+  cfg = InversionConfig(steps=8, restarts=1, optimizer="adam", learning_rate=0.02, clip_z=0.0, eval_draws=3,
+                        log_every=4)
+  whole = build_kedmi(models, 16, cfg)
+  chunked = build_kedmi(models, 16, dataclasses.replace(cfg, max_batch=3))  # 4 latents -> 2 chunks, one padded
+  a, b = whole.run(variables, [0, 1, 2, 3]), chunked.run(variables, [0, 1, 2, 3])
+  assert whole.traces == 1 and chunked.traces == 1
+  assert a.images.shape == (4, 3, 32, 32, 1) and a.latents.shape == (4, 3, 16) and a.draws == 3
+  assert a.latent_params["mu"].shape == (4, 1, 16) and a.latent_params["logvar"].shape == (4, 1, 16)
+  np.testing.assert_allclose(a.latent_params["mu"], b.latent_params["mu"], atol=1e-4)
+  np.testing.assert_allclose(a.latents, b.latents, atol=1e-4)
+  # The distributions moved from their start (mu = 0, logvar = 1), and the draws of one identity differ.
+  assert np.abs(a.latent_params["mu"]).max() > 0.05
+  assert not np.allclose(a.latents[:, 0], a.latents[:, 1])
+  assert {"prior", "identity"} <= set(a.loss_parts)
