@@ -1,5 +1,8 @@
 """Training-time defenses, each a ``jaxmi.train.step.Defense`` (a loss term, head or optimiser wrapper)."""
 
 from jaxmi.defenses.bido import BiDO, coco, gaussian_gram, linear_gram, normalized_hsic
+from jaxmi.defenses.calor import ConfidenceAdaptation, inverse_focal_loss
+from jaxmi.defenses.mid import MID, vib_kl
 
-__all__ = ["BiDO", "coco", "gaussian_gram", "linear_gram", "normalized_hsic"]
+__all__ = ["BiDO", "ConfidenceAdaptation", "MID", "coco", "gaussian_gram", "inverse_focal_loss", "linear_gram",
+           "normalized_hsic", "vib_kl"]

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxmi.errors import ConfigError
-from jaxmi.nets.classifiers import VGG, VGG16_LAYOUT, ClassifierOutput, LinearHead, ResNet, SmallCNN
+from jaxmi.nets.classifiers import (ACTIVATIONS, VGG, VGG16_LAYOUT, ClassifierOutput, LinearHead, LowRankHead, ResNet,
+                                    SmallCNN, VIBHead, vib_statistics)
 
 VGG_LAYOUTS = {
     "vgg16": VGG16_LAYOUT,
@@ -29,24 +30,39 @@ class ModelConfig:
   blocks: tuple[int, ...] = (2, 2, 2, 2)     # basic blocks per stage (resnet)
   vgg_layout: str = "vgg16"                  # a key of VGG_LAYOUTS (vgg)
   width_divisor: int = 1                     # divides every VGG stage width (vgg)
-  head: str = "linear"
+  head: str = "linear"                       # linear | low_rank (CALoR) | vib (MID)
+  head_rank: int = 40                        # low_rank: bottleneck width r
+  head_activation: str = "tanh"              # low_rank: activation after Linear(d, r)
+  vib_dim: int = 0                           # vib: latent size k (0 = feature_dim / 2)
 
 
 ARCHS = ("cnn", "resnet", "vgg")
-HEADS = ("linear",)
+HEADS = ("linear", "low_rank", "vib")
+
+
+def build_head(cfg: ModelConfig, num_classes: int):
+  if cfg.head not in HEADS:
+    raise ConfigError(f"model.head: unknown head '{cfg.head}'; expected one of {', '.join(HEADS)}")
+  if cfg.head == "low_rank":
+    if cfg.head_activation not in ACTIVATIONS:
+      raise ConfigError(f"model.head_activation: unknown '{cfg.head_activation}'; expected one of "
+                        f"{', '.join(ACTIVATIONS)}")
+    return LowRankHead(num_classes, rank=cfg.head_rank, activation=cfg.head_activation)
+  if cfg.head == "vib":
+    return VIBHead(num_classes, dim=cfg.vib_dim)
+  return None  # the architecture's own linear head
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int):
-  if cfg.head not in HEADS:
-    raise ConfigError(f"model.head: unknown head '{cfg.head}'; expected one of {', '.join(HEADS)}")
+  head = build_head(cfg, num_classes)
   if cfg.arch == "cnn":
-    return SmallCNN(num_classes, width=cfg.width, feature_dim=cfg.feature_dim)
+    return SmallCNN(num_classes, width=cfg.width, feature_dim=cfg.feature_dim, head=head)
   if cfg.arch == "resnet":
-    return ResNet(num_classes, width=cfg.width, blocks=tuple(cfg.blocks))
+    return ResNet(num_classes, width=cfg.width, blocks=tuple(cfg.blocks), head=head)
   if cfg.arch == "vgg":
     if cfg.vgg_layout not in VGG_LAYOUTS:
       raise ConfigError(f"model.vgg_layout: unknown layout '{cfg.vgg_layout}'; expected one of {', '.join(VGG_LAYOUTS)}")
-    return VGG(num_classes, layout=VGG_LAYOUTS[cfg.vgg_layout], width_divisor=cfg.width_divisor)
+    return VGG(num_classes, layout=VGG_LAYOUTS[cfg.vgg_layout], width_divisor=cfg.width_divisor, head=head)
   raise ConfigError(f"model.arch: unknown architecture '{cfg.arch}'; expected one of {', '.join(ARCHS)}")
 
 
@@ -67,6 +83,7 @@ def _key(k) -> str:
 
 
 __all__ = [
-    "ARCHS", "ClassifierOutput", "LinearHead", "ModelConfig", "ResNet", "SmallCNN", "VGG",
+    "ARCHS", "ClassifierOutput", "LinearHead", "LowRankHead", "ModelConfig", "ResNet", "SmallCNN", "VGG", "VIBHead",
+    "vib_statistics",
     "build_classifier", "init_variables", "shape_signature",
 ]

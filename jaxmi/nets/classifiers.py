@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -40,6 +41,49 @@ class LinearHead(nn.Module):
   @nn.compact
   def __call__(self, features, train: bool = False):
     return nn.Dense(self.num_classes, name="fc")(features)
+
+
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu, "relu6": nn.relu6, "sigmoid": nn.sigmoid,
+               "leaky_relu": nn.leaky_relu, "none": lambda x: x}
+
+
+class LowRankHead(nn.Module):
+  """CALoR's low-rank compression: BN1d(d) -> Linear(d, r) -> activation -> Linear(r, C) (defenses.md 3.2).
+
+  The r-dimensional bottleneck (r = 40-50, tanh) filters the feature directions an inversion
+  attack can exploit; the saturating activation also damps the attack's gradients.
+  """
+  num_classes: int
+  rank: int = 40
+  activation: str = "tanh"
+
+  @nn.compact
+  def __call__(self, features, train: bool = False):
+    x = _bn(train, "bn")(features)
+    x = ACTIVATIONS[self.activation](nn.Dense(self.rank, name="down")(x))
+    return nn.Dense(self.num_classes, name="fc")(x)
+
+
+def vib_statistics(encoded, dim: int):
+  """MID's posterior: mu = first ``dim`` outputs, sigma = softplus(rest - 5) (the reference's offset)."""
+  return encoded[:, :dim], jax.nn.softplus(encoded[:, dim:] - 5.0)
+
+
+class VIBHead(nn.Module):
+  """MID's variational information bottleneck: Linear(d, 2k) -> N(mu, sigma^2) -> Linear(k, C) (defenses.md 4.1).
+
+  Training samples z = mu + sigma * eps (rng stream "vib"); evaluation uses z = mu, so the
+  released model is deterministic (the reference also samples at test time).
+  """
+  num_classes: int
+  dim: int = 0                     # k; 0 = half the feature dimension
+
+  @nn.compact
+  def __call__(self, features, train: bool = False):
+    k = self.dim or max(features.shape[-1] // 2, 1)
+    mu, sigma = vib_statistics(nn.Dense(2 * k, name="encoder")(features), k)
+    z = mu + sigma * jax.random.normal(self.make_rng("vib"), mu.shape, mu.dtype) if train else mu
+    return nn.Dense(self.num_classes, name="fc")(z)
 
 
 class SmallCNN(nn.Module):

@@ -55,6 +55,8 @@ class ClassifierConfig:
   model: ModelConfig = ModelConfig()
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
+  init_from: str = ""               # workdir of a trained classifier of the same architecture to start from
+                                    # (CALoR's fine-tuning stage, TL-DMI); "" = random initialisation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +129,14 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   rng = jax.random.PRNGKey(cfg.train.seed)
   init_rng, state_rng = jax.random.split(rng)
   variables = init_variables(module, init_rng, image_shape)
+  if cfg.init_from:
+    start_from = load_classifier(cfg.init_from)
+    if shape_signature(start_from.variables) != shape_signature(variables):
+      raise ConfigError(f"init_from: {cfg.init_from} holds a {start_from.config.model.arch} model whose parameters "
+                        f"do not match model {cfg.model.arch} with {num_classes} classes; it must be the same "
+                        "architecture and head")
+    variables = jax.tree.map(jnp.asarray, start_from.variables)
+    log(f"[{cfg.name}] starting from the weights in {cfg.init_from}")
   tx = defense.optimizer(tx, variables["params"])
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),

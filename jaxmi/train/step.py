@@ -85,10 +85,11 @@ def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = 
   """
 
   def loss_fn(params, state: TrainState, images, labels, rng):
-    aug_rng, defense_rng = jax.random.split(rng)
+    aug_rng, defense_rng, vib_rng = jax.random.split(rng, 3)
     images = augment(images, aug_rng, augment_cfg)
+    # "vib": the stream a stochastic head (MID's VIB) samples from; other modules ignore it.
     out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                               mutable=["batch_stats"])
+                               mutable=["batch_stats"], rngs={"vib": vib_rng})
     task = jnp.mean(defense.task_loss(out.logits, labels))
     reg, defense_state, reg_metrics = defense.regularizer(
         out, labels, images=images, params=params, state=state.defense_state, rng=defense_rng, step=state.step)
