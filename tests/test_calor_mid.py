@@ -101,3 +101,37 @@ def test_calor_and_mid_train_on_real_data_and_change_what_they_claim(tmp_path, c
   with pytest.raises(ConfigError, match="init_from: .* do not match model cnn"):
     train(tmp_path, "wrong", splits, Defense(), head="low_rank", init_from=str(tmp_path / "mid"))
   assert not (tmp_path / "wrong").exists()
+
+
+def test_negative_label_smoothing_loss_and_schedule():
+  from jaxmi.defenses import NegativeLabelSmoothing, nls_alpha
+  from jaxmi.nets import ClassifierOutput
+  # The reference schedule at E = 100: 0 before epoch 50, alpha * (e + 1 - 50) / 50 up to 74, then alpha.
+  for epoch, expected in [(0, 0.0), (49, 0.0), (50, -0.05 / 50), (74, -0.05 * 25 / 50), (75, -0.05), (99, -0.05)]:
+    assert float(nls_alpha(epoch, -0.05, 100)) == pytest.approx(expected, abs=1e-9)
+  nls = NegativeLabelSmoothing(alpha=-0.05).bind(steps_per_epoch=10, total_steps=1000)
+  rng = np.random.default_rng(0)
+  logits, labels = rng.normal(size=(5, 4)), rng.integers(0, 4, 5)
+  out = ClassifierOutput(jnp.asarray(logits, jnp.float32), None, ())
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  nll, uniform = -log_p[np.arange(5), labels], -log_p.mean(-1)
+  for step in (0, 760):  # epochs 0 and 76 of 100
+    alpha = float(nls.current_alpha(step))
+    reg, _, _ = nls.regularizer(out, jnp.asarray(labels), images=None, params=None, state={}, rng=None, step=step)
+    # CE + reg must equal the smoothed loss (1 - alpha) NLL + alpha * mean_k(-log p_k).
+    np.testing.assert_allclose(nll.mean() + float(reg), np.mean((1 - alpha) * nll + alpha * uniform), rtol=1e-5)
+  assert float(nls.current_alpha(760)) == pytest.approx(-0.05)
+  with pytest.raises(ConfigError, match="defense.alpha"):
+    NegativeLabelSmoothing(alpha=1.5)
+
+
+def test_negative_label_smoothing_trains_on_real_data_and_sharpens_predictions(tmp_path, cache_root, data_root):
+  from jaxmi.defenses import NegativeLabelSmoothing
+  splits = load_splits(DATA)
+  entropy = lambda out: float(np.mean(-np.sum(jax.nn.softmax(out.logits) * jax.nn.log_softmax(out.logits), -1)))
+  _, plain_out = train(tmp_path, "plain", splits, Defense())
+  nls, nls_out = train(tmp_path, "nls", splits, NegativeLabelSmoothing(alpha=-0.05))
+  # alpha < 0 rewards confidence once the schedule starts (the last 2 of 5 epochs here): measured
+  # mean prediction entropy 0.062 vs 0.074 with CE, accuracy 98.7%.
+  assert nls["natural_accuracy"] > 0.9, nls
+  assert entropy(nls_out) < 0.92 * entropy(plain_out), (entropy(nls_out), entropy(plain_out))

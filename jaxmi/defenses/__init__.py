@@ -3,6 +3,7 @@
 from jaxmi.defenses.bido import BiDO, coco, gaussian_gram, linear_gram, normalized_hsic
 from jaxmi.defenses.calor import ConfidenceAdaptation, inverse_focal_loss
 from jaxmi.defenses.mid import MID, vib_kl
+from jaxmi.defenses.nls import NegativeLabelSmoothing, nls_alpha
 
-__all__ = ["BiDO", "ConfidenceAdaptation", "MID", "coco", "gaussian_gram", "inverse_focal_loss", "linear_gram",
-           "normalized_hsic", "vib_kl"]
+__all__ = ["BiDO", "ConfidenceAdaptation", "MID", "NegativeLabelSmoothing", "coco", "gaussian_gram", "inverse_focal_loss", "linear_gram",
+           "nls_alpha", "normalized_hsic", "vib_kl"]

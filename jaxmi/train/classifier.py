@@ -124,6 +124,7 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
       dataclasses.replace(build_classifier(cfg.model, num_classes), head=defense.head(num_classes))
   spe = steps_per_epoch(len(train_split), cfg.train.batch_size)
   total_steps = spe * cfg.train.epochs
+  defense = defense.bind(spe, total_steps)
   tx = make_optimizer(cfg.optim, spe, total_steps)
 
   rng = jax.random.PRNGKey(cfg.train.seed)

@@ -46,6 +46,10 @@ class Defense:
   def optimizer(self, tx: optax.GradientTransformation, params: Any) -> optax.GradientTransformation:
     return tx
 
+  def bind(self, steps_per_epoch: int, total_steps: int) -> "Defense":
+    """The defense for a run of this length (schedules in epochs need it); called once by the trainer."""
+    return self
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
