@@ -22,6 +22,7 @@ from jaxmi.attacks.lomma import public_feature_reg
 from jaxmi.data import Splits, load_splits
 from jaxmi.errors import ConfigError
 from jaxmi.metrics import evaluate_inversion, pair_grid
+from jaxmi.nets import path_name
 from jaxmi.train import load_classifier
 from jaxmi.train.gan import load_gan
 
@@ -108,7 +109,7 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   params = {}
   if result.latent_params is not None:
     leaves, _ = jax.tree_util.tree_flatten_with_path(result.latent_params)
-    params = {"param_" + ("_".join(str(getattr(k, "key", k)) for k in path) or "z"): v for path, v in leaves}
+    params = {"param_" + (path_name(path, "_") or "z"): v for path, v in leaves}
   np.savez_compressed(workdir / "latents.npz", latents=result.latents, labels=result.labels,
                       target_confidence=result.target_confidence, best_restart=result.best_restart, **params)
   pair_grid(result, splits.private_train.images, splits.private_train.labels, workdir / "grid.png",

@@ -75,7 +75,12 @@ def init_variables(model, rng: jax.Array, image_shape: tuple[int, int, int]) -> 
 def shape_signature(tree) -> dict[str, list[int]]:
   """``{"path/to/leaf": shape}``: what a checkpoint must match to belong to this model."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(_key(k) for k in path): list(leaf.shape) for path, leaf in flat}
+  return {path_name(path): list(leaf.shape) for path, leaf in flat}
+
+
+def path_name(path, sep: str = "/") -> str:
+  """A pytree key path as text: ("head", "fc", "kernel") -> "head/fc/kernel"."""
+  return sep.join(_key(k) for k in path)
 
 
 def _key(k) -> str:
@@ -85,5 +90,5 @@ def _key(k) -> str:
 __all__ = [
     "ARCHS", "ClassifierOutput", "LinearHead", "LowRankHead", "ModelConfig", "ResNet", "SmallCNN", "VGG", "VIBHead",
     "vib_statistics",
-    "build_classifier", "init_variables", "shape_signature",
+    "build_classifier", "init_variables", "path_name", "shape_signature",
 ]

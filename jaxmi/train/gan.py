@@ -38,7 +38,7 @@ from jaxmi.data import DataConfig, Splits, load_splits, steps_per_epoch, train_b
 from jaxmi.errors import CheckpointError, ConfigError
 from jaxmi.nets import shape_signature
 from jaxmi.attacks.engine import resize_to
-from jaxmi.nets.gan import GAN_KINDS, GANConfig, KEDMIDiscriminator, build_gan
+from jaxmi.nets.gan import GAN_KINDS, GANConfig, build_gan
 from jaxmi.train.checkpoint import Checkpointer
 from jaxmi.train.loop import interrupted_message, run_steps
 from jaxmi.train.state import StateDict
@@ -99,51 +99,64 @@ def gradient_penalty(critic, d_params, real, fake, eps):
   return jnp.mean((norms - 1.0) ** 2)
 
 
-def make_gan_step(generator, critic, g_tx, d_tx, cfg: GANTrainConfig, z_dim: int):
+def _generate(generator, g_params, g_stats, z):
+  """G(z) in train mode (batch statistics); returns (images, updated batch_stats)."""
+  fake, mutated = generator.apply({"params": g_params, "batch_stats": g_stats}, z, train=True, mutable=["batch_stats"])
+  return fake, mutated["batch_stats"]
 
-  def generate(g_params, g_stats, z):
-    return generator.apply({"params": g_params, "batch_stats": g_stats}, z, train=True, mutable=["batch_stats"])
+
+def _alternating_update(state: GANState, d_tx, g_tx, d_loss_fn, g_loss_fn, d_batches, g_batch, n_critic: int):
+  """``n_critic`` discriminator updates (one per leading slice of ``d_batches``), then one generator update.
+
+  ``d_loss_fn(d_params, g_params, g_stats, batch, key)`` and ``g_loss_fn(g_params, g_stats, d_params, g_batch,
+  key)`` both return ``(loss, (g_stats, metrics))``; the generator's BatchNorm statistics thread through.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  keys = jax.random.split(rng, n_critic + 1)
+
+  def disc_update(carry, inputs):
+    d_params, d_opt, g_stats = carry
+    batch, key = inputs
+    grads, (g_stats, m) = jax.grad(d_loss_fn, has_aux=True)(d_params, state.g_params, g_stats, batch, key)
+    updates, d_opt = d_tx.update(grads, d_opt, d_params)
+    return (optax.apply_updates(d_params, updates), d_opt, g_stats), m
+
+  # Unrolled: XLA:CPU runs these convolutions ~13x slower inside a while loop (measured
+  # 20 s vs 1.6 s per step); n_critic is small, so unrolling costs little compile time.
+  (d_params, d_opt, g_stats), d_metrics = jax.lax.scan(
+      disc_update, (state.d_params, state.d_opt, state.g_stats), (d_batches, keys[:-1]), unroll=True)
+  g_grads, (g_stats, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(state.g_params, g_stats, d_params, g_batch,
+                                                                     keys[-1])
+  updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
+  g_params = optax.apply_updates(state.g_params, updates)
+  metrics = {**g_metrics, **{k: jnp.mean(v) for k, v in d_metrics.items()}}
+  return GANState(state.step + 1, g_params, g_stats, d_params, g_opt, d_opt, state.rng), metrics
+
+
+def make_gan_step(generator, critic, g_tx, d_tx, cfg: GANTrainConfig, z_dim: int):
 
   def d_loss_fn(d_params, g_params, g_stats, real, rng):
     z_rng, eps_rng = jax.random.split(rng)
     z = jax.random.normal(z_rng, (real.shape[0], z_dim))
-    fake, mutated = generate(g_params, g_stats, z)
+    fake, g_stats = _generate(generator, g_params, g_stats, z)
     fake = jax.lax.stop_gradient(fake)
     d_real = jnp.mean(critic.apply({"params": d_params}, real))
     d_fake = jnp.mean(critic.apply({"params": d_params}, fake))
     eps = jax.random.uniform(eps_rng, (real.shape[0], 1, 1, 1))
     gp = gradient_penalty(critic, d_params, real, fake, eps)
     wasserstein = d_real - d_fake
-    return -wasserstein + cfg.gp_weight * gp, (mutated["batch_stats"], {"wasserstein": wasserstein, "gp": gp})
+    return -wasserstein + cfg.gp_weight * gp, (g_stats, {"wasserstein": wasserstein, "gp": gp})
 
-  def g_loss_fn(g_params, g_stats, d_params, rng):
+  def g_loss_fn(g_params, g_stats, d_params, unused_batch, rng):
     z = jax.random.normal(rng, (cfg.batch_size, z_dim))
-    fake, mutated = generate(g_params, g_stats, z)
-    return -jnp.mean(critic.apply({"params": d_params}, fake)), mutated["batch_stats"]
+    fake, g_stats = _generate(generator, g_params, g_stats, z)
+    loss = -jnp.mean(critic.apply({"params": d_params}, fake))
+    return loss, (g_stats, {"g_loss": loss})
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def train_step(state: GANState, real_batches: jax.Array):
     """real_batches: uint8 [n_critic, B, H, W, C]."""
-    rng = jax.random.fold_in(state.rng, state.step)
-    d_rngs = jax.random.split(rng, cfg.n_critic + 1)
-
-    def critic_update(carry, inputs):
-      d_params, d_opt, g_stats = carry
-      real, key = inputs
-      grads, (g_stats, m) = jax.grad(d_loss_fn, has_aux=True)(d_params, state.g_params, g_stats, to_float(real), key)
-      updates, d_opt = d_tx.update(grads, d_opt, d_params)
-      return (optax.apply_updates(d_params, updates), d_opt, g_stats), m
-
-    # Unrolled: XLA:CPU runs these convolutions ~13x slower inside a while loop (measured
-    # 20 s vs 1.6 s per step); n_critic is small, so unrolling costs little compile time.
-    (d_params, d_opt, g_stats), d_metrics = jax.lax.scan(
-        critic_update, (state.d_params, state.d_opt, state.g_stats), (real_batches, d_rngs[:-1]), unroll=True)
-    (g_loss, g_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.g_params, g_stats, d_params,
-                                                                              d_rngs[-1])
-    updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
-    metrics = {"g_loss": g_loss, **{k: jnp.mean(v) for k, v in d_metrics.items()}}
-    return GANState(state.step + 1, g_params, g_stats, d_params, g_opt, d_opt, state.rng), metrics
+    return _alternating_update(state, d_tx, g_tx, d_loss_fn, g_loss_fn, to_float(real_batches), None, cfg.n_critic)
 
   return train_step
 
@@ -169,12 +182,10 @@ def make_kedmi_step(generator, disc, target, target_shape, g_tx, d_tx, cfg: GANT
   """``train_step(state, target_variables, labelled, unlabelled, unlabelled2)``: uint8 batches
   [n_critic, B, ...], [n_critic, B, ...] and [B, ...]."""
 
-  def generate(g_params, g_stats, z):
-    return generator.apply({"params": g_params, "batch_stats": g_stats}, z, train=True, mutable=["batch_stats"])
-
-  def d_loss_fn(d_params, g_params, g_stats, labelled, soft, unlabelled, rng):
+  def d_loss_fn(d_params, g_params, g_stats, batch, rng):
+    labelled, soft, unlabelled = batch
     z = jax.random.normal(rng, (labelled.shape[0], z_dim))
-    fake, mutated = generate(g_params, g_stats, z)
+    fake, g_stats = _generate(generator, g_params, g_stats, z)
     apply = lambda x: disc.apply({"params": d_params}, x)[1]
     l_lab, l_unl, l_fake = apply(labelled), apply(unlabelled), apply(jax.lax.stop_gradient(fake))
     label_loss, unlabel_loss = kedmi_discriminator_loss(l_lab, soft, l_unl, l_fake)
@@ -182,42 +193,24 @@ def make_kedmi_step(generator, disc, target, target_shape, g_tx, d_tx, cfg: GANT
                "agreement": jnp.mean(jnp.argmax(l_lab, -1) == jnp.argmax(soft, -1)),
                "p_real": jnp.mean(jax.nn.sigmoid(jax.nn.logsumexp(l_unl, -1))),
                "p_real_fake": jnp.mean(jax.nn.sigmoid(jax.nn.logsumexp(l_fake, -1)))}
-    return label_loss + unlabel_loss, (mutated["batch_stats"], metrics)
+    return label_loss + unlabel_loss, (g_stats, metrics)
 
   def g_loss_fn(g_params, g_stats, d_params, unlabelled2, rng):
     z = jax.random.normal(rng, (unlabelled2.shape[0], z_dim))
-    fake, mutated = generate(g_params, g_stats, z)
+    fake, g_stats = _generate(generator, g_params, g_stats, z)
     fake_feat, fake_logits = disc.apply({"params": d_params}, fake)
     real_feat, _ = disc.apply({"params": d_params}, unlabelled2)
     loss, (matching, entropy) = kedmi_generator_loss(fake_feat, real_feat, fake_logits, cfg.entropy_weight)
-    return loss, (mutated["batch_stats"], {"g_loss": loss, "feature_matching": matching, "entropy": entropy})
+    return loss, (g_stats, {"g_loss": loss, "feature_matching": matching, "entropy": entropy})
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def train_step(state: GANState, target_variables, labelled, unlabelled, unlabelled2):
-    rng = jax.random.fold_in(state.rng, state.step)
-    d_rngs = jax.random.split(rng, cfg.n_critic + 1)
     labelled, unlabelled = to_float(labelled), to_float(unlabelled)
     flat = labelled.reshape(-1, *labelled.shape[2:])
     soft = jax.nn.softmax(target.apply(target_variables, resize_to(flat, target_shape), train=False).logits)
     soft = jax.lax.stop_gradient(soft).reshape(*labelled.shape[:2], -1)
-
-    def disc_update(carry, inputs):
-      d_params, d_opt, g_stats = carry
-      lab, sft, unl, key = inputs
-      grads, (g_stats, m) = jax.grad(d_loss_fn, has_aux=True)(d_params, state.g_params, g_stats, lab, sft, unl, key)
-      updates, d_opt = d_tx.update(grads, d_opt, d_params)
-      return (optax.apply_updates(d_params, updates), d_opt, g_stats), m
-
-    # Unrolled for the same XLA:CPU reason as the WGAN-GP step.
-    (d_params, d_opt, g_stats), d_metrics = jax.lax.scan(
-        disc_update, (state.d_params, state.d_opt, state.g_stats), (labelled, soft, unlabelled, d_rngs[:-1]),
-        unroll=True)
-    g_grads, (g_stats, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(state.g_params, g_stats, d_params,
-                                                                       to_float(unlabelled2), d_rngs[-1])
-    updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
-    metrics = {**g_metrics, **{k: jnp.mean(v) for k, v in d_metrics.items()}}
-    return GANState(state.step + 1, g_params, g_stats, d_params, g_opt, d_opt, state.rng), metrics
+    return _alternating_update(state, d_tx, g_tx, d_loss_fn, g_loss_fn, (labelled, soft, unlabelled),
+                               to_float(unlabelled2), cfg.n_critic)
 
   return train_step
 
