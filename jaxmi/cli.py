@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
   _add_common(p)
   p.add_argument("--overwrite", action="store_true", help="replace results already in the workdir")
 
+  p = sub.add_parser("defend", help="train a defended target (configs/defense_*.py); reports natural accuracy")
+  _add_common(p)
+
+  p = sub.add_parser("fisher", help="per-layer diagonal Fisher information of a classifier (TL-DMI's analysis)")
+  p.add_argument("checkpoint_workdir", help="workdir of a trained classifier")
+  p.add_argument("--split", choices=("private_train", "private_test"), default="private_train")
+  p.add_argument("--examples", type=int, default=512, help="examples to average over (0 = the whole split)")
+  p.add_argument("--labels", choices=("true", "sampled"), default="true",
+                 help="true: empirical Fisher; sampled: labels drawn from the model's prediction")
+  p.add_argument("--out", help="output prefix (default: <workdir>/fisher_<split>); writes .json and .png")
+  _add_common(p, config=False)
+
   p = sub.add_parser("evaluate", help="natural accuracy of a trained classifier on its private test split")
   p.add_argument("checkpoint_workdir", help="workdir of a trained classifier")
   _add_common(p, config=False)
@@ -121,6 +133,41 @@ def _attack(args) -> int:
   return 0
 
 
+def _defend(args) -> int:
+  from jaxmi.defenses.run import DefendConfig, defend
+
+  from jaxmi import config as config_lib
+  from jaxmi.errors import ConfigError
+
+  cfg = config_lib.load_config(args.config, args.overrides)
+  if not isinstance(cfg, DefendConfig):
+    raise ConfigError(f"{args.config}: get_config() returned {type(cfg).__name__}; expected a DefendConfig")
+  if args.workdir:
+    cfg = config_lib.replace(cfg, target__workdir=args.workdir)
+  defend(cfg, progress=not args.no_progress)
+  return 0
+
+
+def _fisher(args) -> int:
+  from jaxmi.data import load_splits
+  from jaxmi.metrics.fisher import format_table, layer_fisher, plot_fisher
+  from jaxmi.records import write_json
+  from jaxmi.train import load_classifier
+
+  clf = load_classifier(args.checkpoint_workdir)
+  split = getattr(load_splits(clf.config.data), args.split)
+  rows = layer_fisher(clf, split, max_examples=args.examples, labels=args.labels)
+  out = args.out or str(Path(args.checkpoint_workdir) / f"fisher_{args.split}")
+  title = f"{clf.config.name}: diagonal Fisher ({args.labels} labels) on {args.split}"
+  write_json(out + ".json", {"classifier": str(args.checkpoint_workdir), "split": args.split, "labels": args.labels,
+                             "examples": min(args.examples or len(split), len(split)), "layers": rows})
+  plot_fisher(rows, out + ".png", title)
+  print(title)
+  print(format_table(rows))
+  print(f"written: {out}.json, {out}.png")
+  return 0
+
+
 def _evaluate(args) -> int:
   from jaxmi.data import load_splits
   from jaxmi.train import evaluate, load_classifier, make_eval_step
@@ -152,6 +199,8 @@ COMMANDS = {
     "train-gan": _train_gan,
     "distill": _distill,
     "attack": _attack,
+    "defend": _defend,
+    "fisher": _fisher,
     "evaluate": _evaluate,
     "prepare-data": _prepare_data,
     "demo": _demo,

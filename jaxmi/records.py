@@ -69,7 +69,8 @@ def plot_curves(records: list[dict], path: str | Path, title: str) -> None:
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
   if train:
     ax1.plot([r["step"] for r in train], [r["train/loss"] for r in train], label="train loss")
-    ax1.set_yscale("log")
+    if min(r["train/loss"] for r in train) > 0:  # some defenses' losses are negative (CALoR, NLS)
+      ax1.set_yscale("log")
   ax1.set_xlabel("step")
   ax1.set_title("training loss")
   if test:

@@ -91,10 +91,11 @@ def validate(cfg: DataConfig) -> None:
     raise ConfigError(f"data.split_seed: {cfg.split_seed} must be >= 0")
   for field in ("private_ids", "public_ids"):
     ids = tuple(getattr(cfg, field))
-    if not ids:
+    # No public identities is valid for a model trained on one set only (TL-DMI's public pretraining).
+    if not ids and field == "private_ids":
       raise ConfigError(f"data.{field}: empty; list at least one identity "
                         "(an original label of the dataset)")
-    if min(ids) < 0:
+    if ids and min(ids) < 0:
       raise ConfigError(f"data.{field}: {ids} has a negative identity")
     if len(set(ids)) != len(ids):
       raise ConfigError(f"data.{field}: {ids} lists an identity twice")
@@ -161,7 +162,7 @@ def select_indices(cfg: DataConfig, labels: dict[str, np.ndarray],
   return {
       "private_train": ("train", np.sort(np.concatenate(private_train))),
       "private_test": (test_source, np.sort(np.concatenate(private_test))),
-      "public": ("train", np.sort(np.concatenate(public))),
+      "public": ("train", np.sort(np.concatenate(public)) if public else np.zeros(0, np.int64)),
   }
 
 

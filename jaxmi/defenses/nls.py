@@ -42,7 +42,7 @@ class NegativeLabelSmoothing(Defense):
     if self.alpha >= 1.0:
       raise ConfigError(f"defense.alpha: {self.alpha} must be below 1 (negative for NLS)")
 
-  def bind(self, steps_per_epoch, total_steps):
+  def bind(self, steps_per_epoch, total_steps, **model):
     return dataclasses.replace(self, steps_per_epoch=steps_per_epoch, epochs=max(total_steps // steps_per_epoch, 1))
 
   def current_alpha(self, step):

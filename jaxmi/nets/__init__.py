@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmi.errors import ConfigError
-from jaxmi.nets.classifiers import (ACTIVATIONS, VGG, VGG16_LAYOUT, ClassifierOutput, LinearHead, LowRankHead, ResNet,
+from jaxmi.nets.classifiers import (ACTIVATIONS, NORMS, VGG, VGG16_LAYOUT, ClassifierOutput, LinearHead, LowRankHead, ResNet,
                                     SmallCNN, VIBHead, vib_statistics)
 
 VGG_LAYOUTS = {
@@ -34,6 +34,7 @@ class ModelConfig:
   head_rank: int = 40                        # low_rank: bottleneck width r
   head_activation: str = "tanh"              # low_rank: activation after Linear(d, r)
   vib_dim: int = 0                           # vib: latent size k (0 = feature_dim / 2)
+  norm: str = "batch"                        # batch | group (per-example statistics: DP-SGD)
 
 
 ARCHS = ("cnn", "resnet", "vgg")
@@ -47,7 +48,7 @@ def build_head(cfg: ModelConfig, num_classes: int):
     if cfg.head_activation not in ACTIVATIONS:
       raise ConfigError(f"model.head_activation: unknown '{cfg.head_activation}'; expected one of "
                         f"{', '.join(ACTIVATIONS)}")
-    return LowRankHead(num_classes, rank=cfg.head_rank, activation=cfg.head_activation)
+    return LowRankHead(num_classes, rank=cfg.head_rank, activation=cfg.head_activation, norm=cfg.norm)
   if cfg.head == "vib":
     return VIBHead(num_classes, dim=cfg.vib_dim)
   return None  # the architecture's own linear head
@@ -55,14 +56,17 @@ def build_head(cfg: ModelConfig, num_classes: int):
 
 def build_classifier(cfg: ModelConfig, num_classes: int):
   head = build_head(cfg, num_classes)
+  if cfg.norm not in NORMS:
+    raise ConfigError(f"model.norm: unknown normalisation '{cfg.norm}'; expected one of {', '.join(NORMS)}")
   if cfg.arch == "cnn":
-    return SmallCNN(num_classes, width=cfg.width, feature_dim=cfg.feature_dim, head=head)
+    return SmallCNN(num_classes, width=cfg.width, feature_dim=cfg.feature_dim, head=head, norm=cfg.norm)
   if cfg.arch == "resnet":
-    return ResNet(num_classes, width=cfg.width, blocks=tuple(cfg.blocks), head=head)
+    return ResNet(num_classes, width=cfg.width, blocks=tuple(cfg.blocks), head=head, norm=cfg.norm)
   if cfg.arch == "vgg":
     if cfg.vgg_layout not in VGG_LAYOUTS:
       raise ConfigError(f"model.vgg_layout: unknown layout '{cfg.vgg_layout}'; expected one of {', '.join(VGG_LAYOUTS)}")
-    return VGG(num_classes, layout=VGG_LAYOUTS[cfg.vgg_layout], width_divisor=cfg.width_divisor, head=head)
+    return VGG(num_classes, layout=VGG_LAYOUTS[cfg.vgg_layout], width_divisor=cfg.width_divisor, head=head,
+               norm=cfg.norm)
   raise ConfigError(f"model.arch: unknown architecture '{cfg.arch}'; expected one of {', '.join(ARCHS)}")
 
 

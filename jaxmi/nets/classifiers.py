@@ -15,6 +15,7 @@ Heads are a separate module so defenses can swap them (CALoR's low-rank head, MI
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -30,9 +31,22 @@ class ClassifierOutput(NamedTuple):
   hidden: tuple   # block outputs, shallow to deep, each [B, ...]
 
 
-def _bn(train: bool, name: str | None = None):
+NORMS = ("batch", "group")
+
+
+def _norm(x, train: bool, kind: str = "batch", name: str | None = None):
+  """BatchNorm (the MI literature's default) or GroupNorm (per-example: what DP-SGD needs).
+
+  Call inside a compact method. ``use_running_average`` is passed at call time so a method
+  interceptor can run chosen layers in inference mode (TL-DMI's frozen layers).
+  """
+  if kind == "group":
+    # Feature vectors ([B, D]) have no spatial extent: one group (layer norm), or each value would be
+    # normalised alone to 0. Feature maps: up to 32 groups.
+    groups = 1 if x.ndim == 2 else math.gcd(x.shape[-1], 32)
+    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, name=name)(x)
   # PyTorch-equivalent BN (momentum 0.1 there == 0.9 here) so imported weights behave the same.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+  return nn.BatchNorm(momentum=0.9, epsilon=1e-5, name=name)(x, use_running_average=not train)
 
 
 class LinearHead(nn.Module):
@@ -56,10 +70,11 @@ class LowRankHead(nn.Module):
   num_classes: int
   rank: int = 40
   activation: str = "tanh"
+  norm: str = "batch"
 
   @nn.compact
   def __call__(self, features, train: bool = False):
-    x = _bn(train, "bn")(features)
+    x = _norm(features, train, self.norm, "bn")
     x = ACTIVATIONS[self.activation](nn.Dense(self.rank, name="down")(x))
     return nn.Dense(self.num_classes, name="fc")(x)
 
@@ -92,18 +107,19 @@ class SmallCNN(nn.Module):
   width: int = 32
   feature_dim: int = 128
   head: nn.Module | None = None
+  norm: str = "batch"
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> ClassifierOutput:
     hidden = []
     for i, ch in enumerate((self.width, 2 * self.width)):
       x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=False, name=f"conv{i}")(x)
-      x = nn.relu(_bn(train, f"bn{i}")(x))
+      x = nn.relu(_norm(x, train, self.norm, f"bn{i}"))
       x = nn.max_pool(x, (2, 2), (2, 2))
       hidden.append(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.feature_dim, use_bias=False, name="fc_feat")(x)
-    features = nn.relu(_bn(train, "bn_feat")(x))
+    features = nn.relu(_norm(x, train, self.norm, "bn_feat"))
     hidden.append(features)
     head = self.head or LinearHead(self.num_classes, name="head")
     return ClassifierOutput(head(features, train), features, tuple(hidden))
@@ -112,17 +128,18 @@ class SmallCNN(nn.Module):
 class BasicBlock(nn.Module):
   channels: int
   stride: int = 1
+  norm: str = "batch"
 
   @nn.compact
   def __call__(self, x, train: bool):
     residual = x
     y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)), use_bias=False)(x)
-    y = nn.relu(_bn(train)(y))
+    y = nn.relu(_norm(y, train, self.norm))
     y = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(y)
-    y = _bn(train)(y)
+    y = _norm(y, train, self.norm)
     if residual.shape != y.shape:
       residual = nn.Conv(self.channels, (1, 1), (self.stride, self.stride), use_bias=False, name="proj")(residual)
-      residual = _bn(train, "proj_bn")(residual)
+      residual = _norm(residual, train, self.norm, "proj_bn")
     return nn.relu(y + residual)
 
 
@@ -132,18 +149,19 @@ class ResNet(nn.Module):
   width: int = 64
   blocks: Sequence[int] = (2, 2, 2, 2)
   head: nn.Module | None = None
+  norm: str = "batch"
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> ClassifierOutput:
     large = x.shape[1] > 32
     x = nn.Conv(self.width, (3, 3), (2, 2) if large else (1, 1), padding=((1, 1), (1, 1)), use_bias=False,
                 name="stem")(x)
-    x = nn.relu(_bn(train, "stem_bn")(x))
+    x = nn.relu(_norm(x, train, self.norm, "stem_bn"))
     hidden = []
     for stage, n in enumerate(self.blocks):
       for b in range(n):
         stride = 2 if (b == 0 and stage > 0) else 1
-        x = BasicBlock(self.width * 2**stage, stride, name=f"stage{stage}_block{b}")(x, train)
+        x = BasicBlock(self.width * 2**stage, stride, self.norm, name=f"stage{stage}_block{b}")(x, train)
       hidden.append(x)
     features = jnp.mean(x, axis=(1, 2))
     head = self.head or LinearHead(self.num_classes, name="head")
@@ -156,6 +174,7 @@ class VGG(nn.Module):
   layout: Sequence[Any] = VGG16_LAYOUT
   width_divisor: int = 1
   head: nn.Module | None = None
+  norm: str = "batch"
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> ClassifierOutput:
@@ -167,10 +186,10 @@ class VGG(nn.Module):
         hidden.append(x)
         continue
       x = nn.Conv(max(int(item) // self.width_divisor, 1), (3, 3), padding=((1, 1), (1, 1)), name=f"conv{conv}")(x)
-      x = nn.relu(_bn(train, f"bn{conv}")(x))
+      x = nn.relu(_norm(x, train, self.norm, f"bn{conv}"))
       conv += 1
     x = x.reshape(x.shape[0], -1)
     # As in the reference VGG16 target: flattened features -> BatchNorm1d -> linear head.
-    features = _bn(train, "bn_feat")(x)
+    features = _norm(x, train, self.norm, "bn_feat")
     head = self.head or LinearHead(self.num_classes, name="head")
     return ClassifierOutput(head(features, train), features, tuple(hidden))

@@ -57,6 +57,7 @@ class ClassifierConfig:
   train: TrainConfig = TrainConfig()
   init_from: str = ""               # workdir of a trained classifier of the same architecture to start from
                                     # (CALoR's fine-tuning stage, TL-DMI); "" = random initialisation
+  init_head: bool = True            # False: keep a fresh head (the init_from model was trained on other classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,25 +125,21 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
       dataclasses.replace(build_classifier(cfg.model, num_classes), head=defense.head(num_classes))
   spe = steps_per_epoch(len(train_split), cfg.train.batch_size)
   total_steps = spe * cfg.train.epochs
-  defense = defense.bind(spe, total_steps)
+  defense.check(cfg)
+  defense = defense.bind(spe, total_steps, module=module, image_shape=image_shape)
   tx = make_optimizer(cfg.optim, spe, total_steps)
 
   rng = jax.random.PRNGKey(cfg.train.seed)
   init_rng, state_rng = jax.random.split(rng)
   variables = init_variables(module, init_rng, image_shape)
   if cfg.init_from:
-    start_from = load_classifier(cfg.init_from)
-    if shape_signature(start_from.variables) != shape_signature(variables):
-      raise ConfigError(f"init_from: {cfg.init_from} holds a {start_from.config.model.arch} model whose parameters "
-                        f"do not match model {cfg.model.arch} with {num_classes} classes; it must be the same "
-                        "architecture and head")
-    variables = jax.tree.map(jnp.asarray, start_from.variables)
-    log(f"[{cfg.name}] starting from the weights in {cfg.init_from}")
+    variables = _start_from(cfg, variables, num_classes)
+    log(f"[{cfg.name}] starting from the weights in {cfg.init_from}" + ("" if cfg.init_head else " (fresh head)"))
   tx = defense.optimizer(tx, variables["params"])
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
                      defense_state=defense.init_state(variables), rng=state_rng)
-  meta = {"kind": "classifier", "defense": defense.name, "arch": arch_meta(cfg.model, num_classes, image_shape),
+  meta = {"kind": "classifier", "defense": defense.name, "defense_config": config_lib.to_dict(defense), "arch": arch_meta(cfg.model, num_classes, image_shape),
           "signature": shape_signature(variables), "config": config_lib.to_dict(cfg)}
 
   ckpt = Checkpointer(workdir / "checkpoints", every_steps=cfg.train.checkpoint_every,
@@ -186,7 +183,8 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   test = last_test.get(step) or evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
   train_eval = evaluate(eval_step, state.variables, train_split, cfg.train.eval_batch_size)
   summary = {
-      "name": cfg.name, "role": cfg.role, "defense": defense.name,
+      "name": cfg.name, "role": cfg.role, "defense": defense.name, "defense_config": config_lib.to_dict(defense),
+      **defense.report(steps=step, batch_size=cfg.train.batch_size, num_examples=len(train_split)),
       "natural_accuracy": test["acc"], "natural_accuracy_top5": test["acc5"], "test_loss": test["loss"],
       "train_accuracy": train_eval["acc"], "test_images": test["count"], "train_images": len(train_split),
       "num_classes": num_classes, "steps": step, "epochs": cfg.train.epochs,
@@ -201,6 +199,21 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
       f"train accuracy {100 * train_eval['acc']:.2f}%, {step} steps, {elapsed:.1f}s this run; "
       f"results in {workdir}")
   return summary
+
+
+def _start_from(cfg: ClassifierConfig, variables: dict, num_classes: int) -> dict:
+  """``variables`` with the weights of ``cfg.init_from`` (all of them, or all but the head)."""
+  start_from = load_classifier(cfg.init_from)
+  loaded = jax.tree.map(jnp.asarray, start_from.variables)
+  if not cfg.init_head:  # keep this model's fresh head; take everything else
+    fresh_head = lambda col: {"head": variables[col]["head"]} if "head" in variables[col] else {}
+    loaded = {col: {**{k: v for k, v in tree.items() if k != "head"}, **fresh_head(col)}
+              for col, tree in loaded.items()}
+  if shape_signature(loaded) != shape_signature(variables):
+    raise ConfigError(f"init_from: {cfg.init_from} holds a {start_from.config.model.arch} model whose parameters "
+                      f"do not match model {cfg.model.arch} with {num_classes} classes; it must be the same "
+                      "architecture" + (" and head" if cfg.init_head else ""))
+  return loaded
 
 
 def load_classifier(workdir: str | Path, *, expect_role: str | None = None) -> Classifier:

@@ -10,10 +10,13 @@ step below is the same for all of them.
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import functools
+import typing
 from typing import Any
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
@@ -46,9 +49,23 @@ class Defense:
   def optimizer(self, tx: optax.GradientTransformation, params: Any) -> optax.GradientTransformation:
     return tx
 
-  def bind(self, steps_per_epoch: int, total_steps: int) -> "Defense":
-    """The defense for a run of this length (schedules in epochs need it); called once by the trainer."""
+  def bind(self, steps_per_epoch: int, total_steps: int, *, module=None, image_shape=None) -> "Defense":
+    """The defense for this run: its length (schedules in epochs) and model (TL-DMI's layers); called once."""
     return self
+
+  def interceptor(self, params: Any):
+    """A flax method interceptor for the training forward pass (TL-DMI runs frozen BN in inference mode), or None."""
+    return None
+
+  # True: the optimiser receives per-example gradients (leading batch axis), as DP-SGD's clipping needs.
+  per_example_grads: typing.ClassVar[bool] = False
+
+  def check(self, cfg: Any) -> None:
+    """Raises ConfigError when this defense cannot train the ClassifierConfig ``cfg`` (DP-SGD with BatchNorm)."""
+
+  def report(self, *, steps: int, batch_size: int, num_examples: int) -> dict:
+    """Extra facts for the run summary (DP-SGD: the privacy spent)."""
+    return {}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -88,12 +105,13 @@ def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = 
   ``state``, so one compiled program serves every step.
   """
 
-  def loss_fn(params, state: TrainState, images, labels, rng):
-    aug_rng, defense_rng, vib_rng = jax.random.split(rng, 3)
-    images = augment(images, aug_rng, augment_cfg)
-    # "vib": the stream a stochastic head (MID's VIB) samples from; other modules ignore it.
-    out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                               mutable=["batch_stats"], rngs={"vib": vib_rng})
+  def loss_fn(params, state: TrainState, images, labels, rngs):
+    defense_rng, vib_rng = rngs
+    interceptor = defense.interceptor(params)
+    with nn.intercept_methods(interceptor) if interceptor else contextlib.nullcontext():
+      # "vib": the stream a stochastic head (MID's VIB) samples from; other modules ignore it.
+      out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                                 mutable=["batch_stats"], rngs={"vib": vib_rng})
     task = jnp.mean(defense.task_loss(out.logits, labels))
     reg, defense_state, reg_metrics = defense.regularizer(
         out, labels, images=images, params=params, state=state.defense_state, rng=defense_rng, step=state.step)
@@ -104,14 +122,28 @@ def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = 
                **{f"defense/{k}": v for k, v in reg_metrics.items()}}
     return loss, (mutated.get("batch_stats", {}), defense_state, metrics)
 
+  def per_example_grads(params, state, images, labels, rngs):
+    """Gradients of each example's loss, stacked on a leading batch axis (each example forwarded alone)."""
+    def one(image, label, defense_rng, vib_rng):
+      return jax.grad(loss_fn, has_aux=True)(params, state, image[None], label[None], (defense_rng, vib_rng))
+    keys = [jax.random.split(r, images.shape[0]) for r in rngs]
+    grads, (batch_stats, defense_state, metrics) = jax.vmap(one)(images, labels, *keys)
+    norms = jax.vmap(optax.global_norm)(grads)
+    metrics = {**jax.tree.map(jnp.mean, metrics), "per_example_grad_norm": jnp.mean(norms)}
+    # Per-example runs need per-example normalisation (no batch statistics): nothing to aggregate there.
+    return grads, (state.batch_stats, jax.tree.map(lambda a: a[0], defense_state), metrics)
+
   @functools.partial(jax.jit, donate_argnums=(0,))
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-    grads, (batch_stats, defense_state, metrics) = jax.grad(loss_fn, has_aux=True)(
-        state.params, state, to_float(batch["image"]), batch["label"], rng)
+    aug_rng, defense_rng, vib_rng = jax.random.split(rng, 3)
+    images = augment(to_float(batch["image"]), aug_rng, augment_cfg)
+    grad_fn = per_example_grads if defense.per_example_grads else jax.grad(loss_fn, has_aux=True)
+    grads, (batch_stats, defense_state, metrics) = grad_fn(state.params, state, images, batch["label"],
+                                                           (defense_rng, vib_rng))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.global_norm(grads) if not defense.per_example_grads else optax.global_norm(updates)
     new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                            defense_state=defense_state, rng=state.rng)
     return new_state, metrics

@@ -1,0 +1,115 @@
+"""TL-DMI (Ho et al., CVPR 2024): transfer learning as a model-inversion defense.
+
+Pretrain on public data, then fine-tune only the last layers on private data: the first
+``frozen_layers`` layers keep their public-data values, so the private data shape only the
+layers the task needs (defenses.md section 2). A "layer" is one weight layer (conv, dense,
+or a whole residual block) together with the normalisation that follows it, counted from the
+input in the order the forward pass calls them; the classification head always trains (it
+is new: private and public identities differ).
+
+Two deliberate departures from the official code (defenses.md 2.4):
+  * frozen layers' BatchNorm statistics stay frozen: those layers run in inference mode during
+    fine-tuning (``freeze_statistics=False`` reproduces the official drift);
+  * the freeze is an optax mask (``multi_transform`` with ``set_to_zero``), so frozen
+    parameters get no update, no weight decay and no momentum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxmi.errors import ConfigError
+from jaxmi.train.step import Defense
+
+HEAD = "head"
+
+
+def layer_groups(module, image_shape: tuple[int, int, int]) -> tuple[tuple[str, ...], ...]:
+  """Top-level parameter modules grouped per layer, in forward (call) order, the head last.
+
+  The call order comes from tracing one forward pass, not from dict order, which a
+  checkpoint round trip may sort ("conv10" before "conv2").
+  """
+  called: list[str] = []
+
+  def record(next_fun, args, kwargs, context):
+    path = context.module.path
+    if path and path[0] not in called:
+      called.append(path[0])
+    return next_fun(*args, **kwargs)
+
+  def forward():
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    with nn.intercept_methods(record):
+      module.apply(variables, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    return variables["params"]
+
+  params = jax.eval_shape(forward)
+  groups: list[list[str]] = []
+  for name in called:
+    if name not in params or name == HEAD:
+      continue
+    has_weights = any(getattr(p[-1], "key", None) == "kernel" for p, _ in jax.tree_util.tree_flatten_with_path(
+        params[name])[0])
+    if has_weights or not groups:
+      groups.append([name])
+    else:  # a normalisation layer belongs to the weight layer before it
+      groups[-1].append(name)
+  if HEAD in params:
+    groups.append([HEAD])
+  return tuple(tuple(g) for g in groups)
+
+
+def _frozen_bn_interceptor(frozen: frozenset[str]):
+  def run_in_inference_mode(next_fun, args, kwargs, context):
+    module = context.module
+    if (isinstance(module, nn.BatchNorm) and context.method_name == "__call__" and module.path
+        and module.path[0] in frozen):
+      kwargs = {**kwargs, "use_running_average": True}
+    return next_fun(*args, **kwargs)
+  return run_in_inference_mode
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferLearning(Defense):
+  name: str = "tl_dmi"
+  frozen_layers: int = 8            # k: the first k layers keep their pretrained values; -1 = all but the head
+  freeze_statistics: bool = True    # False: frozen layers' BN statistics adapt to private data (official code)
+  layers: tuple[tuple[str, ...], ...] = ()   # filled in by bind() from the model
+
+  def bind(self, steps_per_epoch: int, total_steps: int, *, module=None, image_shape=None) -> "TransferLearning":
+    layers = layer_groups(module, image_shape)
+    trainable_body = len(layers) - 1  # the head always trains
+    if self.frozen_layers > trainable_body or self.frozen_layers < -1:
+      raise ConfigError(f"defense.frozen_layers: this model has {trainable_body} layers before its head; expected "
+                        f"0..{trainable_body} (or -1 for all of them), got {self.frozen_layers}")
+    return dataclasses.replace(self, layers=layers)
+
+  @property
+  def frozen(self) -> frozenset[str]:
+    body = self.layers[:-1]
+    k = len(body) if self.frozen_layers == -1 else self.frozen_layers
+    return frozenset(name for group in body[:k] for name in group)
+
+  def check(self, cfg) -> None:
+    if not cfg.init_from:
+      raise ConfigError("tl_dmi: needs pretrained weights: set init_from (or a pretrain stage in the defend config)")
+
+  def optimizer(self, tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
+    if not self.layers:
+      raise ConfigError("tl_dmi: the defense was not bound to a model (call bind first)")
+    frozen = self.frozen
+    labels = {name: jax.tree.map(lambda _: "frozen" if name in frozen else "train", sub) for name, sub in params.items()}
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+  def interceptor(self, params):
+    return _frozen_bn_interceptor(self.frozen) if self.freeze_statistics and self.frozen else None
+
+  def report(self, *, steps: int, batch_size: int, num_examples: int) -> dict:
+    return {"frozen_layers": [list(g) for g in self.layers[:-1] if g[0] in self.frozen],
+            "trained_layers": [list(g) for g in self.layers if g[0] not in self.frozen]}

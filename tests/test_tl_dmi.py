@@ -1,0 +1,112 @@
+"""TL-DMI: layers in forward order, the freeze (parameters and BN statistics) on real MNIST, the
+`defend` command's public pretraining stage, and per-layer Fisher information against its closed form."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmi import cli
+from jaxmi.data import DataConfig, load_splits
+from jaxmi.defenses import TransferLearning, layer_groups
+from jaxmi.defenses.run import DefendConfig, defend, public_pretraining
+from jaxmi.errors import ConfigError
+from jaxmi.metrics.fisher import layer_fisher
+from jaxmi.nets import ModelConfig, build_classifier
+from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, load_classifier, train_classifier
+
+DATA = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9),
+                  max_per_class=200)
+MODEL = ModelConfig(arch="cnn", width=8, feature_dim=32)
+QUIET = dict(progress=False, log=lambda *a: None)
+
+
+def target_config(tmp_path, name="target", epochs=2) -> ClassifierConfig:
+  return ClassifierConfig(name=name, role="target", workdir=str(tmp_path / name), data=DATA, model=MODEL,
+                          optim=OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-3),
+                          train=TrainConfig(epochs=epochs, batch_size=50, log_every=5))
+
+
+def test_layers_follow_the_forward_pass_not_dict_order():
+  vgg = build_classifier(ModelConfig(arch="vgg", vgg_layout="vgg16", width_divisor=16), 7)
+  groups = layer_groups(vgg, (64, 64, 1))
+  # conv10 comes after conv9 (a sorted dict would put it after conv1); the feature BN joins the last conv.
+  assert [g[0] for g in groups] == [f"conv{i}" for i in range(13)] + ["head"]
+  assert groups[0] == ("conv0", "bn0") and groups[12] == ("conv12", "bn12", "bn_feat")
+  resnet = build_classifier(ModelConfig(arch="resnet", width=8, blocks=(1, 2)), 3)
+  assert layer_groups(resnet, (32, 32, 1)) == (("stem", "stem_bn"), ("stage0_block0",), ("stage1_block0",),
+                                               ("stage1_block1",), ("head",))
+  with pytest.raises(ConfigError, match="defense.frozen_layers: this model has 3 layers before its head"):
+    TransferLearning(frozen_layers=4).bind(1, 1, module=build_classifier(MODEL, 5), image_shape=(32, 32, 1))
+
+
+def test_frozen_layers_keep_parameters_and_statistics_while_the_rest_trains(tmp_path, cache_root, data_root):
+  splits = load_splits(DATA)
+  public = public_pretraining(target_config(tmp_path), name="public", workdir=str(tmp_path / "public"))
+  assert set(public.data.private_ids) == {5, 6, 7, 8, 9} and public.data.public_ids == ()
+  train_classifier(public, **QUIET)
+  before = load_classifier(tmp_path / "public").variables
+
+  def finetune(name, defense):
+    cfg = target_config(tmp_path, name, epochs=1)
+    cfg = ClassifierConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "public"), "init_head": False})
+    summary = train_classifier(cfg, splits=splits, defense=defense, **QUIET)
+    return summary, load_classifier(tmp_path / name).variables
+
+  summary, after = finetune("tl", TransferLearning(frozen_layers=2))
+  assert summary["frozen_layers"] == [["conv0", "bn0"], ["conv1", "bn1"]]
+  for name in ("conv0", "bn0", "conv1", "bn1"):  # bit-identical: no update, no decay, no statistics drift
+    jax.tree.map(np.testing.assert_array_equal, after["params"][name], before["params"][name])
+  for name in ("bn0", "bn1"):
+    jax.tree.map(np.testing.assert_array_equal, after["batch_stats"][name], before["batch_stats"][name])
+  assert not np.allclose(after["params"]["fc_feat"]["kernel"], before["params"]["fc_feat"]["kernel"])
+  assert not np.allclose(after["batch_stats"]["bn_feat"]["mean"], before["batch_stats"]["bn_feat"]["mean"])
+  # Public digits 5-9 features + a private head: well above the 20% chance of 5 classes (measured ~97%).
+  assert summary["natural_accuracy"] > 0.8, summary
+  # The official code's behaviour (statistics of frozen layers adapt to private data) is an option, and differs.
+  _, drifted = finetune("tl_drift", TransferLearning(frozen_layers=2, freeze_statistics=False))
+  jax.tree.map(np.testing.assert_array_equal, drifted["params"]["conv0"], before["params"]["conv0"])
+  assert not np.allclose(drifted["batch_stats"]["bn0"]["mean"], before["batch_stats"]["bn0"]["mean"])
+  # TL-DMI without pretrained weights is refused before anything is written.
+  with pytest.raises(ConfigError, match="tl_dmi: needs pretrained weights"):
+    train_classifier(target_config(tmp_path, "no_init"), splits=splits, defense=TransferLearning(), **QUIET)
+  assert not (tmp_path / "no_init").exists()
+
+
+def test_defend_command_pretrains_on_public_data_then_fine_tunes(tmp_path, cache_root, data_root, monkeypatch):
+  target = target_config(tmp_path, "defended", epochs=1)
+  pretrain = public_pretraining(target, name="pre", workdir=str(tmp_path / "pre"), epochs=1)
+  cfg = DefendConfig(target=target, pretrain=pretrain, defense=TransferLearning(frozen_layers=1))
+  leaking = DefendConfig(target=target, pretrain=target_config(tmp_path, "pre2"), defense=TransferLearning())
+  with pytest.raises(ConfigError, match="overlap the target's private identities"):
+    defend(leaking, **QUIET)
+  summary = defend(cfg, **QUIET)
+  pre = json.loads((tmp_path / "pre" / "summary.json").read_text())
+  assert pre["config"]["data"]["private_ids"] == [5, 6, 7, 8, 9]
+  assert summary["config"]["init_from"] == str(tmp_path / "pre") and summary["defense"] == "tl_dmi"
+  assert summary["defense_config"]["frozen_layers"] == 1 and np.isfinite(summary["natural_accuracy"])
+
+
+def test_fisher_of_the_head_matches_its_closed_form(tmp_path, cache_root, data_root, capsys):
+  cfg = target_config(tmp_path, "fisher_model", epochs=1)
+  train_classifier(cfg, **QUIET)
+  clf = load_classifier(tmp_path / "fisher_model")
+  split = load_splits(DATA).private_test
+  rows = {r["layer"]: r for r in layer_fisher(clf, split, max_examples=100, batch_size=32)}
+  assert list(rows) == ["conv0", "conv1", "fc_feat", "head"]
+  # For a linear head, d log p(y|x) / dW = f (onehot(y) - p)^T and d/db = onehot(y) - p.
+  out = clf.module.apply(clf.variables, jnp.asarray(split.images[:100], jnp.float32) / 255.0)
+  f, p = np.asarray(out.features, np.float64), np.asarray(jax.nn.softmax(out.logits), np.float64)
+  r = np.eye(5)[split.labels[:100]] - p
+  per_example = np.sum(f**2, 1) * np.sum(r**2, 1) + np.sum(r**2, 1)
+  expected = per_example.mean()
+  assert rows["head"]["total"] == pytest.approx(expected, rel=1e-3)
+  assert rows["head"]["params"] == 32 * 5 + 5
+  assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
+  # The command prints the table and writes JSON + PNG.
+  assert cli.main(["fisher", str(tmp_path / "fisher_model"), "--split", "private_test", "--examples", "64",
+                   "--out", str(tmp_path / "f")]) == 0
+  assert "fc_feat" in capsys.readouterr().out
+  assert (tmp_path / "f.png").stat().st_size > 0 and len(json.loads((tmp_path / "f.json").read_text())["layers"]) == 4
