@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", help="output prefix (default: <workdir>/fisher_<split>); writes .json and .png")
   _add_common(p, config=False)
 
+  p = sub.add_parser("report", help="one table + plot of natural accuracy vs attack results over attack workdirs")
+  p.add_argument("attack_workdirs", nargs="+", help="attack workdirs; runs on the same target are seeds")
+  p.add_argument("--out", required=True, help="output prefix: writes <out>.md, <out>.csv and <out>.png")
+  p.add_argument("--title", default="defenses vs GMI")
+
   p = sub.add_parser("evaluate", help="natural accuracy of a trained classifier on its private test split")
   p.add_argument("checkpoint_workdir", help="workdir of a trained classifier")
   _add_common(p, config=False)
@@ -77,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  if args.data_dir:
+  if getattr(args, "data_dir", None):
     os.environ["JAXMI_DATA_DIR"] = str(Path(args.data_dir).absolute())
-  if args.cache_dir:
+  if getattr(args, "cache_dir", None):
     os.environ["JAXMI_CACHE_DIR"] = str(Path(args.cache_dir).absolute())
   try:
     return COMMANDS[args.command](args)
@@ -168,6 +173,15 @@ def _fisher(args) -> int:
   return 0
 
 
+def _report(args) -> int:
+  from jaxmi.report import markdown, write_report
+
+  rows = write_report(args.attack_workdirs, args.out, args.title)
+  print(markdown(rows))
+  print(f"written: {args.out}.md, {args.out}.csv, {args.out}.png")
+  return 0
+
+
 def _evaluate(args) -> int:
   from jaxmi.data import load_splits
   from jaxmi.train import evaluate, load_classifier, make_eval_step
@@ -201,6 +215,7 @@ COMMANDS = {
     "attack": _attack,
     "defend": _defend,
     "fisher": _fisher,
+    "report": _report,
     "evaluate": _evaluate,
     "prepare-data": _prepare_data,
     "demo": _demo,

@@ -68,3 +68,20 @@ def test_diff_lists_changed_dotted_keys():
   a = config_lib.to_dict(config_lib.load_config(REPO / "configs" / "mnist_target.py"))
   b = config_lib.to_dict(config_lib.load_config(REPO / "configs" / "mnist_target.py", ["train.seed=5", "data.split_seed=2"]))
   assert config_lib.diff(a, b) == ["data.split_seed", "train.seed"]
+
+
+def test_every_shipped_config_loads_and_defense_configs_are_consistent():
+  from jaxmi.defenses.run import DefendConfig
+  from jaxmi.train.step import Defense
+
+  configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+  defense_configs = [p for p in configs if p.stem.startswith("defense_")]
+  assert len(defense_configs) >= 14
+  for path in configs:
+    cfg = config_lib.load_config(path)  # raises a ConfigError naming the file if broken
+    if path in defense_configs:
+      assert isinstance(cfg, DefendConfig) and isinstance(cfg.defense, Defense), path
+      # The workdir is named after the config, so the documented attack command finds it.
+      assert cfg.target.workdir == f"runs/{path.stem}" and cfg.target.role == "target", path
+      if cfg.pretrain is not None and cfg.pretrain_on == "public":
+        assert not set(cfg.pretrain.data.private_ids) & set(cfg.target.data.private_ids), path
