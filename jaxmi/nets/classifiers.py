@@ -11,6 +11,9 @@ Architectures:
   * ``vgg``: VGG with BatchNorm (``vgg16`` layout by default), the standard MI target; at 64 px
     its features are 512x2x2 = 2048 as in the reference VGG16 target.
 Heads are a separate module so defenses can swap them (CALoR's low-rank head, MID's VIB).
+Each hidden output passes through ``self.perturb("hidden<i>")``: an identity unless a
+``perturbations`` collection is supplied, whose gradient is then d(output)/d(hidden<i>)
+(Grad-CAM's channel weights) without a second forward pass.
 """
 
 from __future__ import annotations
@@ -116,10 +119,12 @@ class SmallCNN(nn.Module):
       x = nn.Conv(ch, (3, 3), padding="SAME", use_bias=False, name=f"conv{i}")(x)
       x = nn.relu(_norm(x, train, self.norm, f"bn{i}"))
       x = nn.max_pool(x, (2, 2), (2, 2))
+      x = self.perturb(f"hidden{len(hidden)}", x)  # d(output)/d(hidden): Grad-CAM
       hidden.append(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.feature_dim, use_bias=False, name="fc_feat")(x)
     features = nn.relu(_norm(x, train, self.norm, "bn_feat"))
+    features = self.perturb(f"hidden{len(hidden)}", features)
     hidden.append(features)
     head = self.head or LinearHead(self.num_classes, name="head")
     return ClassifierOutput(head(features, train), features, tuple(hidden))
@@ -162,6 +167,7 @@ class ResNet(nn.Module):
       for b in range(n):
         stride = 2 if (b == 0 and stage > 0) else 1
         x = BasicBlock(self.width * 2**stage, stride, self.norm, name=f"stage{stage}_block{b}")(x, train)
+      x = self.perturb(f"hidden{len(hidden)}", x)  # d(output)/d(hidden): Grad-CAM
       hidden.append(x)
     features = jnp.mean(x, axis=(1, 2))
     head = self.head or LinearHead(self.num_classes, name="head")
@@ -183,6 +189,7 @@ class VGG(nn.Module):
     for item in self.layout:
       if item == "M":
         x = nn.max_pool(x, (2, 2), (2, 2))
+        x = self.perturb(f"hidden{len(hidden)}", x)  # d(output)/d(hidden): Grad-CAM
         hidden.append(x)
         continue
       x = nn.Conv(max(int(item) // self.width_divisor, 1), (3, 3), padding=((1, 1), (1, 1)), name=f"conv{conv}")(x)
