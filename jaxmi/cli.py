@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", help="output prefix (default: <workdir>/fisher_<split>); writes .json and .png")
   _add_common(p, config=False)
 
+  p = sub.add_parser("gnime", help="train GNIME for a target and evaluate it against adaptive explanation inversion")
+  _add_common(p)
+  p.add_argument("--overwrite", action="store_true", help="replace results already in the workdir")
+
   p = sub.add_parser("report", help="one table + plot of natural accuracy vs attack results over attack workdirs")
   p.add_argument("attack_workdirs", nargs="+", help="attack workdirs; runs on the same target are seeds")
   p.add_argument("--out", required=True, help="output prefix: writes <out>.md, <out>.csv and <out>.png")
@@ -173,6 +177,13 @@ def _fisher(args) -> int:
   return 0
 
 
+def _gnime(args) -> int:
+  from jaxmi.defenses.gnime_run import run_gnime
+
+  run_gnime(_load(args), progress=not args.no_progress, overwrite=args.overwrite)
+  return 0
+
+
 def _report(args) -> int:
   from jaxmi.report import markdown, write_report
 
@@ -215,6 +226,7 @@ COMMANDS = {
     "attack": _attack,
     "defend": _defend,
     "fisher": _fisher,
+    "gnime": _gnime,
     "report": _report,
     "evaluate": _evaluate,
     "prepare-data": _prepare_data,

@@ -55,6 +55,7 @@ class InversionConfig:
   reference_batch: int = 60        # per-latent losses / this = the reference's batch-mean gradient scale
   max_batch: int = 4096            # latents per compiled chunk
   log_every: int = 100             # steps per scan segment (progress and loss curve resolution)
+  unroll: int = 1                  # scan unroll factor (experimental)
   seed: int = 0
 
 
@@ -249,7 +250,7 @@ class Inverter:
       weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
       return (params, opt_state, step + 1), {k: jnp.sum(v * weight) for k, v in parts.items()}
 
-    return jax.lax.scan(one_step, carry, None, length=num_steps)
+    return jax.lax.scan(one_step, carry, None, length=num_steps, unroll=self.cfg.unroll)
 
   def _finish(self, params, keys, variables):
     """Final images and the target's logits for a chunk of optimised latents, ``draws`` per latent."""

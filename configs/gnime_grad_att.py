@@ -1,0 +1,24 @@
+"""GNIME vs the adaptive explanation-inversion attacker: grad explanations of the att target.
+
+Needs runs/gnime_target_att and runs/gnime_eval_att (train-classifier with the gnime_*_att configs).
+
+  bin/jaxmi gnime --config configs/gnime_grad_att.py
+
+a = 500 as the reference uses for faces; epochs are fewer than its 500 (CPU budget).
+"""
+
+from jaxmi.attacks.expmi import InverterConfig
+from jaxmi.defenses.gnime import GNIMEConfig
+from jaxmi.defenses.gnime_run import GNIMERunConfig
+
+
+def get_config() -> GNIMERunConfig:
+  return GNIMERunConfig(
+      name="gnime_grad_att",
+      workdir="runs/gnime_grad_att",
+      target="runs/gnime_target_att",
+      evaluator="runs/gnime_eval_att",
+      method="grad",
+      gnime=GNIMEConfig(a=500.0, epochs=150, batch_size=32, width_divisor=4),
+      attacker=InverterConfig(epochs=150, batch_size=32, width_divisor=4),
+  )
