@@ -72,6 +72,11 @@ def test_chunks_reuse_one_compilation_and_match_the_unchunked_run():
   assert uneven.run(variables, [0, 1]).loss_curve.shape == (14,) and uneven.traces == 1
   other = build_gmi(models, 100, dataclasses.replace(cfg, seed=1)).run(variables, [0, 1, 2, 3, 4])
   assert not np.allclose(a.latents, other.latents)
+  # Unrolled blocks of steps (the CPU fast path) compute the same steps as one step per call.
+  for unroll in (1, 4):
+    stepwise = build_gmi(models, 100, dataclasses.replace(cfg, unroll=unroll))
+    np.testing.assert_allclose(stepwise.run(variables, [0, 1, 2, 3, 4]).latents, a.latents, atol=2e-5)
+    assert stepwise.traces == 1
 
 
 def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():

@@ -7,8 +7,11 @@ targets run in inference mode, so no BatchNorm couples them). Networks and their
 enter the compiled program as arguments, never as closed-over constants.
 
 When there are more latents than ``max_batch``, they are processed in equal chunks (the last
-one padded) by the same compiled function, and the scan is cut into segments of
-``log_every`` steps so a progress bar can advance between segments: one trace in total.
+one padded) by the same compiled function. The compiled function runs ``unroll`` steps as a
+fully unrolled scan (no while loop: XLA:CPU runs convolutions inside while loops several times
+slower, see README "XLA:CPU notes"); a host loop calls it, with the carry donated, and the
+loss history leaves the device once per ``log_every`` steps so a progress bar can advance:
+one trace in total.
 
 Randomness is keyed per latent: latent (identity i, restart r) starts from
 ``fold_in(fold_in(key, i), r)``, so results do not depend on how latents are chunked.
@@ -55,7 +58,7 @@ class InversionConfig:
   reference_batch: int = 60        # per-latent losses / this = the reference's batch-mean gradient scale
   max_batch: int = 4096            # latents per compiled chunk
   log_every: int = 100             # steps per scan segment (progress and loss curve resolution)
-  unroll: int = 1                  # scan unroll factor (experimental)
+  unroll: int = 10                 # steps per compiled call, fully unrolled (1 = a plain step)
   seed: int = 0
 
 
@@ -208,7 +211,7 @@ class Inverter:
       self.tx = optax.adam(cfg.learning_rate)
     else:
       raise ConfigError(f"inversion.optimizer: unknown '{cfg.optimizer}'; expected nesterov or adam")
-    for field in ("steps", "restarts", "max_batch", "log_every", "reference_batch", "eval_draws"):
+    for field in ("steps", "restarts", "max_batch", "log_every", "unroll", "reference_batch", "eval_draws"):
       if getattr(cfg, field) <= 0:
         raise ConfigError(f"inversion.{field}: expected a positive integer, got {getattr(cfg, field)}")
     self.segment = jax.jit(self._segment, static_argnames=("num_steps",), donate_argnums=(0,))
@@ -250,7 +253,7 @@ class Inverter:
       weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
       return (params, opt_state, step + 1), {k: jnp.sum(v * weight) for k, v in parts.items()}
 
-    return jax.lax.scan(one_step, carry, None, length=num_steps, unroll=self.cfg.unroll)
+    return jax.lax.scan(one_step, carry, None, length=num_steps, unroll=num_steps)
 
   def _finish(self, params, keys, variables):
     """Final images and the target's logits for a chunk of optimised latents, ``draws`` per latent."""
@@ -284,6 +287,7 @@ class Inverter:
     # Equal segments so one compiled program serves them all: the largest divisor of steps <= log_every.
     seg = max(d for d in range(1, min(cfg.log_every, cfg.steps) + 1) if cfg.steps % d == 0)
     segments = [seg] * (cfg.steps // seg)
+    block = max(d for d in range(1, min(cfg.unroll, seg) + 1) if seg % d == 0)  # steps per compiled call
     history = np.zeros((num_chunks, cfg.steps), np.float32)
     history_parts: dict[str, np.ndarray] = {}
     outs, params_out = [], []
@@ -293,10 +297,14 @@ class Inverter:
       params = jax.vmap(self.latent.init)(chunk_keys)
       carry = (params, self.tx.init(params), jnp.zeros((), jnp.int32))
       done = 0
+      chunk_labels, chunk_mask = jnp.asarray(flat_labels[sl]), jnp.asarray(mask[sl])
       for n in segments:
-        carry, parts = self.segment(carry, variables, jnp.asarray(flat_labels[sl]), chunk_keys,
-                                    jnp.asarray(mask[sl]), num_steps=n)
-        parts = jax.device_get(parts)  # once per segment: the log interval
+        blocks = []
+        for _ in range(n // block):
+          carry, parts = self.segment(carry, variables, chunk_labels, chunk_keys, chunk_mask, num_steps=block)
+          blocks.append(parts)
+        # once per segment (the log interval): the losses of its steps leave the device
+        parts = jax.device_get(jax.tree.map(lambda *b: jnp.concatenate(b), *blocks))
         for k, v in parts.items():
           history_parts.setdefault(k, np.zeros((num_chunks, cfg.steps), np.float32))[c, done:done + n] = v
         history[c, done:done + n] = sum(parts.values())
