@@ -4,7 +4,9 @@ Needs runs/gnime_target_att and runs/gnime_eval_att (train-classifier with the g
 
   bin/jaxmi gnime --config configs/gnime_grad_att.py
 
-a = 500 as the reference uses for faces; epochs are fewer than its 500 (CPU budget).
+a = 500 as the reference uses for faces; epochs are fewer than its 500 (CPU budget),
+so both networks use Adam 1e-3 instead of 1e-4 (at 1e-4 and 20 epochs ExpMI stayed below PredMI:
+TCA 29.7% vs 41.3% on MNIST gradients; at 1e-3, 73% vs 54%).
 """
 
 from jaxmi.attacks.expmi import InverterConfig
@@ -19,6 +21,6 @@ def get_config() -> GNIMERunConfig:
       target="runs/gnime_target_att",
       evaluator="runs/gnime_eval_att",
       method="grad",
-      gnime=GNIMEConfig(a=500.0, epochs=150, batch_size=32, width_divisor=4),
-      attacker=InverterConfig(epochs=150, batch_size=32, width_divisor=4),
+      gnime=GNIMEConfig(learning_rate=1e-3, a=500.0, epochs=150, batch_size=32, width_divisor=4),
+      attacker=InverterConfig(learning_rate=1e-3, epochs=150, batch_size=32, width_divisor=4),
   )

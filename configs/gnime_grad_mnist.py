@@ -4,7 +4,9 @@ Needs runs/gnime_target_mnist and runs/gnime_eval_mnist (train-classifier with t
 
   bin/jaxmi gnime --config configs/gnime_grad_mnist.py
 
-a = 100 as the reference uses for 28-32 px data; epochs are fewer than its 500 (CPU budget).
+a = 100 as the reference uses for 28-32 px data; epochs are fewer than its 500 (CPU budget),
+so both networks use Adam 1e-3 instead of 1e-4 (at 1e-4 and 20 epochs ExpMI stayed below PredMI:
+TCA 29.7% vs 41.3% on MNIST gradients; at 1e-3, 73% vs 54%).
 """
 
 from jaxmi.attacks.expmi import InverterConfig
@@ -19,6 +21,6 @@ def get_config() -> GNIMERunConfig:
       target="runs/gnime_target_mnist",
       evaluator="runs/gnime_eval_mnist",
       method="grad",
-      gnime=GNIMEConfig(a=100.0, epochs=20, batch_size=128, width_divisor=4),
-      attacker=InverterConfig(epochs=20, batch_size=128, width_divisor=4),
+      gnime=GNIMEConfig(learning_rate=1e-3, a=100.0, epochs=20, batch_size=128, width_divisor=4),
+      attacker=InverterConfig(learning_rate=1e-3, epochs=20, batch_size=128, width_divisor=4),
   )

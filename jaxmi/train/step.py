@@ -3,8 +3,10 @@
 A defense is not a separate trainer. It is a `Defense`: it may replace the per-example task
 loss (label smoothing, CALoR's confidence adaptation), add a regulariser computed from the
 forward pass with optional extra state (BiDO, MID), swap the classification head (CALoR's
-low-rank head, MID's VIB head), or wrap the optimiser (TL-DMI's freeze mask, DP-SGD). The
-step below is the same for all of them.
+low-rank head, MID's VIB head), wrap the optimiser (TL-DMI's freeze mask, DP-SGD's
+clip-and-noise aggregation), intercept module calls in the forward pass (TL-DMI runs frozen
+BatchNorm layers in inference mode) or ask for per-example gradients (DP-SGD). The step below
+is the same for all of them.
 """
 
 from __future__ import annotations
