@@ -89,8 +89,10 @@ def plot(rows: list[dict], path: str | Path, title: str) -> None:
   fig, ax = plt.subplots(figsize=(6.4, 4.6))
   for r in rows:
     ax.errorbar(100 * r["natural_acc"], 100 * r["attack_acc1"], yerr=100 * r["attack_acc1_std"], fmt="o", capsize=3)
-    ax.annotate(r["defense"], (100 * r["natural_acc"], 100 * r["attack_acc1"]), textcoords="offset points",
-                xytext=(5, 4), fontsize=9)
+    # The run's directory tells two settings of one defense apart (defense_bido_coco_mnist -> bido_coco_mnist).
+    label = r["defense"] if r["defense"] == "none" else Path(r["target"]).name.removeprefix("defense_")
+    ax.annotate(label, (100 * r["natural_acc"], 100 * r["attack_acc1"]), textcoords="offset points",
+                xytext=(5, 4), fontsize=8)
   ax.set_xlabel("natural accuracy (%)  - higher is more useful")
   ax.set_ylabel("attack acc@1 (%)  - lower is more private")
   ax.set_title(title)
