@@ -1,7 +1,7 @@
 """The batched inversion engine: every identity x restart optimised at once, in one compiled program.
 
 A latent attack is (latent parametrisation, loss terms, optimiser). The engine optimises a
-latent tensor of shape [identities * restarts, ...] with ``lax.scan`` over steps; the loss is
+latent tensor of shape [identities * restarts, ...] in compiled blocks of unrolled steps; the loss is
 ``vmap``-ed over latents, so each latent is an independent problem (generator, critic and
 targets run in inference mode, so no BatchNorm couples them). Networks and their variables
 enter the compiled program as arguments, never as closed-over constants.
@@ -57,7 +57,7 @@ class InversionConfig:
   p_reg: str = "global"            # global: one public-feature mean (official); per_class: by target prediction
   reference_batch: int = 60        # per-latent losses / this = the reference's batch-mean gradient scale
   max_batch: int = 4096            # latents per compiled chunk
-  log_every: int = 100             # steps per scan segment (progress and loss curve resolution)
+  log_every: int = 100             # steps between host transfers of the loss (progress, loss curve)
   unroll: int = 10                 # steps per compiled call, fully unrolled (1 = a plain step)
   seed: int = 0
 
