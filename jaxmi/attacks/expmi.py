@@ -117,13 +117,7 @@ def train_inverter(kind: str, explanations, logits, images, cfg: InverterConfig,
 
 def reconstruct(module, params, kind: str, explanations, logits, batch_size: int = 256):
   """Reconstructions clipped to [0, 1], computed in fixed-size batches (one compilation)."""
-  apply = jax.jit(module.apply)
-  inputs = _inputs(kind, explanations, logits)
-  n = inputs[0].shape[0]
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = [np.asarray(a[start:start + batch_size]) for a in inputs]
-    pad = batch_size - chunk[0].shape[0]
-    chunk = [np.concatenate([c, np.zeros((pad, *c.shape[1:]), c.dtype)]) if pad else c for c in chunk]
-    out.append(np.asarray(apply(params, *chunk))[:batch_size - pad])
-  return np.clip(np.concatenate(out), 0.0, 1.0)
+  from jaxmi.metrics.attack import batched_apply
+
+  images = batched_apply(jax.jit(module.apply), params, _inputs(kind, explanations, logits), batch_size)
+  return np.clip(images, 0.0, 1.0)

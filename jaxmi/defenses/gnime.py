@@ -91,10 +91,14 @@ def make_gnime_step(nets: GNIMENets, tx, mu: float, sigma: float, a: float, same
   """``step(state, e, logits, x) -> (state, metrics)``: both Adam updates from the same batch."""
 
   def step(state: GNIMEState, e, logits, x):
-    noiser_loss = lambda p: gnime_losses(nets, p, state.inverter, e, logits, x, mu, sigma, a, same_space)[0]
-    inverter_loss = lambda q: gnime_losses(nets, state.noiser, q, e, logits, x, mu, sigma, a, same_space)[1:]
-    n_loss, n_grads = jax.value_and_grad(noiser_loss)(state.noiser)
-    (i_loss, parts), i_grads = jax.value_and_grad(inverter_loss, has_aux=True)(state.inverter)
+    # One shared forward pass, two backward passes (the reference's two GradientTapes): each player
+    # differentiates only its own loss with respect to only its own parameters.
+    losses = lambda p, q: (lambda n, i, parts: ((n, i), parts))(
+        *gnime_losses(nets, p, q, e, logits, x, mu, sigma, a, same_space))
+    (n_loss, i_loss), vjp, parts = jax.vjp(losses, state.noiser, state.inverter, has_aux=True)
+    one, zero = jnp.ones_like(n_loss), jnp.zeros_like(n_loss)
+    n_grads = vjp((one, zero))[0]
+    i_grads = vjp((zero, one))[1]
     n_updates, noiser_opt = tx.update(n_grads, state.noiser_opt, state.noiser)
     i_updates, inverter_opt = tx.update(i_grads, state.inverter_opt, state.inverter)
     new = GNIMEState(optax.apply_updates(state.noiser, n_updates), optax.apply_updates(state.inverter, i_updates),

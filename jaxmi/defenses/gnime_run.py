@@ -34,6 +34,7 @@ from jaxmi.defenses.gnime import GNIMEConfig, release, train_gnime
 from jaxmi.errors import ConfigError
 from jaxmi.explain import METHODS, make_explainer, postprocess
 from jaxmi.metrics import image as image_metrics
+from jaxmi.metrics.attack import batched_apply, classifier_outputs
 from jaxmi.train import load_classifier
 
 SCENARIOS = ("none", "rnd", "gnime", "predmi")
@@ -68,36 +69,21 @@ def _validate(cfg: GNIMERunConfig) -> None:
     raise ConfigError(f"query_fraction: expected a value in (0, 1), got {cfg.query_fraction}")
 
 
-def _batched(fn, arrays, batch: int = 250):
-  """Applies a jitted fn over fixed-size batches (the last padded) and concatenates on the host."""
-  n = arrays[0].shape[0]
-  out = []
-  for start in range(0, n, batch):
-    chunk = [np.asarray(a[start:start + batch]) for a in arrays]
-    pad = batch - chunk[0].shape[0]
-    if pad:
-      chunk = [np.concatenate([c, np.repeat(c[-1:], pad, 0)]) for c in chunk]
-    out.append(np.asarray(fn(*chunk))[:batch - pad])
-  return np.concatenate(out)
-
-
 def explanations_of(clf, images, method: str, variant: str):
   """Released-form explanations [N, h, w, c] in [0, 1] for the predicted class, and the logits."""
   options = {"variant": variant} if method in ("gradcam", "lrp") else {}
   explainer = make_explainer(method, clf.module, **options)
-  logits_fn = jax.jit(lambda v, x: clf.module.apply(v, x, train=False).logits)
-  logits = _batched(lambda x: logits_fn(clf.variables, x), [images])
+  logits = classifier_outputs(clf, images)[0]
 
-  def one_batch(x):
-    e = postprocess(explainer(clf.variables, x))
+  def released(variables, x, targets):
+    e = postprocess(explainer(variables, x, targets))
     return e[..., None] if e.ndim == 3 else e
-  return _batched(one_batch, [images]), logits
+  return batched_apply(released, clf.variables, (images, np.argmax(logits, -1).astype(np.int32)), 250), logits
 
 
 def _scores(recon, images, labels, evaluator, target) -> dict:
   recon_j, images_j = jnp.asarray(recon), jnp.asarray(images)
-  predict = lambda clf: _batched(jax.jit(lambda x: jnp.argmax(clf.module.apply(clf.variables, x, train=False).logits,
-                                                              -1)), [recon])
+  predict = lambda clf: np.argmax(classifier_outputs(clf, recon)[0], -1)
   return {
       "image_mse": float(jnp.mean(image_metrics.mse(recon_j, images_j))),
       "psnr": float(jnp.mean(image_metrics.psnr(recon_j, images_j))),
@@ -169,7 +155,7 @@ def run_gnime(cfg: GNIMERunConfig, *, progress: bool = True, overwrite: bool = F
   nets, state, mu, sigma, gnime_history = train_gnime(def_e[gnime_idx], def_logits[gnime_idx],
                                                       def_images[gnime_idx], cfg.gnime, progress=progress)
   released_fn = jax.jit(lambda p, e, y: release(nets, p, e, y, mu, sigma))
-  gnime_release = lambda e, y: _batched(lambda a, b: released_fn(state.noiser, a, b), [e, y])
+  gnime_release = lambda e, y: batched_apply(released_fn, state.noiser, (e, y), 250)
   released = {"none": (att_e, q_e), "gnime": (gnime_release(att_e, att_logits), gnime_release(q_e, q_logits))}
   budget = float(np.mean(np.square(released["gnime"][1] - q_e)))
   noise = np.random.default_rng(cfg.seed + 1)

@@ -43,13 +43,11 @@ def layer_groups(module, image_shape: tuple[int, int, int]) -> tuple[tuple[str, 
       called.append(path[0])
     return next_fun(*args, **kwargs)
 
-  def forward():
-    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  def init():  # initialisation runs the forward pass once: record its calls there
     with nn.intercept_methods(record):
-      module.apply(variables, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    return variables["params"]
+      return module.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32), train=False)["params"]
 
-  params = jax.eval_shape(forward)
+  params = jax.eval_shape(init)
   groups: list[list[str]] = []
   for name in called:
     if name not in params or name == HEAD:

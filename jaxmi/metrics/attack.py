@@ -23,17 +23,20 @@ import scipy.linalg
 from jaxmi.attacks.engine import InversionResult, resize_to
 
 
-def batched_apply(fn: Callable, variables, images: np.ndarray, batch_size: int = 256):
-  """``fn(variables, batch)`` over ``images`` in fixed-size padded batches (one compilation)."""
-  n = len(images)
+def batched_apply(fn: Callable, variables, images, batch_size: int = 256):
+  """``fn(variables, *batch)`` over ``images`` (an array, or a tuple of arrays of equal length) in
+  fixed-size zero-padded batches (one compilation)."""
+  arrays = images if isinstance(images, tuple) else (images,)
+  n = len(arrays[0])
   batch_size = min(batch_size, max(n, 1))
   outs = []
   for start in range(0, n, batch_size):
-    chunk = images[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    outs.append(jax.device_get(fn(variables, jnp.asarray(chunk))))
+    chunks = []
+    for a in arrays:
+      chunk = np.asarray(a[start:start + batch_size])
+      pad = batch_size - len(chunk)
+      chunks.append(np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk)
+    outs.append(jax.device_get(fn(variables, *(jnp.asarray(c) for c in chunks))))
   return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
 
 
