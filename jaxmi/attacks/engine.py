@@ -37,7 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmi import parallel
 from jaxmi.errors import ConfigError
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,9 +59,13 @@ class InversionConfig:
   feature_reg_weight: float = 0.0  # LOMMA: weight of mean (phi_T(x) - p_reg)^2 (identity_weight * lam = 100)
   p_reg: str = "global"            # global: one public-feature mean (official); per_class: by target prediction
   reference_batch: int = 60        # per-latent losses / this = the reference's batch-mean gradient scale
-  max_batch: int = 4096            # latents per compiled chunk
+  max_batch: int = 4096            # latents per compiled chunk (all devices together); 0 = as many as fit the budget
+  memory_budget_gb: float = 0.0    # max_batch 0: memory per device for a chunk; 0 = 90% of free device memory
   log_every: int = 100             # steps between host transfers of the loss (progress, loss curve)
   unroll: int = 10                 # steps per compiled call, fully unrolled (1 = a plain step)
+  devices: int = 0                 # latents are sharded over this many devices; 0 = all (every host's)
+  compute_dtype: str = "float32"   # float32 | bfloat16 for the networks; latents, optimiser state, losses stay float32
+  remat: bool = False              # recompute network activations in the backward pass: less memory, more compute
   seed: int = 0
 
 
@@ -200,6 +207,11 @@ class AttackModels:
   target_shapes: tuple             # each target's input (H, W, C)
 
 
+def cast_floats(tree, dtype):
+  """Floating leaves of ``tree`` in ``dtype`` (the networks' compute dtype); others unchanged."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 class Inverter:
   """Builds the compiled segment function once and runs any number of identities through it."""
 
@@ -211,26 +223,42 @@ class Inverter:
       self.tx = optax.adam(cfg.learning_rate)
     else:
       raise ConfigError(f"inversion.optimizer: unknown '{cfg.optimizer}'; expected nesterov or adam")
-    for field in ("steps", "restarts", "max_batch", "log_every", "unroll", "reference_batch", "eval_draws"):
+    for field in ("steps", "restarts", "log_every", "unroll", "reference_batch", "eval_draws"):
       if getattr(cfg, field) <= 0:
         raise ConfigError(f"inversion.{field}: expected a positive integer, got {getattr(cfg, field)}")
+    if cfg.max_batch < 0 or cfg.memory_budget_gb < 0:
+      raise ConfigError("inversion.max_batch / memory_budget_gb: expected >= 0 (max_batch 0 = fit the memory budget)")
+    if cfg.compute_dtype not in COMPUTE_DTYPES:
+      raise ConfigError(f"inversion.compute_dtype: unknown '{cfg.compute_dtype}'; expected one of "
+                        f"{', '.join(COMPUTE_DTYPES)}")
+    self.dtype = COMPUTE_DTYPES[cfg.compute_dtype]
     self.segment = jax.jit(self._segment, static_argnames=("num_steps",), donate_argnums=(0,))
+    self.start = jax.jit(self._start)
     self.finish = jax.jit(self._finish)
-    self.traces = 0
+    self.traces = 0           # compilations of the step program (tests assert there is one)
+    self._probing = False     # memory probes for max_batch = 0 compile too, but are not counted
+    self.chunk_size = None    # latents per chunk in the last run (all devices together)
+    self.mesh = None
 
   # -- per-latent pieces -------------------------------------------------------------------
+  def _apply(self, module, variables, x, **kwargs):
+    fn = lambda v, inputs: module.apply(v, inputs, **kwargs)
+    return (jax.checkpoint(fn) if self.cfg.remat else fn)(variables, x)
+
   def _forward(self, variables: dict, z: jax.Array) -> Forward:
+    """Networks in the compute dtype; what the loss terms see comes back as float32."""
     m = self.models
-    image = m.generator.apply(variables["generator"], z[None], train=False)
+    f32 = lambda x: x.astype(jnp.float32)
+    image = self._apply(m.generator, variables["generator"], z[None].astype(self.dtype), train=False)
     score = jnp.zeros(())
     if m.critic is not None and any(getattr(t, "needs_critic", False) for t in self.terms):
-      score = m.critic.apply(variables["critic"], image, method="realism")[0]
+      score = f32(self._apply(m.critic, variables["critic"], image, method="realism")[0])
     logits, feats = [], []
     for module, shape, tvars in zip(m.targets, m.target_shapes, variables["targets"]):
-      out = module.apply(tvars, resize_to(image, shape), train=False)
-      logits.append(out.logits[0])
-      feats.append(out.features[0])
-    return Forward(image[0], score, tuple(logits), tuple(feats))
+      out = self._apply(module, tvars, resize_to(image, shape).astype(self.dtype), train=False)
+      logits.append(f32(out.logits[0]))
+      feats.append(f32(out.features[0]))
+    return Forward(f32(image[0]), score, tuple(logits), tuple(feats))
 
   def _loss(self, params, label, key, variables):
     z = self.latent.sample(params, key)
@@ -239,9 +267,14 @@ class Inverter:
     return sum(parts.values()) / self.cfg.reference_batch, parts
 
   # -- compiled programs -------------------------------------------------------------------
+  def _start(self, keys):
+    params = jax.vmap(self.latent.init)(keys)
+    return params, self.tx.init(params), jnp.zeros((), jnp.int32)
+
   def _segment(self, carry, variables, labels, keys, mask, *, num_steps: int):
     """``num_steps`` optimisation steps for a chunk; returns the carry and per-step mean losses."""
-    self.traces += 1  # runs at trace time only: counts compilations
+    if not self._probing:
+      self.traces += 1  # runs at trace time only: counts compilations
 
     def one_step(carry, _):
       params, opt_state, step = carry
@@ -256,7 +289,10 @@ class Inverter:
     return jax.lax.scan(one_step, carry, None, length=num_steps, unroll=num_steps)
 
   def _finish(self, params, keys, variables):
-    """Final images and the target's logits for a chunk of optimised latents, ``draws`` per latent."""
+    """Final images and the target's logits for a chunk of optimised latents, ``draws`` per latent.
+
+    Always float32: the reported reconstructions are G(z) at full precision.
+    """
     z = jax.vmap(self.latent.final)(params, keys)
     z = z.reshape(-1, *z.shape[2:])  # [chunk * draws, z_dim], draws of a latent adjacent
     images = self.models.generator.apply(variables["generator"], z, train=False)
@@ -264,14 +300,67 @@ class Inverter:
     logits = module.apply(tvars, resize_to(images, shape), train=False).logits
     return z, images, logits
 
+  # -- chunk size ------------------------------------------------------------------------------
+  def _chunk_for(self, total: int, mesh, compute_vars, block: int) -> int:
+    """Latents per chunk: a multiple of the device count, at most ``max_batch`` or what fits memory."""
+    n_dev = mesh.size
+    needed = -(-total // n_dev) * n_dev
+    if self.cfg.max_batch:
+      return min(needed, max(n_dev, self.cfg.max_batch // n_dev * n_dev))
+    return min(needed, self.fitting_chunk(mesh, compute_vars, block))
+
+  def fitting_chunk(self, mesh, compute_vars, block: int) -> int:
+    """The largest chunk whose compiled step program fits ``memory_budget_gb`` per device.
+
+    XLA's own memory analysis of the program (arguments + outputs + temporaries - donated
+    aliases, per device) at two probe sizes gives bytes per latent; the budget divided by it,
+    less the fixed part (replicated network variables), is the chunk.
+    """
+    n_dev = mesh.size
+    budget = parallel.memory_budget_bytes(mesh, self.cfg.memory_budget_gb)
+    row, rep = parallel.rows(mesh), parallel.replicated(mesh)
+
+    def bytes_per_device(n: int) -> float:
+      keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=row)
+      carry = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=row if a.ndim else rep),
+                           jax.eval_shape(self._start, keys))
+      vec = lambda dtype: jax.ShapeDtypeStruct((n,), dtype, sharding=row)
+      self._probing = True
+      try:
+        compiled = self.segment.lower(carry, compute_vars, vec(jnp.int32), keys, vec(jnp.float32),
+                                      num_steps=block).compile()
+      finally:
+        self._probing = False
+      m = compiled.memory_analysis()
+      return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+    small, large = 4 * n_dev, 8 * n_dev
+    at_small, at_large = bytes_per_device(small), bytes_per_device(large)
+    per_latent = max((at_large - at_small) / (large - small), 1.0)  # per latent of the chunk (all devices)
+    fixed = at_small - per_latent * small
+    return max(n_dev, int((budget - fixed) / per_latent) // n_dev * n_dev)
+
   # -- host driver ---------------------------------------------------------------------------
   def run(self, variables: dict, labels: Sequence[int], *, progress=None) -> "InversionResult":
-    """Inverts each class in ``labels`` (target class indices) with ``cfg.restarts`` restarts."""
+    """Inverts each class in ``labels`` (target class indices) with ``cfg.restarts`` restarts.
+
+    Latents are sharded over ``cfg.devices`` devices (network variables replicated); every
+    process of a multi-host run calls this with the same arguments and gets the whole result.
+    """
     cfg = self.cfg
     labels = np.asarray(labels, np.int32)
     num_ids, restarts = len(labels), cfg.restarts
     total = num_ids * restarts
-    chunk = min(cfg.max_batch, total)
+    mesh = self.mesh = parallel.latent_mesh(cfg.devices)
+    row, rep = parallel.rows(mesh), parallel.replicated(mesh)
+    variables = jax.tree.map(lambda x: parallel.put(x, rep), variables)
+    compute_vars = cast_floats(variables, self.dtype)
+
+    # Equal segments so one compiled program serves them all: the largest divisor of steps <= log_every.
+    seg = max(d for d in range(1, min(cfg.log_every, cfg.steps) + 1) if cfg.steps % d == 0)
+    segments = [seg] * (cfg.steps // seg)
+    block = max(d for d in range(1, min(cfg.unroll, seg) + 1) if seg % d == 0)  # steps per compiled call
+    chunk = self.chunk_size = self._chunk_for(total, mesh, compute_vars, block)
     num_chunks = -(-total // chunk)
     padded = num_chunks * chunk
     flat_labels = np.zeros(padded, np.int32)
@@ -281,39 +370,33 @@ class Inverter:
     root = jax.random.PRNGKey(cfg.seed)
     pairs = [(i, r) for i in range(num_ids) for r in range(restarts)]
     pairs += [(0, 0)] * (padded - total)
-    keys = jax.vmap(lambda ir: jax.random.fold_in(jax.random.fold_in(root, ir[0]), ir[1]))(
-        jnp.asarray(np.array(pairs, np.uint32)))
+    keys = np.asarray(jax.vmap(lambda ir: jax.random.fold_in(jax.random.fold_in(root, ir[0]), ir[1]))(
+        jnp.asarray(np.array(pairs, np.uint32))))
 
-    # Equal segments so one compiled program serves them all: the largest divisor of steps <= log_every.
-    seg = max(d for d in range(1, min(cfg.log_every, cfg.steps) + 1) if cfg.steps % d == 0)
-    segments = [seg] * (cfg.steps // seg)
-    block = max(d for d in range(1, min(cfg.unroll, seg) + 1) if seg % d == 0)  # steps per compiled call
     history = np.zeros((num_chunks, cfg.steps), np.float32)
     history_parts: dict[str, np.ndarray] = {}
     outs, params_out = [], []
     for c in range(num_chunks):
       sl = slice(c * chunk, (c + 1) * chunk)
-      chunk_keys = keys[sl]
-      params = jax.vmap(self.latent.init)(chunk_keys)
-      carry = (params, self.tx.init(params), jnp.zeros((), jnp.int32))
+      chunk_keys, chunk_labels, chunk_mask = (parallel.put(a[sl], row) for a in (keys, flat_labels, mask))
+      carry = self.start(chunk_keys)
       done = 0
-      chunk_labels, chunk_mask = jnp.asarray(flat_labels[sl]), jnp.asarray(mask[sl])
       for n in segments:
         blocks = []
         for _ in range(n // block):
-          carry, parts = self.segment(carry, variables, chunk_labels, chunk_keys, chunk_mask, num_steps=block)
+          carry, parts = self.segment(carry, compute_vars, chunk_labels, chunk_keys, chunk_mask, num_steps=block)
           blocks.append(parts)
         # once per segment (the log interval): the losses of its steps leave the device
-        parts = jax.device_get(jax.tree.map(lambda *b: jnp.concatenate(b), *blocks))
+        parts = parallel.to_host(jax.tree.map(lambda *b: jnp.concatenate(b), *blocks))
         for k, v in parts.items():
           history_parts.setdefault(k, np.zeros((num_chunks, cfg.steps), np.float32))[c, done:done + n] = v
         history[c, done:done + n] = sum(parts.values())
         done += n
         if progress is not None:
-          progress(n * chunk, {k: float(v[-1]) for k, v in parts.items()})
+          progress(n * min(chunk, total - c * chunk), {k: float(v[-1]) for k, v in parts.items()})
       final_keys = jax.vmap(lambda k: jax.random.fold_in(k, cfg.steps))(chunk_keys)  # steps used 0..steps-1
-      outs.append(jax.device_get(self.finish(carry[0], final_keys, variables)))
-      params_out.append(jax.device_get(carry[0]))
+      outs.append(parallel.to_host(self.finish(carry[0], final_keys, variables)))
+      params_out.append(parallel.to_host(carry[0]))
     draws = self.latent.draws
     per_id = restarts * draws  # reconstructions per identity: restart-major, then draws
     z, images, logits = (np.concatenate([o[i] for o in outs])[:total * draws] for i in range(3))

@@ -44,6 +44,8 @@ class AttackConfig:
 def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: bool = True, overwrite: bool = False,
                log=print) -> dict:
   workdir = Path(cfg.workdir)
+  if jax.process_index() != 0:  # multi-host: every process computes, the first one reports and writes
+    progress, log = False, lambda *_: None
   if (workdir / "results.json").exists() and not overwrite:
     raise ConfigError(f"{workdir / 'results.json'}: already exists; choose another --workdir or pass --overwrite")
   if cfg.attack not in ATTACKS:
@@ -74,9 +76,11 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
     variables["extras"] = {"p_reg": public_feature_reg(target, splits.public.images[:cfg.p_reg_images],
                                                        cfg.inversion.p_reg)}
   total_latents = len(labels) * cfg.inversion.restarts
+  chunk_text = f"at most {cfg.inversion.max_batch}" if cfg.inversion.max_batch else "memory-fitted"
   prior = {"gmi": "WGAN critic -D(G(z))", "kedmi": "KEDMI discriminator -log P(real)"}.get(gan.kind, gan.kind)
   log(f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
-      f"{cfg.inversion.steps} steps, chunks of at most {cfg.inversion.max_batch} latents; prior: {prior}; "
+      f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over {cfg.inversion.devices or jax.device_count()} device(s), "
+      f"{cfg.inversion.compute_dtype}; prior: {prior}; "
       f"attacking {len(attacked)} model(s)")
 
   bar = None
@@ -96,10 +100,13 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   summary = {
       "name": cfg.name, "attack": cfg.attack, **{k: v for k, v in metrics.items() if k not in ("per_identity", "eval_predictions")},
       "attack_seconds": round(seconds, 2), "latent_steps_per_second": round(total_latents * cfg.inversion.steps / seconds, 1),
-      "compilations": inverter.traces, "target": str(cfg.target), "evaluator": str(cfg.evaluator), "gan": str(cfg.gan),
+      "compilations": inverter.traces, "devices": inverter.mesh.size, "chunk_size": inverter.chunk_size,
+      "target": str(cfg.target), "evaluator": str(cfg.evaluator), "gan": str(cfg.gan),
       "gan_kind": gan.kind, "draws_per_latent": result.draws,
       "config": config_lib.to_dict(cfg),
   }
+  if jax.process_index() != 0:
+    return summary
   workdir.mkdir(parents=True, exist_ok=True)
   records.write_json(workdir / "results.json", summary)
   with open(workdir / "per_identity.csv", "w", newline="") as f:

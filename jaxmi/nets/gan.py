@@ -180,11 +180,15 @@ class InstanceNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    var = jnp.var(x, axis=(1, 2), keepdims=True)
+    # Statistics (and their backward pass, a difference of near-equal sums) in float32 even under
+    # bfloat16 compute: in bf16 they lose most of the gradient to cancellation.
+    h = x.astype(jnp.float32)
+    mean = jnp.mean(h, axis=(1, 2), keepdims=True)
+    var = jnp.var(h, axis=(1, 2), keepdims=True)
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-    return (x - mean) * lax.rsqrt(var + self.epsilon) * scale[None, None, None, :] + bias[None, None, None, :]
+    h = (h - mean) * lax.rsqrt(var + self.epsilon) * scale[None, None, None, :].astype(jnp.float32)
+    return (h + bias[None, None, None, :].astype(jnp.float32)).astype(x.dtype)
 
 
 class Critic(nn.Module):
