@@ -137,9 +137,11 @@ def _distill(args) -> int:
 
 def _attack(args) -> int:
   from jaxmi import parallel
+
+  parallel.cpu_device_per_core()      # on a CPU host, latents shard over its cores (before any JAX op)
+  parallel.initialize_distributed()  # one process per host/GPU: latents shard over all of them
   from jaxmi.attacks.run import run_attack
 
-  parallel.initialize_distributed()  # one process per host/GPU: latents shard over all of them
   run_attack(_load(args), progress=not args.no_progress, overwrite=args.overwrite)
   return 0
 

@@ -63,3 +63,16 @@ def test_shape_signature_distinguishes_architectures():
   a = shape_signature(init_variables(build_classifier(SMALL["cnn"], 5), jax.random.PRNGKey(0), (32, 32, 1)))
   b = shape_signature(init_variables(build_classifier(SMALL["resnet"], 5), jax.random.PRNGKey(0), (32, 32, 1)))
   assert a != b and "params/head/fc/kernel" in a and a["params/head/fc/kernel"] == [32, 5]
+
+
+def test_reshape_max_pool_equals_flax_max_pool_and_its_gradient():
+  """The classifiers' pooling (a reshape + max, fast to differentiate on XLA:CPU) is nn.max_pool."""
+  import flax.linen as nn
+  from jaxmi.nets.classifiers import max_pool_2x2
+  for shape in ((2, 8, 8, 3), (2, 7, 9, 4)):  # odd sizes: VALID pooling drops the last row/column
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous values: no ties
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+    w = jax.random.normal(jax.random.PRNGKey(1), max_pool_2x2(x).shape)
+    grads = [jax.grad(lambda x: jnp.sum(w * pool(x)))(x) for pool in (max_pool_2x2, lambda x: nn.max_pool(x, (2, 2), (2, 2)))]
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert np.count_nonzero(grads[0]) == w.size  # one maximum per window receives the gradient

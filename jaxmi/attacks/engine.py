@@ -6,12 +6,19 @@ latent tensor of shape [identities * restarts, ...] in compiled blocks of unroll
 targets run in inference mode, so no BatchNorm couples them). Networks and their variables
 enter the compiled program as arguments, never as closed-over constants.
 
-When there are more latents than ``max_batch``, they are processed in equal chunks (the last
-one padded) by the same compiled function. The compiled function runs ``unroll`` steps as a
-fully unrolled scan (no while loop: XLA:CPU runs convolutions inside while loops several times
-slower, see README "XLA:CPU notes"); a host loop calls it, with the carry donated, and the
-loss history leaves the device once per ``log_every`` steps so a progress bar can advance:
-one trace in total.
+When there are more latents than ``max_batch`` (or, with ``max_batch`` = 0, than fit the
+memory budget by XLA's own memory analysis of the program), they are processed in equal
+chunks (the last one padded) by the same compiled function. Each chunk's latent axis is
+sharded over a device mesh (``jaxmi.parallel``; network variables replicated), so one program
+runs on 1 CPU, N GPUs or several hosts. On CPU the compiled function runs ``unroll`` steps as
+a fully unrolled scan (no while loop: XLA:CPU runs convolutions inside while loops several
+times slower, see README "XLA:CPU notes"); on accelerators one rolled loop covers a log
+interval. A host loop calls it with the carry donated, and the loss history leaves the device
+once per ``log_every`` steps so a progress bar can advance: one trace in total.
+
+Networks may compute in bfloat16 (``compute_dtype``) while latents, optimiser state and the
+loss stay float32, and may be rematerialised in the backward pass (``remat``) to fit larger
+chunks.
 
 Randomness is keyed per latent: latent (identity i, restart r) starts from
 ``fold_in(fold_in(key, i), r)``, so results do not depend on how latents are chunked.
@@ -62,7 +69,8 @@ class InversionConfig:
   max_batch: int = 4096            # latents per compiled chunk (all devices together); 0 = as many as fit the budget
   memory_budget_gb: float = 0.0    # max_batch 0: memory per device for a chunk; 0 = 90% of free device memory
   log_every: int = 100             # steps between host transfers of the loss (progress, loss curve)
-  unroll: int = 10                 # steps per compiled call, fully unrolled (1 = a plain step)
+  unroll: int = 0                  # steps per compiled call, fully unrolled; 0 = auto: 10 on CPU, else a rolled
+                                   # loop over each log interval (one call per interval, one step's memory)
   devices: int = 0                 # latents are sharded over this many devices; 0 = all (every host's)
   compute_dtype: str = "float32"   # float32 | bfloat16 for the networks; latents, optimiser state, losses stay float32
   remat: bool = False              # recompute network activations in the backward pass: less memory, more compute
@@ -223,17 +231,19 @@ class Inverter:
       self.tx = optax.adam(cfg.learning_rate)
     else:
       raise ConfigError(f"inversion.optimizer: unknown '{cfg.optimizer}'; expected nesterov or adam")
-    for field in ("steps", "restarts", "log_every", "unroll", "reference_batch", "eval_draws"):
+    for field in ("steps", "restarts", "log_every", "reference_batch", "eval_draws"):
       if getattr(cfg, field) <= 0:
         raise ConfigError(f"inversion.{field}: expected a positive integer, got {getattr(cfg, field)}")
+    if cfg.unroll < 0:
+      raise ConfigError(f"inversion.unroll: expected >= 0 (0 = auto), got {cfg.unroll}")
     if cfg.max_batch < 0 or cfg.memory_budget_gb < 0:
       raise ConfigError("inversion.max_batch / memory_budget_gb: expected >= 0 (max_batch 0 = fit the memory budget)")
     if cfg.compute_dtype not in COMPUTE_DTYPES:
       raise ConfigError(f"inversion.compute_dtype: unknown '{cfg.compute_dtype}'; expected one of "
                         f"{', '.join(COMPUTE_DTYPES)}")
     self.dtype = COMPUTE_DTYPES[cfg.compute_dtype]
-    self.segment = jax.jit(self._segment, static_argnames=("num_steps",), donate_argnums=(0,))
-    self.start = jax.jit(self._start)
+    self.segment = jax.jit(self._segment, static_argnames=("num_steps", "rolled"), donate_argnums=(0,))
+    self._starts = {}
     self.finish = jax.jit(self._finish)
     self.traces = 0           # compilations of the step program (tests assert there is one)
     self._probing = False     # memory probes for max_batch = 0 compile too, but are not counted
@@ -271,8 +281,22 @@ class Inverter:
     params = jax.vmap(self.latent.init)(keys)
     return params, self.tx.init(params), jnp.zeros((), jnp.int32)
 
-  def _segment(self, carry, variables, labels, keys, mask, *, num_steps: int):
-    """``num_steps`` optimisation steps for a chunk; returns the carry and per-step mean losses."""
+  def _carry_shardings(self, n: int, mesh):
+    """Per-latent leaves split over the mesh, scalars (step, Adam's count) replicated."""
+    row, rep = parallel.rows(mesh), parallel.replicated(mesh)
+    shapes = jax.eval_shape(self._start, jax.ShapeDtypeStruct((n, 2), jnp.uint32))
+    return jax.tree.map(lambda a: row if a.ndim else rep, shapes)
+
+  def start(self, keys, mesh):
+    """The initial carry, laid out as the step program returns it (so its first call is its only trace)."""
+    key = (keys.shape[0], mesh)
+    if key not in self._starts:
+      self._starts[key] = jax.jit(self._start, out_shardings=self._carry_shardings(keys.shape[0], mesh))
+    return self._starts[key](keys)
+
+  def _segment(self, carry, variables, labels, keys, mask, *, num_steps: int, rolled: bool = False):
+    """``num_steps`` optimisation steps for a chunk (unrolled, or a loop if ``rolled``); returns the
+    carry and per-step mean losses."""
     if not self._probing:
       self.traces += 1  # runs at trace time only: counts compilations
 
@@ -286,7 +310,14 @@ class Inverter:
       weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
       return (params, opt_state, step + 1), {k: jnp.sum(v * weight) for k, v in parts.items()}
 
-    return jax.lax.scan(one_step, carry, None, length=num_steps, unroll=num_steps)
+    if rolled:
+      return jax.lax.scan(one_step, carry, None, length=num_steps)
+    # Straight-line steps: XLA:CPU runs convolutions inside any while loop (even a scan of length 1) slowly.
+    history = []
+    for _ in range(num_steps):
+      carry, parts = one_step(carry, None)
+      history.append(parts)
+    return carry, jax.tree.map(lambda *p: jnp.stack(p), *history)
 
   def _finish(self, params, keys, variables):
     """Final images and the target's logits for a chunk of optimised latents, ``draws`` per latent.
@@ -300,16 +331,31 @@ class Inverter:
     logits = module.apply(tvars, resize_to(images, shape), train=False).logits
     return z, images, logits
 
+  def plan(self, mesh) -> tuple[int, int, bool]:
+    """(steps per log interval, steps per compiled call, whether that call loops rather than unrolls).
+
+    Log intervals are equal so one compiled program serves them all: the largest divisor of
+    ``steps`` not above ``log_every``. XLA:CPU runs convolutions inside a while loop several
+    times slower than at top level, so on CPU each call is a fully unrolled block of ``unroll``
+    (default 10) steps; on accelerators (``unroll`` = 0) one rolled loop covers the interval.
+    """
+    cfg = self.cfg
+    seg = max(d for d in range(1, min(cfg.log_every, cfg.steps) + 1) if cfg.steps % d == 0)
+    rolled = cfg.unroll == 0 and mesh.devices.flat[0].platform != "cpu"
+    unroll = cfg.unroll or (seg if rolled else 10)
+    block = max(d for d in range(1, min(unroll, seg) + 1) if seg % d == 0)
+    return seg, block, rolled
+
   # -- chunk size ------------------------------------------------------------------------------
-  def _chunk_for(self, total: int, mesh, compute_vars, block: int) -> int:
+  def _chunk_for(self, total: int, mesh, compute_vars, block: int, rolled: bool) -> int:
     """Latents per chunk: a multiple of the device count, at most ``max_batch`` or what fits memory."""
     n_dev = mesh.size
     needed = -(-total // n_dev) * n_dev
     if self.cfg.max_batch:
       return min(needed, max(n_dev, self.cfg.max_batch // n_dev * n_dev))
-    return min(needed, self.fitting_chunk(mesh, compute_vars, block))
+    return min(needed, self.fitting_chunk(mesh, compute_vars, block, rolled))
 
-  def fitting_chunk(self, mesh, compute_vars, block: int) -> int:
+  def fitting_chunk(self, mesh, compute_vars, block: int, rolled: bool = False) -> int:
     """The largest chunk whose compiled step program fits ``memory_budget_gb`` per device.
 
     XLA's own memory analysis of the program (arguments + outputs + temporaries - donated
@@ -318,17 +364,17 @@ class Inverter:
     """
     n_dev = mesh.size
     budget = parallel.memory_budget_bytes(mesh, self.cfg.memory_budget_gb)
-    row, rep = parallel.rows(mesh), parallel.replicated(mesh)
+    row = parallel.rows(mesh)
 
     def bytes_per_device(n: int) -> float:
       keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=row)
-      carry = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=row if a.ndim else rep),
-                           jax.eval_shape(self._start, keys))
+      carry = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                           jax.eval_shape(self._start, keys), self._carry_shardings(n, mesh))
       vec = lambda dtype: jax.ShapeDtypeStruct((n,), dtype, sharding=row)
       self._probing = True
       try:
         compiled = self.segment.lower(carry, compute_vars, vec(jnp.int32), keys, vec(jnp.float32),
-                                      num_steps=block).compile()
+                                      num_steps=block, rolled=rolled).compile()
       finally:
         self._probing = False
       m = compiled.memory_analysis()
@@ -356,11 +402,9 @@ class Inverter:
     variables = jax.tree.map(lambda x: parallel.put(x, rep), variables)
     compute_vars = cast_floats(variables, self.dtype)
 
-    # Equal segments so one compiled program serves them all: the largest divisor of steps <= log_every.
-    seg = max(d for d in range(1, min(cfg.log_every, cfg.steps) + 1) if cfg.steps % d == 0)
+    seg, block, rolled = self.plan(mesh)
     segments = [seg] * (cfg.steps // seg)
-    block = max(d for d in range(1, min(cfg.unroll, seg) + 1) if seg % d == 0)  # steps per compiled call
-    chunk = self.chunk_size = self._chunk_for(total, mesh, compute_vars, block)
+    chunk = self.chunk_size = self._chunk_for(total, mesh, compute_vars, block, rolled)
     num_chunks = -(-total // chunk)
     padded = num_chunks * chunk
     flat_labels = np.zeros(padded, np.int32)
@@ -379,12 +423,13 @@ class Inverter:
     for c in range(num_chunks):
       sl = slice(c * chunk, (c + 1) * chunk)
       chunk_keys, chunk_labels, chunk_mask = (parallel.put(a[sl], row) for a in (keys, flat_labels, mask))
-      carry = self.start(chunk_keys)
+      carry = self.start(chunk_keys, mesh)
       done = 0
       for n in segments:
         blocks = []
         for _ in range(n // block):
-          carry, parts = self.segment(carry, compute_vars, chunk_labels, chunk_keys, chunk_mask, num_steps=block)
+          carry, parts = self.segment(carry, compute_vars, chunk_labels, chunk_keys, chunk_mask, num_steps=block,
+                                      rolled=rolled)
           blocks.append(parts)
         # once per segment (the log interval): the losses of its steps leave the device
         parts = parallel.to_host(jax.tree.map(lambda *b: jnp.concatenate(b), *blocks))
