@@ -12,7 +12,10 @@ batch``, a stronger baseline than the official code) is the denominator of every
   python bench/attack_throughput.py --configs vgg64 --batch-sizes 64,256,1024,4096 --dtypes float32,bfloat16
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python bench/attack_throughput.py --devices 1,8
   python bench/attack_throughput.py --configs vgg64 --protocol   # 300 ids x 5 restarts x 2400 steps, end to end
-  python bench/attack_throughput.py --configs vgg64 --capacity 10000   # memory for 10,000 concurrent latents
+  python bench/attack_throughput.py --configs vgg64 --capacity 10000 --remat   # memory of 10,000 concurrent latents
+  # on a GPU (no PyTorch there): the table, the full protocol and the capacity, FLOP/s against the peak
+  python bench/attack_throughput.py --configs vgg64 --batch-sizes 64,256,1024,4096 --dtypes float32,bfloat16 \
+      --protocol --capacity 10000 --remat --peak-tflops 989 --no-torch --out bench/gpu.json
 
 Memory is XLA's analysis of the compiled step program (arguments + outputs + temporaries, per
 device); on a GPU also the allocator's peak. FLOP/s divides XLA's cost analysis of the program by
@@ -214,6 +217,8 @@ def main(argv=None) -> int:
   p.add_argument("--protocol-max-batch", type=int, default=1500)
   p.add_argument("--capacity", type=int, default=0, help="also compile (not run) a chunk of this many latents "
                  "and report its memory")
+  p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak TFLOP/s for the dtype "
+                 "(e.g. H100 SXM dense: 67 fp32, 989 bf16) to report achieved FLOP/s as a fraction of it")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
   p.add_argument("--out", default="", help="also write the JSON object to this file")
   args = p.parse_args(argv)
@@ -263,6 +268,8 @@ def main(argv=None) -> int:
           best_torch = max(r for r in (row["torch_official"], row["torch_one_batch"]) if r is not None) \
               if use_torch else None
           row["ratio"] = None if best_torch is None else round(row["jaxmi"] / best_torch, 2)
+          if args.peak_tflops and row["jaxmi_gflops"] is not None:
+            row["fraction_of_peak"] = round(row["jaxmi_gflops"] / (1e3 * args.peak_tflops), 3)
           entry["rows"].append(row)
           say(f"[{name}] batch {batch:5d} devices {devices} {dtype:8s}: jaxmi {row['jaxmi']:9.1f} latent-steps/s"
               + (f", torch official {row['torch_official']:.1f}, one batch {row['torch_one_batch']}, "
@@ -275,12 +282,16 @@ def main(argv=None) -> int:
     if first and first[0]["ratio"] is not None:
       report["ratios"][name] = first[0]["ratio"]
     if args.capacity:
-      step = JaxmiStep(nets, args.capacity, device_counts[-1], args.dtypes.split(",")[-1], args.remat, args.unroll)
-      entry["capacity"] = {"latents": args.capacity, "devices": device_counts[-1], "dtype": args.dtypes.split(",")[-1],
-                           "memory_gb_per_device": round(step.memory_bytes() / 1e9, 2),
-                           "compile_s": round(step.compile_seconds, 1)}
-      say(f"[{name}] {args.capacity} concurrent latents: {entry['capacity']['memory_gb_per_device']} GB per device")
-      del step
+      # One step per program: what a rolled loop (the accelerator default) holds at once. Compiled, not run.
+      entry["capacity"] = []
+      for remat in sorted({False, args.remat}):
+        step = JaxmiStep(nets, args.capacity, device_counts[-1], args.dtypes.split(",")[-1], remat, 1)
+        entry["capacity"].append({"latents": args.capacity, "devices": device_counts[-1], "remat": remat,
+                                  "dtype": args.dtypes.split(",")[-1],
+                                  "memory_gb_per_device": round(step.memory_bytes() / 1e9, 2)})
+        say(f"[{name}] {args.capacity} concurrent latents, one step, remat={remat}: "
+            f"{entry['capacity'][-1]['memory_gb_per_device']} GB per device (XLA memory analysis, this backend)")
+        del step
     if args.protocol:
       entry["protocol"] = protocol_run(nets, args.dtypes.split(",")[-1], args.remat, 300, 5, 2400,
                                        args.protocol_max_batch)
