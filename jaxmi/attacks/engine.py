@@ -73,7 +73,7 @@ class InversionConfig:
                                    # loop over each log interval (one call per interval, one step's memory)
   devices: int = 0                 # latents are sharded over this many devices; 0 = all (every host's)
   compute_dtype: str = "float32"   # float32 | bfloat16 for the networks; latents, optimiser state, losses stay float32
-  remat: bool = False              # recompute network activations in the backward pass: less memory, more compute
+  remat: bool = False              # recompute each network's forward in the backward pass (keeps only its input)
   seed: int = 0
 
 
