@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -76,22 +77,27 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
+def _attack(nets, cfg: InversionConfig):
+  """The GMI inverter over ``nets`` (from ``torch_reference.jax_nets``) and its variables."""
+  gen, gvars = nets["generator"]
+  critic, cvars = nets["critic"]
+  target, tvars = nets["target"]
+  models = AttackModels(gen, critic, (target,), (nets["image_shape"],))
+  return build_gmi(models, gen.cfg.z_dim, cfg), {"generator": gvars, "critic": cvars, "targets": (tvars,)}
+
+
 class JaxmiStep:
   """The engine's compiled block of GMI steps for ``batch`` latents on ``devices`` devices (AOT-compiled once)."""
 
   def __init__(self, nets, batch: int, devices: int, dtype: str, remat: bool, unroll: int, seed: int = 0):
-    gen, gvars = nets["generator"]
-    critic, cvars = nets["critic"]
-    target, tvars = nets["target"]
-    models = AttackModels(gen, critic, (target,), (nets["image_shape"],))
     cfg = InversionConfig(steps=100, restarts=1, unroll=unroll, log_every=100, devices=devices,
                           compute_dtype=dtype, remat=remat, max_batch=batch, learning_rate=LR, momentum=MOMENTUM,
                           identity_weight=LAMBDA, reference_batch=OFFICIAL_BATCH)
-    self.inv = inv = build_gmi(models, gen.cfg.z_dim, cfg)
+    inv, variables = _attack(nets, cfg)
+    self.inv = inv
     self.mesh = mesh = parallel.latent_mesh(devices)
     self.batch = batch
     row, rep = parallel.rows(mesh), parallel.replicated(mesh)
-    variables = {"generator": gvars, "critic": cvars, "targets": (tvars,)}
     self.variables = parallel.put_tree(cast_floats(variables, inv.dtype), rep)
     rng = np.random.default_rng(seed)
     self.keys = parallel.put(np.asarray(jax.random.split(jax.random.PRNGKey(seed), batch)), row)
@@ -109,8 +115,7 @@ class JaxmiStep:
     jax.block_until_ready((self.carry, parts))
 
   def memory_bytes(self) -> float:
-    m = self.compiled.memory_analysis()
-    return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    return parallel.program_bytes(self.compiled)
 
   def flops_per_step(self) -> float | None:
     cost = self.compiled.cost_analysis()
@@ -170,14 +175,10 @@ def check_same_step(nets, torch_steps: TorchSteps | None) -> float | None:
 
 def protocol_run(nets, dtype: str, remat: bool, identities: int, restarts: int, steps: int, max_batch: int) -> dict:
   """The whole attack through ``Inverter.run``: compile, every chunk, the final images; wall time."""
-  gen, gvars = nets["generator"]
-  critic, cvars = nets["critic"]
-  target, tvars = nets["target"]
-  models = AttackModels(gen, critic, (target,), (nets["image_shape"],))
   cfg = InversionConfig(steps=steps, restarts=restarts, compute_dtype=dtype, remat=remat, max_batch=max_batch,
-                        learning_rate=LR, momentum=MOMENTUM, identity_weight=LAMBDA, log_every=100)
-  inv = build_gmi(models, gen.cfg.z_dim, cfg)
-  variables = {"generator": gvars, "critic": cvars, "targets": (tvars,)}
+                        learning_rate=LR, momentum=MOMENTUM, identity_weight=LAMBDA, reference_batch=OFFICIAL_BATCH,
+                        log_every=100)
+  inv, variables = _attack(nets, cfg)
   start = time.perf_counter()
   result = inv.run(variables, list(range(identities)))
   seconds = time.perf_counter() - start
@@ -191,7 +192,6 @@ def device_text() -> str:
   d = jax.devices()[0]
   kind = getattr(d, "device_kind", d.platform)
   if d.platform == "cpu":
-    import os
     kind = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
   return f"{jax.device_count()} x {kind} ({d.platform})"
 

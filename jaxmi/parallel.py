@@ -48,7 +48,7 @@ def cpu_device_per_core() -> bool:
 
   XLA:CPU runs one program's small convolutions on a shared thread pool with poor scaling; a
   mesh of one device per core runs the latent shards side by side instead, each on a cache-sized
-  slice (measured in bench/: ~1.1-1.2x on 2 cores). Only the CPU backend is affected, and only
+  slice (measured in bench/: 1.1-1.7x on 2 cores). Only the CPU backend is affected, and only
   code that shards (the attack engine) uses the extra devices. Skipped if XLA_FLAGS already sets
   a device count, or JAX has started.
   """
@@ -96,6 +96,13 @@ def to_host(tree):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
   return jax.tree.map(fetch, tree)
+
+
+def program_bytes(compiled) -> float:
+  """Memory one device holds for a compiled program, by XLA's analysis: arguments + outputs +
+  temporaries, less the outputs written into donated arguments."""
+  m = compiled.memory_analysis()
+  return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
 def memory_budget_bytes(mesh: Mesh, gigabytes: float = 0.0) -> float:

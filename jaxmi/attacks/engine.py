@@ -11,9 +11,8 @@ memory budget by XLA's own memory analysis of the program), they are processed i
 chunks (the last one padded) by the same compiled function. Each chunk's latent axis is
 sharded over a device mesh (``jaxmi.parallel``; network variables replicated), so one program
 runs on 1 CPU, N GPUs or several hosts. On CPU the compiled function runs ``unroll`` steps as
-a fully unrolled scan (no while loop: XLA:CPU runs convolutions inside while loops several
-times slower, see README "XLA:CPU notes"); on accelerators one rolled loop covers a log
-interval. A host loop calls it with the carry donated, and the loss history leaves the device
+straight-line code (no while loop: XLA:CPU runs convolutions inside while loops several times
+slower, see README "XLA:CPU notes"); on accelerators one rolled loop covers a log interval. A host loop calls it with the carry donated, and the loss history leaves the device
 once per ``log_every`` steps so a progress bar can advance: one trace in total.
 
 Networks may compute in bfloat16 (``compute_dtype``) while latents, optimiser state and the
@@ -281,17 +280,19 @@ class Inverter:
     params = jax.vmap(self.latent.init)(keys)
     return params, self.tx.init(params), jnp.zeros((), jnp.int32)
 
-  def _carry_shardings(self, n: int, mesh):
-    """Per-latent leaves split over the mesh, scalars (step, Adam's count) replicated."""
+  def _abstract_carry(self, n: int, mesh):
+    """The carry of an ``n``-latent chunk as shapes with shardings: per-latent leaves split over the
+    mesh, scalars (step, Adam's count) replicated."""
     row, rep = parallel.rows(mesh), parallel.replicated(mesh)
     shapes = jax.eval_shape(self._start, jax.ShapeDtypeStruct((n, 2), jnp.uint32))
-    return jax.tree.map(lambda a: row if a.ndim else rep, shapes)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=row if a.ndim else rep), shapes)
 
   def start(self, keys, mesh):
     """The initial carry, laid out as the step program returns it (so its first call is its only trace)."""
     key = (keys.shape[0], mesh)
     if key not in self._starts:
-      self._starts[key] = jax.jit(self._start, out_shardings=self._carry_shardings(keys.shape[0], mesh))
+      shardings = jax.tree.map(lambda a: a.sharding, self._abstract_carry(keys.shape[0], mesh))
+      self._starts[key] = jax.jit(self._start, out_shardings=shardings)
     return self._starts[key](keys)
 
   def _segment(self, carry, variables, labels, keys, mask, *, num_steps: int, rolled: bool = False):
@@ -358,8 +359,8 @@ class Inverter:
   def fitting_chunk(self, mesh, compute_vars, block: int, rolled: bool = False) -> int:
     """The largest chunk whose compiled step program fits ``memory_budget_gb`` per device.
 
-    XLA's own memory analysis of the program (arguments + outputs + temporaries - donated
-    aliases, per device) at two probe sizes gives bytes per latent; the budget divided by it,
+    XLA's own memory analysis of the program (``parallel.program_bytes``) at two probe sizes
+    gives bytes per latent; the budget divided by it,
     less the fixed part (replicated network variables), is the chunk.
     """
     n_dev = mesh.size
@@ -368,17 +369,14 @@ class Inverter:
 
     def bytes_per_device(n: int) -> float:
       keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=row)
-      carry = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                           jax.eval_shape(self._start, keys), self._carry_shardings(n, mesh))
       vec = lambda dtype: jax.ShapeDtypeStruct((n,), dtype, sharding=row)
       self._probing = True
       try:
-        compiled = self.segment.lower(carry, compute_vars, vec(jnp.int32), keys, vec(jnp.float32),
-                                      num_steps=block, rolled=rolled).compile()
+        compiled = self.segment.lower(self._abstract_carry(n, mesh), compute_vars, vec(jnp.int32), keys,
+                                      vec(jnp.float32), num_steps=block, rolled=rolled).compile()
       finally:
         self._probing = False
-      m = compiled.memory_analysis()
-      return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+      return parallel.program_bytes(compiled)
 
     small, large = 4 * n_dev, 8 * n_dev
     at_small, at_large = bytes_per_device(small), bytes_per_device(large)
@@ -399,7 +397,7 @@ class Inverter:
     total = num_ids * restarts
     mesh = self.mesh = parallel.latent_mesh(cfg.devices)
     row, rep = parallel.rows(mesh), parallel.replicated(mesh)
-    variables = jax.tree.map(lambda x: parallel.put(x, rep), variables)
+    variables = parallel.put_tree(variables, rep)
     compute_vars = cast_floats(variables, self.dtype)
 
     seg, block, rolled = self.plan(mesh)
