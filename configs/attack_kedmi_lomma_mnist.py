@@ -16,5 +16,6 @@ def get_config():
       kedmi, name="kedmi_lomma_mnist", workdir="runs/attack_kedmi_lomma_mnist",
       surrogates=("runs/surrogate_mnist_vgg",),
       # LOMMA's KEDMI path clamps z to [-1, 1] before the generator (attacks.md section 4.2).
+      # The clamp makes the draws collapse to one image (jaxmi.attacks.kedmi); clip_z=0 keeps them diverse.
       inversion=dataclasses.replace(kedmi.inversion, identity_loss="logit", feature_reg_weight=100.0, p_reg="global",
                                     clip_z=1.0))

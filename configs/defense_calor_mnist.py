@@ -4,7 +4,8 @@
   bin/jaxmi attack --config configs/attack_gmi_mnist.py target=runs/defense_calor_mnist workdir=runs/attack_gmi_mnist_calor
 
 Two stages, as the reference: the low-rank model trained with cross-entropy, then fine-tuned with the
-inverse focal loss (1 epoch at lr 1e-3).
+inverse focal loss with the reference's recipe (ca_ft.py): SGD lr 2e-5, momentum 0.9, no weight decay,
+5 epochs with the lr divided by 10 at epochs 3 and 4.
 """
 
 from dataclasses import replace
@@ -19,7 +20,8 @@ def get_config() -> DefendConfig:
   low_rank = replace(target, name="defense_calor_mnist_lowrank", workdir="runs/defense_calor_mnist_lowrank",
                      model=replace(target.model, head="low_rank", head_rank=40, head_activation="tanh"))
   finetune = replace(low_rank, name="defense_calor_mnist", workdir="runs/defense_calor_mnist",
-                     optim=replace(target.optim, learning_rate=1e-3, schedule="constant", warmup_epochs=0),
-                     train=replace(target.train, epochs=1))
+                     optim=replace(target.optim, learning_rate=2e-5, momentum=0.9, weight_decay=0.0, schedule="step",
+                                   decay_epochs=(3, 4), decay_factor=0.1, warmup_epochs=0),
+                     train=replace(target.train, epochs=5))
   return DefendConfig(target=finetune, pretrain=low_rank, pretrain_on="private",
                       defense=ConfidenceAdaptation(gamma=8.0, alpha=0.25))

@@ -6,7 +6,12 @@ Needs runs/gnime_target_att and runs/gnime_eval_att (train-classifier with the g
 
 a = 500 as the reference uses for faces; epochs are fewer than its 500 (CPU budget),
 so both networks use Adam 1e-3 instead of 1e-4 (at 1e-4 and 20 epochs ExpMI stayed below PredMI:
-TCA 29.7% vs 41.3% on MNIST gradients; at 1e-3, 73% vs 54%).
+TCA 29.7% vs 41.3% on MNIST gradients; at 1e-3, 73% vs 54%; both measured with the former,
+narrower ExpMI/PredMI). width_divisor=4 gives every network a quarter of the reference's channels
+in every layer (jaxmi/nets/unet.py matches the reference's layers at 1). A killed run resumes when
+the same command is run again (checkpoints every 10 epochs, finished stages kept).
+Grad-CAM uses the reference's layer, the last conv before pooling (gradcam_layer="last_conv"): on
+this VGG16 target at 64 px, conv5_3's 4x4 map ("last_pool" would take conv4_3's, pooled to 4x4).
 """
 
 from jaxmi.attacks.expmi import InverterConfig

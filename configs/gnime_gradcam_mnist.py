@@ -6,7 +6,11 @@ Needs runs/gnime_target_mnist and runs/gnime_eval_mnist (train-classifier with t
 
 a = 100 as the reference uses for 28-32 px data; epochs are fewer than its 500 (CPU budget),
 so both networks use Adam 1e-3 instead of 1e-4 (at 1e-4 and 20 epochs ExpMI stayed below PredMI:
-TCA 29.7% vs 41.3% on MNIST gradients; at 1e-3, 73% vs 54%).
+TCA 29.7% vs 41.3% on MNIST gradients; at 1e-3, 73% vs 54%; both measured with the former,
+narrower ExpMI/PredMI). width_divisor=4 gives every network a quarter of the reference's channels
+in every layer (jaxmi/nets/unet.py matches the reference's layers at 1). A killed run resumes when
+the same command is run again (checkpoints every 10 epochs, finished stages kept).
+Grad-CAM uses the reference's layer, the last conv before pooling (gradcam_layer="last_conv").
 """
 
 from jaxmi.attacks.expmi import InverterConfig

@@ -21,11 +21,18 @@ def _add_common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
   if config:
     p.add_argument("--config", required=True, help="experiment config (a Python file under configs/)")
     p.add_argument("overrides", nargs="*", metavar="field=value",
-                   help="config overrides, e.g. train.epochs=2 data.private_ids=0:20")
+                   help="config overrides, e.g. train.epochs=2 data.private_ids=0:20 (anywhere on the line)")
   p.add_argument("--workdir", help="output directory (default: the config's workdir)")
-  p.add_argument("--data-dir", help="directory holding the raw datasets (default: $JAXMI_DATA_DIR, else ~/jaxmi_data)")
-  p.add_argument("--cache-dir", help="where prepared datasets are kept (default: $JAXMI_CACHE_DIR, else ~/.cache/jaxmi)")
+  p.add_argument("--data-dir", help="directory holding the raw datasets: reads DIR/<dataset>, winning over the config's "
+                                    "data.data_dir (default: data.data_dir, else $JAXMI_DATA_DIR, else ~/jaxmi_data)")
+  p.add_argument("--cache-dir", help="where prepared datasets are kept, winning over the config's data.cache_dir "
+                                     "(default: data.cache_dir, else $JAXMI_CACHE_DIR, else ~/.cache/jaxmi)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def _add_allow_config_change(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--allow-config-change", action="store_true",
+                 help="resume a checkpoint even though the config differs in fields that change what is trained")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,15 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("train-classifier", help="train a target or evaluation classifier on the private split")
   _add_common(p)
+  _add_allow_config_change(p)
 
   p = sub.add_parser("train-gan", help="train a GAN prior on the PUBLIC split (GMI's WGAN-GP or KEDMI's)")
   _add_common(p)
+  _add_allow_config_change(p)
   p.add_argument("--kind", choices=("gmi", "kedmi"),
                  help="gmi: WGAN-GP; kedmi: inversion-specific GAN that learns the target's soft labels "
                       "(default: the config's kind)")
 
   p = sub.add_parser("distill", help="distil a surrogate of the target on PUBLIC data (LOMMA)")
   _add_common(p)
+  _add_allow_config_change(p)
 
   p = sub.add_parser("attack", help="invert a target: every identity x restart in one compiled program")
   _add_common(p)
@@ -50,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("defend", help="train a defended target (configs/defense_*.py); reports natural accuracy")
   _add_common(p)
+  _add_allow_config_change(p)
 
   p = sub.add_parser("fisher", help="per-layer diagonal Fisher information of a classifier (TL-DMI's analysis)")
   p.add_argument("checkpoint_workdir", help="workdir of a trained classifier")
@@ -62,20 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("gnime", help="train GNIME for a target and evaluate it against adaptive explanation inversion")
   _add_common(p)
+  _add_allow_config_change(p)
   p.add_argument("--overwrite", action="store_true", help="replace results already in the workdir")
 
   p = sub.add_parser("report", help="one table + plot of natural accuracy vs attack results over attack workdirs")
   p.add_argument("attack_workdirs", nargs="+", help="attack workdirs; runs on the same target are seeds")
   p.add_argument("--out", required=True, help="output prefix: writes <out>.md, <out>.csv and <out>.png")
-  p.add_argument("--title", default="defenses vs GMI")
+  p.add_argument("--title", default="defenses vs attacks")
 
   p = sub.add_parser("evaluate", help="natural accuracy of a trained classifier on its private test split")
   p.add_argument("checkpoint_workdir", help="workdir of a trained classifier")
   _add_common(p, config=False)
 
   p = sub.add_parser("prepare-data", help="download (if needed), verify and prepare a dataset")
-  p.add_argument("dataset", help="mnist | att_faces | image_folder")
-  p.add_argument("--root", help="image_folder: the root directory <root>/<identity>/<image>")
+  p.add_argument("dataset", choices=("mnist", "att_faces", "image_folder", "idx"))
+  p.add_argument("--root", help="image_folder: the root directory <root>/<identity>/<image>; idx: the folder of "
+                                "the four IDX files (default: <--data-dir or $JAXMI_DATA_DIR>/<dataset>)")
+  # image_folder stores its images at the run's size: these must equal the config's data fields
+  # (the DataConfig defaults below) for a run to reuse what this prepares.
+  p.add_argument("--image-size", type=int, default=32, help="image_folder: data.image_size of the runs (default 32)")
+  p.add_argument("--channels", type=int, choices=(1, 3), default=1,
+                 help="image_folder: data.channels of the runs (default 1)")
+  p.add_argument("--crop", default="", help="image_folder: data.crop of the runs, 'top,left,height,width' "
+                                            "(default: the centre square)")
   _add_common(p, config=False)
 
   p = sub.add_parser("demo", help="a few-minute end-to-end run on MNIST (or scikit-learn digits)")
@@ -84,12 +104,34 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  """Parses the command line; ``field=value`` overrides may come anywhere, also after options.
+
+  argparse fills the ``overrides`` positional only from the first run of positionals, so later ones
+  come back unrecognised; those of the form field=value are appended, in order, to the overrides.
+  """
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  unknown = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  if extra:
+    args.overrides = [*args.overrides, *extra]
+  return args
+
+
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  args = parse_args(argv)
+  # Flags win over the config's data.data_dir/data.cache_dir (resolved where data loads, in jaxmi.data).
   if getattr(args, "data_dir", None):
-    os.environ["JAXMI_DATA_DIR"] = str(Path(args.data_dir).absolute())
+    from jaxmi.data.sources import FLAG_DATA_DIR_ENV
+    os.environ["JAXMI_DATA_DIR"] = os.environ[FLAG_DATA_DIR_ENV] = str(Path(args.data_dir).absolute())
   if getattr(args, "cache_dir", None):
-    os.environ["JAXMI_CACHE_DIR"] = str(Path(args.cache_dir).absolute())
+    from jaxmi.data.sources import FLAG_CACHE_DIR_ENV
+    os.environ["JAXMI_CACHE_DIR"] = os.environ[FLAG_CACHE_DIR_ENV] = str(Path(args.cache_dir).absolute())
+  if getattr(args, "no_progress", False):
+    from jaxmi.data.download import PROGRESS_ENV
+    os.environ[PROGRESS_ENV] = "0"  # TFDS's data-preparation bars too
   try:
     return COMMANDS[args.command](args)
   except JaxmiError as e:
@@ -103,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
 def _train_classifier(args) -> int:
   from jaxmi.train import train_classifier
 
-  train_classifier(_load(args), progress=not args.no_progress)
+  from jaxmi.workdir import locked
+
+  cfg = _load(args)
+  with locked(cfg.workdir):
+    train_classifier(cfg, progress=not args.no_progress, allow_config_change=args.allow_config_change)
   return 0
 
 
@@ -122,16 +168,22 @@ def _train_gan(args) -> int:
   cfg = _load(args)
   if args.kind:
     cfg = config_lib.replace(cfg, kind=args.kind)
-  train_gan(cfg, progress=not args.no_progress)
+  from jaxmi.workdir import locked
+
+  with locked(cfg.workdir):
+    train_gan(cfg, progress=not args.no_progress, allow_config_change=args.allow_config_change)
   return 0
 
 
 def _distill(args) -> int:
   from jaxmi.train.distill import distill_surrogate
 
+  from jaxmi.workdir import locked
+
   cfg = _load(args, workdir_field="student__workdir")
-  distill_surrogate(cfg.student, cfg.teacher, temperature=cfg.temperature, holdout_fraction=cfg.holdout_fraction,
-                    progress=not args.no_progress)
+  with locked(cfg.student.workdir):
+    distill_surrogate(cfg.student, cfg.teacher, temperature=cfg.temperature, holdout_fraction=cfg.holdout_fraction,
+                      progress=not args.no_progress, allow_config_change=args.allow_config_change)
   return 0
 
 
@@ -142,7 +194,12 @@ def _attack(args) -> int:
   parallel.initialize_distributed()  # one process per host/GPU: latents shard over all of them
   from jaxmi.attacks.run import run_attack
 
-  run_attack(_load(args), progress=not args.no_progress, overwrite=args.overwrite)
+  import jax
+  from jaxmi.workdir import locked
+
+  cfg = _load(args)
+  with locked(cfg.workdir if jax.process_index() == 0 else None):  # only process 0 writes the workdir
+    run_attack(cfg, progress=not args.no_progress, overwrite=args.overwrite)
   return 0
 
 
@@ -157,7 +214,11 @@ def _defend(args) -> int:
     raise ConfigError(f"{args.config}: get_config() returned {type(cfg).__name__}; expected a DefendConfig")
   if args.workdir:
     cfg = config_lib.replace(cfg, target__workdir=args.workdir)
-  defend(cfg, progress=not args.no_progress)
+  from jaxmi.workdir import locked
+
+  pretrain = cfg.pretrain.workdir if cfg.pretrain is not None else None
+  with locked(cfg.target.workdir, pretrain):
+    defend(cfg, progress=not args.no_progress, allow_config_change=args.allow_config_change)
   return 0
 
 
@@ -184,7 +245,12 @@ def _fisher(args) -> int:
 def _gnime(args) -> int:
   from jaxmi.defenses.gnime_run import run_gnime
 
-  run_gnime(_load(args), progress=not args.no_progress, overwrite=args.overwrite)
+  from jaxmi.workdir import locked
+
+  cfg = _load(args)
+  with locked(cfg.workdir):
+    run_gnime(cfg, progress=not args.no_progress, overwrite=args.overwrite,
+              allow_config_change=args.allow_config_change)
   return 0
 
 
@@ -211,15 +277,29 @@ def _evaluate(args) -> int:
 
 def _prepare_data(args) -> int:
   from jaxmi.data import prepare
+  from jaxmi.data import preprocess
+  from jaxmi.errors import ConfigError
 
-  print(prepare(args.dataset, data_dir=args.root))
+  if args.image_size < 1:
+    raise ConfigError(f"--image-size: {args.image_size} must be >= 1")
+  try:
+    crop = tuple(int(v) for v in args.crop.split(",")) if args.crop.strip() else ()
+  except ValueError:
+    raise ConfigError(f"--crop: expected 'top,left,height,width', got '{args.crop}'") from None
+  if crop:
+    preprocess.check_crop_form(crop)
+  # The same size, channels and crop as a run's data config give the same prepared folder (cache key).
+  print(prepare(args.dataset, data_dir=args.root, image_size=args.image_size, channels=args.channels, crop=crop))
   return 0
 
 
 def _demo(args) -> int:
   from jaxmi.demo import run_demo
 
-  run_demo(workdir=args.workdir or "runs/demo", epochs=args.epochs, progress=not args.no_progress)
+  from jaxmi.workdir import locked
+
+  with locked(args.workdir or "runs/demo"):
+    run_demo(workdir=args.workdir or "runs/demo", epochs=args.epochs, progress=not args.no_progress)
   return 0
 
 

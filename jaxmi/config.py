@@ -6,7 +6,8 @@ Overrides are ``dotted.field=value`` strings, parsed by the field's declared typ
   bin/jaxmi train-classifier --config configs/mnist_target.py train.epochs=2 data.private_ids=0:5
 
 Every field a user can name is validated: an unknown field or a value of the wrong type
-is a ``ConfigError`` naming the file and the field.
+is a ``ConfigError`` naming the file and the field. Choice fields are declared ``typing.Literal[...]``;
+their values (from the file or an override) are checked when the config loads, before any data is prepared.
 """
 
 from __future__ import annotations
@@ -51,7 +52,44 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Any:
     raise ConfigError(f"{path}: get_config() failed: {type(e).__name__}: {e}") from e
   if not dataclasses.is_dataclass(config):
     raise ConfigError(f"{path}: get_config() returned {type(config).__name__}; expected a dataclass")
-  return apply_overrides(config, overrides, source=str(path))
+  config = apply_overrides(config, overrides, source=str(path))
+  check_choices(config, source=str(path))
+  return config
+
+
+def check_choices(config: Any, source: str = "config", prefix: str = "") -> None:
+  """Raises a ConfigError naming the first ``Literal`` field whose value is not one of its choices.
+
+  Walks nested dataclasses (by their runtime type, so a Defense subclass is checked as itself): a typo
+  in ``optim.name`` must fail here, not after minutes of data preparation.
+  """
+  hints = _type_hints(type(config))
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+      check_choices(value, source, prefix + f.name + ".")
+      continue
+    choices = _literal_choices(hints.get(f.name))
+    if choices is not None and value not in choices:
+      raise ConfigError(f"{source}: field '{prefix}{f.name}': expected one of "
+                        f"{', '.join(map(str, choices))}, got {value!r}")
+
+
+def _type_hints(cls: type) -> dict:
+  # ``typing`` is offered to annotations written as strings (``from __future__ import annotations``).
+  return typing.get_type_hints(cls, localns={"typing": typing, "Literal": typing.Literal})
+
+
+def _literal_choices(annotation: Any) -> tuple | None:
+  """The allowed values of a Literal (or Optional Literal) annotation, else None."""
+  if typing.get_origin(annotation) is typing.Literal:
+    return typing.get_args(annotation)
+  if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+    for arg in typing.get_args(annotation):
+      choices = _literal_choices(arg)
+      if choices is not None:
+        return choices + ((None,) if type(None) in typing.get_args(annotation) else ())
+  return None
 
 
 def apply_overrides(config: Any, overrides: typing.Sequence[str], source: str = "config") -> Any:
@@ -83,7 +121,7 @@ def _replace_path(obj: Any, parts: list[str], raw: str, source: str, full_key: s
   if name not in fields:
     known = ", ".join(sorted(field_names(obj)))
     raise ConfigError(f"{source}: unknown field '{full_key}'; expected one of: {known}")
-  hints = typing.get_type_hints(type(obj))
+  hints = _type_hints(type(obj))
   current = getattr(obj, name)
   if len(parts) > 1:
     if not dataclasses.is_dataclass(current):
@@ -121,6 +159,11 @@ def parse_value(raw: str, annotation: Any, where: str) -> Any:
       except ConfigError as e:
         errors.append(str(e))
     raise ConfigError(f"{where}: cannot parse '{raw}' as {annotation}")
+  if origin is typing.Literal:
+    for choice in args:
+      if str(choice) == raw:
+        return choice
+    raise ConfigError(f"{where}: expected one of {', '.join(map(str, args))}, got '{raw}'")
   if annotation is bool:
     if raw.lower() in ("1", "true", "yes", "on"):
       return True

@@ -21,3 +21,11 @@ class ConfigError(JaxmiError):
 
 class CheckpointError(JaxmiError):
   """A checkpoint is missing or belongs to a different model."""
+
+
+class NonFiniteError(JaxmiError):
+  """Training produced NaN/inf; the message names the step and the quantity. Nothing is saved from that state."""
+
+
+class WorkdirBusyError(JaxmiError):
+  """Another jaxmi process holds the workdir's lock."""

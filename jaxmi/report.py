@@ -1,28 +1,53 @@
 """``bin/jaxmi report``: one table (and one plot) of defenses x attack results.
 
-Reads attack workdirs (``results.json``) and the summaries of the targets they attacked,
-groups runs of the same target (seeds) and reports, per target: its defense and natural
-accuracy, the attack's acc@1 / acc@5 over all reconstructions (mean and std over seeds),
-the selected-restart acc@1 and the KNN distance. The plot puts natural accuracy against
-attack accuracy: the privacy/utility trade-off at a glance.
+Reads attack workdirs (``results.json``) and the summaries of the targets they attacked. Runs of
+the same target *and* the same attack settings (attack, prior kind, surrogates, evaluator, GAN
+and the inversion fields that define the method; not the seed nor how it ran) are seeds of one
+row; a different attack on the same target is another row. Per row: the attack, the target's
+defense and natural accuracy, the attack's acc@1 / acc@5 over all reconstructions (mean and
+sample std, ddof=1, over seeds; no std for a single seed), the selected-restart acc@1, the KNN
+distance, and the prior baseline (the same metrics for the prior's un-optimised samples, in
+``results.json["prior_baseline"]``) with attack minus baseline, blank for runs that predate it.
+Non-finite numbers (which jaxmi writes as the strings "nan"/"inf") are shown as such, with one
+warning line per file. The plot puts natural accuracy against attack accuracy, each point
+joined to its prior baseline: the privacy/utility trade-off at a glance.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+import os
+import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from jaxmi.errors import ConfigError
+from jaxmi.metrics.attack import sample_std
 
-COLUMNS = ("target", "defense", "setting", "natural_acc", "attack_acc1", "attack_acc1_std", "attack_acc5",
-           "attack_acc5_std", "selected_acc1", "knn_dist", "knn_dist_std", "seeds", "epsilon")
-
+COLUMNS = ("target", "defense", "setting", "attack", "attack_setting", "natural_acc", "attack_acc1",
+           "attack_acc1_std", "attack_acc5", "attack_acc5_std", "selected_acc1", "knn_dist", "knn_dist_std",
+           "baseline_acc1", "baseline_acc5", "baseline_knn_dist", "delta_acc1", "delta_acc1_std", "delta_acc5",
+           "delta_acc5_std", "baseline_seeds", "seeds", "epsilon")
 
 # Bookkeeping fields of a defense config, not hyper-parameters a reader compares.
 NOT_SETTINGS = ("name", "layers", "num_classes", "seed", "steps_per_epoch", "epochs", "delta")
+
+# Attack-config fields that do not define the attack: naming, the seed (runs differing only in it are the seeds
+# of one row) and how it runs (devices, batching, precision, logging, checkpointing). Everything else, including
+# fields added later, separates rows: merging two different attacks silently is the failure to avoid.
+NOT_ATTACK_SETTINGS = ("name", "workdir", "target", "seed", "devices", "max_batch", "memory_budget_gb", "unroll",
+                       "compute_dtype", "remat", "log_every")
+NOT_ATTACK_SETTING_WORDS = ("checkpoint", "resume")
+
+# results.json numbers the report reads (top level and inside "prior_baseline").
+METRICS = ("acc1", "acc1_all_restarts_mean", "acc5_all_restarts_mean", "knn_dist_all_restarts")
+PRIORS = {"gmi": "WGAN-GP", "kedmi": "KEDMI"}  # results.json "gan_kind" -> what the prior is
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf,
+              "-infinity": -math.inf}
 
 
 def _read(path: Path) -> dict:
@@ -34,6 +59,32 @@ def _read(path: Path) -> dict:
     raise ConfigError(f"{path}: not valid JSON ({e})") from None
 
 
+def _number(value, path: Path, key: str) -> float:
+  """A JSON number, or one of the strings jaxmi writes for non-finite floats ("nan", "inf", "-inf")."""
+  if isinstance(value, str) and value.strip().lower() in NON_FINITE:
+    return NON_FINITE[value.strip().lower()]
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConfigError(f"{path}: {key} is {value!r}; expected a number")
+  return float(value)
+
+
+def _numbers(data: dict, keys, path: Path, prefix: str = "", optional: bool = False) -> dict:
+  out = {}
+  for k in keys:
+    if k not in data:
+      if optional:
+        continue
+      raise ConfigError(f"{path}: no {prefix}{k}; expected the results.json of a finished attack")
+    out[k] = _number(data[k], path, prefix + k)
+  return out
+
+
+def _warn_non_finite(path: Path, values: dict, warn: Callable[[str], None]) -> None:
+  bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+  if bad:
+    warn(f"jaxmi: warning: {path}: non-finite {', '.join(bad)}; the report shows them as nan/inf")
+
+
 def _setting(summary: dict) -> str:
   """The defense's hyper-parameters and any non-default head/normalisation, as one short tag."""
   cfg = {k: v for k, v in (summary.get("defense_config") or {}).items() if k not in NOT_SETTINGS}
@@ -43,41 +94,161 @@ def _setting(summary: dict) -> str:
     parts.append(f"head={head['head']}")
   if head.get("norm", "batch") != "batch":
     parts.append(f"norm={head['norm']}")
+  effective = summary.get("effective") or {}
+  if effective.get("active_steps") == 0:  # a schedule that never switched on: no defense, whatever it says
+    parts.append("never active")
+  elif "alpha_reached" in effective:
+    parts.append(f"alpha reached {effective['alpha_reached']}")
   return ", ".join(parts)
 
 
-def collect(attack_dirs: list[str | Path]) -> list[dict]:
-  """Rows in the order targets first appear in ``attack_dirs``."""
-  groups: dict[str, list[dict]] = {}
+def _method(result: dict) -> dict:
+  """Flat {field: value} of what defines the attack a run made (the grouping key besides the target)."""
+  method = {"attack": result.get("attack", "?"), "prior": result.get("gan_kind", "")}
+
+  def walk(d: dict, prefix: str = ""):
+    for k, v in d.items():
+      if k in NOT_ATTACK_SETTINGS or any(w in k for w in NOT_ATTACK_SETTING_WORDS):
+        continue
+      if isinstance(v, dict):
+        walk(v, prefix + k + ".")
+      else:
+        method.setdefault(prefix + k, v)
+
+  walk(result.get("config") or {})
+  return method
+
+
+def _attack_label(method: dict) -> str:
+  """``gmi``, ``kedmi``, ``gmi+lomma`` (logit loss, feature regulariser and surrogates together), plus the prior
+  when it is not the attack's own (KEDMI on a plain WGAN)."""
+  label = str(method["attack"])
+  if (method.get("surrogates") and method.get("inversion.identity_loss") == "logit"
+      and method.get("inversion.feature_reg_weight")):
+    label += "+lomma"
+  if method["prior"] and method["prior"] != method["attack"]:
+    label += f" ({PRIORS.get(method['prior'], method['prior'])} prior)"
+  return label
+
+
+def _short(value) -> str:
+  if isinstance(value, list):  # surrogates, identities: names, not full paths
+    return "[" + ",".join(Path(v).name if isinstance(v, str) else str(v) for v in value) + "]"
+  return str(value)
+
+
+def _mean(values: list[float]) -> float:
+  return float(np.mean(values))
+
+
+def collect(attack_dirs: list[str | Path], warn: Callable[[str], None] | None = None) -> list[dict]:
+  """Rows, one per (target, attack settings), in the order they first appear in ``attack_dirs``."""
+  warn = warn or (lambda line: print(line, file=sys.stderr))
+  groups: dict[tuple, list[dict]] = {}
   for d in attack_dirs:
-    result = _read(Path(d) / "results.json")
-    groups.setdefault(result["target"], []).append(result)
+    path = Path(d) / "results.json"
+    result = _read(path)
+    if not isinstance(result, dict) or "target" not in result:
+      raise ConfigError(f"{path}: no target; expected the results.json of a finished attack")
+    values = _numbers(result, METRICS, path)
+    baseline = result.get("prior_baseline")
+    if baseline is not None:
+      if not isinstance(baseline, dict):
+        raise ConfigError(f"{path}: prior_baseline is {baseline!r}; expected a dict of metrics")
+      baseline = _numbers(baseline, METRICS, path, "prior_baseline.", optional=True)
+    _warn_non_finite(path, {**values, **{"prior_baseline." + k: v for k, v in (baseline or {}).items()}}, warn)
+    method = _method(result)
+    key = (os.path.normpath(str(result["target"])), json.dumps(method, sort_keys=True))
+    groups.setdefault(key, []).append({"path": path, "target": str(result["target"]), "method": method,
+                                       "seed": (result.get("config") or {}).get("inversion", {}).get("seed"),
+                                       "values": values, "baseline": baseline})
+
+  labels = {key: _attack_label(runs[0]["method"]) for key, runs in groups.items()}
+  targets: dict[Path, tuple] = {}  # summary.json path -> (summary, natural accuracy, epsilon), read and warned once
+  for runs in groups.values():
+    spath = Path(runs[0]["target"]) / "summary.json"
+    if spath not in targets:
+      summary = _read(spath)
+      natural = _numbers(summary, ("natural_accuracy",), spath)["natural_accuracy"]
+      epsilon = summary.get("privacy", {}).get("epsilon", "")
+      epsilon = _number(epsilon, spath, "privacy.epsilon") if epsilon != "" else ""
+      _warn_non_finite(spath, {"natural_accuracy": natural, **({"privacy.epsilon": epsilon} if epsilon != "" else {})},
+                       warn)
+      targets[spath] = summary, natural, epsilon
   rows = []
-  for target, results in groups.items():
-    summary = _read(Path(target) / "summary.json")
-    stat = lambda key: (float(np.mean([r[key] for r in results])), float(np.std([r[key] for r in results])))
-    acc1, acc1_std = stat("acc1_all_restarts_mean")
-    acc5, acc5_std = stat("acc5_all_restarts_mean")
-    knn, knn_std = stat("knn_dist_all_restarts")
-    rows.append({
+  for key, runs in groups.items():
+    target, method = runs[0]["target"], runs[0]["method"]
+    summary, natural, epsilon = targets[Path(target) / "summary.json"]
+    seeds = [r["seed"] for r in runs if r["seed"] is not None]
+    if len(set(seeds)) < len(seeds):
+      warn(f"jaxmi: warning: {target} ({labels[key]}): {len(seeds)} runs but only {len(set(seeds))} distinct "
+           f"inversion.seed values; runs with the same seed are repeats, not independent seeds")
+    # Settings that tell this row apart from other rows of the same attack (e.g. two learning rates).
+    others = [k for k, lab in labels.items() if lab == labels[key] and k != key]
+    other_methods = [groups[k][0]["method"] for k in others]
+    differ = [f for f in method if f not in ("attack", "prior") and
+              any(m.get(f) != method[f] for m in other_methods)]
+    col = lambda name: [r["values"][name] for r in runs]
+    paired = [r for r in runs if r["baseline"] is not None]
+    if paired and len(paired) < len(runs):
+      warn(f"jaxmi: warning: {target} ({labels[key]}): {len(runs) - len(paired)} of {len(runs)} runs have no "
+           f"prior_baseline (made before it existed); the baseline columns use the other {len(paired)}")
+    base = lambda name: [r["baseline"].get(name, math.nan) for r in paired]
+    delta = lambda name: [r["values"][name] - r["baseline"].get(name, math.nan) for r in paired]
+    row = {
         "target": target, "defense": summary.get("defense", "none"), "setting": _setting(summary),
-        "natural_acc": summary["natural_accuracy"], "attack_acc1": acc1, "attack_acc1_std": acc1_std,
-        "attack_acc5": acc5, "attack_acc5_std": acc5_std, "selected_acc1": stat("acc1")[0], "knn_dist": knn,
-        "knn_dist_std": knn_std, "seeds": len(results),
-        "epsilon": summary.get("privacy", {}).get("epsilon", ""),
-    })
+        "attack": labels[key], "attack_setting": ", ".join(f"{f.removeprefix('inversion.')}={_short(method[f])}"
+                                                           for f in differ),
+        "natural_acc": natural,
+        "attack_acc1": _mean(col("acc1_all_restarts_mean")),
+        "attack_acc1_std": sample_std(col("acc1_all_restarts_mean")),
+        "attack_acc5": _mean(col("acc5_all_restarts_mean")),
+        "attack_acc5_std": sample_std(col("acc5_all_restarts_mean")),
+        "selected_acc1": _mean(col("acc1")),
+        "knn_dist": _mean(col("knn_dist_all_restarts")), "knn_dist_std": sample_std(col("knn_dist_all_restarts")),
+        "baseline_acc1": None, "baseline_acc5": None, "baseline_knn_dist": None, "delta_acc1": None,
+        "delta_acc1_std": None, "delta_acc5": None, "delta_acc5_std": None, "baseline_seeds": len(paired),
+        "seeds": len(runs), "epsilon": epsilon,
+    }
+    if paired:
+      row.update({
+          "baseline_acc1": _mean(base("acc1_all_restarts_mean")),
+          "baseline_acc5": _mean(base("acc5_all_restarts_mean")),
+          "baseline_knn_dist": _mean(base("knn_dist_all_restarts")),
+          "delta_acc1": _mean(delta("acc1_all_restarts_mean")),
+          "delta_acc1_std": sample_std(delta("acc1_all_restarts_mean")),
+          "delta_acc5": _mean(delta("acc5_all_restarts_mean")),
+          "delta_acc5_std": sample_std(delta("acc5_all_restarts_mean")),
+      })
+    rows.append(row)
   return rows
 
 
+def _pct(v, s=None) -> str:
+  """``64.0% ± 5.7``; blank for a missing value; a std of 0 is shown (it is a measurement), a missing one is not."""
+  if v is None:
+    return ""
+  return f"{100 * v:.1f}%" + (f" ± {100 * s:.1f}" if s is not None else "")
+
+
+def _points(v, s=None) -> str:
+  if v is None:
+    return ""
+  return f"{100 * v:+.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
+
+
 def markdown(rows: list[dict]) -> str:
-  pct = lambda v, s=None: f"{100 * v:.1f}%" + (f" ± {100 * s:.1f}" if s else "")
-  lines = ["| defense | setting | natural acc | attack acc@1 | attack acc@5 | selected acc@1 | KNN dist | seeds |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| attack | defense | setting | natural acc | attack acc@1 | attack acc@5 | selected acc@1 | KNN dist | "
+           "baseline acc@1 | baseline acc@5 | Δacc@1 vs prior | seeds |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    eps = f", ε={r['epsilon']:.3g}" if isinstance(r["epsilon"], float) else ""
-    lines.append(f"| {r['defense']} | {r['setting']}{eps} | {pct(r['natural_acc'])} | "
-                 f"{pct(r['attack_acc1'], r['attack_acc1_std'])} | {pct(r['attack_acc5'], r['attack_acc5_std'])} | "
-                 f"{pct(r['selected_acc1'])} | {r['knn_dist']:.2f} | {r['seeds']} |")
+    eps = [f"ε={r['epsilon']:.3g}"] if isinstance(r["epsilon"], float) else []
+    setting = ", ".join([r["setting"]] * bool(r["setting"]) + eps)
+    attack = r["attack"] + (f" ({r['attack_setting']})" if r["attack_setting"] else "")
+    lines.append(f"| {attack} | {r['defense']} | {setting} | {_pct(r['natural_acc'])} | "
+                 f"{_pct(r['attack_acc1'], r['attack_acc1_std'])} | {_pct(r['attack_acc5'], r['attack_acc5_std'])} | "
+                 f"{_pct(r['selected_acc1'])} | {r['knn_dist']:.2f} | {_pct(r['baseline_acc1'])} | "
+                 f"{_pct(r['baseline_acc5'])} | {_points(r['delta_acc1'], r['delta_acc1_std'])} | {r['seeds']} |")
   return "\n".join(lines)
 
 
@@ -87,12 +258,25 @@ def plot(rows: list[dict], path: str | Path, title: str) -> None:
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6.4, 4.6))
+  several_attacks = len({r["attack"] for r in rows}) > 1
+  shown_baseline = False
   for r in rows:
-    ax.errorbar(100 * r["natural_acc"], 100 * r["attack_acc1"], yerr=100 * r["attack_acc1_std"], fmt="o", capsize=3)
+    x, y = 100 * r["natural_acc"], 100 * r["attack_acc1"]
+    yerr = None if r["attack_acc1_std"] is None else 100 * r["attack_acc1_std"]
+    line = ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=3)
+    if r["baseline_acc1"] is not None:  # the prior's un-optimised samples: what the attack adds is the gap
+      b = 100 * r["baseline_acc1"]
+      color = line[0].get_color()
+      ax.plot([x, x], [b, y], ":", color=color, lw=1)
+      ax.plot(x, b, "o", mfc="none", color=color, label=None if shown_baseline else "prior baseline")
+      shown_baseline = True
     # The run's directory tells two settings of one defense apart (defense_bido_coco_mnist -> bido_coco_mnist).
     label = r["defense"] if r["defense"] == "none" else Path(r["target"]).name.removeprefix("defense_")
-    ax.annotate(label, (100 * r["natural_acc"], 100 * r["attack_acc1"]), textcoords="offset points",
-                xytext=(5, 4), fontsize=8)
+    if several_attacks:
+      label += f", {r['attack']}"
+    ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+  if shown_baseline:
+    ax.legend(fontsize=8, loc="best")
   ax.set_xlabel("natural accuracy (%)  - higher is more useful")
   ax.set_ylabel("attack acc@1 (%)  - lower is more private")
   ax.set_title(title)
@@ -102,9 +286,10 @@ def plot(rows: list[dict], path: str | Path, title: str) -> None:
   plt.close(fig)
 
 
-def write_report(attack_dirs: list[str | Path], out: str | Path, title: str = "defenses vs GMI") -> list[dict]:
-  """Writes ``<out>.md``, ``<out>.csv`` and ``<out>.png``; returns the rows."""
-  rows = collect(attack_dirs)
+def write_report(attack_dirs: list[str | Path], out: str | Path, title: str = "defenses vs attacks",
+                 warn: Callable[[str], None] | None = None) -> list[dict]:
+  """Writes ``<out>.md``, ``<out>.csv`` and ``<out>.png`` (after every input has been read); returns the rows."""
+  rows = collect(attack_dirs, warn)
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".md").write_text(markdown(rows) + "\n")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 JAXMI = [sys.executable, str(REPO / "bin" / "jaxmi")]
@@ -103,3 +105,65 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, cache_root):
   again = subprocess.run(args, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-2000:]
   assert f"resuming from {tmp_path / 'w' / 'checkpoints'}/{steps[0]}" in again.stdout
+
+
+def test_enum_typo_is_refused_before_any_data_is_prepared(tmp_path):
+  # The data directory is empty: before, the missing-MNIST error came first and the typo went unseen.
+  r = run("train-classifier", "--config", REPO / "configs/mnist_target.py", "--workdir", tmp_path / "w",
+          "--data-dir", tmp_path / "empty", "--cache-dir", tmp_path / "cache", "data.download=false", "optim.name=sgdd")
+  assert_one_line_error(r, "mnist_target.py", "field 'optim.name'", "sgdd")
+  assert not (tmp_path / "w").exists() and not (tmp_path / "cache").exists()
+
+
+def test_overrides_after_options_are_applied(tmp_path):
+  # Before: the override after --workdir failed with argparse's usage; now it reaches the config loader.
+  r = run("train-classifier", "--config", REPO / "configs/mnist_target.py", "--workdir", tmp_path / "w",
+          "train.epoch=1")
+  assert_one_line_error(r, "mnist_target.py", "unknown field 'train.epoch'")
+  from jaxmi.cli import parse_args
+
+  args = parse_args(["attack", "--config", "C", "--workdir", "W", "inversion.steps=3", "--overwrite", "seed=1"])
+  assert args.overrides == ["inversion.steps=3", "seed=1"] and args.overwrite and args.workdir == "W"
+  bad = run("train-classifier", "--config", REPO / "configs/mnist_target.py", "--bogus", "1")
+  assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
+
+
+def test_data_dir_flag_wins_over_the_config(tmp_path, data_root):
+  # The config names the real MNIST; the flag names an empty folder, and the flag wins (before: ignored).
+  r = run("train-classifier", "--config", REPO / "configs/mnist_target.py", "--workdir", tmp_path / "w",
+          "--data-dir", tmp_path / "empty", "--cache-dir", tmp_path / "cache", "--no-progress",
+          f"data.data_dir={data_root / 'mnist'}", "data.download=false", "data.max_per_class=20", "train.epochs=1",
+          "train.batch_size=20", "model.width=8")
+  assert_one_line_error(r, str(tmp_path / "empty" / "mnist"))
+  assert "overrides data.data_dir" in r.stderr
+
+
+def make_faces(root):
+  rng = np.random.default_rng(0)
+  for name in ("ann", "ben"):
+    (root / name).mkdir(parents=True)
+    for i in range(3):
+      Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_prepare_data_prepares_what_a_run_of_that_size_uses(tmp_path, monkeypatch):
+  from jaxmi import data
+  from jaxmi.data import builders
+
+  root, cache = tmp_path / "faces", tmp_path / "cache"
+  make_faces(root)
+  # Before: no --image-size/--channels, and it prepared 64x64 RGB, which no run of another size reused.
+  r = run("prepare-data", "image_folder", "--root", root, "--cache-dir", cache, "--image-size", "16",
+          "--channels", "3", "--no-progress")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "identity numbers:" in r.stdout
+  assert "Generating" not in r.stderr and "%|" not in r.stderr  # --no-progress silences TFDS's bars too
+  mapping = Path(r.stdout.split("identity numbers: ")[1].strip())
+  assert mapping.read_text().splitlines()[1:] == ["0,ann,3", "1,ben,3"]
+
+  def fail(*args, **kwargs):
+    raise AssertionError("prepared again")
+  monkeypatch.setattr(builders.ImageFolder, "_split_generators", fail)
+  splits = data.load_splits(data.DataConfig(dataset="image_folder", data_dir=str(root), cache_dir=str(cache),
+                                            image_size=16, channels=3, private_ids=(0,), public_ids=(1,)))
+  assert splits.private_train.images.shape[1:] == (16, 16, 3)

@@ -419,8 +419,9 @@ def test_download_falls_back_to_cache_when_raw_dir_is_read_only(
                            urls=[archive.as_uri()])
   fallback = cache / "downloads" / "att_faces"
   assert (fallback / "s1" / "1.pgm").is_file() and not raw.exists()
-  assert described == (f"att_faces from {fallback} (prepared in "
-                       f"{cache / 'tfds' / 'att_faces' / '1.0.0'})")
+  prepared = cache / "tfds" / "att_faces" / "1.0.0"
+  assert described == (f"att_faces from {fallback} (prepared in {prepared}); identity numbers: "
+                       f"{prepared / 'identities.csv'}")
 
 
 def test_att_faces_checksum_mismatch(data_root, tmp_path):
@@ -433,12 +434,21 @@ def test_att_faces_checksum_mismatch(data_root, tmp_path):
   message = raises_one_line(DataError, sources.load_raw, "att_faces", data_dir=raw,
                             cache_dir=tmp_path / "c", download=False)
   assert str(raw) in message and formats.ATT_FACES_MANIFEST_SHA256 in message
+  assert "s3/4.pgm" in message and "s3/5.pgm" not in message  # names the changed file
+
+
+def test_att_faces_download_names_the_changed_file(data_root, tmp_path):
+  bad = tmp_path / "bad.zip"
+  make_att_zip(data_root, bad, corrupt=True)
+  message = raises_one_line(DataError, sources.load_raw, "att_faces", data_dir=tmp_path / "raw",
+                            cache_dir=tmp_path / "c", urls=[bad.as_uri()])
+  assert "s3/4.pgm differ" in message
 
 
 def test_unknown_dataset():
   message = raises_one_line(DataError, data.load_splits, data.DataConfig(dataset="foo"))
   assert message == ("data.dataset: unknown dataset 'foo'; expected one of mnist, "
-                     "att_faces, image_folder, sklearn_digits")
+                     "att_faces, image_folder, idx, sklearn_digits")
 
 
 @pytest.mark.parametrize("fields, named", [
@@ -459,3 +469,172 @@ def test_ids_out_of_range(att_raw, data_root, cache_root):
   message = raises_one_line(ConfigError, data.load_splits, att_config(
       data_root, cache_root, public_ids=(20, 40)))
   assert "data.public_ids" in message and "[40]" in message and "0..39" in message
+
+
+# Inputs a new user brings (issue 13, items 18 and 21): each test fails on the code before its fix.
+
+
+def test_16bit_grey_png_is_scaled_not_white(tmp_path):
+  root = tmp_path / "faces"
+  (root / "a").mkdir(parents=True)
+  ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+  Image.fromarray(ramp).save(root / "a" / "0.png")  # Pillow reads it back as mode I;16
+  assert Image.open(root / "a" / "0.png").mode.startswith("I;16")
+  raw = sources.load_raw("image_folder", data_dir=root, cache_dir=tmp_path / "c", image_size=16, channels=1)
+  image = raw.splits["train"][0][0, ..., 0].astype(np.float64)
+  # Convert("L") clipped every value above 255 to white: the mean was ~255.
+  np.testing.assert_allclose(image, np.rint(ramp / 257.0), atol=1)
+  assert image.min() == 0 and image.max() == 255
+
+
+def test_image_folder_reads_every_pillow_format_and_skips_other_files(tmp_path, capfd):
+  root = tmp_path / "faces"
+  rng = np.random.default_rng(1)
+  pixels = {}
+  for name, fmt in [("gif", "GIF"), ("bmp", "BMP"), ("pgm", "PPM"), ("tif", "TIFF"), ("webp", "WEBP")]:
+    (root / name).mkdir(parents=True)
+    grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    pixels[name] = grey
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    Image.fromarray(grey).save(root / name / f"0.{name}", format=fmt, **options)
+  # The Yale faces: GIF files named without an image extension.
+  yale = root / "yale"
+  yale.mkdir()
+  pixels["yale"] = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+  Image.fromarray(pixels["yale"]).save(yale / "subject01.happy", format="GIF")
+  Image.fromarray(pixels["yale"]).save(yale / "subject01", format="GIF")
+  (yale / "Readme").write_text("not an image")
+  (root / "gif" / "README.txt").write_text("not an image either")
+  raw = sources.load_raw("image_folder", data_dir=root, cache_dir=tmp_path / "c", image_size=8, channels=1)
+  images, labels = raw.splits["train"]
+  assert raw.class_names == ("bmp", "gif", "pgm", "tif", "webp", "yale")
+  assert np.bincount(labels).tolist() == [1, 1, 1, 1, 1, 2]
+  for label, name in enumerate(raw.class_names):
+    for image in images[labels == label]:
+      np.testing.assert_array_equal(image[..., 0], pixels[name])  # all lossless at this size
+  err = capfd.readouterr().err
+  assert "skipped 2 file(s)" in err and "not images" in err
+
+
+def write_idx(path, array, *, gz):
+  magic = {3: 0x803, 1: 0x801}[array.ndim]
+  header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  content = header + array.astype(np.uint8).tobytes()
+  path.write_bytes(gzip.compress(content) if gz else content)
+
+
+def make_idx_folder(folder, rng):
+  folder.mkdir(parents=True)
+  arrays = {}
+  for split, n, gz in (("train", 30, True), ("t10k", 12, False)):
+    images = rng.integers(0, 256, (n, 7, 5), dtype=np.uint8)
+    labels = np.arange(n) % 3
+    suffix = ".gz" if gz else ""
+    write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images, gz=gz)
+    write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels, gz=gz)
+    arrays[split] = (images, labels)
+  return arrays
+
+
+def test_idx_builder_reads_any_mnist_format_files(tmp_path):
+  folder = tmp_path / "fashion"
+  arrays = make_idx_folder(folder, np.random.default_rng(0))
+  (folder / "class_names.txt").write_text("t-shirt\ntrouser\npullover\n")
+  raw = sources.load_raw("idx", data_dir=folder, cache_dir=tmp_path / "c")
+  assert raw.class_names == ("t-shirt", "trouser", "pullover")
+  for split, source in (("train", "train"), ("test", "t10k")):
+    images, labels = raw.splits[split]
+    expected_images, expected_labels = arrays[source]
+    assert images.shape == (len(expected_labels), 7, 5, 1)
+    # TFDS stores examples in its own order: compare as sets of (image, label).
+    got = sorted((im.tobytes(), int(l)) for im, l in zip(images, labels))
+    want = sorted((im[..., None].tobytes(), int(l)) for im, l in zip(expected_images, expected_labels))
+    assert got == want
+  mapping = (raw.description.split("identity numbers: ")[1])
+  assert open(mapping).read().splitlines()[:2] == ["label,name,train_images,test_images", "0,t-shirt,10,4"]
+  splits = data.load_splits(data.DataConfig(dataset="idx", data_dir=str(folder), cache_dir=str(tmp_path / "c"),
+                                            image_size=8, private_ids=(0, 1), public_ids=(2,)))
+  assert (len(splits.private_train), len(splits.private_test), len(splits.public)) == (20, 8, 10)
+
+  other = tmp_path / "other"
+  make_idx_folder(other, np.random.default_rng(1))
+  labels_file = other / "t10k-labels-idx1-ubyte"
+  labels_file.write_bytes((0x803).to_bytes(4, "big") + labels_file.read_bytes()[4:])
+  message = raises_one_line(DataError, sources.load_raw, "idx", data_dir=other, cache_dir=tmp_path / "c")
+  assert str(labels_file) in message and "0x00000801" in message
+  (other / "train-images-idx3-ubyte.gz").unlink()
+  message = raises_one_line(DataError, sources.load_raw, "idx", data_dir=other, cache_dir=tmp_path / "c")
+  assert str(other / "train-images-idx3-ubyte") in message
+
+
+def test_truncated_prepared_cache_is_rebuilt(tmp_path, capfd, monkeypatch):
+  root, cache = tmp_path / "faces", tmp_path / "c"
+  make_image_folder(root)
+  first = sources.load_raw("image_folder", data_dir=root, cache_dir=cache, image_size=8, channels=1)
+  (record,) = (cache / "tfds" / "image_folder").rglob("*.array_record*")
+  record.write_bytes(record.read_bytes()[:len(record.read_bytes()) // 2])
+  # Before: RuntimeError: Invalid Riegeli/records file.
+  again = sources.load_raw("image_folder", data_dir=root, cache_dir=cache, image_size=8, channels=1)
+  np.testing.assert_array_equal(np.sort(again.splits["train"][1]), np.sort(first.splits["train"][1]))
+  assert "is damaged" in capfd.readouterr().err
+  assert len(list((cache / "tfds" / "image_folder").iterdir())) == 1  # nothing left aside
+
+  # When the raw images cannot be read any more: one line naming the folder to delete, which is kept.
+  (record,) = (cache / "tfds" / "image_folder").rglob("*.array_record*")
+  record.write_bytes(record.read_bytes()[:100])
+  prepared = record.parent
+
+  def gone(path, config):
+    raise DataError(f"image_folder: cannot read image {path}")
+  monkeypatch.setattr(builders, "load_image", gone)
+  message = raises_one_line(DataError, sources.load_raw, "image_folder", data_dir=root, cache_dir=cache,
+                            image_size=8, channels=1)
+  assert f"delete {prepared}" in message and "cannot read image" in message
+  assert record.is_file() and len(list((cache / "tfds" / "image_folder").iterdir())) == 1
+
+
+def test_identity_mapping_is_written_and_named(tmp_path):
+  root = tmp_path / "faces"
+  make_image_folder(root)
+  raw = sources.load_raw("image_folder", data_dir=root, cache_dir=tmp_path / "c", image_size=8)
+  mapping = raw.description.split("identity numbers: ")[1]
+  assert mapping.endswith("identities.csv")
+  assert open(mapping).read().splitlines() == [
+      "label,name,train_images", "0,alice,3", "1,bob,4", "2,carol,2"]
+
+
+def test_empty_public_split_names_public_ids(tmp_path):
+  from jaxmi import config as config_lib
+  from jaxmi.train.gan import train_gan
+
+  REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+  cfg = config_lib.load_config(REPO / "configs" / "gan_mnist.py", [f"workdir={tmp_path / 'w'}"])
+  splits = data.load_splits(data.DataConfig(dataset="sklearn_digits", private_ids=(0, 1), public_ids=(),
+                                            image_size=cfg.gan.image_size, channels=cfg.gan.channels))
+  # Before: "batch_size: 320 is larger than the 0 examples of the split".
+  message = raises_one_line(ConfigError, train_gan, cfg, splits=splits, progress=False)
+  assert "data.public_ids" in message and "has 0" in message
+  assert not (tmp_path / "w").exists()
+  message = raises_one_line(ConfigError, data.steps_per_epoch, 0, 320, split="data.public_ids")
+  assert message.startswith("data.public_ids: the split is empty")
+
+
+def test_saved_data_config_keeps_the_targets_cache(tmp_path):
+  from jaxmi import config as config_lib
+  from jaxmi.train.classifier import saved_data_config
+
+  saved = config_lib.to_dict(data.DataConfig(cache_dir=str(tmp_path), data_dir=str(tmp_path / "gone")))
+  restored = saved_data_config(saved)
+  # Before: cache_dir was always reset, so attack/evaluate prepared everything again in ~/.cache/jaxmi.
+  assert restored.cache_dir == str(tmp_path)
+  assert restored.data_dir is None  # a path missing on this machine falls back to the defaults
+
+
+def test_command_line_dirs_win_over_the_config(tmp_path, data_root, cache_root, monkeypatch, capfd):
+  monkeypatch.setenv(sources.FLAG_DATA_DIR_ENV, str(data_root))
+  monkeypatch.setenv(sources.FLAG_CACHE_DIR_ENV, str(cache_root))
+  splits = data.load_splits(data.DataConfig(data_dir=str(tmp_path / "nothing"), cache_dir=str(tmp_path / "c"),
+                                            download=False, max_per_class=5))
+  assert len(splits.public) == 25 and not (tmp_path / "c").exists()
+  err = capfd.readouterr().err
+  assert "--data-dir" in err and "overrides data.data_dir" in err

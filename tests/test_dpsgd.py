@@ -24,10 +24,10 @@ def test_aggregate_clips_each_example_sums_and_adds_noise_of_the_stated_scale():
   norms = np.sqrt(np.sum(grads["w"].reshape(5, -1) ** 2, 1) + np.sum(grads["b"] ** 2, 1))
   scale = np.minimum(1.0, 1.5 / norms)
   expected = {k: np.tensordot(scale, v, axes=1) / 5 for k, v in grads.items()}
-  tx = private_aggregate(l2_clip=1.5, noise_multiplier=0.0)
-  as_jax = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), grads)
-  out, _ = tx.update(as_jax, tx.init(None))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), out, expected)
+  with jax.enable_x64(True):  # a formula test: float64, so summation order (CPU-dependent) cannot matter
+    tx = private_aggregate(l2_clip=1.5, noise_multiplier=0.0)
+    out, _ = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(None))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15), out, expected)
   assert (norms > 1.5).any() and (norms < 1.5).any()  # both branches of the clip are exercised
   # Noise: std noise_multiplier * clip / batch on every coordinate, fresh each step.
   tx = private_aggregate(l2_clip=1.5, noise_multiplier=2.0)

@@ -11,6 +11,7 @@ from jaxmi.attacks import AttackModels, DistributionalLatent, InversionConfig, b
 from jaxmi.nets import ModelConfig, build_classifier, init_variables
 from jaxmi.nets.gan import GANConfig, KEDMIDiscriminator, MinibatchDiscrimination, build_gan
 from jaxmi.train.gan import kedmi_discriminator_loss, kedmi_generator_loss
+from tolerance import rounding_tolerance
 
 
 @pytest.mark.parametrize("stages, size, feat", [(4, 64, 4096), (3, 32, 4096)])
@@ -136,9 +137,43 @@ def test_kedmi_engine_learns_distributions_in_one_compilation_independent_of_chu
   assert whole.traces == 1 and chunked.traces == 1
   assert a.images.shape == (4, 3, 32, 32, 1) and a.latents.shape == (4, 3, 16) and a.draws == 3
   assert a.latent_params["mu"].shape == (4, 1, 16) and a.latent_params["logvar"].shape == (4, 1, 16)
-  np.testing.assert_allclose(a.latent_params["mu"], b.latent_params["mu"], atol=1e-4)
-  np.testing.assert_allclose(a.latents, b.latents, atol=1e-4)
+  # Adam's first steps are ~lr * sign(g): allow what float32 rounding does to this run (measured, not assumed).
+  atol = rounding_tolerance(lambda v: whole.run(v, [0, 1, 2, 3]).latents, variables)
+  np.testing.assert_allclose(a.latent_params["mu"], b.latent_params["mu"], atol=atol)
+  np.testing.assert_allclose(a.latents, b.latents, atol=atol)
   # The distributions moved from their start (mu = 0, logvar = 1), and the draws of one identity differ.
   assert np.abs(a.latent_params["mu"]).max() > 0.05
   assert not np.allclose(a.latents[:, 0], a.latents[:, 1])
   assert {"prior", "identity"} <= set(a.loss_parts)
+
+
+def test_kedmi_attack_prior_is_the_k_plus_1_discriminators_minus_log_p_real():
+  """Item 24: the attack's prior term is -log P(real) = softplus(LSE(l)) - LSE(l) of the K+1 discriminator's
+  logits l on G(z) (checked in float64 on a fixed latent), and the run really uses that discriminator."""
+  models, variables = toy_kedmi()
+  cfg = InversionConfig(steps=4, restarts=1, optimizer="adam", learning_rate=0.05, clip_z=0.0, eval_draws=2,
+                        log_every=2, unroll=2, reference_batch=1)
+  inv = build_kedmi(models, 16, cfg)
+  params = {"mu": 0.3 * jnp.ones(16), "logvar": jnp.zeros(16)}
+  key = jax.random.PRNGKey(7)
+  _, parts = inv._loss(params, jnp.asarray(2), key, variables)
+  z = inv.latent.sample(params, key)
+  image = models.generator.apply(variables["generator"], z[None], train=False)
+  _, logits = models.critic.apply(variables["critic"], image)
+  with jax.enable_x64(True):
+    l = np.asarray(logits, np.float64)[0]
+    lse = np.log(np.sum(np.exp(l - l.max()))) + l.max()
+    want = np.log1p(np.exp(lse)) - lse
+  # float32 logits of size ~1: the float32 softplus/LSE carry ~1e-6 relative error.
+  assert float(parts["prior"]) == pytest.approx(want, rel=1e-5, abs=1e-6)
+  assert want > 1e-3  # not a vanishing term that any prior would match
+
+  # Another discriminator (other weights) changes the prior curve and the learned distributions.
+  a = inv.run(variables, [0, 1])
+  other = {**variables, "critic": models.critic.init(jax.random.PRNGKey(9), jnp.zeros((2, 32, 32, 1)))}
+  b = build_kedmi(models, 16, cfg).run(other, [0, 1])
+  assert not np.allclose(a.loss_parts["prior"], b.loss_parts["prior"])
+  assert not np.allclose(a.latent_params["mu"], b.latent_params["mu"])
+  # Without a prior term the discriminator is never evaluated: the curves carry only the identity term.
+  no_prior = build_kedmi(models, 16, dataclasses.replace(cfg, prior_weight=0.0)).run(variables, [0, 1])
+  assert set(no_prior.loss_parts) == {"identity"}

@@ -1,12 +1,22 @@
-"""LOMMA building blocks: logit loss, feature regulariser and distillation loss on known inputs."""
+"""LOMMA building blocks: logit loss, feature regulariser, distillation (loss, augmented teacher labels, data paths)."""
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from jaxmi import config as config_lib
 from jaxmi.attacks import FeatureRegTerm, Forward, IdentityTerm
+from jaxmi.nets import ClassifierOutput, ModelConfig, build_classifier, init_variables
+from jaxmi.train import ClassifierConfig
+from jaxmi.train.classifier import Classifier
 from jaxmi.train.distill import Distillation
+from jaxmi.train.state import TrainState
+from jaxmi.train.step import AugmentConfig, augment, make_train_step
 
 
 def forward(logits, features):
@@ -41,13 +51,79 @@ def test_distillation_loss_is_kl_to_the_teacher():
   p = np.exp(teacher) / np.exp(teacher).sum(-1, keepdims=True)
   q = np.exp(student) / np.exp(student).sum(-1, keepdims=True)
   expected = np.sum(p * np.log(p / q), -1)
-  got = Distillation(temperature=1.0).task_loss(jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32))
-  np.testing.assert_allclose(got, expected, rtol=1e-5)
-  assert np.allclose(Distillation().task_loss(jnp.asarray(teacher), jnp.asarray(teacher)), 0.0, atol=1e-6)
-  # Temperature: KL of the tempered distributions, times T^2.
   t = 2.0
   p_t = np.exp(teacher / t) / np.exp(teacher / t).sum(-1, keepdims=True)
   q_t = np.exp(student / t) / np.exp(student / t).sum(-1, keepdims=True)
-  np.testing.assert_allclose(Distillation(temperature=t).task_loss(jnp.asarray(student, jnp.float32),
-                                                                   jnp.asarray(teacher, jnp.float32)),
-                             t**2 * np.sum(p_t * np.log(p_t / q_t), -1), rtol=1e-5)
+  with jax.enable_x64(True):  # a formula test: KL sums terms of both signs, so compare in float64
+    got = Distillation(temperature=1.0).task_loss(jnp.asarray(student), jnp.asarray(teacher))
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    assert np.allclose(Distillation().task_loss(jnp.asarray(teacher), jnp.asarray(teacher)), 0.0, atol=1e-15)
+    # Temperature: KL of the tempered distributions, times T^2.
+    np.testing.assert_allclose(Distillation(temperature=t).task_loss(jnp.asarray(student), jnp.asarray(teacher)),
+                               t**2 * np.sum(p_t * np.log(p_t / q_t), -1), rtol=1e-10)
+
+
+class _Teacher(nn.Module):
+  """A deterministic teacher whose logits move with every flip and shift (a dense map of all pixels)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    logits = 5.0 * nn.Dense(4)(x.reshape(x.shape[0], -1))
+    return ClassifierOutput(logits, logits, ())
+
+
+def test_distillation_step_labels_the_augmented_batch_with_the_teacher():
+  """The student's target is the teacher's output on the same flipped/shifted batch the student sees,
+  computed inside the step from teacher variables passed as an argument (not logits precomputed on the
+  un-augmented images, which the reference never uses)."""
+  image_shape = (12, 12, 1)
+  teacher_module = _Teacher()
+  teacher_vars = teacher_module.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)))
+  teacher = Classifier(teacher_module, teacher_vars, ClassifierConfig(workdir="teacher"), 4, image_shape)
+  student = build_classifier(ModelConfig(arch="cnn", width=4, feature_dim=8), 4)
+  variables = init_variables(student, jax.random.PRNGKey(1), image_shape)
+  defense = Distillation.of(teacher)
+  assert config_lib.to_dict(defense) == {"name": "distillation", "temperature": 1.0, "teacher_workdir": "teacher"}
+  aug = AugmentConfig(hflip=True, max_shift=3)
+  tx = optax.sgd(0.0)
+  state = TrainState(step=jnp.asarray(3, jnp.int32), params=variables["params"], batch_stats=variables["batch_stats"],
+                     opt_state=tx.init(variables["params"]), defense_state={}, rng=jax.random.PRNGKey(2))
+  images = jax.random.uniform(jax.random.PRNGKey(3), (16, *image_shape))
+  batch = {"image": images, "label": jnp.zeros(16, jnp.int32)}  # hard labels: unused by the loss
+  _, metrics = make_train_step(student, tx, defense, aug)(jax.tree.map(jnp.copy, state), batch)
+
+  # The step's augmentation key: fold_in(rng, step), first of three.
+  augmented = augment(images, jax.random.split(jax.random.fold_in(state.rng, 3), 3)[0], aug)
+  assert not np.allclose(augmented, images)
+  student_logits = student.apply(variables, augmented, train=True, mutable=["batch_stats"])[0].logits
+  kl = lambda t: float(jnp.mean(Distillation().task_loss(student_logits, t)))
+  on_augmented = kl(teacher_module.apply(teacher_vars, augmented).logits)
+  on_clean = kl(teacher_module.apply(teacher_vars, images).logits)
+  # float32 KL of the same values: the two computations differ only by summation order (~1e-6 relative).
+  assert float(metrics["task_loss"]) == pytest.approx(on_augmented, rel=1e-4)
+  assert abs(on_clean - on_augmented) > 100 * 1e-4 * on_augmented, (on_clean, on_augmented)
+
+
+def test_distill_prepares_data_where_the_config_says(tmp_path, cache_root, data_root, monkeypatch):
+  """data.cache_dir (and data_dir) of the distill config win over the defaults the teacher's saved config holds."""
+  from jaxmi.data import DataConfig, load_splits
+  from jaxmi.train import OptimConfig, TrainConfig, train_classifier
+  from jaxmi.train import distill as distill_lib
+
+  data = DataConfig(dataset="mnist", image_size=16, channels=1, private_ids=(0, 1, 2), public_ids=(5, 6, 7),
+                    max_per_class=40)
+  model = ModelConfig(arch="cnn", width=4, feature_dim=8)
+  train = TrainConfig(epochs=1, batch_size=20, log_every=2)
+  quiet = dict(progress=False, log=lambda *a: None)
+  train_classifier(ClassifierConfig(name="t", role="target", workdir=str(tmp_path / "t"), data=data, model=model,
+                                    optim=OptimConfig(learning_rate=0.05), train=train), **quiet)
+  seen = []
+  monkeypatch.setattr(distill_lib, "load_splits", lambda cfg: seen.append(cfg) or load_splits(data))
+  own = dataclasses.replace(data, cache_dir=str(tmp_path / "own_cache"), data_dir=str(data_root / "mnist"))
+  student = ClassifierConfig(name="s", role="surrogate", workdir=str(tmp_path / "s"), data=own, model=model,
+                             optim=OptimConfig(learning_rate=0.05),
+                             train=dataclasses.replace(train, augment=AugmentConfig(hflip=True, max_shift=2)))
+  summary = distill_lib.distill_surrogate(student, str(tmp_path / "t"), **quiet)
+  assert [(c.cache_dir, c.data_dir) for c in seen] == [(own.cache_dir, own.data_dir)]
+  assert dataclasses.replace(seen[0], cache_dir=None, data_dir=None) == data
+  assert summary["config"]["data"]["cache_dir"] == own.cache_dir and 0 <= summary["public_agreement"] <= 1

@@ -20,6 +20,7 @@ from jaxmi.attacks import InversionConfig, build_gmi
 from jaxmi.attacks.engine import cast_floats
 
 from test_attacks import toy_models
+from tolerance import rounding_tolerance
 
 TESTS = Path(__file__).resolve().parent
 # Short blocks (unroll 2) keep compilation, the dominant cost of these tests, small.
@@ -33,6 +34,7 @@ import dataclasses, json, sys
 import jax, numpy as np
 from jaxmi.attacks import InversionConfig, build_gmi
 from test_attacks import toy_models
+from tolerance import rounding_tolerance
 assert jax.device_count() == 8, jax.devices()
 models, variables = toy_models()
 cfg = InversionConfig(steps=8, restarts=3, log_every=4, unroll=2, learning_rate=0.05, reference_batch=1)
@@ -50,6 +52,8 @@ out = {
     "images_diff": float(np.abs(a.images - b.images).max()),
     "loss_diff": float(np.abs(a.loss_curve - b.loss_curve).max() / np.abs(a.loss_curve).max()),
     "best_equal": bool(np.array_equal(a.best_restart, b.best_restart) and np.array_equal(a.best_restart, c.best_restart)),
+    "latents_tol": rounding_tolerance(lambda v: one.run(v, [0, 1, 2, 3, 4]).latents, variables),
+    "images_tol": rounding_tolerance(lambda v: one.run(v, [0, 1, 2, 3, 4]).images, variables),
 }
 print("RESULT" + json.dumps(out))
 """
@@ -65,7 +69,8 @@ def test_eight_devices_compute_what_one_device_computes():
   assert out["chunk"] == [15, 16, 8]          # chunks are whole multiples of the device count
   assert out["traces"] == [1, 1, 1]           # one compilation each, also across chunks and a second run
   # Each latent is an independent problem: sharding may only change float rounding.
-  assert max(out["latents_diff"]) < 1e-5 and out["images_diff"] < 1e-5 and out["loss_diff"] < 1e-5
+  assert max(out["latents_diff"]) <= out["latents_tol"] and out["images_diff"] <= out["images_tol"]
+  assert out["loss_diff"] < 1e-4  # relative; the loss is a mean over every latent
   assert out["best_equal"]
 
 
@@ -105,7 +110,8 @@ def test_bfloat16_compute_stays_close_to_float32_and_keeps_float32_latents():
 def test_rematerialisation_computes_the_same_steps(baseline):
   models, variables, ref = baseline
   remat = build_gmi(models, 100, dataclasses.replace(CFG, remat=True)).run(variables, LABELS)
-  np.testing.assert_allclose(remat.latents, ref.latents, atol=1e-5)
+  atol = rounding_tolerance(lambda v: build_gmi(models, 100, CFG).run(v, LABELS).latents, variables)
+  np.testing.assert_allclose(remat.latents, ref.latents, atol=atol)
 
 
 def test_memory_fitted_chunks_follow_the_budget_and_change_nothing(baseline):
@@ -113,5 +119,6 @@ def test_memory_fitted_chunks_follow_the_budget_and_change_nothing(baseline):
   tight = build_gmi(models, 100, dataclasses.replace(CFG, max_batch=0, memory_budget_gb=0.004))
   result = tight.run(variables, LABELS)
   assert 1 <= tight.chunk_size < 15  # the toy step needs ~0.4 MB per latent + ~2 MB fixed: 15 do not fit 4 MB
-  np.testing.assert_allclose(result.latents, ref.latents, atol=2e-4)
+  atol = rounding_tolerance(lambda v: build_gmi(models, 100, CFG).run(v, LABELS).latents, variables)
+  np.testing.assert_allclose(result.latents, ref.latents, atol=atol)
   assert jnp.asarray(result.latent_params).shape == (5, 3, 100)

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxmi import cli
@@ -14,8 +15,10 @@ from jaxmi.defenses import TransferLearning, layer_groups
 from jaxmi.defenses.run import DefendConfig, defend, public_pretraining
 from jaxmi.errors import ConfigError
 from jaxmi.metrics.fisher import layer_fisher
-from jaxmi.nets import ModelConfig, build_classifier
+from jaxmi.nets import VGG, ModelConfig, build_classifier, init_variables
 from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, load_classifier, train_classifier
+from jaxmi.train.state import TrainState
+from jaxmi.train.step import make_train_step
 
 DATA = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9),
                   max_per_class=200)
@@ -32,14 +35,38 @@ def target_config(tmp_path, name="target", epochs=2) -> ClassifierConfig:
 def test_layers_follow_the_forward_pass_not_dict_order():
   vgg = build_classifier(ModelConfig(arch="vgg", vgg_layout="vgg16", width_divisor=16), 7)
   groups = layer_groups(vgg, (64, 64, 1))
-  # conv10 comes after conv9 (a sorted dict would put it after conv1); the feature BN joins the last conv.
+  # conv10 comes after conv9 (a sorted dict would put it after conv1); the BN1d of the flattened
+  # features belongs to the head group (the reference always trains a fresh one), not to the last conv.
   assert [g[0] for g in groups] == [f"conv{i}" for i in range(13)] + ["head"]
-  assert groups[0] == ("conv0", "bn0") and groups[12] == ("conv12", "bn12", "bn_feat")
+  assert groups[0] == ("conv0", "bn0") and groups[12] == ("conv12", "bn12") and groups[13] == ("head", "bn_feat")
+  # The CNN's bn_feat normalises its dense feature layer's output: it stays with fc_feat.
+  assert layer_groups(build_classifier(MODEL, 5), (32, 32, 1))[2] == ("fc_feat", "bn_feat")
   resnet = build_classifier(ModelConfig(arch="resnet", width=8, blocks=(1, 2)), 3)
   assert layer_groups(resnet, (32, 32, 1)) == (("stem", "stem_bn"), ("stage0_block0",), ("stage1_block0",),
                                                ("stage1_block1",), ("head",))
   with pytest.raises(ConfigError, match="defense.frozen_layers: this model has 3 layers before its head"):
     TransferLearning(frozen_layers=4).bind(1, 1, module=build_classifier(MODEL, 5), image_shape=(32, 32, 1))
+
+
+def test_freezing_every_vgg_conv_still_trains_the_bn1d_before_the_head():
+  """frozen_layers=-1 freezes every conv (and its BN) but not VGG's BN1d, which the reference's TL
+  model always trains with its new classifier (a 3-conv VGG: the VGG16 rule, fast to compile)."""
+  model = VGG(3, layout=(4, "M", 8, "M", 8, "M"))
+  variables = init_variables(model, jax.random.PRNGKey(0), (32, 32, 1))
+  defense = TransferLearning(frozen_layers=-1).bind(1, 1, module=model, image_shape=(32, 32, 1))
+  assert defense.frozen == {"conv0", "bn0", "conv1", "bn1", "conv2", "bn2"}
+  tx = defense.optimizer(optax.sgd(0.1), variables["params"])
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats=variables["batch_stats"],
+                     opt_state=tx.init(variables["params"]), defense_state={}, rng=jax.random.PRNGKey(1))
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(2), (8, 32, 32, 1)), "label": jnp.arange(8) % 3}
+  before = jax.device_get(variables)
+  after, _ = make_train_step(model, tx, defense)(jax.tree.map(jnp.copy, state), batch)
+  after = jax.device_get(after.params)
+  for name in defense.frozen:
+    jax.tree.map(np.testing.assert_array_equal, after[name], before["params"][name])
+  for leaf in ("scale", "bias"):
+    assert not np.array_equal(after["bn_feat"][leaf], before["params"]["bn_feat"][leaf]), leaf
+  assert not np.array_equal(after["head"]["fc"]["kernel"], before["params"]["head"]["fc"]["kernel"])
 
 
 def test_frozen_layers_keep_parameters_and_statistics_while_the_rest_trains(tmp_path, cache_root, data_root):
@@ -110,3 +137,24 @@ def test_fisher_of_the_head_matches_its_closed_form(tmp_path, cache_root, data_r
                    "--out", str(tmp_path / "f")]) == 0
   assert "fc_feat" in capsys.readouterr().out
   assert (tmp_path / "f.png").stat().st_size > 0 and len(json.loads((tmp_path / "f.json").read_text())["layers"]) == 4
+
+
+def test_fine_tuning_with_a_fresh_head_also_starts_a_fresh_vgg_bn1d(monkeypatch):
+  """init_head=False (TL-DMI's public pretraining -> private fine-tuning) copies the convs but not VGG's
+  BN1d, which the reference re-creates with its classifier; the CNN's bn_feat belongs to its fc_feat and is kept."""
+  from types import SimpleNamespace
+
+  from jaxmi.train import classifier as classifier_lib
+
+  for model, shape, fresh in ((VGG(3, layout=(4, "M", 8, "M")), (16, 16, 1), {"head", "bn_feat"}),
+                              (build_classifier(MODEL, 3), (32, 32, 1), {"head"})):
+    pretrained = init_variables(model, jax.random.PRNGKey(1), shape)
+    pretrained = jax.tree.map(lambda a: a + 0.5, pretrained)  # BN scales/statistics differ from a fresh init too
+    monkeypatch.setattr(classifier_lib, "load_classifier", lambda _: SimpleNamespace(variables=pretrained))
+    fresh_vars = init_variables(model, jax.random.PRNGKey(2), shape)
+    cfg = ClassifierConfig(init_from="pretrained", init_head=False, model=MODEL)
+    started = classifier_lib._start_from(cfg, fresh_vars, 3)
+    for col in ("params", "batch_stats"):
+      for name in started[col]:
+        source = fresh_vars if name in fresh else pretrained
+        jax.tree.map(np.testing.assert_array_equal, started[col][name], source[col][name])

@@ -19,6 +19,16 @@ Networks may compute in bfloat16 (``compute_dtype``) while latents, optimiser st
 loss stay float32, and may be rematerialised in the backward pass (``remat``) to fit larger
 chunks.
 
+Long attacks are resumable: with an ``AttackState`` (``jaxmi.attacks.resume``) each chunk's carry
+is saved every ``checkpoint_every`` steps and its outputs when it finishes, and a rerun continues
+from there with exactly the uninterrupted result. The loss terms are checked for NaN/inf each time
+they leave the device (once per log interval), the carry before it is saved and the outputs at the
+end: a diverged run raises ``NonFiniteError`` naming the step and the quantity, and nothing is
+saved from a non-finite state.
+
+Every run also evaluates its initial latents the same way (``InversionResult.baseline``): the prior
+baseline, what un-optimised samples of the prior already score.
+
 Randomness is keyed per latent: latent (identity i, restart r) starts from
 ``fold_in(fold_in(key, i), r)``, so results do not depend on how latents are chunked.
 
@@ -36,6 +46,7 @@ matters for a scale-sensitive optimiser; per-latent losses here are divided by
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -44,7 +55,7 @@ import numpy as np
 import optax
 
 from jaxmi import parallel
-from jaxmi.errors import ConfigError
+from jaxmi.errors import ConfigError, NonFiniteError
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -53,7 +64,7 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class InversionConfig:
   steps: int = 1500
   restarts: int = 5
-  optimizer: str = "nesterov"      # nesterov (GMI) | adam (KEDMI)
+  optimizer: typing.Literal["nesterov", "adam"] = "nesterov"  # nesterov (GMI) | adam (KEDMI)
   eval_draws: int = 5              # distributional latents (KEDMI): images drawn per learned distribution
   init_logvar: float = 1.0         # distributional latents: initial log-variance (mean starts at 0)
   learning_rate: float = 0.02
@@ -61,9 +72,9 @@ class InversionConfig:
   clip_z: float = 1.0              # GMI: clip z to [-c, c] after every step; KEDMI: clamp sampled z before G; 0 = never
   prior_weight: float = 1.0        # weight of the prior: -D(G(z)) (WGAN critic) or -log P(real) (KEDMI)
   identity_weight: float = 100.0   # lambda of the identity term
-  identity_loss: str = "ce"        # ce (GMI) | logit (LOMMA: negative target logit)
+  identity_loss: typing.Literal["ce", "logit"] = "ce"  # ce (GMI) | logit (LOMMA: negative target logit)
   feature_reg_weight: float = 0.0  # LOMMA: weight of mean (phi_T(x) - p_reg)^2 (identity_weight * lam = 100)
-  p_reg: str = "global"            # global: one public-feature mean (official); per_class: by target prediction
+  p_reg: typing.Literal["global", "per_class"] = "global"  # global: one public-feature mean (official); per_class: by target prediction
   reference_batch: int = 60        # per-latent losses / this = the reference's batch-mean gradient scale
   max_batch: int = 4096            # latents per compiled chunk (all devices together); 0 = as many as fit the budget
   memory_budget_gb: float = 0.0    # max_batch 0: memory per device for a chunk; 0 = 90% of free device memory
@@ -71,9 +82,17 @@ class InversionConfig:
   unroll: int = 0                  # steps per compiled call, fully unrolled; 0 = auto: 10 on CPU, else a rolled
                                    # loop over each log interval (one call per interval, one step's memory)
   devices: int = 0                 # latents are sharded over this many devices; 0 = all (every host's)
-  compute_dtype: str = "float32"   # float32 | bfloat16 for the networks; latents, optimiser state, losses stay float32
+  compute_dtype: typing.Literal["float32", "bfloat16"] = "float32"  # for the networks; latents, optimiser state, losses stay float32
   remat: bool = False              # recompute each network's forward in the backward pass (keeps only its input)
+  # Restart kept per identity: "logit" = highest raw target logit of the attacked class, the reference's
+  # score[i, y_i] (attacks.md section 2); "probability" = highest softmax probability, which also rewards
+  # lowering the other classes' logits and saturates at 1, so confident restarts tie.
+  select_by: typing.Literal["logit", "probability"] = "logit"
+  checkpoint_every: int = 500      # steps between saved chunk states (latents + optimiser state); 0 = never
   seed: int = 0
+
+
+SELECT_BY = ("logit", "probability")
 
 
 class Forward(NamedTuple):
@@ -230,6 +249,10 @@ class Inverter:
       self.tx = optax.adam(cfg.learning_rate)
     else:
       raise ConfigError(f"inversion.optimizer: unknown '{cfg.optimizer}'; expected nesterov or adam")
+    if cfg.select_by not in SELECT_BY:
+      raise ConfigError(f"inversion.select_by: unknown '{cfg.select_by}'; expected one of {', '.join(SELECT_BY)}")
+    if cfg.checkpoint_every < 0:
+      raise ConfigError(f"inversion.checkpoint_every: expected >= 0 (0 = never), got {cfg.checkpoint_every}")
     for field in ("steps", "restarts", "log_every", "reference_batch", "eval_draws"):
       if getattr(cfg, field) <= 0:
         raise ConfigError(f"inversion.{field}: expected a positive integer, got {getattr(cfg, field)}")
@@ -385,11 +408,21 @@ class Inverter:
     return max(n_dev, int((budget - fixed) / per_latent) // n_dev * n_dev)
 
   # -- host driver ---------------------------------------------------------------------------
-  def run(self, variables: dict, labels: Sequence[int], *, progress=None) -> "InversionResult":
+  def run(self, variables: dict, labels: Sequence[int], *, progress=None, state=None,
+          stop_at_step: int | None = None) -> "InversionResult | None":
     """Inverts each class in ``labels`` (target class indices) with ``cfg.restarts`` restarts.
 
     Latents are sharded over ``cfg.devices`` devices (network variables replicated); every
     process of a multi-host run calls this with the same arguments and gets the whole result.
+
+    ``state`` (a ``resume.AttackState``): each chunk's carry is saved every ``cfg.checkpoint_every``
+    steps (at the end of a log interval) and its outputs when it finishes; what it holds is
+    resumed, giving exactly the uninterrupted run's result. ``stop_at_step`` returns None once
+    chunk index * steps + step reaches it, as a kill would there (for tests).
+
+    Every log interval the loss terms are checked on the host (they leave the device then anyway),
+    every saved carry and the final latents, images and logits too: a non-finite value raises
+    ``NonFiniteError`` naming the step and quantity, before anything is saved from that state.
     """
     cfg = self.cfg
     labels = np.asarray(labels, np.int32)
@@ -414,16 +447,58 @@ class Inverter:
     pairs += [(0, 0)] * (padded - total)
     keys = np.asarray(jax.vmap(lambda ir: jax.random.fold_in(jax.random.fold_in(root, ir[0]), ir[1]))(
         jnp.asarray(np.array(pairs, np.uint32))))
+    if state is not None:
+      state.bind_layout({"latents per chunk": chunk, "chunks": num_chunks, "devices": mesh.size,
+                         "steps per call": block, "log interval": seg, "rolled": rolled})
+    abstract = jax.tree.leaves(self._abstract_carry(chunk, mesh))
+    param_def = jax.tree.structure(self._abstract_carry(chunk, mesh)[0])
+
+    def where(c: int, bad_rows) -> str:
+      """' (identity i, restart r)' of the first latent of chunk ``c`` flagged in ``bad_rows`` [chunk]."""
+      hits = np.flatnonzero(bad_rows)
+      if not len(hits):
+        return ""
+      i, r = pairs[c * chunk + hits[0]]
+      return f" (identity {int(labels[i])}, restart {r})"
+
+    def bad_rows_of(tree) -> np.ndarray:
+      leaves = [np.asarray(x).reshape(chunk, -1) for x in jax.tree.leaves(tree) if np.ndim(x)]
+      return ~np.all([np.isfinite(x).all(1) for x in leaves], axis=0)
 
     history = np.zeros((num_chunks, cfg.steps), np.float32)
     history_parts: dict[str, np.ndarray] = {}
-    outs, params_out = [], []
+    outs, params_out, base_outs = [], [], []
+    self.steps_computed = 0   # optimisation steps this call ran (a resumed run skips the saved ones)
     for c in range(num_chunks):
       sl = slice(c * chunk, (c + 1) * chunk)
       chunk_keys, chunk_labels, chunk_mask = (parallel.put(a[sl], row) for a in (keys, flat_labels, mask))
+      n_real = min(chunk, total - c * chunk)
+      final_keys = jax.vmap(lambda k: jax.random.fold_in(k, cfg.steps))(chunk_keys)  # steps used 0..steps-1
       carry = self.start(chunk_keys, mesh)
+      # The prior baseline: the initial latents, evaluated exactly as the optimised ones are.
+      base_outs.append(parallel.to_host(self.finish(carry[0], final_keys, variables)))
+      saved = state.load(c) if state is not None else None
       done = 0
-      for n in segments:
+      if saved is not None:
+        done = int(saved["step"])
+        for k in [k[5:] for k in saved if k.startswith("hist_")]:
+          history_parts.setdefault(k, np.zeros((num_chunks, cfg.steps), np.float32))[c, :done] = saved["hist_" + k]
+        history[c, :done] = saved["history"]
+        if progress is not None:
+          progress(done * n_real, {})
+        if bool(saved["done"]):
+          outs.append(tuple(saved[k] for k in ("out_z", "out_images", "out_logits")))
+          params_out.append(jax.tree.unflatten(param_def, [saved[f"param_{k}"] for k in range(param_def.num_leaves)]))
+          continue
+        carry = jax.tree.unflatten(jax.tree.structure(carry), [
+            parallel.put(saved[f"carry_{k}"], a.sharding) for k, a in enumerate(abstract)])
+
+      def save(done_flag: bool, extra: dict) -> None:
+        arrays = {"step": np.int64(done), "done": np.bool_(done_flag), "history": history[c, :done],
+                  **{"hist_" + k: v[c, :done] for k, v in history_parts.items()}, **extra}
+        state.save(c, arrays)
+
+      for n in segments[done // seg:]:
         blocks = []
         for _ in range(n // block):
           carry, parts = self.segment(carry, compute_vars, chunk_labels, chunk_keys, chunk_mask, num_steps=block,
@@ -432,29 +507,64 @@ class Inverter:
         # once per segment (the log interval): the losses of its steps leave the device
         parts = parallel.to_host(jax.tree.map(lambda *b: jnp.concatenate(b), *blocks))
         for k, v in parts.items():
+          if not np.all(np.isfinite(v)):
+            step = done + int(np.argmin(np.isfinite(v))) + 1
+            bad = bad_rows_of(parallel.to_host(carry[0]))
+            raise NonFiniteError(f"non-finite {k} loss at step {step}{where(c, bad)}")
+        for k, v in parts.items():
           history_parts.setdefault(k, np.zeros((num_chunks, cfg.steps), np.float32))[c, done:done + n] = v
         history[c, done:done + n] = sum(parts.values())
         done += n
+        self.steps_computed += n
         if progress is not None:
-          progress(n * min(chunk, total - c * chunk), {k: float(v[-1]) for k, v in parts.items()})
-      final_keys = jax.vmap(lambda k: jax.random.fold_in(k, cfg.steps))(chunk_keys)  # steps used 0..steps-1
-      outs.append(parallel.to_host(self.finish(carry[0], final_keys, variables)))
-      params_out.append(parallel.to_host(carry[0]))
+          progress(n * n_real, {k: float(v[-1]) for k, v in parts.items()})
+        every = cfg.checkpoint_every
+        if state is not None and every and done < cfg.steps and done // every > (done - n) // every:
+          host = parallel.to_host(carry)
+          bad = bad_rows_of(host)
+          if bad.any() or not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host) if not np.ndim(x)):
+            raise NonFiniteError(f"non-finite latents or optimiser state at step {done}{where(c, bad)}")
+          save(False, {f"carry_{k}": x for k, x in enumerate(jax.tree.leaves(host))})
+        if stop_at_step is not None and c * cfg.steps + done >= stop_at_step:
+          return None
+      out = parallel.to_host(self.finish(carry[0], final_keys, variables))
+      params = parallel.to_host(carry[0])
+      for name, x in (("latents", params), ("latents", out[0]), ("images", out[1]), ("target logits", out[2])):
+        bad = bad_rows_of(x)
+        if bad[:n_real].any():
+          raise NonFiniteError(f"non-finite final {name} after step {cfg.steps}{where(c, bad)}")
+      outs.append(out)
+      params_out.append(params)
+      if state is not None:
+        save(True, {"out_z": out[0], "out_images": out[1], "out_logits": out[2],
+                    **{f"param_{k}": x for k, x in enumerate(jax.tree.leaves(params))}})
     draws = self.latent.draws
-    per_id = restarts * draws  # reconstructions per identity: restart-major, then draws
-    z, images, logits = (np.concatenate([o[i] for o in outs])[:total * draws] for i in range(3))
-    probs = np.asarray(jax.nn.softmax(logits, -1))
-    conf = probs[np.arange(total * draws), np.repeat(flat_labels[:total], draws)].reshape(num_ids, per_id)
-    latent_params = jax.tree.map(lambda *xs: np.concatenate(xs)[:total].reshape(num_ids, restarts, *xs[0].shape[1:]),
-                                 *params_out)
     weights = mask.reshape(num_chunks, chunk).sum(1)
     mean_curve = lambda h: (h * weights[:, None]).sum(0) / weights.sum()
+    latent_params = jax.tree.map(lambda *xs: np.concatenate(xs)[:total].reshape(num_ids, restarts, *xs[0].shape[1:]),
+                                 *params_out)
+    baseline = self._result(labels, base_outs, flat_labels)
+    return self._result(labels, outs, flat_labels, loss_curve=mean_curve(history),
+                        loss_parts={k: mean_curve(v) for k, v in history_parts.items()}, latent_params=latent_params,
+                        baseline=baseline)
+
+  def _result(self, labels, outs, flat_labels, **fields) -> "InversionResult":
+    """An ``InversionResult`` from per-chunk (z, images, logits); restarts selected by ``cfg.select_by``."""
+    draws, num_ids = self.latent.draws, len(labels)
+    total = num_ids * self.cfg.restarts
+    per_id = self.cfg.restarts * draws  # reconstructions per identity: restart-major, then draws
+    z, images, logits = (np.concatenate([o[i] for o in outs])[:total * draws] for i in range(3))
+    attacked = np.repeat(flat_labels[:total], draws)
+    probs = np.asarray(jax.nn.softmax(logits, -1))
+    conf = probs[np.arange(total * draws), attacked].reshape(num_ids, per_id)
+    target_logit = logits[np.arange(total * draws), attacked].reshape(num_ids, per_id)
+    best = np.argmax(target_logit if self.cfg.select_by == "logit" else conf, axis=1)
+    fields.setdefault("loss_curve", np.zeros(0, np.float32))
+    fields.setdefault("loss_parts", {})
     return InversionResult(
         labels=labels, latents=z.reshape(num_ids, per_id, *z.shape[1:]),
-        images=images.reshape(num_ids, per_id, *images.shape[1:]),
-        target_confidence=conf, best_restart=np.argmax(conf, axis=1),
-        loss_curve=mean_curve(history), loss_parts={k: mean_curve(v) for k, v in history_parts.items()},
-        latent_params=latent_params, draws=draws)
+        images=images.reshape(num_ids, per_id, *images.shape[1:]), target_confidence=conf,
+        best_restart=best, target_logit=target_logit, draws=draws, **fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,11 +574,13 @@ class InversionResult:
   latents: np.ndarray              # [I, R, z_dim] the latents of the evaluated images
   images: np.ndarray               # [I, R, H, W, C] reconstructions in [0, 1]
   target_confidence: np.ndarray    # [I, R] target softmax probability of the attacked class
-  best_restart: np.ndarray         # [I] reconstruction with the highest target confidence (GMI's selection)
+  best_restart: np.ndarray         # [I] the selected reconstruction (``InversionConfig.select_by``)
   loss_curve: np.ndarray           # [steps] mean total loss over latents
   loss_parts: dict                 # name -> [steps] mean weighted term
   latent_params: Any = None        # optimised parameters, leaves [I, restarts, ...] (z, or KEDMI's mu/logvar)
   draws: int = 1                   # images drawn per optimised latent
+  target_logit: np.ndarray | None = None  # [I, R] the target's raw logit of the attacked class
+  baseline: Any = None             # InversionResult of the initial (un-optimised) latents: the prior baseline
 
   @property
   def best_images(self) -> np.ndarray:

@@ -3,7 +3,11 @@
   min_z  -D(G(z)) + lambda * CE(T(G(z)), y),   z clipped to [-1, 1]
 
 Nesterov SGD (lr 0.02, momentum 0.9), lambda = 100, 1500-2400 steps, 5 restarts; each
-identity keeps the restart the target is most confident about (attacks.md section 2).
+identity keeps the restart with the highest raw target logit of its class, the reference's
+``score[i, y_i]`` (attacks.md section 2). ``inversion.select_by="probability"`` keeps the highest
+softmax probability instead (jaxmi's former default): it also rewards pushing the other classes
+down, and saturates at 1 so confident restarts tie; it is kept as an option, not the default,
+because it is not what the published numbers used.
 LOMMA on top is configuration: ``identity_loss="logit"``, ``feature_reg_weight``, and
 surrogate models in the attacked ensemble (AttackConfig.surrogates).
 """

@@ -1,14 +1,26 @@
 """``bin/jaxmi attack``: load target, evaluation model and GAN prior; invert; evaluate; write results.
 
-Outputs in the workdir: ``results.json`` (metrics, runtime, config), ``per_identity.csv``,
-``grid.png`` (per identity: a real private image, the selected reconstruction, other restarts),
-``loss.png`` (loss terms over steps) and ``latents.npz``.
+Outputs in the workdir: ``latents.npz``, ``per_identity.csv``, ``grid.png`` (per identity: a real
+private image, the selected reconstruction, the other restarts), ``loss.png`` (loss terms over
+steps) and, written last, ``results.json`` (metrics, the prior baseline's metrics, runtime, config):
+a workdir with ``results.json`` holds every output.
+
+Every metric is also computed for the prior baseline, the initial (un-optimised) latents evaluated
+and selected the same way (``results.json["prior_baseline"]`` with the top level's metric keys,
+``baseline_*`` columns in per_identity.csv): what the prior alone "recovers" when the evaluation
+model has a default class, which chance (1/K) does not show.
+
+While it runs, ``attack_state/`` keeps each chunk's latents and optimiser state every
+``inversion.checkpoint_every`` steps; rerunning the same command continues from there with the
+same final result (``jaxmi.attacks.resume``). It is removed once ``results.json`` is written.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import os
+import typing
 import time
 from pathlib import Path
 
@@ -19,8 +31,9 @@ from jaxmi import config as config_lib
 from jaxmi import records
 from jaxmi.attacks import ATTACKS, AttackModels, InversionConfig
 from jaxmi.attacks.lomma import public_feature_reg
+from jaxmi.attacks.resume import AttackState, fingerprint
 from jaxmi.data import Splits, load_splits
-from jaxmi.errors import ConfigError
+from jaxmi.errors import CheckpointError, ConfigError, NonFiniteError
 from jaxmi.metrics import evaluate_inversion, pair_grid
 from jaxmi.nets import path_name
 from jaxmi.train import load_classifier
@@ -30,7 +43,7 @@ from jaxmi.train.gan import load_gan
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AttackConfig:
   name: str = "attack"
-  attack: str = "gmi"
+  attack: typing.Literal["gmi", "kedmi"] = "gmi"
   workdir: str = "runs/attack"
   target: str = "runs/mnist_target"       # workdir of the trained target classifier
   evaluator: str = "runs/mnist_eval"      # workdir of the independent evaluation model
@@ -41,18 +54,63 @@ class AttackConfig:
   inversion: InversionConfig = InversionConfig()
 
 
+# role -> (what the message calls it, the command that makes it)
+ROLES = {
+    "target": ("target", "bin/jaxmi train-classifier --config configs/mnist_target.py (or bin/jaxmi defend)"),
+    "evaluation": ("evaluation model", "bin/jaxmi train-classifier --config configs/mnist_eval.py"),
+    "gan": ("GAN prior", "bin/jaxmi train-gan --config configs/gan_mnist.py (--kind kedmi for KEDMI's GAN)"),
+    "surrogate": ("surrogate", "bin/jaxmi distill --config configs/surrogate_mnist.py"),
+}
+
+
+def _load(role: str, field: str, workdir: str, loader):
+  """``loader()`` for the model in ``workdir``; a missing one is refused naming its role and the command
+  that trains it, before anything (not even ``<workdir>/checkpoints``) is created."""
+  name, command = ROLES[role]
+  missing = (f"{field}: {workdir}: no trained {name} found (no checkpoint found in {Path(workdir) / 'checkpoints'}); "
+             f"make it first with {command} --workdir {workdir}")
+  ckpt_dir = Path(workdir) / "checkpoints"
+  if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
+    raise CheckpointError(missing)
+  try:
+    return loader()
+  except CheckpointError as e:
+    if "no checkpoint found" in str(e):
+      raise CheckpointError(missing) from None
+    raise
+
+
+def config_fingerprint(cfg: AttackConfig, variables: dict) -> str:
+  """What a saved attack state depends on: the config and the bytes of every network's variables (and
+  p_reg). Not the name, workdir and checkpoint interval, nor the fields that only lay the latents out
+  in chunks: the state's layout fingerprint (``AttackState.bind_layout``) checks those."""
+  saved = config_lib.to_dict(cfg)
+  for key in ("name", "workdir"):
+    saved.pop(key, None)
+  layout_only = ("checkpoint_every", "max_batch", "memory_budget_gb", "devices", "unroll", "log_every")
+  saved["inversion"] = {k: v for k, v in saved["inversion"].items() if k not in layout_only}
+  return fingerprint(saved, variables)
+
+
 def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: bool = True, overwrite: bool = False,
-               log=print) -> dict:
+               log=print, stop_at_step: int | None = None) -> dict | None:
+  """Runs the attack ``cfg`` and writes its outputs; returns the summary (results.json).
+
+  ``stop_at_step`` stops (returning None) once chunk index * steps + step reaches it, as a kill
+  would there: the saved attack state stays and a rerun continues from it (for tests).
+  """
   workdir = Path(cfg.workdir)
-  if jax.process_index() != 0:  # multi-host: every process computes, the first one reports and writes
+  writer = jax.process_index() == 0
+  if not writer:  # multi-host: every process computes, the first one reports and writes
     progress, log = False, lambda *_: None
   if (workdir / "results.json").exists() and not overwrite:
     raise ConfigError(f"{workdir / 'results.json'}: already exists; choose another --workdir or pass --overwrite")
   if cfg.attack not in ATTACKS:
     raise ConfigError(f"attack: unknown attack '{cfg.attack}'; expected one of {', '.join(ATTACKS)}")
-  target = load_classifier(cfg.target, expect_role="target")
-  evaluator = load_classifier(cfg.evaluator, expect_role="evaluation")
-  gan = load_gan(cfg.gan)
+  target = _load("target", "target", cfg.target, lambda: load_classifier(cfg.target, expect_role="target"))
+  evaluator = _load("evaluation", "evaluator", cfg.evaluator,
+                    lambda: load_classifier(cfg.evaluator, expect_role="evaluation"))
+  gan = _load("gan", "gan", cfg.gan, lambda: load_gan(cfg.gan))
   if evaluator.num_classes != target.num_classes:
     raise ConfigError(f"evaluator: {cfg.evaluator} has {evaluator.num_classes} classes but the target has "
                       f"{target.num_classes}; the evaluation model must be trained on the target's private identities")
@@ -61,7 +119,8 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   if bad:
     raise ConfigError(f"identities: {bad} out of range; the target {cfg.target} has classes 0..{target.num_classes - 1}")
 
-  surrogates = [load_classifier(w, expect_role="surrogate") for w in cfg.surrogates]
+  surrogates = [_load("surrogate", "surrogates", w, lambda w=w: load_classifier(w, expect_role="surrogate"))
+                for w in cfg.surrogates]
   for path, s in zip(cfg.surrogates, surrogates):
     if s.num_classes != target.num_classes:
       raise ConfigError(f"surrogates: {path} has {s.num_classes} classes but the target has {target.num_classes}")
@@ -73,15 +132,43 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   variables = {"generator": gan.g_variables, "critic": gan.d_variables,
                "targets": tuple(m.variables for m in attacked)}
   if cfg.inversion.feature_reg_weight:
-    variables["extras"] = {"p_reg": public_feature_reg(target, splits.public.images[:cfg.p_reg_images],
-                                                       cfg.inversion.p_reg)}
+    public = splits.public.images[:max(cfg.p_reg_images, 0)]
+    if len(public) == 0:
+      where = ("p_reg_images: expected a positive number of public images" if cfg.p_reg_images <= 0 else
+               f"data.public_ids: the target's public split ({target.config.data.dataset}, public_ids "
+               f"{tuple(target.config.data.public_ids)}) has no images")
+      raise ConfigError(f"{where}; LOMMA's feature regulariser (inversion.feature_reg_weight "
+                        f"{cfg.inversion.feature_reg_weight}) needs public images for p_reg "
+                        "(or set inversion.feature_reg_weight=0)")
+    variables["extras"] = {"p_reg": public_feature_reg(target, public, cfg.inversion.p_reg)}
+
+  state = None
+  if cfg.inversion.checkpoint_every:
+    state = AttackState(workdir / "attack_state", config_fingerprint(cfg, variables), cfg.inversion.checkpoint_every,
+                        write=writer)
+    foreign = state.foreign()
+    if foreign is not None:
+      if not overwrite:
+        raise ConfigError(f"{state.directory}: holds the saved state of an attack with another config or other "
+                          f"models (fingerprint {foreign}, this run {state.config_fp}); rerun the same command, "
+                          "choose another --workdir, or pass --overwrite to start over")
+      log(f"[{cfg.name}] --overwrite: discarding {state.directory} (another config or other models)")
+      if writer:
+        state.clear()
+    elif state.exists():
+      log(f"[{cfg.name}] resuming from the attack state saved in {state.directory}")
+
   total_latents = len(labels) * cfg.inversion.restarts
   chunk_text = f"at most {cfg.inversion.max_batch}" if cfg.inversion.max_batch else "memory-fitted"
-  prior = {"gmi": "WGAN critic -D(G(z))", "kedmi": "KEDMI discriminator -log P(real)"}.get(gan.kind, gan.kind)
+  prior = {"gmi": "WGAN critic -D(G(z))", "kedmi": "KEDMI K+1 discriminator -log P(real)"}.get(gan.kind, gan.kind)
   log(f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
       f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over {cfg.inversion.devices or jax.device_count()} device(s), "
-      f"{cfg.inversion.compute_dtype}; prior: {prior}; "
-      f"attacking {len(attacked)} model(s)")
+      f"{cfg.inversion.compute_dtype}; prior: {prior} of {cfg.gan} (weight {cfg.inversion.prior_weight}); "
+      f"attacking {len(attacked)} model(s); restarts selected by target {cfg.inversion.select_by}")
+  if cfg.attack == "kedmi" and gan.kind != "kedmi":
+    # A legitimate ablation (KEDMI's distributional latent with GMI's prior), but never a silent one.
+    log(f"[{cfg.name}] warning: KEDMI expects its inversion-specific GAN with the K+1 discriminator "
+        f"(bin/jaxmi train-gan --kind kedmi); {cfg.gan} is a '{gan.kind}' GAN, so the prior is its {prior}")
 
   bar = None
   if progress:
@@ -91,45 +178,85 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   update = None if bar is None else (lambda n, parts: (bar.update(n), bar.set_postfix(
       {k: f"{v:.3f}" for k, v in parts.items()})))
   t0 = time.time()
-  result = inverter.run(variables, labels, progress=update)
+  try:
+    result = inverter.run(variables, labels, progress=update, state=state, stop_at_step=stop_at_step)
+  except NonFiniteError as e:
+    raise NonFiniteError(f"[{cfg.name}] {e}") from None
+  finally:
+    if bar is not None:
+      bar.close()
   seconds = time.time() - t0
-  if bar is not None:
-    bar.close()
+  if result is None:
+    log(f"[{cfg.name}] stopped at step {stop_at_step} (stop_at_step); rerun to continue from the saved state")
+    return None
+  collapse = draw_collapse(result, cfg.inversion.clip_z)
+  if collapse is not None and collapse > 0.5:
+    log(f"[{cfg.name}] warning: the {result.draws} draws per distribution coincide in {100 * collapse:.0f}% of the "
+        f"latent dimensions: mu moved beyond the clamp inversion.clip_z={cfg.inversion.clip_z}, so clamped draws "
+        "are (nearly) the same image; see jaxmi.attacks.kedmi")
 
   metrics = evaluate_inversion(result, evaluator, splits.private_train.images, splits.private_train.labels)
+  base = evaluate_inversion(result.baseline, evaluator, splits.private_train.images, splits.private_train.labels)
+  scalar = lambda m: {k: v for k, v in m.items() if k not in ("per_identity", "eval_predictions")}
   summary = {
-      "name": cfg.name, "attack": cfg.attack, **{k: v for k, v in metrics.items() if k not in ("per_identity", "eval_predictions")},
+      "name": cfg.name, "attack": cfg.attack, **scalar(metrics), "prior_baseline": scalar(base),
       "attack_seconds": round(seconds, 2), "latent_steps_per_second": round(total_latents * cfg.inversion.steps / seconds, 1),
+      "optimisation_steps_run": inverter.steps_computed,
       "compilations": inverter.traces, "devices": inverter.mesh.size, "chunk_size": inverter.chunk_size,
       "target": str(cfg.target), "evaluator": str(cfg.evaluator), "gan": str(cfg.gan),
-      "gan_kind": gan.kind, "draws_per_latent": result.draws,
+      "gan_kind": gan.kind, "draws_per_latent": result.draws, "select_by": cfg.inversion.select_by,
       "config": config_lib.to_dict(cfg),
   }
-  if jax.process_index() != 0:
+  if not writer:
     return summary
+  # results.json last: a kill before it leaves a workdir that the rerun completes, never a partial one it refuses.
   workdir.mkdir(parents=True, exist_ok=True)
-  records.write_json(workdir / "results.json", summary)
-  with open(workdir / "per_identity.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(metrics["per_identity"][0]))
-    writer.writeheader()
-    writer.writerows(metrics["per_identity"])
   params = {}
   if result.latent_params is not None:
     leaves, _ = jax.tree_util.tree_flatten_with_path(result.latent_params)
     params = {"param_" + (path_name(path, "_") or "z"): v for path, v in leaves}
-  np.savez_compressed(workdir / "latents.npz", latents=result.latents, labels=result.labels,
-                      target_confidence=result.target_confidence, best_restart=result.best_restart, **params)
+  tmp = workdir / "latents.tmp.npz"
+  np.savez_compressed(tmp, latents=result.latents, labels=result.labels, target_confidence=result.target_confidence,
+                      target_logit=result.target_logit, best_restart=result.best_restart,
+                      baseline_latents=result.baseline.latents, baseline_best_restart=result.baseline.best_restart,
+                      **params)
+  os.replace(tmp, workdir / "latents.npz")
+  rows = [{**row, **{f"baseline_{k}": v for k, v in brow.items() if k != "label"}}
+          for row, brow in zip(metrics["per_identity"], base["per_identity"])]
+  with open(workdir / "per_identity.csv.tmp", "w", newline="") as f:
+    writer_csv = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer_csv.writeheader()
+    writer_csv.writerows(rows)
+  os.replace(workdir / "per_identity.csv.tmp", workdir / "per_identity.csv")
   pair_grid(result, splits.private_train.images, splits.private_train.labels, workdir / "grid.png",
             eval_predictions=metrics["eval_predictions"])
   records.plot_loss_parts(result.loss_parts, workdir / "loss.png", f"{cfg.name}: loss terms (mean over latents)")
+  records.write_json(workdir / "results.json", summary)
+  if state is not None:
+    state.clear()  # the outputs hold everything it had
   log(format_summary(summary))
-  log(f"[{cfg.name}] results in {workdir.absolute()} (results.json, per_identity.csv, grid.png, loss.png)")
+  log(f"[{cfg.name}] results in {workdir.absolute()} (results.json, per_identity.csv, grid.png, loss.png, latents.npz)")
   return summary
 
 
+def draw_collapse(result, clip: float) -> float | None:
+  """Distributional latents with a clamp: the fraction of (identity, latent dimension) pairs in which every
+  evaluation draw is the same clamped value (mu beyond the clamp); None when it does not apply."""
+  if result.draws < 2 or not clip:
+    return None
+  z = result.latents.reshape(len(result.labels), -1, result.draws, result.latents.shape[-1])
+  return float(np.mean(np.all(z == z[:, :, :1], axis=2)))
+
+
+def _pct(v) -> str:
+  return "n/a" if v is None else f"{100 * v:.1f}"
+
+
 def format_summary(s: dict) -> str:
-  return (f"[{s['name']}] attack acc@1 {100 * s['acc1']:.1f}% (chance {100 * s['chance_acc1']:.1f}%), "
-          f"acc@5 {100 * s['acc5']:.1f}% (selected); over all reconstructions acc@1 "
-          f"{100 * s['acc1_all_restarts_mean']:.1f} +/- {100 * s['acc1_all_restarts_std']:.1f}%, acc@5 "
-          f"{100 * s['acc5_all_restarts_mean']:.1f}%, KNN dist {s['knn_dist_all_restarts']:.2f}; "
-          f"feature-FID {s['feature_fid']:.2f}, {s['attack_seconds']:.1f}s")
+  b = s.get("prior_baseline", {})
+  vs = lambda key, fmt=_pct: f"{fmt(s[key])}" + (f" (prior baseline {fmt(b[key])})" if key in b else "")
+  return (f"[{s['name']}] attack acc@1 {vs('acc1')}% (chance {100 * s['chance_acc1']:.1f}%), "
+          f"acc@5 {vs('acc5')}% (selected); over all reconstructions acc@1 "
+          f"{vs('acc1_all_restarts_mean')} +/- {_pct(s['acc1_all_restarts_std'])}%, acc@5 "
+          f"{vs('acc5_all_restarts_mean')}%, KNN dist {vs('knn_dist_all_restarts', lambda v: f'{v:.2f}')}; "
+          f"feature-FID {vs('feature_fid', lambda v: f'{v:.2f}')}, {s['attack_seconds']:.1f}s")

@@ -3,9 +3,11 @@
   splits = load_splits(DataConfig(dataset="mnist"))
   for batch in train_batches(splits.private_train, 64, seed=0): ...
 
-Raw files come from DataConfig.data_dir, else $JAXMI_DATA_DIR/<dataset>, else
-~/jaxmi_data/<dataset> (downloaded there when missing and allowed); they are
-prepared once into TFDS files under $JAXMI_CACHE_DIR (default ~/.cache/jaxmi).
+Raw files come from the command line's --data-dir D (D/<dataset>), else
+DataConfig.data_dir, else $JAXMI_DATA_DIR/<dataset>, else ~/jaxmi_data/<dataset>
+(downloaded there when missing and allowed); they are prepared once into TFDS
+files under --cache-dir, else DataConfig.cache_dir, else $JAXMI_CACHE_DIR, else
+~/.cache/jaxmi, with identities.csv (label, name, images per split) beside them.
 """
 
 from jaxmi.data.pipeline import eval_batches

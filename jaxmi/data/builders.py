@@ -11,6 +11,8 @@ succeeded (and deletes when it failed), so a prepared folder is always whole.
 
 import concurrent.futures
 import dataclasses
+import functools
+import gzip
 import hashlib
 import logging
 import os
@@ -18,6 +20,7 @@ from pathlib import Path
 import tempfile
 from typing import Sequence
 import zipfile
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -36,7 +39,26 @@ MNIST_MIRRORS = [
 ATT_FACES_URLS = [
     "https://www.cl.cam.ac.uk/research/dtg/attarchive/pub/data/att_faces.zip",
 ]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+@functools.lru_cache(maxsize=None)
+def image_suffixes() -> frozenset[str]:
+  """Extensions of every format Pillow can read (jpg, png, gif, bmp, pgm, tif, webp, ...)."""
+  Image.init()
+  return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def is_image_file(path: Path) -> bool:
+  """Whether `path` is an image Pillow reads: by its extension, else by its content.
+
+  Content decides where the extension is missing or foreign (the Yale faces are GIFs named
+  'subject01.happy'); a file with an image extension counts as one, so a broken one is an error.
+  """
+  if path.suffix.lower() in image_suffixes():
+    return True
+  try:
+    with Image.open(path):
+      return True
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    return False
 
 
 def _image_features(shape: tuple[int, int, int], **extra):
@@ -173,8 +195,8 @@ class AttFaces(_RawFilesBuilder):
       except (zipfile.BadZipFile, OSError) as e:
         return f"not a readable zip file ({download_lib.one_line(e)})"
       if actual != formats.ATT_FACES_MANIFEST_SHA256:
-        return (f"its sN/M.pgm files have manifest sha256 {actual}, expected "
-                f"{formats.ATT_FACES_MANIFEST_SHA256}")
+        return (f"{formats.att_faces_changed(_att_zip_members(path))} differ from the original AT&T files "
+                f"(manifest sha256 {actual}, expected {formats.ATT_FACES_MANIFEST_SHA256})")
       return None
 
     urls = ATT_FACES_URLS if self.urls is None else self.urls
@@ -228,23 +250,31 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
 
 
 def scan_image_folder(root: Path) -> list[tuple[str, list[Path]]]:
-  """Sorted identity folders of `root` with their sorted image files."""
+  """Sorted identity folders of `root` with their sorted image files.
+
+  Every format Pillow reads counts (see is_image_file); other files (a README) are skipped
+  with one note giving their count.
+  """
   if not root.is_dir():
     raise DataError(f"image_folder: {root} is not a folder; expected "
-                    "root/<identity>/<image>.jpg|.jpeg|.png")
-  identities = []
+                    "root/<identity>/<image> (any format Pillow reads)")
+  identities, skipped = [], []
   for folder in sorted(p for p in root.iterdir()
                        if p.is_dir() and not p.name.startswith(".")):
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+      (files if is_image_file(path) else skipped).append(path)
     if not files:
       # Skipping it would silently shift every later identity's label.
-      raise DataError(f"image_folder: {folder} has no .jpg/.jpeg/.png images; "
+      raise DataError(f"image_folder: {folder} has no images (of any format Pillow reads); "
                       "remove it or add images")
     identities.append((folder.name, files))
   if not identities:
     raise DataError(f"image_folder: {root} has no identity folders; expected "
-                    "root/<identity>/<image>.jpg|.jpeg|.png")
+                    "root/<identity>/<image> (any format Pillow reads)")
+  if skipped:
+    download_lib.note(f"image_folder: skipped {len(skipped)} file(s) in {root} that are not images "
+                      f"Pillow reads, e.g. {skipped[0].relative_to(root)}")
   return identities
 
 
@@ -268,7 +298,7 @@ def load_image(path: Path, config: ImageFolderConfig) -> np.ndarray:
   try:
     with Image.open(path) as image:
       image = ImageOps.exif_transpose(image)
-      image = image.convert("L" if config.channels == 1 else "RGB")
+      image = to_8bit(image).convert("L" if config.channels == 1 else "RGB")
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise DataError(f"image_folder: cannot read image {path} "
                     f"({download_lib.one_line(e)})") from None
@@ -287,6 +317,19 @@ def load_image(path: Path, config: ImageFolderConfig) -> np.ndarray:
   image = image.resize((config.width, config.height), Image.Resampling.BILINEAR)
   array = np.asarray(image, np.uint8)
   return array[..., None] if array.ndim == 2 else array
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+  """16/32-bit greyscale scaled to 8 bits: Pillow's convert("L") clips them, making most images white."""
+  if image.mode.startswith("I;16"):
+    top = 65535.0
+  elif image.mode == "I":  # 16-bit PGM/PNG in some Pillow versions, or 32-bit TIFF
+    top = float(np.asarray(image).max())
+    top = 255.0 if top <= 255 else 65535.0 if top <= 65535 else 4294967295.0
+  else:
+    return image
+  pixels = np.asarray(image).astype(np.float64) * (255.0 / top)
+  return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
 
 
 def _drop_custom_config_warning(record: logging.LogRecord) -> bool:
@@ -351,6 +394,107 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           yield rel, {"image": image, "label": label, "file": rel}
 
 
+@dataclasses.dataclass(eq=False)
+class IdxConfig(tfds.core.BuilderConfig):
+  """The image size of one folder of IDX files (read from its header)."""
+
+  height: int = 28
+  width: int = 28
+
+
+IDX_CLASS_NAMES = "class_names.txt"
+
+
+def find_idx_files(root: Path) -> dict[str, tuple[Path, Path]]:
+  """split -> (images, labels): the standard MNIST file names in `root`, each plain or .gz."""
+  wanted = " ".join(n for split in ("train", "test") for n in formats.idx_file_names(split))
+  if not root.is_dir():
+    raise DataError(f"idx: {root} is not a folder; expected the MNIST-format files {wanted} "
+                    "(each may end in .gz) in it")
+  found = {}
+  for split in ("train", "test"):
+    pair = []
+    for name in formats.idx_file_names(split):
+      path = next((p for p in (root / name, root / f"{name}.gz") if p.is_file()), None)
+      if path is None:
+        raise DataError(f"idx: {root / name} (or .gz) is missing; expected the MNIST-format files {wanted} "
+                        f"in {root}")
+      pair.append(path)
+    found[split] = tuple(pair)
+  return found
+
+
+def idx_image_size(path: Path) -> tuple[int, int]:
+  """(height, width) from an IDX images file's header, gzipped or not."""
+  try:
+    with open(path, "rb") as f:
+      gzipped = f.read(2) == b"\x1f\x8b"
+    with (gzip.open if gzipped else open)(path, "rb") as f:
+      header = f.read(16)
+  except (OSError, EOFError, zlib.error) as e:
+    raise DataError(f"idx: cannot read {path} ({download_lib.one_line(e)})") from None
+  if len(header) < 16 or int.from_bytes(header[:4], "big") != 0x00000803:
+    raise DataError(f"idx: {path} is not an IDX images file (unsigned bytes, 3 dimensions: magic 0x00000803)")
+  return int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big")
+
+
+class Idx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Any MNIST-format IDX files (Fashion-MNIST, KMNIST, ...): format checks, no checksum.
+
+  Each folder (and its files' sizes and mtimes) is its own config, named by a hash, so two
+  folders never share prepared files. Class names come from an optional class_names.txt in the
+  folder (one per line, label order), else the label numbers.
+  """
+
+  name = "idx"
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, root: Path, files: dict[str, tuple[Path, Path]], config: IdxConfig, **kwargs):
+    self.root = Path(root)
+    self.files = files
+    kwargs.setdefault("file_format", "array_record")
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_drop_custom_config_warning)
+    try:
+      super().__init__(config=config, **kwargs)
+    finally:
+      absl_logger.removeFilter(_drop_custom_config_warning)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="MNIST-format IDX images and labels (train and t10k files).",
+        features=_image_features((config.height, config.width, 1)),
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    config = self.builder_config
+    arrays = {split: formats.read_idx_split(paths, "idx") for split, paths in self.files.items()}
+    for split, (images, _) in arrays.items():
+      if images.shape[1:3] != (config.height, config.width):
+        raise DataError(f"idx: {self.files[split][0]} holds {images.shape[1]}x{images.shape[2]} images, but the "
+                        f"train images are {config.height}x{config.width}")
+    num_classes = int(max(labels.max(initial=-1) for _, labels in arrays.values())) + 1
+    names = [str(k) for k in range(num_classes)]
+    names_file = self.root / IDX_CLASS_NAMES
+    if names_file.is_file():
+      names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+      if len(names) < num_classes:
+        raise DataError(f"idx: {names_file} names {len(names)} classes but the labels go up to {num_classes - 1}; "
+                        "expected one name per line for every label")
+    self.info.metadata["source"] = str(self.root.resolve())
+    self.info.metadata["class_names"] = names
+    return {split: self._generate_examples(
+        (i, {"image": image, "label": label}) for i, (image, label) in enumerate(zip(images, labels)))
+            for split, (images, labels) in arrays.items()}
+
+  def _generate_examples(self, examples):
+    yield from examples
+
+
 def read_split(builder: tfds.core.DatasetBuilder,
                split: str) -> tuple[np.ndarray, np.ndarray]:
   """All (images, labels) of a prepared split as numpy arrays."""
@@ -365,6 +509,8 @@ def read_split(builder: tfds.core.DatasetBuilder,
 def download_and_prepare(builder: tfds.core.DatasetBuilder,
                          download_dir: Path) -> None:
   """Prepares `builder` once; a prepared folder is reused as it is."""
+  if os.environ.get(download_lib.PROGRESS_ENV, "1") not in ("", "1"):
+    tfds.disable_progress_bar()
   try:
     builder.download_and_prepare(
         download_dir=download_dir,

@@ -5,6 +5,7 @@ import http.client
 import os
 from pathlib import Path
 import shutil
+import sys
 import tempfile
 from typing import Callable, Sequence
 import urllib.error
@@ -13,6 +14,8 @@ import urllib.request
 from jaxmi.errors import DataError
 
 TIMEOUT_S = 60.0
+# Set (to anything but "" or "1") by the command line's --no-progress: TFDS's preparation bars stay off.
+PROGRESS_ENV = "JAXMI_PROGRESS"
 
 # Returns None when the downloaded file is good, else why it is not.
 Check = Callable[[Path], str | None]
@@ -77,3 +80,8 @@ def fetch(urls: Sequence[str], dest: Path, check: Check, *,
       dest.parent.rmdir()
   tried = "; ".join(failures) if failures else "no URLs to try"
   raise DataError(f"could not download {dest.name} into {dest.parent}: {tried}")
+
+
+def note(text: str) -> None:
+  """One line to stderr for something the user should know but that is not an error."""
+  print(f"jaxmi: note: {one_line(text)}", file=sys.stderr, flush=True)

@@ -36,19 +36,31 @@ ATT_FACES_SHAPE = (112, 92)
 ATT_FACES_FILE = re.compile(r"(?:^|/)(s([1-9]\d*)/([1-9]\d*)\.pgm)$")
 
 
-def gunzip(path: Path) -> bytes:
-  """Returns the decompressed bytes of MNIST file `path`; DataError if bad."""
+def gunzip(path: Path, dataset: str = "mnist") -> bytes:
+  """Returns the decompressed bytes of IDX file `path`; DataError if bad."""
   try:
     with gzip.open(path, "rb") as f:
       return f.read()
   except FileNotFoundError:
-    raise DataError(f"mnist: {path} is missing") from None
+    raise DataError(f"{dataset}: {path} is missing") from None
   except (EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise DataError(
-        f"mnist: {path} is truncated or not a gzip file ({one_line(e)}); "
+        f"{dataset}: {path} is truncated or not a gzip file ({one_line(e)}); "
         "delete it and download it again") from None
   except OSError as e:  # After BadGzipFile, which is an OSError too.
-    raise DataError(f"mnist: cannot read {path} ({one_line(e)})") from None
+    raise DataError(f"{dataset}: cannot read {path} ({one_line(e)})") from None
+
+
+def read_idx_bytes(path: Path, dataset: str) -> bytes:
+  """The uncompressed bytes of an IDX file, gzipped (by content, whatever its name) or not."""
+  try:
+    with open(path, "rb") as f:
+      gzipped = f.read(2) == b"\x1f\x8b"
+  except OSError as e:
+    raise DataError(f"{dataset}: cannot read {path} ({one_line(e)})") from None
+  if gzipped:
+    return gunzip(path, dataset)
+  return path.read_bytes()
 
 
 def mnist_md5_problem(name: str, data: bytes) -> str | None:
@@ -60,22 +72,23 @@ def mnist_md5_problem(name: str, data: bytes) -> str | None:
   return f"uncompressed md5 is {actual}, expected {expected}"
 
 
-def parse_idx(data: bytes, path: Path, *, images: bool) -> np.ndarray:
+def parse_idx(data: bytes, path: Path, *, images: bool, dataset: str = "mnist") -> np.ndarray:
   """Parses an uncompressed IDX file: images -> [N, H, W, 1], labels -> [N]."""
   magic = _IDX_IMAGES_MAGIC if images else _IDX_LABELS_MAGIC
   ndim = 3 if images else 1
   header_size = 4 + 4 * ndim
   if len(data) < header_size:
-    raise DataError(f"mnist: {path} is truncated: {len(data)} bytes is shorter "
+    raise DataError(f"{dataset}: {path} is truncated: {len(data)} bytes is shorter "
                     f"than the IDX header")
   found = int.from_bytes(data[:4], "big")
   if found != magic:
-    raise DataError(f"mnist: {path}: IDX magic number is {found:#010x}, expected "
-                    f"{magic:#010x}; is it the right MNIST file?")
+    raise DataError(f"{dataset}: {path}: IDX magic number is {found:#010x}, expected "
+                    f"{magic:#010x} (unsigned bytes, {ndim} dimensions); is it the right "
+                    f"{'images' if images else 'labels'} file?")
   dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
   expected_size = header_size + int(np.prod(dims))
   if len(data) != expected_size:
-    raise DataError(f"mnist: {path} holds {len(data)} bytes, expected {expected_size} "
+    raise DataError(f"{dataset}: {path} holds {len(data)} bytes, expected {expected_size} "
                     f"for an IDX file of shape {tuple(dims)}")
   array = np.frombuffer(data, np.uint8, offset=header_size).reshape(dims)
   return array[..., None] if images else array
@@ -100,6 +113,21 @@ def read_mnist_split(paths: dict[str, Path],
   if len(images) != len(labels):
     raise DataError(f"mnist: {paths[image_name]} has {len(images)} images but "
                     f"{paths[label_name]} has {len(labels)} labels")
+  return images, labels.astype(np.int64)
+
+
+def idx_file_names(split: str) -> tuple[str, str]:
+  """The standard (images, labels) IDX file names of a split, without .gz."""
+  images, labels = MNIST_SPLIT_FILES[split]
+  return images.removesuffix(".gz"), labels.removesuffix(".gz")
+
+
+def read_idx_split(paths: tuple[Path, Path], dataset: str) -> tuple[np.ndarray, np.ndarray]:
+  """Reads any MNIST-format (images, labels) IDX pair: format checks only, no checksum."""
+  images = parse_idx(read_idx_bytes(paths[0], dataset), paths[0], images=True, dataset=dataset)
+  labels = parse_idx(read_idx_bytes(paths[1], dataset), paths[1], images=False, dataset=dataset)
+  if len(images) != len(labels):
+    raise DataError(f"{dataset}: {paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels")
   return images, labels.astype(np.int64)
 
 
@@ -143,6 +171,19 @@ def att_faces_manifest(files: dict[str, bytes]) -> str:
   return digest.hexdigest()
 
 
+def att_faces_changed(files: dict[str, bytes], show: int = 5) -> str:
+  """Names the files whose content differs from the original's, e.g. 's3/4.pgm' or '2 files: s1/1.pgm, s3/4.pgm'."""
+  from jaxmi.data.att_faces_hashes import ATT_FACES_SHA256_PREFIXES  # pylint: disable=g-import-not-at-top
+
+  expected = "".join(ATT_FACES_SHA256_PREFIXES)
+  changed = [rel for k, rel in enumerate(att_faces_names())
+             if hashlib.sha256(files.get(rel, b"")).hexdigest()[:16] != expected[16 * k:16 * (k + 1)]]
+  if not changed:
+    return "the files"  # Only a name outside sN/M.pgm could do this; the manifest still differs.
+  listed = ", ".join(changed[:show]) + (", ..." if len(changed) > show else "")
+  return listed if len(changed) == 1 else f"{len(changed)} files ({listed})"
+
+
 def att_faces_names() -> list[str]:
   """The 400 relative paths sN/M.pgm of the AT&T database."""
   return [f"s{n}/{m}.pgm" for n in range(1, ATT_FACES_IDENTITIES + 1)
@@ -165,9 +206,9 @@ def read_att_faces(raw_dir: Path) -> tuple[np.ndarray, np.ndarray]:
   actual = att_faces_manifest(files)
   if actual != ATT_FACES_MANIFEST_SHA256:
     raise DataError(
-        f"att_faces: the 400 .pgm files in {raw_dir} have manifest sha256 "
-        f"{actual}, expected {ATT_FACES_MANIFEST_SHA256}; they differ from the "
-        "original AT&T files")
+        f"att_faces: {att_faces_changed(files)} in {raw_dir} differ from the original AT&T "
+        f"files (manifest sha256 {actual}, expected {ATT_FACES_MANIFEST_SHA256}); "
+        "replace them with the original files")
   images, labels = [], []
   for rel, data in files.items():
     image = parse_pgm(data, raw_dir / rel)

@@ -13,10 +13,16 @@ from jaxmi.errors import ConfigError
 Batch = dict[str, Any]
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-  """Full batches per epoch; the remainder is dropped so shapes never change."""
+def steps_per_epoch(n: int, batch_size: int, *, split: str = "") -> int:
+  """Full batches per epoch; the remainder is dropped so shapes never change.
+
+  `split` names the split's config field (e.g. "data.public_ids") for the error when it is empty.
+  """
   if batch_size < 1:
     raise ConfigError(f"batch_size: {batch_size} must be >= 1")
+  if n == 0:
+    raise ConfigError(f"{split or 'split'}: the split is empty (0 examples), so there is nothing to train on; "
+                      "list identities that have images")
   if n < batch_size:
     raise ConfigError(f"batch_size: {batch_size} is larger than the {n} "
                       "examples of the split, so no full batch fits; lower it")

@@ -1,17 +1,31 @@
 """Where datasets live, and loading each one as whole numpy arrays."""
 
+import csv
 import dataclasses
 import os
 from pathlib import Path
+import shutil
+import tempfile
+import typing
 
 import numpy as np
 
+from jaxmi.data.download import note
+from jaxmi.data.download import one_line
 from jaxmi.errors import DataError
+from jaxmi.errors import JaxmiError
 
-DATASETS = ("mnist", "att_faces", "image_folder", "sklearn_digits")
+DatasetName = typing.Literal["mnist", "att_faces", "image_folder", "idx", "sklearn_digits"]
+DATASETS = typing.get_args(DatasetName)
 # Datasets with an official held-out split named "test".
-HAS_TEST_SPLIT = {"mnist": True, "att_faces": False, "image_folder": False,
+HAS_TEST_SPLIT = {"mnist": True, "att_faces": False, "image_folder": False, "idx": True,
                   "sklearn_digits": False}
+# Set by the command line's --data-dir / --cache-dir: flags win over a config's data.data_dir /
+# data.cache_dir (they are the more specific, local choice), which win over $JAXMI_DATA_DIR /
+# $JAXMI_CACHE_DIR. --data-dir D means D/<dataset>, as $JAXMI_DATA_DIR does.
+FLAG_DATA_DIR_ENV = "JAXMI_DATA_DIR_FLAG"
+FLAG_CACHE_DIR_ENV = "JAXMI_CACHE_DIR_FLAG"
+IDENTITIES_FILE = "identities.csv"
 
 
 def resolve_raw_dir(dataset: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -26,6 +40,24 @@ def resolve_cache_dir(cache: str | os.PathLike | None = None) -> Path:
   """cache, else $JAXMI_CACHE_DIR, else ~/.cache/jaxmi."""
   return Path(cache or os.environ.get("JAXMI_CACHE_DIR")
               or "~/.cache/jaxmi").expanduser().absolute()
+
+
+def command_line_dirs(dataset: str, data_dir, cache_dir) -> tuple:
+  """(data_dir, cache_dir) of a data config after the command line's --data-dir/--cache-dir.
+
+  A flag wins over the config's field; a note says so when it replaces a value the config set.
+  """
+  flag_data, flag_cache = os.environ.get(FLAG_DATA_DIR_ENV), os.environ.get(FLAG_CACHE_DIR_ENV)
+  if flag_data:
+    flagged = str(Path(flag_data) / dataset)
+    if data_dir and Path(data_dir).expanduser().absolute() != Path(flagged).absolute():
+      note(f"--data-dir {flag_data} overrides data.data_dir={data_dir}: reading {flagged}")
+    data_dir = flagged
+  if flag_cache:
+    if cache_dir and Path(cache_dir).expanduser().absolute() != Path(flag_cache).absolute():
+      note(f"--cache-dir {flag_cache} overrides data.cache_dir={cache_dir}")
+    cache_dir = flag_cache
+  return data_dir, cache_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,24 +81,26 @@ def check_dataset_name(dataset: str) -> None:
 
 
 def prepare(dataset: str, *, data_dir=None, cache_dir=None,
-            download: bool = True, image_size: int = 64, channels: int = 3,
+            download: bool = True, image_size: int = 32, channels: int = 1,
             crop: tuple[int, ...] = (), urls=None) -> str:
   """Downloads (if missing and allowed), verifies and prepares `dataset`.
 
   Returns a one-line description of where it came from and where the prepared
-  files are. Already prepared data is reused as it is. image_size, channels
-  and crop only matter for image_folder, whose images are stored at that
-  format (each format is prepared separately). `urls` overrides the download
+  files are and the identity mapping (identities.csv). Already prepared data
+  is reused as it is; a damaged prepared folder is prepared again. image_size,
+  channels and crop only matter for image_folder, whose images are stored at
+  that format (each format is prepared separately; the defaults are
+  DataConfig's, so a default run reuses what a default prepare made). `urls` overrides the download
   mirrors (builders.MNIST_MIRRORS / ATT_FACES_URLS).
   """
-  if dataset == "sklearn_digits":
-    return _load_sklearn_digits().description
-  return _describe(_prepared_builder(dataset, data_dir, cache_dir, download,
-                                     image_size, channels, crop, urls))
+  # Loading checks that the prepared files read back (rebuilding them if damaged) and writes
+  # the identity mapping.
+  return load_raw(dataset, data_dir=data_dir, cache_dir=cache_dir, download=download,
+                  image_size=image_size, channels=channels, crop=crop, urls=urls).description
 
 
 def load_raw(dataset: str, *, data_dir=None, cache_dir=None,
-             download: bool = True, image_size: int = 64, channels: int = 3,
+             download: bool = True, image_size: int = 32, channels: int = 1,
              crop: tuple[int, ...] = (), urls=None) -> RawDataset:
   """Loads all of `dataset` into memory, preparing it first if needed.
 
@@ -76,18 +110,82 @@ def load_raw(dataset: str, *, data_dir=None, cache_dir=None,
     return _load_sklearn_digits()
   from jaxmi.data import builders  # pylint: disable=g-import-not-at-top
 
-  builder = _prepared_builder(dataset, data_dir, cache_dir, download,
-                              image_size, channels, crop, urls)
+  def build():
+    return _prepared_builder(dataset, data_dir, cache_dir, download, image_size, channels, crop, urls)
+
+  builder = build()
+  try:
+    splits = _read_all(builder)
+  except JaxmiError:
+    raise
+  except Exception as e:  # ArrayRecord says "Invalid Riegeli/records file" (RuntimeError), or OSError, ...
+    builder, splits = _rebuild(builder, e, build)
   if dataset == "mnist":
     class_names = tuple(str(d) for d in range(10))
   elif dataset == "att_faces":
     class_names = tuple(f"s{n}" for n in range(1, 41))
   else:
     class_names = tuple(builder.info.metadata["class_names"])
-  splits = {split: builders.read_split(builder, split)
-            for split in builder.info.splits}
+  mapping = _write_identities(Path(builder.data_dir), class_names, splits)
+  where = f"; identity numbers: {mapping}" if mapping else ""
   return RawDataset(name=dataset, splits=splits, class_names=class_names,
-                    description=_describe(builder))
+                    description=_describe(builder) + where)
+
+
+def _read_all(builder) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  from jaxmi.data import builders  # pylint: disable=g-import-not-at-top
+
+  return {split: builders.read_split(builder, split) for split in builder.info.splits}
+
+
+def _rebuild(builder, error: Exception, build):
+  """Prepares a damaged prepared folder again; restores it and raises if that fails.
+
+  A truncated or corrupted prepared file cannot be read but the raw files usually still exist,
+  so preparing again is the fix; the damaged folder is moved aside first, and deleted only once
+  the new one reads back.
+  """
+  path = Path(builder.data_dir)
+  aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.damaged-", dir=path.parent))
+  os.replace(path, aside / path.name)
+  note(f"prepared dataset {path} is damaged ({one_line(error)}); preparing it again from the raw files")
+  try:
+    builder = build()
+    splits = _read_all(builder)
+  except Exception as e:  # pylint: disable=broad-except
+    if not path.exists():
+      os.replace(aside / path.name, path)
+    shutil.rmtree(aside, ignore_errors=True)
+    raise DataError(f"{path}: prepared dataset is damaged ({one_line(error)}) and could not be prepared again "
+                    f"({one_line(e)}); delete {path} and make the raw files available") from None
+  shutil.rmtree(aside, ignore_errors=True)
+  return builder, splits
+
+
+def _write_identities(folder: Path, class_names, splits) -> Path | None:
+  """Writes label,name,<images per split> to folder/identities.csv once; returns its path.
+
+  It is how a user finds which folder (or class) became which identity number. A read-only
+  cache only loses the file, not the run.
+  """
+  path = folder / IDENTITIES_FILE
+  if path.is_file():
+    return path
+  counts = {split: np.bincount(labels, minlength=len(class_names)) for split, (_, labels) in splits.items()}
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    try:
+      with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "name", *(f"{split}_images" for split in counts)])
+        for label, name in enumerate(class_names):
+          writer.writerow([label, name, *(int(c[label]) for c in counts.values())])
+      os.replace(tmp, path)
+    finally:
+      Path(tmp).unlink(missing_ok=True)
+  except OSError:
+    return None
+  return path
 
 
 def _prepared_builder(dataset, data_dir, cache, download, image_size, channels,
@@ -101,6 +199,8 @@ def _prepared_builder(dataset, data_dir, cache, download, image_size, channels,
   downloads = resolve_cache_dir(cache) / "downloads"
   if dataset == "image_folder":
     builder = _image_folder_builder(raw, prepared, image_size, channels, crop)
+  elif dataset == "idx":
+    builder = _idx_builder(raw, prepared)
   else:
     cls = builders.Mnist if dataset == "mnist" else builders.AttFaces
     builder = cls(raw_dir=raw, fallback_dir=downloads / dataset,
@@ -126,6 +226,18 @@ def _image_folder_builder(root: Path, prepared: Path, image_size: int,
       crop=tuple(crop), description=f"{root.resolve()} at {fields}")
   return builders.ImageFolder(root=root, identities=identities, config=config,
                               data_dir=prepared)
+
+
+def _idx_builder(root: Path, prepared: Path):
+  from jaxmi.data import builders  # pylint: disable=g-import-not-at-top
+
+  files = builders.find_idx_files(root)
+  height, width = builders.idx_image_size(files["train"][0])
+  listed = [path for pair in files.values() for path in pair]
+  names = root / builders.IDX_CLASS_NAMES
+  key = builders.image_folder_key(root, [("", listed + ([names] if names.is_file() else []))], (height, width))
+  config = builders.IdxConfig(name=key, height=height, width=width, description=f"{root.resolve()}")
+  return builders.Idx(root=root, files=files, config=config, data_dir=prepared)
 
 
 def _load_sklearn_digits() -> RawDataset:

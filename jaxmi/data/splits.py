@@ -25,11 +25,12 @@ class DataConfig:
   would only make every such config repeat 0.2.
   """
 
-  dataset: str = "mnist"  # mnist | att_faces | image_folder | sklearn_digits
+  dataset: sources.DatasetName = "mnist"
   # Raw files; None -> $JAXMI_DATA_DIR/<dataset> else ~/jaxmi_data/<dataset>.
-  # For image_folder it is the root holding one folder per identity.
+  # For image_folder it is the root holding one folder per identity; for idx the folder
+  # holding the four MNIST-format files. The command line's --data-dir D wins (D/<dataset>).
   data_dir: str | None = None
-  # Prepared TFDS files; None -> $JAXMI_CACHE_DIR else ~/.cache/jaxmi.
+  # Prepared TFDS files; None -> $JAXMI_CACHE_DIR else ~/.cache/jaxmi; --cache-dir wins.
   cache_dir: str | None = None
   download: bool = True
   image_size: int = 32  # output height = width
@@ -169,8 +170,9 @@ def select_indices(cfg: DataConfig, labels: dict[str, np.ndarray],
 def load_splits(cfg: DataConfig) -> Splits:
   """Loads cfg.dataset, splits it by identity and preprocesses the images."""
   validate(cfg)
+  data_dir, cache_dir = sources.command_line_dirs(cfg.dataset, cfg.data_dir, cfg.cache_dir)
   raw = sources.load_raw(
-      cfg.dataset, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir,
+      cfg.dataset, data_dir=data_dir, cache_dir=cache_dir,
       download=cfg.download, image_size=cfg.image_size, channels=cfg.channels,
       crop=tuple(cfg.crop))
   _check_ids_in_range(cfg, raw.num_classes)

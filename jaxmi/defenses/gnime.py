@@ -26,7 +26,12 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxmi import config as config_lib
+from jaxmi.attacks.expmi import EpochCheckpoints, StopHook, check_epoch
+from jaxmi.errors import ConfigError
+from jaxmi.nets import shape_signature
 from jaxmi.nets.unet import ExpMI
+from jaxmi.train.state import all_finite
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,7 +42,19 @@ class GNIMEConfig:
   learning_rate: float = 1e-4       # Adam, both networks
   same_space: bool = True           # False: the reference's standardised-clean / raw-perturbed inputs
   width_divisor: int = 4
+  checkpoint_every: int = 10        # epochs between checkpoints (with a checkpoint directory)
   seed: int = 0
+
+
+def validate(cfg: GNIMEConfig, where: str = "gnime") -> None:
+  """One-line ConfigError naming ``<where>.<field>`` for values that cannot train."""
+  for field in ("epochs", "batch_size", "width_divisor", "checkpoint_every"):
+    if getattr(cfg, field) < 1:
+      raise ConfigError(f"{where}.{field}: expected an integer >= 1, got {getattr(cfg, field)}")
+  if not cfg.learning_rate > 0:
+    raise ConfigError(f"{where}.learning_rate: expected a value > 0, got {cfg.learning_rate}")
+  if not cfg.a >= 0:
+    raise ConfigError(f"{where}.a: expected a value >= 0, got {cfg.a}")
 
 
 class GNIMEState(NamedTuple):
@@ -108,8 +125,17 @@ def make_gnime_step(nets: GNIMENets, tx, mu: float, sigma: float, a: float, same
   return step
 
 
-def train_gnime(explanations, logits, images, cfg: GNIMEConfig, *, progress: bool = True):
-  """Trains GNIME on the defender's data; returns (nets, state, μ, σ, history)."""
+def train_gnime(explanations, logits, images, cfg: GNIMEConfig, *, progress: bool = True, ckpt_dir=None,
+                stop: StopHook | None = None):
+  """Trains GNIME on the defender's data; returns (nets, state, μ, σ, history).
+
+  With ``ckpt_dir`` both players' parameters and Adam states are checkpointed every
+  ``cfg.checkpoint_every`` epochs and at the end, and a rerun resumes from the newest checkpoint
+  (a finished run returns at once). Each epoch's shuffle comes from (seed, epoch), so a resumed
+  run matches an uninterrupted one exactly. NaN/inf in a loss or a parameter raises
+  NonFiniteError naming the epoch, step and quantity; nothing is saved from that state.
+  ``stop(stage, epoch)`` ends the run after an epoch as Ctrl-C would (for resume tests).
+  """
   explanations, logits, images = (jnp.asarray(a) for a in (explanations, logits, images))
   mu, sigma = float(jnp.mean(explanations)), float(jnp.std(explanations))  # global scalars, as the reference
   nets = build_nets(explanations.shape[1:], images.shape[1:], cfg.width_divisor)
@@ -126,20 +152,27 @@ def train_gnime(explanations, logits, images, cfg: GNIMEConfig, *, progress: boo
   def batch_step(state, idx, e, y, x):
     return step(state, e[idx], y[idx], x[idx])
 
-  def epoch(state, perm, e, y, x):
-    metrics = []
-    for i in range(steps):
-      state, m = batch_step(state, perm[i * batch:(i + 1) * batch], e, y, x)
-      metrics.append(m)
-    return state, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *metrics)
-
-  rng = np.random.default_rng(cfg.seed)
+  arch = {"kind": "gnime", "explanation_shape": list(explanations.shape[1:]), "image_shape": list(images.shape[1:]),
+          "num_classes": int(logits.shape[-1]), "width_divisor": cfg.width_divisor}
+  meta = {"kind": "gnime", "arch": arch, "signature": shape_signature(state._asdict()),
+          "config": config_lib.to_dict(cfg), "mu": mu, "sigma": sigma}
   history = []
-  bar = tqdm(range(cfg.epochs), desc="gnime", disable=not progress, leave=False)
-  for e in bar:
-    perm = jnp.asarray(rng.permutation(n)[:steps * batch])
-    state, metrics = epoch(state, perm, explanations, logits, images)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    history.append({"epoch": e + 1, **metrics})
-    bar.set_postfix(expl=f"{metrics['explanation_mse']:.4f}", inv=f"{metrics['inversion_mse_released']:.4f}")
+  checkpoints = EpochCheckpoints(ckpt_dir, cfg.checkpoint_every, "gnime", stop)
+  with checkpoints:
+    if checkpoints.latest() is not None:
+      saved, saved_meta = checkpoints.restore(state._asdict(), meta)
+      state, history = GNIMEState(**saved), saved_meta["history"]
+    bar = tqdm(range(len(history), cfg.epochs), desc="gnime", disable=not progress, leave=False)
+    for e in bar:
+      perm = jnp.asarray(np.random.default_rng((cfg.seed, e)).permutation(n)[:steps * batch])
+      metrics = []
+      for i in range(steps):
+        state, m = batch_step(state, perm[i * batch:(i + 1) * batch], explanations, logits, images)
+        metrics.append(m)
+      # Every step's metrics and "all parameters finite" in one host transfer per epoch.
+      per_step, finite = jax.device_get((jax.tree.map(lambda *v: jnp.stack(v), *metrics), all_finite(state)))
+      mean = check_epoch("gnime", e + 1, e * steps + 1, per_step, bool(finite), state._asdict())
+      history.append({"epoch": e + 1, **mean})
+      bar.set_postfix(expl=f"{mean['explanation_mse']:.4f}", inv=f"{mean['inversion_mse_released']:.4f}")
+      checkpoints.end_epoch(e + 1, state._asdict, lambda: {**meta, "history": history}, e + 1 == cfg.epochs)
   return nets, state, mu, sigma, history

@@ -8,7 +8,9 @@ with alpha = -0.05 and the reference schedule (defenses.md 4.2), written for any
 alpha_t = 0 for epoch < E/2, alpha * (epoch + 1 - E/2) / (E/2) for E/2 <= epoch < 3E/4, alpha
 after (E = 100: 0 until 50, a ramp to alpha/2 by 74, then alpha). The schedule is applied
 inside the step from the step counter: the official code defined it and, until a later fix,
-never used it, and without it accuracy collapses.
+never used it, and without it accuracy collapses. A 1-epoch run never leaves alpha_t = 0: it is
+plain cross-entropy, so ``defend`` warns and the summary records ``effective`` (the alpha reached
+and the number of steps with alpha_t != 0).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxmi.errors import ConfigError
@@ -49,6 +52,19 @@ class NegativeLabelSmoothing(Defense):
     if not self.schedule:
       return jnp.asarray(self.alpha, jnp.float32)
     return nls_alpha(step // max(self.steps_per_epoch, 1), self.alpha, self.epochs)
+
+  def warning(self, epochs: int) -> str:
+    if not self.schedule or self.alpha == 0 or any(float(nls_alpha(e, self.alpha, epochs)) for e in range(epochs)):
+      return ""
+    return (f"defense nls: alpha stays 0 for all {epochs} epoch(s) (the schedule starts at epoch {epochs / 2:g}), so "
+            "this run trains plain cross-entropy; train for at least 2 epochs or set defense.schedule=False")
+
+  def report(self, *, steps: int, batch_size: int, num_examples: int) -> dict:
+    """What the schedule actually applied: a run too short for it is no defense, whatever alpha says."""
+    alphas = np.asarray(jax.vmap(self.current_alpha)(jnp.arange(steps))) if steps else np.zeros(0)
+    # str(float32) is its shortest round-trip decimal: -0.05, not -0.05000000074505806.
+    return {"effective": {"alpha_reached": float(str(alphas[-1])) if steps else 0.0,
+                          "active_steps": int(np.count_nonzero(alphas))}}
 
   def regularizer(self, out, labels, *, images, params, state, rng, step):
     alpha_t = self.current_alpha(step)

@@ -34,11 +34,14 @@ def public_pretraining(target: ClassifierConfig, *, name: str, workdir: str, **t
   return config_lib.replace(cfg, **{f"train__{k}": v for k, v in train_changes.items()})
 
 
-def defend(cfg: DefendConfig, *, progress: bool = True, log=print) -> dict:
+def defend(cfg: DefendConfig, *, progress: bool = True, allow_config_change: bool = False, log=print) -> dict:
   """Runs the pretraining stage (if any) and trains the defended target; returns its summary."""
   if cfg.target.role != "target":
     raise ConfigError(f"target.role: a defended model is a 'target', got '{cfg.target.role}'")
   target = cfg.target
+  warning = cfg.defense.warning(target.train.epochs)
+  if warning:
+    log(f"[{target.name}] warning: {warning}")
   if cfg.pretrain is not None:
     if Path(cfg.pretrain.workdir).resolve() == Path(target.workdir).resolve():
       raise ConfigError("pretrain.workdir: must differ from target.workdir")
@@ -50,6 +53,7 @@ def defend(cfg: DefendConfig, *, progress: bool = True, log=print) -> dict:
       raise ConfigError("pretrain.data.private_ids: the pretraining identities overlap the target's private "
                         "identities; pretrain_on='public' must use public data only")
     log(f"[{cfg.pretrain.name}] first stage on the {cfg.pretrain_on} identities")
-    train_classifier(cfg.pretrain, progress=progress, log=log)
+    train_classifier(cfg.pretrain, progress=progress, allow_config_change=allow_config_change, log=log)
     target = dataclasses.replace(target, init_from=target.init_from or cfg.pretrain.workdir, init_head=not public)
-  return train_classifier(target, defense=cfg.defense, progress=progress, log=log)
+  return train_classifier(target, defense=cfg.defense, progress=progress, allow_config_change=allow_config_change,
+                          log=log)

@@ -5,7 +5,8 @@ Pretrain on public data, then fine-tune only the last layers on private data: th
 layers the task needs (defenses.md section 2). A "layer" is one weight layer (conv, dense,
 or a whole residual block) together with the normalisation that follows it, counted from the
 input in the order the forward pass calls them; the classification head always trains (it
-is new: private and public identities differ).
+is new: private and public identities differ), and so does a normalisation of the flattened
+features in front of it (VGG's BN1d: the reference's TL model always trains a fresh one).
 
 Two deliberate departures from the official code (defenses.md 2.4):
   * frozen layers' BatchNorm statistics stay frozen: those layers run in inference mode during
@@ -30,17 +31,22 @@ HEAD = "head"
 
 
 def layer_groups(module, image_shape: tuple[int, int, int]) -> tuple[tuple[str, ...], ...]:
-  """Top-level parameter modules grouped per layer, in forward (call) order, the head last.
+  """Top-level parameter modules grouped per layer, in forward (call) order, the head group last.
 
   The call order comes from tracing one forward pass, not from dict order, which a
-  checkpoint round trip may sort ("conv10" before "conv2").
+  checkpoint round trip may sort ("conv10" before "conv2"). A normalisation joins the weight
+  layer before it when it normalises that layer's output; one that normalises the flattened
+  features of a conv stack (VGG's BN1d) belongs to the head group, ``("head", "bn_feat")``:
+  the reference's TL model always trains a fresh BN1d with its new classifier, whatever it freezes.
   """
   called: list[str] = []
+  input_rank: dict[str, int] = {}
 
   def record(next_fun, args, kwargs, context):
     path = context.module.path
     if path and path[0] not in called:
       called.append(path[0])
+      input_rank[path[0]] = getattr(args[0], "ndim", -1) if args else -1
     return next_fun(*args, **kwargs)
 
   def init():  # initialisation runs the forward pass once: record its calls there
@@ -49,6 +55,7 @@ def layer_groups(module, image_shape: tuple[int, int, int]) -> tuple[tuple[str, 
 
   params = jax.eval_shape(init)
   groups: list[list[str]] = []
+  head_group = [HEAD] if HEAD in params else []
   for name in called:
     if name not in params or name == HEAD:
       continue
@@ -56,10 +63,12 @@ def layer_groups(module, image_shape: tuple[int, int, int]) -> tuple[tuple[str, 
         params[name])[0])
     if has_weights or not groups:
       groups.append([name])
-    else:  # a normalisation layer belongs to the weight layer before it
+    elif input_rank[name] == input_rank[groups[-1][0]]:  # normalises the output of the weight layer before it
       groups[-1].append(name)
-  if HEAD in params:
-    groups.append([HEAD])
+    else:  # normalises the flattened features of a conv stack: part of the head, always trained
+      head_group.append(name)
+  if head_group:
+    groups.append(head_group)
   return tuple(tuple(g) for g in groups)
 
 

@@ -8,17 +8,17 @@ parameters passed as an argument so one compilation serves every model of the sa
   released = postprocess(maps)                             # |e|, min-max per example and channel
 
 Standard definitions by default; GNIME's deviations (batch-pooled Grad-CAM weights, LRP from
-all logits) are ``variant="gnime"`` options of those methods.
+all logits) are ``variant="gnime"`` options of those methods. ``mask`` ([B], 1 = real row)
+marks the padding of a fixed-size batch; only batch-pooled Grad-CAM has a batch statistic,
+and it pools over the real rows only. Every other method treats examples independently.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
-from jaxmi.explain.gradcam import grad_cam, spatial_layer
+from jaxmi.explain.gradcam import feature_map, grad_cam, spatial_layer
 from jaxmi.explain.gradients import gradient, integrated_gradients, smoothgrad, target_logits
 from jaxmi.explain.lrp import lrp
 
@@ -29,7 +29,7 @@ def predicted(module, variables, images):
   return jnp.argmax(module.apply(variables, images, train=False).logits, axis=-1)
 
 
-def explain(method: str, module, variables, images, targets=None, key=None, **options):
+def explain(method: str, module, variables, images, targets=None, key=None, mask=None, **options):
   """Raw attributions of ``method`` for each image's target (default: predicted) class."""
   if method not in METHODS:
     raise ValueError(f"explanation method: expected one of {', '.join(METHODS)}, got '{method}'")
@@ -41,18 +41,18 @@ def explain(method: str, module, variables, images, targets=None, key=None, **op
   if method == "ig":
     return integrated_gradients(module, variables, images, targets, **options)
   if method == "gradcam":
-    return grad_cam(module, variables, images, targets, **options)
+    return grad_cam(module, variables, images, targets, mask=mask, **options)
   return lrp(module, variables, images, targets, **options)
 
 
 def make_explainer(method: str, module, **options):
-  """``fn(variables, images, targets=None, key=None)``, jitted; options are static."""
+  """``fn(variables, images, targets=None, key=None, mask=None)``, jitted; options are static."""
   if method not in METHODS:
     raise ValueError(f"explanation method: expected one of {', '.join(METHODS)}, got '{method}'")
 
   @jax.jit
-  def fn(variables, images, targets=None, key=None):
-    return explain(method, module, variables, images, targets, key, **options)
+  def fn(variables, images, targets=None, key=None, mask=None):
+    return explain(method, module, variables, images, targets, key, mask, **options)
 
   return fn
 
@@ -68,5 +68,5 @@ def postprocess(attributions):
   return (e - lo) / jnp.maximum(hi - lo, 1e-12)
 
 
-__all__ = ["METHODS", "explain", "grad_cam", "gradient", "integrated_gradients", "lrp", "make_explainer",
+__all__ = ["METHODS", "explain", "feature_map", "grad_cam", "gradient", "integrated_gradients", "lrp", "make_explainer",
            "postprocess", "predicted", "smoothgrad", "spatial_layer", "target_logits"]

@@ -2,8 +2,9 @@
 
 * acc@1 / acc@5: the evaluation model's top-1 / top-5 on the reconstructions, (a) for each
   identity's selected restart (GMI's "Acc") and (b) over all restarts, as mean +/- std across
-  restart index (the KEDMI/LOMMA protocol). acc@5 is real top-5 (the reference code's "Acc5"
-  is success in any seed, reported separately as ``any_restart_acc``).
+  restart index (the KEDMI/LOMMA protocol). The std is the sample std (ddof=1, as the reference's
+  ``statistics.stdev``) and ``None`` when there is a single restart. acc@5 is real top-5 (the
+  reference code's "Acc5" is success in any seed, reported separately as ``any_restart_acc``).
 * KNN distance: squared L2 in the evaluation model's penultimate features from each
   reconstruction to the nearest private *training* image of the same identity, averaged.
 * feature-FID: Frechet distance between Gaussian fits of reconstruction features and private
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import jax
@@ -57,12 +59,22 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   mu1, mu2 = a.mean(0), b.mean(0)
   s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-  covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
-  if not np.isfinite(covmean).all():  # the usual FID fix for near-singular products
-    offset = np.eye(len(s1)) * 1e-6
-    covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+  with warnings.catch_warnings():  # a singular product (fewer samples than dimensions) is handled below
+    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+    # No ``disp=False``: deprecated, and in SciPy 1.17 it returns a bare array for 1x1 inputs.
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():  # the usual FID fix for near-singular products
+      offset = np.eye(len(s1)) * 1e-6
+      covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
   covmean = np.real(covmean)
   return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def sample_std(values) -> float | None:
+  """Standard deviation over restarts or seeds with ddof=1 (the reference's); ``None`` for fewer
+  than two values, where it is undefined (never NaN, which would be reported as a number)."""
+  values = np.asarray(values, np.float64)
+  return float(values.std(ddof=1)) if values.size > 1 else None
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -76,7 +88,9 @@ def evaluate_inversion(result: InversionResult, evaluator, private_images: np.nd
   """Metrics of ``result`` judged by ``evaluator`` against the private training images.
 
   ``private_images``/``private_labels``: the target's private training split (labels are target
-  class indices, the same index space as ``result.labels``).
+  class indices, the same index space as ``result.labels``). ``acc1``/``acc5``/``knn_dist`` are
+  for each identity's ``result.best_restart``; ``*_all_restarts_std`` is the ddof=1 std across
+  restart index of the per-restart accuracy over identities (``None`` with one restart).
   """
   num_ids, restarts = result.images.shape[:2]
   flat = result.images.reshape(num_ids * restarts, *result.images.shape[2:])
@@ -108,8 +122,8 @@ def evaluate_inversion(result: InversionResult, evaluator, private_images: np.nd
   return {
       "identities": int(num_ids), "restarts": int(restarts), "chance_acc1": 1.0 / evaluator.num_classes,
       "acc1": float(top1[rows, best].mean()), "acc5": float(top5[rows, best].mean()),
-      "acc1_all_restarts_mean": float(per_restart_acc1.mean()), "acc1_all_restarts_std": float(per_restart_acc1.std()),
-      "acc5_all_restarts_mean": float(per_restart_acc5.mean()), "acc5_all_restarts_std": float(per_restart_acc5.std()),
+      "acc1_all_restarts_mean": float(per_restart_acc1.mean()), "acc1_all_restarts_std": sample_std(per_restart_acc1),
+      "acc5_all_restarts_mean": float(per_restart_acc5.mean()), "acc5_all_restarts_std": sample_std(per_restart_acc5),
       "any_restart_acc": float(top1.any(axis=1).mean()),
       "knn_dist": float(knn[rows, best].mean()), "knn_dist_all_restarts": float(knn.mean()),
       "feature_fid": frechet_distance(fid_rec, fid_priv), "fid_feature_space": fid_space,
@@ -125,8 +139,10 @@ def evaluate_inversion(result: InversionResult, evaluator, private_images: np.nd
 
 
 def pair_grid(result: InversionResult, private_images: np.ndarray, private_labels: np.ndarray, path, *,
-              eval_predictions: np.ndarray | None = None, max_rows: int = 40, per_row: int = 5) -> None:
-  """PNG: per identity, a real private image, the selected reconstruction, then other restarts.
+              eval_predictions: np.ndarray | None = None, max_rows: int = 40, per_row: int = 5) -> list:
+  """PNG: per identity, a real private image, the selected reconstruction, then other restarts
+  (at most ``per_row`` reconstructions: GMI's 5 restarts or KEDMI's 5 draws all fit). Returns the
+  reconstruction indices shown per row.
 
   Titles give the target's confidence and, when ``eval_predictions`` [I, R] is given, the
   evaluation model's verdict, so the figure can be read without the JSON.
@@ -137,11 +153,12 @@ def pair_grid(result: InversionResult, private_images: np.ndarray, private_label
 
   num_ids = min(len(result.labels), max_rows)
   restarts = result.images.shape[1]
-  ncol = 2 + min(restarts - 1, per_row - 2)
+  ncol = 1 + min(restarts, per_row)  # the real image, then up to per_row reconstructions
   height = 1.6 * num_ids + 0.5
   fig, axes = plt.subplots(num_ids, ncol, figsize=(1.5 * ncol, height), squeeze=False)
   grey = result.images.shape[-1] == 1
   show = lambda ax, img: ax.imshow(img[..., 0] if grey else img, cmap="gray" if grey else None, vmin=0, vmax=1)
+  shown = []
   for i in range(num_ids):
     label = int(result.labels[i])
     real = private_images[np.flatnonzero(private_labels == label)[0]].astype(np.float32) / 255.0
@@ -149,6 +166,7 @@ def pair_grid(result: InversionResult, private_images: np.ndarray, private_label
     axes[i, 0].set_title(f"private id {label}", fontsize=7)
     best = int(result.best_restart[i])
     order = [best] + [r for r in range(restarts) if r != best][:ncol - 2]
+    shown.append(order)
     for j, r in enumerate(order, start=1):
       show(axes[i, j], result.images[i, r])
       name = f"draw {r}" if result.draws > 1 and restarts == result.draws else f"restart {r}"
@@ -165,3 +183,4 @@ def pair_grid(result: InversionResult, private_images: np.ndarray, private_label
   fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # keep the title clear of the first row
   fig.savefig(path, dpi=120)
   plt.close(fig)
+  return shown

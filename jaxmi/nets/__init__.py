@@ -7,6 +7,7 @@ plain dicts ``{"params": ..., "batch_stats": ...}``; jitted code receives them a
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -24,17 +25,17 @@ VGG_LAYOUTS = {
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-  arch: str = "cnn"                          # cnn | resnet | vgg
+  arch: typing.Literal["cnn", "resnet", "vgg"] = "cnn"
   width: int = 32                            # base channels (cnn, resnet)
   feature_dim: int = 128                     # penultimate size (cnn)
   blocks: tuple[int, ...] = (2, 2, 2, 2)     # basic blocks per stage (resnet)
-  vgg_layout: str = "vgg16"                  # a key of VGG_LAYOUTS (vgg)
+  vgg_layout: typing.Literal["vgg16", "vgg_small"] = "vgg16"  # a key of VGG_LAYOUTS (vgg)
   width_divisor: int = 1                     # divides every VGG stage width (vgg)
-  head: str = "linear"                       # linear | low_rank (CALoR) | vib (MID)
+  head: typing.Literal["linear", "low_rank", "vib"] = "linear"  # low_rank: CALoR; vib: MID
   head_rank: int = 40                        # low_rank: bottleneck width r
   head_activation: str = "tanh"              # low_rank: activation after Linear(d, r)
   vib_dim: int = 0                           # vib: latent size k (0 = feature_dim / 2)
-  norm: str = "batch"                        # batch | group (per-example statistics: DP-SGD)
+  norm: typing.Literal["batch", "group"] = "batch"  # group: per-example statistics (DP-SGD)
 
 
 ARCHS = ("cnn", "resnet", "vgg")

@@ -9,7 +9,8 @@ Architectures:
   * ``cnn``: a small conv net for MNIST-scale inputs (28-32 px).
   * ``resnet``: a ResNet with basic blocks for 32-112 px faces (``resnet18`` layout by default).
   * ``vgg``: VGG with BatchNorm (``vgg16`` layout by default), the standard MI target; at 64 px
-    its features are 512x2x2 = 2048 as in the reference VGG16 target.
+    its features are 512x2x2 = 2048 as in the reference VGG16 target. Its hidden codes are the
+    pooled blocks but the last, then BN1d(flatten(last block)) = the features, as BiDO's VGG16.
 Heads are a separate module so defenses can swap them (CALoR's low-rank head, MID's VIB).
 Each hidden output passes through ``self.perturb("hidden<i>")``: an identity unless a
 ``perturbations`` collection is supplied, whose gradient is then d(output)/d(hidden<i>)
@@ -200,17 +201,22 @@ class VGG(nn.Module):
   def __call__(self, x, train: bool = False) -> ClassifierOutput:
     hidden = []
     conv = 0
+    blocks = sum(item == "M" for item in self.layout)
     for item in self.layout:
       if item == "M":
         x = max_pool_2x2(x)
-        x = self.perturb(f"hidden{len(hidden)}", x)  # d(output)/d(hidden): Grad-CAM
-        hidden.append(x)
+        if len(hidden) < blocks - 1:  # the last block's code is its BN1d'd flattening, below
+          x = self.perturb(f"hidden{len(hidden)}", x)  # d(output)/d(hidden): Grad-CAM
+          hidden.append(x)
         continue
       x = nn.Conv(max(int(item) // self.width_divisor, 1), (3, 3), padding=((1, 1), (1, 1)), name=f"conv{conv}")(x)
       x = nn.relu(_norm(x, train, self.norm, f"bn{conv}"))
       conv += 1
     x = x.reshape(x.shape[0], -1)
-    # As in the reference VGG16 target: flattened features -> BatchNorm1d -> linear head.
+    # As in the reference VGG16 target: flattened features -> BatchNorm1d -> linear head. BiDO's VGG16
+    # (hsic_training=True) returns this BN1d output, not the pooled block, as its last hidden code.
     features = _norm(x, train, self.norm, "bn_feat")
+    features = self.perturb(f"hidden{len(hidden)}", features)
+    hidden.append(features)
     head = self.head or LinearHead(self.num_classes, name="head")
     return ClassifierOutput(head(features, train), features, tuple(hidden))

@@ -4,13 +4,18 @@ ExpMI (gnime.md 3.1) maps an explanation [B, h, w, c] and the target's logits [B
 output of any size: the attack's image (inverter) or a perturbed explanation (GNIME's noise
 generator, same family). Encoder: while the side k > 2, Conv(2048/k) + ReLU, keep a skip,
 max-pool. Bottleneck: Dense(64) of the encoder, concatenated with the flattened raw input
-and the logits, Dense(512), reshaped to 1x1 and upsampled to 4x4. Decoder: while the side is
-below the output's, concatenate the skip of the same size (if any), Conv(1024/2k) + ReLU,
-upsample x2; a final linear 3x3 conv. Upsampling is nearest-neighbour + conv, so no
-transposed convolution (XLA:CPU's slow path) is involved.
+and the logits, Dense(512), reshaped to 1x1 and upsampled to 4x4. Decoder: for k = 4, 8, ...
+below the output side, concatenate the skip of side k (if any), Conv(1024/k) + ReLU, upsample
+x2; at the output side, the skip (if any) and a final linear 3x3 conv. At width_divisor=1 every
+kernel has the shape of WSP-LAB/GNIME scripts/models.py (``ExpMI(bottleneck_size=2048)``: decoder
+256/128/64 channels at 4/8/16 px; ``predmi_*``: 1024/512/256(/128/64) channels at 4/8/16(/32/64)
+px, i.e. 4096/k), checked layer by layer in tests/test_gnime.py. Upsampling is
+nearest-neighbour + conv, as the reference's UpSampling2D, so no transposed convolution
+(XLA:CPU's slow path) is involved.
 
-``width_divisor`` divides every channel count (the reference's widths cost ~0.15 GFLOP per
-32-px image; CPU tests and demos use 4-8).
+``width_divisor`` divides every conv channel count and the 512-wide bottleneck (not the
+64-wide encoder dense layer), never below 4. The reference's widths cost ~0.35 GFLOP (ExpMI)
+and ~1.5 GFLOP (PredMI) per 32-px image forward; CPU configs use 4, tests 16.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class ExpMI(nn.Module):
     while side < self.out_size:
       if side in skips:
         y = jnp.concatenate([y, skips[side]], axis=-1)
-      y = nn.relu(nn.Conv(self._ch(1024 // (2 * side)), (3, 3), name=f"dec{side}")(y))
+      y = nn.relu(nn.Conv(self._ch(1024 // side), (3, 3), name=f"dec{side}")(y))
       y = _upsample(y, 2)
       side *= 2
     if side in skips:
@@ -68,7 +73,11 @@ class ExpMI(nn.Module):
 
 
 class PredMI(nn.Module):
-  """Prediction-only inversion (gnime.md 3.3): logits -> Dense(1024) -> 4x4 -> [conv + upsample]* -> image."""
+  """Prediction-only inversion (gnime.md 3.3): logits -> Dense(1024) -> 4x4 -> [Conv(4096/k) + upsample]* -> image.
+
+  The reference's ``predmi_mnist``/``predmi_cifar10`` (32 px: 1024, 512, 256 channels at 4, 8, 16 px)
+  and ``predmi_celeba`` (128 px: then 128, 64 at 32, 64 px) follow 4096/k at every side k.
+  """
   out_size: int
   out_channels: int
   width_divisor: int = 1
@@ -80,7 +89,7 @@ class PredMI(nn.Module):
     y = _upsample(y[:, None, None, :], 4)
     side = 4
     while side < self.out_size:
-      y = nn.relu(nn.Conv(ch(1024 // (2 * side)), (3, 3), name=f"dec{side}")(y))
+      y = nn.relu(nn.Conv(ch(4096 // side), (3, 3), name=f"dec{side}")(y))
       y = _upsample(y, 2)
       side *= 2
     y = nn.Conv(self.out_channels, (3, 3), name="out")(y)

@@ -16,16 +16,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmi import config as config_lib
 from jaxmi.data import DataConfig, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
-from jaxmi.errors import ConfigError
+from jaxmi.errors import CheckpointError, ConfigError
 from jaxmi.nets import ModelConfig, build_classifier, init_variables, shape_signature
 from jaxmi import records
-from jaxmi.train.checkpoint import Checkpointer
+from jaxmi.train.checkpoint import Checkpointer, check_compatible
 from jaxmi.train.loop import interrupted_message, run_steps
 from jaxmi.train.optim import OptimConfig, make_optimizer
-from jaxmi.train.state import TrainState
+from jaxmi.train.state import TrainState, all_finite, first_nonfinite_leaf
 from jaxmi.train.step import AugmentConfig, Defense, make_eval_step, make_train_step
 
 
@@ -39,11 +40,23 @@ class TrainConfig:
   checkpoint_every: int = 500       # steps
   keep_checkpoints: int = 3
   augment: AugmentConfig = AugmentConfig()
+  # Which parameters the workdir releases (what load_classifier, evaluate and the attacks use):
+  #   "last": the final epoch's (default). Selecting on the test split would leak the test data
+  #     into model selection, and the reported natural accuracy would be optimistically biased.
+  #   "best_test": the epoch with the best private-test accuracy, as the reference code keeps
+  #     (saved to <workdir>/best/ after each improving epoch; the training checkpoints still hold
+  #     the last state, so resume is unaffected).
+  release: str = "last"
 
 
 # target: the attacked model; evaluation: the independent judge; surrogate: distilled from the
 # target on public data (LOMMA's model augmentation).
 ROLES = ("target", "evaluation", "surrogate")
+RELEASES = ("last", "best_test")
+
+# Config fields that may change between a run and its resumption: they do not change what is trained.
+RESUMABLE_CHANGES = ("name", "workdir", "init_from", "train.epochs", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "data.data_dir", "data.cache_dir", "data.download")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,11 +91,18 @@ def arch_meta(model_cfg: ModelConfig, num_classes: int, image_shape: tuple[int, 
 
 
 def saved_data_config(saved: dict) -> DataConfig:
-  """The data config stored in a checkpoint, with machine-specific paths reset to this machine's defaults."""
+  """The data config stored in a checkpoint; saved paths missing on this machine are reset to its defaults.
+
+  A cache_dir/data_dir that exists here is kept, so later stages (attack, distill, evaluate) reuse the
+  target's prepared data instead of preparing it again in the default cache; --data-dir/--cache-dir still win.
+  """
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
-  if fields.get("dataset") != "image_folder":
-    fields["data_dir"] = None  # image_folder's data_dir names the dataset itself, so it stays
-  fields["cache_dir"] = None
+  for key in ("data_dir", "cache_dir"):
+    # image_folder's data_dir names the dataset itself, so it stays (an error then names it).
+    if key == "data_dir" and fields.get("dataset") == "image_folder":
+      continue
+    if fields.get(key) and not Path(fields[key]).expanduser().is_dir():
+      fields[key] = None
   return DataConfig(**fields)
 
 
@@ -93,6 +113,47 @@ def _validate(cfg: ClassifierConfig) -> None:
       raise ConfigError(f"train.{field}: expected a positive integer, got {getattr(t, field)}")
   if cfg.role not in ROLES:
     raise ConfigError(f"role: expected one of {', '.join(ROLES)}, got '{cfg.role}'")
+  if t.release not in RELEASES:
+    raise ConfigError(f"train.release: expected one of {', '.join(RELEASES)}, got '{t.release}'")
+
+
+def changed_fields(saved: dict, current: dict, defaults: dict, resumable: tuple[str, ...]) -> list[str]:
+  """Dotted config fields that differ, ignoring ``resumable`` ones and fields added since the checkpoint
+  was written that still hold their default."""
+  def lookup(d, key):
+    for part in key.split("."):
+      if not isinstance(d, dict) or part not in d:
+        return None, False
+      d = d[part]
+    return d, True
+
+  out = []
+  for k in config_lib.diff(saved, current):
+    if k in resumable:
+      continue
+    _, in_saved = lookup(saved, k)
+    default, has_default = lookup(defaults, k)
+    if not in_saved and has_default and lookup(current, k)[0] == default:
+      continue
+    out.append(k)
+  return out
+
+
+def refuse_config_change(name: str, where: str, changed: list[str], allow: bool, log) -> None:
+  """Resuming under a changed config trains something neither config describes: refuse unless allowed."""
+  if not changed:
+    return
+  fields = ", ".join(changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
+  if not allow:
+    raise ConfigError(f"{where}: the config differs from the checkpoint's in {fields}; resume with the same "
+                      "values, use another --workdir, or pass --allow-config-change")
+  log(f"[{name}] resuming with a changed config (--allow-config-change): {fields}")
+
+
+def check_restored_finite(state: Any, where: str) -> None:
+  if not bool(jax.device_get(all_finite(state))):
+    raise CheckpointError(f"{where}: holds non-finite values ({first_nonfinite_leaf(state)}); it was written by a "
+                          "run that diverged: delete it and train again")
 
 
 def evaluate(eval_step, variables: dict, split, batch_size: int) -> dict:
@@ -107,10 +168,14 @@ def evaluate(eval_step, variables: dict, split, batch_size: int) -> dict:
 
 
 def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, defense: Defense = Defense(),
-                     progress: bool = True, stop_at_step: int | None = None, log=print) -> dict:
+                     progress: bool = True, stop_at_step: int | None = None, allow_config_change: bool = False,
+                     log=print) -> dict:
   """Trains (or resumes) ``cfg`` and returns the summary written to ``<workdir>/summary.json``.
 
   ``stop_at_step`` ends the run early as an interruption would (after saving), for resume tests.
+  Resuming a checkpoint whose config differs in a field outside RESUMABLE_CHANGES is refused
+  unless ``allow_config_change``. NaN/inf stops the run with NonFiniteError; no checkpoint,
+  metric line or summary is written from that state.
   """
   _validate(cfg)
   workdir = Path(cfg.workdir)
@@ -146,12 +211,21 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
                       keep=cfg.train.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
-    changed = [k for k in config_lib.diff(ckpt.meta(start)["config"], meta["config"])
-               if not k.startswith(("train.epochs", "train.log_every", "data.data_dir", "data.cache_dir"))]
+    saved = ckpt.meta(start)
+    check_compatible(saved, meta, f"{ckpt.directory}/{start}")  # another model: say that, not which fields differ
+    changed = changed_fields(saved["config"], meta["config"], config_lib.to_dict(ClassifierConfig()),
+                             RESUMABLE_CHANGES)
+    defense_of = lambda m: {"defense": {"name": m.get("defense"), **m.get("defense_config", {})}}
+    changed += config_lib.diff(defense_of(saved), defense_of(meta))
+    refuse_config_change(cfg.name, f"{ckpt.directory}/{start}", changed, allow_config_change, log)
     state = TrainState.from_dict(ckpt.restore(state.as_dict(), meta, start))
-    log(f"[{cfg.name}] resuming from {ckpt.directory}/{start}" +
-        (f" (config differs from the checkpoint's in: {', '.join(changed)})" if changed else ""))
+    check_restored_finite(state.as_dict(), f"{ckpt.directory}/{start}")
+    log(f"[{cfg.name}] resuming from {ckpt.directory}/{start}")
   start = int(start or 0)
+  # "best_test": the best epoch so far lives in its own checkpoint, with its test accuracy in the meta.
+  best_ckpt = Checkpointer(workdir / "best", every_steps=1, keep=1) if cfg.train.release == "best_test" else None
+  best_step = best_ckpt.latest_step() if best_ckpt is not None else None
+  best = {"acc": best_ckpt.meta(best_step)["test_acc"], "step": best_step} if best_step is not None else None
 
   train_step = make_train_step(module, tx, defense, cfg.train.augment)
   eval_step = make_eval_step(module)
@@ -159,7 +233,14 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   last_test = {}  # step -> evaluation, so the final summary reuses the last epoch's
 
   def epoch_end(state, step):
+    nonlocal best
     test = last_test[step] = evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
+    # run_steps has checked the state is finite before calling this. Ties keep the earlier epoch,
+    # so re-running an epoch after a kill never replaces the saved best with a different state.
+    if best_ckpt is not None and (best is None or test["acc"] > best["acc"]) and np.isfinite(test["loss"]):
+      best_meta = {**meta, "step": step, "epoch": step // spe, "test_acc": float(test["acc"])}
+      best_ckpt.save(step, state.as_dict(), best_meta, force=True)
+      best = {"acc": test["acc"], "step": step}
     return {"test/acc": test["acc"], "test/acc5": test["acc5"], "test/loss": test["loss"]}
 
   batches = train_batches(train_split, cfg.train.batch_size, cfg.train.seed, start_step=start)
@@ -172,6 +253,8 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
                        postfix_keys=("train/loss", "train/acc", "test/acc"))
   finally:
     batches.close()
+    if best_ckpt is not None:
+      best_ckpt.close()
   elapsed = time.time() - t0
   if result.by_user:
     raise KeyboardInterrupt(interrupted_message(result.step, ckpt))
@@ -181,20 +264,34 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
 
   # A run that was already complete trained no step this time, so nothing is cached.
   test = last_test.get(step) or evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
-  train_eval = evaluate(eval_step, state.variables, train_split, cfg.train.eval_batch_size)
+  released = {"released": cfg.train.release, "released_step": step, "released_epoch": step // spe,
+              "last_epoch_accuracy": test["acc"]}
+  variables = state.variables
+  if best_ckpt is not None:
+    best_ckpt = Checkpointer(workdir / "best", create=False)
+    best_meta = best_ckpt.meta()
+    best_state = best_ckpt.restore(state.as_dict(), meta)
+    best_ckpt.close()
+    variables = {"params": best_state["params"], "batch_stats": best_state["batch_stats"]}
+    test = evaluate(eval_step, variables, test_split, cfg.train.eval_batch_size)
+    released.update(released_step=best_meta["step"], released_epoch=best_meta["epoch"],
+                    released_checkpoint=str(best_ckpt.directory))
+  train_eval = evaluate(eval_step, variables, train_split, cfg.train.eval_batch_size)
   summary = {
       "name": cfg.name, "role": cfg.role, "defense": defense.name, "defense_config": config_lib.to_dict(defense),
       **defense.report(steps=step, batch_size=cfg.train.batch_size, num_examples=len(train_split)),
-      "natural_accuracy": test["acc"], "natural_accuracy_top5": test["acc5"], "test_loss": test["loss"],
+      "natural_accuracy": test["acc"], "natural_accuracy_top5": test["acc5"], "test_loss": test["loss"], **released,
       "train_accuracy": train_eval["acc"], "test_images": test["count"], "train_images": len(train_split),
       "num_classes": num_classes, "steps": step, "epochs": cfg.train.epochs,
       "train_seconds_this_run": round(elapsed, 2), "resumed_from_step": start,
       "data": splits.description, "checkpoints": str(ckpt.directory), "config": config_lib.to_dict(cfg),
   }
-  records.write_json(workdir / "summary.json", summary)
   records.plot_curves(records.read_jsonl(workdir / "metrics.jsonl"), workdir / "curves.png",
                       f"{cfg.name}: test top-1 {100 * test['acc']:.2f}%")
+  records.write_json(workdir / "summary.json", summary)  # last: a kill before it leaves a run that resumes
   measured = "test-split agreement with the target" if cfg.role == "surrogate" else "natural (private test) accuracy"
+  if cfg.train.release == "best_test":
+    measured += f" of the best test epoch ({released['released_epoch']})"
   log(f"[{cfg.name}] {measured} {100 * test['acc']:.2f}% (top-5 {100 * test['acc5']:.2f}%), "
       f"train accuracy {100 * train_eval['acc']:.2f}%, {step} steps, {elapsed:.1f}s this run; "
       f"results in {workdir}")
@@ -206,8 +303,11 @@ def _start_from(cfg: ClassifierConfig, variables: dict, num_classes: int) -> dic
   start_from = load_classifier(cfg.init_from)
   loaded = jax.tree.map(jnp.asarray, start_from.variables)
   if not cfg.init_head:  # keep this model's fresh head; take everything else
-    fresh_head = lambda col: {"head": variables[col]["head"]} if "head" in variables[col] else {}
-    loaded = {col: {**{k: v for k, v in tree.items() if k != "head"}, **fresh_head(col)}
+    # VGG's BatchNorm1d normalises the flattened conv output for the classifier: it belongs to the head,
+    # and the reference (TL-DMI) always trains a fresh one. The CNN's bn_feat follows its fc_feat and is kept.
+    fresh = {"head"} | ({"bn_feat"} if "fc_feat" not in variables["params"] else set())
+    keep_fresh = lambda col: {k: variables[col][k] for k in fresh if k in variables[col]}
+    loaded = {col: {**{k: v for k, v in tree.items() if k not in fresh}, **keep_fresh(col)}
               for col, tree in loaded.items()}
   if shape_signature(loaded) != shape_signature(variables):
     raise ConfigError(f"init_from: {cfg.init_from} holds a {start_from.config.model.arch} model whose parameters "
@@ -216,10 +316,32 @@ def _start_from(cfg: ClassifierConfig, variables: dict, num_classes: int) -> dic
   return loaded
 
 
+MAKES_ROLE = {None: ("classifier", "train-classifier"), "target": ("target classifier", "train-classifier"),
+              "evaluation": ("evaluation classifier", "train-classifier"), "surrogate": ("surrogate", "distill")}
+
+
+def released_checkpointer(workdir: str | Path, *, expect_role: str | None = None) -> Checkpointer:
+  """The checkpoints a classifier workdir releases (``best/`` under train.release=best_test); creates nothing."""
+  workdir = Path(workdir)
+  if not (workdir / "checkpoints").is_dir():
+    what, command = MAKES_ROLE.get(expect_role, MAKES_ROLE[None])
+    raise CheckpointError(f"{workdir}: no trained {what} here (no checkpoints/); train one with bin/jaxmi {command}")
+  ckpt = Checkpointer(workdir / "checkpoints", create=False)
+  release = ckpt.meta().get("config", {}).get("train", {}).get("release", "last")
+  if release == "best_test" and (workdir / "best").is_dir():
+    ckpt.close()
+    ckpt = Checkpointer(workdir / "best", create=False)
+  return ckpt
+
+
 def load_classifier(workdir: str | Path, *, expect_role: str | None = None) -> Classifier:
-  """Rebuilds a trained classifier from its workdir's latest checkpoint."""
-  ckpt = Checkpointer(Path(workdir) / "checkpoints")
-  meta = ckpt.meta()
+  """Rebuilds a trained classifier from its workdir's released checkpoint (see TrainConfig.release).
+
+  Creates nothing; a missing workdir, a corrupt checkpoint or non-finite parameters are one-line CheckpointErrors.
+  """
+  ckpt = released_checkpointer(workdir, expect_role=expect_role)
+  step = ckpt.latest_step()
+  meta = ckpt.meta(step)
   if meta.get("kind") != "classifier":
     raise ConfigError(f"{ckpt.directory}: holds a '{meta.get('kind')}' checkpoint; expected a classifier")
   saved = meta["config"]
@@ -231,9 +353,10 @@ def load_classifier(workdir: str | Path, *, expect_role: str | None = None) -> C
   image_shape = tuple(arch["image_shape"])
   abstract = jax.eval_shape(lambda: init_variables(module, jax.random.PRNGKey(0), image_shape))
   expected = {**meta, "signature": shape_signature(abstract)}
-  state = ckpt.restore(None, expected)  # None: the saved structure; only params and statistics are used
+  state = ckpt.restore(None, expected, step)  # None: the saved structure; only params and statistics are used
   ckpt.close()
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  check_restored_finite(variables, f"{ckpt.directory}/{step}")
   cfg = config_lib.replace(ClassifierConfig(), name=saved["name"], role=saved["role"], workdir=str(workdir),
                            model=model_cfg, data=saved_data_config(saved["data"]))
   return Classifier(module, variables, cfg, arch["num_classes"], image_shape)

@@ -2,10 +2,12 @@
 
 The student minimises KL(softmax(t / T) || softmax(s / T)) * T^2 against the target's logits t
 on public images (T = 1 in LOMMA, where the reference's division by T^2 is the same thing).
-No private image is touched. Training reuses the classifier trainer unchanged: the "training
-split" is the public images labelled with the teacher's logits, and the "test split" is a
-held-out part of the public images labelled with the teacher's top-1 class, so the test
-accuracy it reports is the student's agreement with the target.
+No private image is touched. Training reuses the classifier trainer: the "training split" is
+the public images, and the "test split" is a held-out part of them, both labelled with the
+teacher's top-1 class, so the test accuracy it reports is the student's agreement with the
+target. The teacher's logits t are computed inside the jitted step on the AUGMENTED batch the
+student sees (as the reference's ``train_augmodel`` does), with the teacher's variables passed
+to the step as an argument.
 """
 
 from __future__ import annotations
@@ -35,9 +37,32 @@ class SurrogateConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Distillation(Defense):
-  """Task loss = KL to the teacher's tempered softmax; ``labels`` are the teacher's logits [B, K]."""
+  """Task loss = KL to the teacher's tempered softmax; ``labels`` are the teacher's logits [B, K].
+
+  Built with ``Distillation.of(teacher)``, the labels are the teacher's logits on each augmented
+  training batch (``targets``); the teacher is kept off the dataclass fields, so the recorded
+  config holds only ``name``, ``temperature`` and ``teacher_workdir``.
+  """
   name: str = "distillation"
   temperature: float = 1.0
+  teacher_workdir: str = ""
+
+  @classmethod
+  def of(cls, teacher, temperature: float = 1.0) -> "Distillation":
+    defense = cls(temperature=temperature, teacher_workdir=str(teacher.config.workdir))
+    teacher = dataclasses.replace(teacher, variables=jax.device_put(teacher.variables))  # moved once, not per step
+    object.__setattr__(defense, "_teacher", teacher)  # frozen dataclass: not a field, never serialised
+    return defense
+
+  def step_inputs(self):
+    teacher = getattr(self, "_teacher", None)
+    return None if teacher is None else teacher.variables
+
+  def targets(self, images, labels, inputs):
+    teacher = getattr(self, "_teacher", None)
+    if teacher is None:  # no teacher attached: the labels already are its logits
+      return labels
+    return jax.lax.stop_gradient(teacher.module.apply(inputs, images, train=False).logits.astype(jnp.float32))
 
   def task_loss(self, logits, labels):
     t = self.temperature
@@ -47,23 +72,40 @@ class Distillation(Defense):
 
 
 def teacher_splits(teacher, splits: Splits, holdout_fraction: float, seed: int) -> Splits:
-  """Public images with the teacher's logits (train) and its top-1 labels on a held-out part (test)."""
+  """Public images with the teacher's top-1 labels, split into training and held-out parts.
+
+  Training uses the teacher's logits computed in the step on the augmented batch
+  (``Distillation.of``); these labels only measure agreement.
+  """
   from jaxmi.metrics import classifier_outputs
 
   public = splits.public
   logits, _ = classifier_outputs(teacher, public.images)
+  top1 = np.argmax(logits, -1).astype(np.int32)
   order = np.random.default_rng(seed).permutation(len(public))
   num_hold = max(1, int(round(holdout_fraction * len(public))))
   hold, train = order[:num_hold], order[num_hold:]
-  train_split = ArraySplit(public.images[train], logits[train].astype(np.float32), public.identities[train])
-  hold_split = ArraySplit(public.images[hold], np.argmax(logits[hold], -1).astype(np.int32), public.identities[hold])
+  train_split = ArraySplit(public.images[train], top1[train], public.identities[train])
+  hold_split = ArraySplit(public.images[hold], top1[hold], public.identities[hold])
   return Splits(train_split, hold_split, public, teacher.num_classes, splits.num_public_classes,
                 f"public split of {splits.description}, labelled by the target")
 
 
+def student_data_config(student: DataConfig, teacher: DataConfig) -> DataConfig:
+  """The teacher's data config, with the student config's machine-specific paths where it sets them.
+
+  The teacher's saved config has its paths reset to this machine's defaults; a ``data_dir`` or
+  ``cache_dir`` in the distill config must win, or the images are prepared again in the default cache.
+  """
+  default = DataConfig()
+  local = {k: getattr(student, k) for k in ("data_dir", "cache_dir", "download")
+           if getattr(student, k) != getattr(default, k)}
+  return dataclasses.replace(teacher, **local)
+
+
 def distill_surrogate(cfg: ClassifierConfig, teacher_workdir: str, *, temperature: float = 1.0,
                       holdout_fraction: float = 0.1, splits: Splits | None = None, progress: bool = True,
-                      log=print) -> dict:
+                      allow_config_change: bool = False, log=print) -> dict:
   """Trains ``cfg.model`` as a surrogate of the target in ``teacher_workdir``; returns its summary.
 
   The summary's ``public_agreement`` is top-1 agreement with the target on held-out public
@@ -82,10 +124,12 @@ def distill_surrogate(cfg: ClassifierConfig, teacher_workdir: str, *, temperatur
       raise ConfigError(f"student.data: {', '.join('data.' + k for k in differ)} differ from the target's data config "
                         f"in {teacher_workdir}; a surrogate trains on the target's public split, so leave them unset "
                         "or equal to the target's")
-  splits = splits if splits is not None else load_splits(teacher.config.data)
-  cfg = dataclasses.replace(cfg, data=teacher.config.data)
+  data = student_data_config(cfg.data, teacher.config.data)
+  splits = splits if splits is not None else load_splits(data)
+  cfg = dataclasses.replace(cfg, data=data)
   summary = train_classifier(cfg, splits=teacher_splits(teacher, splits, holdout_fraction, cfg.train.seed),
-                             defense=Distillation(temperature=temperature), progress=progress, log=log)
+                             defense=Distillation.of(teacher, temperature), progress=progress,
+                             allow_config_change=allow_config_change, log=log)
   if "interrupted_at_step" in summary:
     return summary
   student = load_classifier(cfg.workdir, expect_role="surrogate")

@@ -23,6 +23,7 @@ as for classifiers.
 from __future__ import annotations
 
 import dataclasses
+import typing
 import functools
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from jaxmi.errors import CheckpointError, ConfigError
 from jaxmi.nets import shape_signature
 from jaxmi.attacks.engine import resize_to
 from jaxmi.nets.gan import GAN_KINDS, GANConfig, build_gan
-from jaxmi.train.checkpoint import Checkpointer
+from jaxmi.train.checkpoint import Checkpointer, check_compatible
 from jaxmi.train.loop import interrupted_message, run_steps
 from jaxmi.train.state import StateDict
 from jaxmi.train.step import to_float
@@ -65,7 +66,7 @@ class GANTrainConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GANExperimentConfig:
   name: str = "gan"
-  kind: str = "gmi"                 # gmi (WGAN-GP) | kedmi (inversion-specific, needs the target)
+  kind: typing.Literal["gmi", "kedmi"] = "gmi"  # gmi (WGAN-GP) | kedmi (inversion-specific, needs the target)
   workdir: str = "runs/gan"
   target: str = ""                  # kedmi: workdir of the target whose soft labels train the discriminator
   data: DataConfig = DataConfig()
@@ -231,7 +232,19 @@ def gan_meta(cfg: GANExperimentConfig, state: GANState, num_classes: int = 0) ->
           "config": config_lib.to_dict(cfg)}
 
 
-def _validate(cfg: GANExperimentConfig, splits: Splits) -> None:
+# Config fields that may change between a run and its resumption: they do not change what is trained.
+RESUMABLE_CHANGES = ("name", "workdir", "target", "train.epochs", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.sample_count", "data.data_dir", "data.cache_dir", "data.download")
+
+
+def _validate_config(cfg: GANExperimentConfig) -> None:
+  """Checks that need no data: run before any data is prepared."""
+  t = cfg.train
+  for field in ("epochs", "batch_size", "n_critic", "log_every", "checkpoint_every", "keep_checkpoints",
+                "sample_count"):
+    if getattr(t, field) < 1:
+      raise ConfigError(f"train.{field}: expected a positive integer, got {getattr(t, field)}"
+                        + ("; epochs=0 would write an untrained GAN" if field == "epochs" else ""))
   if cfg.kind not in GAN_KINDS:
     raise ConfigError(f"kind: unknown GAN kind '{cfg.kind}'; expected one of {', '.join(GAN_KINDS)}")
   if cfg.kind == "kedmi" and not cfg.target:
@@ -243,9 +256,26 @@ def _validate(cfg: GANExperimentConfig, splits: Splits) -> None:
                       "set gan.stages/gan.channels or data.image_size/data.channels to match")
 
 
+def _validate(cfg: GANExperimentConfig, splits: Splits) -> None:
+  """Checks against the data: each generator step draws batch_size x n_critic public images."""
+  t = cfg.train
+  # KEDMI's unlabelled stream also draws the generator's feature-matching batch.
+  factor, formula = (t.n_critic, "train.n_critic") if cfg.kind == "gmi" else (t.n_critic + 1, "(train.n_critic + 1)")
+  per_step = t.batch_size * factor
+  if per_step > len(splits.public):
+    raise ConfigError(f"train.batch_size x {formula} = {t.batch_size} x {factor} = {per_step} public images "
+                      f"per generator step, but the public split (data.public_ids) has {len(splits.public)}; "
+                      "lower train.batch_size or train.n_critic")
+
+
 def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progress: bool = True,
-              stop_at_step: int | None = None, log=print) -> dict:
-  """Trains the GAN prior on ``splits.public`` (never the private data); resumes if checkpoints exist."""
+              stop_at_step: int | None = None, allow_config_change: bool = False, log=print) -> dict:
+  """Trains the GAN prior on ``splits.public`` (never the private data); resumes if checkpoints exist.
+
+  As for classifiers: resuming under a changed config is refused unless ``allow_config_change``,
+  and NaN/inf stops the run (NonFiniteError) with nothing saved from that state.
+  """
+  _validate_config(cfg)
   splits = splits if splits is not None else load_splits(cfg.data)
   _validate(cfg, splits)
   public = splits.public
@@ -262,7 +292,7 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
   state = init_gan_state(generator, critic, g_tx, d_tx, cfg.gan, t.seed)
   meta = gan_meta(cfg, state, num_classes)
   images_per_step = t.batch_size * t.n_critic
-  spe = steps_per_epoch(len(public), images_per_step)
+  spe = steps_per_epoch(len(public), images_per_step, split="data.public_ids")
   total = spe * t.epochs
   what = ("WGAN-GP" if cfg.kind == "gmi" else
           f"KEDMI GAN (discriminator learns the soft labels of target {cfg.target}, {num_classes} classes)")
@@ -272,7 +302,13 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
   ckpt = Checkpointer(workdir / "checkpoints", every_steps=t.checkpoint_every, keep=t.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
+    from jaxmi.train.classifier import changed_fields, check_restored_finite, refuse_config_change
+    check_compatible(ckpt.meta(start), meta, f"{ckpt.directory}/{start}")
+    changed = changed_fields(ckpt.meta(start)["config"], meta["config"], config_lib.to_dict(GANExperimentConfig()),
+                             RESUMABLE_CHANGES)
+    refuse_config_change(cfg.name, f"{ckpt.directory}/{start}", changed, allow_config_change, log)
     state = GANState.from_dict(ckpt.restore(state.as_dict(), meta, start))
+    check_restored_finite(state.as_dict(), f"{ckpt.directory}/{start}")
     log(f"[{cfg.name}] resuming from {ckpt.directory}/{start}")
   start = int(start or 0)
 
@@ -340,8 +376,12 @@ class GAN:
 
 
 def load_gan(workdir: str | Path) -> GAN:
-  ckpt = Checkpointer(Path(workdir) / "checkpoints")
-  meta = ckpt.meta()
+  """Rebuilds a trained GAN from its workdir's newest intact checkpoint; creates nothing."""
+  if not (Path(workdir) / "checkpoints").is_dir():
+    raise CheckpointError(f"{workdir}: no trained GAN here (no checkpoints/); train one with bin/jaxmi train-gan")
+  ckpt = Checkpointer(Path(workdir) / "checkpoints", create=False)
+  step = ckpt.latest_step()
+  meta = ckpt.meta(step)
   if meta.get("kind") != "gan":
     raise CheckpointError(f"{ckpt.directory}: holds a '{meta.get('kind')}' checkpoint; expected a GAN "
                           "(train one with bin/jaxmi train-gan)")
@@ -352,7 +392,9 @@ def load_gan(workdir: str | Path) -> GAN:
   generator, critic = build_gan(gan_cfg, critic_width, kind=kind, num_classes=meta.get("num_classes", 0))
   abstract = jax.eval_shape(lambda: init_gan_state(generator, critic, optax.adam(1e-3), optax.adam(1e-3), gan_cfg, 0))
   expected = {**meta, "signature": shape_signature({"g": abstract.g_params, "d": abstract.d_params})}
-  state = ckpt.restore(None, expected)
+  state = ckpt.restore(None, expected, step)
   ckpt.close()
+  from jaxmi.train.classifier import check_restored_finite
+  check_restored_finite({k: state[k] for k in ("g_params", "g_stats", "d_params")}, f"{ckpt.directory}/{step}")
   return GAN(generator, critic, {"params": state["g_params"], "batch_stats": state["g_stats"]},
              {"params": state["d_params"]}, gan_cfg, kind)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import optax
 
@@ -11,12 +12,12 @@ from jaxmi.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-  name: str = "sgd"                        # sgd | adam | adamw
+  name: typing.Literal["sgd", "adam", "adamw"] = "sgd"
   learning_rate: float = 0.01
   momentum: float = 0.9                    # sgd momentum; adam b1
   nesterov: bool = False
   weight_decay: float = 1e-4               # sgd/adam: L2 added to the gradient (PyTorch semantics); adamw: decoupled
-  schedule: str = "cosine"                 # constant | cosine | step
+  schedule: typing.Literal["constant", "cosine", "step"] = "cosine"
   decay_epochs: tuple[int, ...] = ()       # step schedule: multiply by decay_factor at these epochs
   decay_factor: float = 0.1
   warmup_epochs: float = 0.0

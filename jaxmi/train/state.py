@@ -6,6 +6,8 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 class StateDict:
@@ -32,3 +34,23 @@ class TrainState(StateDict):
   @property
   def variables(self) -> dict:
     return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def _float_leaves(tree) -> list:
+  return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """One device-side bool: every float leaf of ``tree`` is finite (a reduction, no host sync until read)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in _float_leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def first_nonfinite_leaf(tree) -> str | None:
+  """The path of the first float leaf holding NaN/inf (host side; for error messages only)."""
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    x = np.asarray(jax.device_get(x))
+    if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
+      return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+  return None

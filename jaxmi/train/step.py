@@ -66,8 +66,20 @@ class Defense:
     """Raises ConfigError when this defense cannot train the ClassifierConfig ``cfg`` (DP-SGD with BatchNorm)."""
 
   def report(self, *, steps: int, batch_size: int, num_examples: int) -> dict:
-    """Extra facts for the run summary (DP-SGD: the privacy spent)."""
+    """Extra facts for the run summary (DP-SGD: the privacy spent; NLS: the smoothing its schedule reached)."""
     return {}
+
+  def warning(self, epochs: int) -> str:
+    """One line when this setting cannot act in a run of ``epochs`` epochs (a schedule that never starts), else ""."""
+    return ""
+
+  def step_inputs(self) -> Any:
+    """Arrays the jitted step takes as an argument on every call (a distillation teacher's variables), or None."""
+    return None
+
+  def targets(self, images: jax.Array, labels: jax.Array, inputs: Any) -> jax.Array:
+    """The labels the loss sees, from the augmented batch and ``step_inputs()`` (distillation: the teacher's logits)."""
+    return labels
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,7 +116,7 @@ def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = 
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted, with ``state`` donated.
 
   ``model``, ``tx`` and ``defense`` are static definitions; parameters only enter through
-  ``state``, so one compiled program serves every step.
+  ``state`` (and the defense's ``step_inputs()``), so one compiled program serves every step.
   """
 
   def loss_fn(params, state: TrainState, images, labels, rngs):
@@ -136,12 +148,14 @@ def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = 
     return grads, (state.batch_stats, jax.tree.map(lambda a: a[0], defense_state), metrics)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def jitted_step(state: TrainState, batch: dict, inputs: Any) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     aug_rng, defense_rng, vib_rng = jax.random.split(rng, 3)
     images = augment(to_float(batch["image"]), aug_rng, augment_cfg)
+    # After augmentation: a teacher labels exactly the images the student sees.
+    labels = defense.targets(images, batch["label"], inputs)
     grad_fn = per_example_grads if defense.per_example_grads else jax.grad(loss_fn, has_aux=True)
-    grads, (batch_stats, defense_state, metrics) = grad_fn(state.params, state, images, batch["label"],
+    grads, (batch_stats, defense_state, metrics) = grad_fn(state.params, state, images, labels,
                                                            (defense_rng, vib_rng))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -150,6 +164,11 @@ def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = 
                            defense_state=defense_state, rng=state.rng)
     return new_state, metrics
 
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    # The defense's arrays (a teacher's variables) are arguments, not constants baked into the program.
+    return jitted_step(state, batch, defense.step_inputs())
+
+  train_step._cache_size = jitted_step._cache_size  # compilations so far: the no-recompile tests read it
   return train_step
 
 
