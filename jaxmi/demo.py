@@ -69,6 +69,10 @@ def run_demo(workdir: str = "runs/demo", epochs: int = 1, progress: bool = True,
   log(f"  attack     acc@1 {100 * result['acc1']:.0f}% of identities (selected restart), "
       f"{100 * result['acc1_all_restarts_mean']:.0f} +/- {100 * result['acc1_all_restarts_std']:.0f}% over restarts, "
       f"chance {100 * result['chance_acc1']:.0f}%; acc@5 {100 * result['acc5']:.0f}%")
+  baseline = result.get("prior_baseline") or {}
+  if "acc1" in baseline:  # the same metrics for the un-optimised prior samples: what the GAN alone gives
+    log(f"             prior baseline (un-optimised samples): acc@1 {100 * baseline['acc1']:.0f}%, "
+        f"{100 * baseline['acc1_all_restarts_mean']:.0f}% over restarts")
   log(f"             KNN distance {result['knn_dist']:.2f}, feature-FID {result['feature_fid']:.2f}, "
       f"{result['attack_seconds']:.0f}s for {result['identities']} identities x {result['restarts']} restarts "
       f"x {attack.inversion.steps} steps ({result['compilations']} compilation)")
