@@ -336,6 +336,18 @@ def _drop_custom_config_warning(record: logging.LogRecord) -> bool:
   return not record.getMessage().startswith("Using custom data configuration")
 
 
+def _init_with_custom_config(builder: tfds.core.GeneratorBasedBuilder, config, kwargs: dict) -> None:
+  """GeneratorBasedBuilder.__init__ with ArrayRecord files and a config of our own, without TFDS's
+  warning about configs missing from BUILDER_CONFIGS (ours always are, by design)."""
+  kwargs.setdefault("file_format", "array_record")
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(_drop_custom_config_warning)
+  try:
+    tfds.core.GeneratorBasedBuilder.__init__(builder, config=config, **kwargs)
+  finally:
+    absl_logger.removeFilter(_drop_custom_config_warning)
+
+
 class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """root/<identity>/<image>: labels are the sorted identity names' indices.
 
@@ -351,15 +363,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                **kwargs):
     self.root = Path(root)
     self.identities = identities
-    kwargs.setdefault("file_format", "array_record")
-    # TFDS warns about every config missing from BUILDER_CONFIGS, which ours
-    # always are by design.
-    absl_logger = logging.getLogger("absl")
-    absl_logger.addFilter(_drop_custom_config_warning)
-    try:
-      super().__init__(config=config, **kwargs)
-    finally:
-      absl_logger.removeFilter(_drop_custom_config_warning)
+    _init_with_custom_config(self, config, kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
@@ -452,13 +456,7 @@ class Idx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def __init__(self, *, root: Path, files: dict[str, tuple[Path, Path]], config: IdxConfig, **kwargs):
     self.root = Path(root)
     self.files = files
-    kwargs.setdefault("file_format", "array_record")
-    absl_logger = logging.getLogger("absl")
-    absl_logger.addFilter(_drop_custom_config_warning)
-    try:
-      super().__init__(config=config, **kwargs)
-    finally:
-      absl_logger.removeFilter(_drop_custom_config_warning)
+    _init_with_custom_config(self, config, kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
