@@ -98,7 +98,7 @@ def _setting(summary: dict) -> str:
   if effective.get("active_steps") == 0:  # a schedule that never switched on: no defense, whatever it says
     parts.append("never active")
   elif "alpha_reached" in effective:
-    parts.append(f"alpha reached {effective['alpha_reached']}")
+    parts.append(f"alpha reached {float(effective['alpha_reached']):.4g}")
   return ", ".join(parts)
 
 
