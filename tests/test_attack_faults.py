@@ -67,6 +67,45 @@ def test_interrupted_attack_resumes_to_exactly_the_uninterrupted_result(tiny, tm
   assert not state.exists()  # removed once results.json is written
 
 
+def test_a_kill_while_a_state_file_is_being_written_leaves_nothing_a_rerun_would_read(tiny, tmp_path, monkeypatch):
+  """Item 16, found by CI: a SIGKILL during ``np.savez`` left ``chunk_00001.npz.tmp.npz`` half-written, the
+  rerun's ``chunk_*.npz`` glob read it and crashed with BadZipFile. Here the write dies half-way (as a kill
+  would); the rerun must resume from the last complete file, and a damaged complete file is recomputed."""
+  root, splits = tiny
+  cfg = tiny_attack(root, tmp_path / "whole", max_batch=2, checkpoint_every=4)
+  whole = run_attack(cfg, splits=splits, progress=False, log=quiet)
+
+  part = dataclasses.replace(cfg, workdir=str(tmp_path / "killed"))
+  real_savez, calls = np.savez, []
+
+  def dies_half_way(file, **arrays):
+    calls.append(1)
+    if len(calls) < 3:
+      return real_savez(file, **arrays)
+    file.write(b"PK\x03\x04 half a zip")  # what a kill leaves on disk
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(np, "savez", dies_half_way)
+  with pytest.raises(KeyboardInterrupt):
+    run_attack(part, splits=splits, progress=False, log=quiet)
+  monkeypatch.setattr(np, "savez", real_savez)
+  state = tmp_path / "killed" / "attack_state"
+  left = sorted(p.name for p in state.iterdir())
+  assert any(name.endswith(".tmp") for name in left), left  # the fault is reproduced: a half-written file
+  assert all(name.startswith("chunk_") for name in left if name.endswith(".npz"))
+
+  # A complete file damaged on disk (truncated) is not trusted: its chunk starts over.
+  damaged = sorted(state.glob("chunk_*.npz"))[-1]
+  damaged.write_bytes(damaged.read_bytes()[:50])
+  logs = []
+  resumed = run_attack(part, splits=splits, progress=False, log=logs.append)
+  assert resumed is not None and not state.exists()
+  (a, a_arrays), (b, b_arrays) = load_outputs(tmp_path / "whole"), load_outputs(tmp_path / "killed")
+  for key in a_arrays:
+    np.testing.assert_array_equal(a_arrays[key], b_arrays[key], err_msg=key)
+  assert a["acc1"] == b["acc1"] and whole["acc1"] == b["acc1"]
+
+
 def test_saved_state_of_another_config_is_refused(tiny, tmp_path):
   root, splits = tiny
   cfg = tiny_attack(root, tmp_path / "a", max_batch=2, checkpoint_every=4)

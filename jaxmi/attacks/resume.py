@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import jax
@@ -50,14 +51,28 @@ class AttackState:
     self.layout_text = ""
 
   def _files(self) -> list[Path]:
+    # Temporary files are named ``.chunk_*.tmp`` so that a kill during a write never leaves a
+    # half-written file that this glob would read.
     return sorted(self.directory.glob("chunk_*.npz")) if self.directory.is_dir() else []
+
+  def _read(self, path: Path) -> dict | None:
+    """The arrays of one state file, or None (and the file removed) if it cannot be read."""
+    try:
+      with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+      # Only a damaged disk gets here (writes are atomic); recomputing that chunk is always correct.
+      print(f"note: {path}: unreadable ({type(e).__name__}); that chunk starts over", flush=True)
+      if self.write:
+        path.unlink(missing_ok=True)
+      return None
 
   def foreign(self) -> str | None:
     """The config fingerprint of saved state written by another config/models, else None."""
     for path in self._files():
-      with np.load(path) as f:
-        if str(f["config_fp"]) != self.config_fp:
-          return str(f["config_fp"])
+      f = self._read(path)
+      if f is not None and str(f["config_fp"]) != self.config_fp:
+        return str(f["config_fp"])
     return None
 
   def exists(self) -> bool:
@@ -72,8 +87,8 @@ class AttackState:
     self.layout_fp = fingerprint(layout)
     self.layout_text = ", ".join(f"{k} {v}" for k, v in layout.items())
     for path in self._files():
-      with np.load(path) as f:
-        if str(f["layout_fp"]) != self.layout_fp:
+      f = self._read(path)
+      if f is not None and str(f["layout_fp"]) != self.layout_fp:
           raise ConfigError(f"{self.directory}: was saved with another chunk layout ({f['layout_text']}); this run "
                             f"has {self.layout_text}; rerun with the same inversion.max_batch/devices/unroll, "
                             "or pass --overwrite to start over")
@@ -82,8 +97,7 @@ class AttackState:
     path = self.directory / f"chunk_{chunk:05d}.npz"
     if not path.exists():
       return None
-    with np.load(path) as f:
-      return {k: f[k] for k in f.files}
+    return self._read(path)
 
   def save(self, chunk: int, arrays: dict) -> None:
     """Atomically replaces chunk ``chunk``'s file with ``arrays`` (+ fingerprints)."""
@@ -91,6 +105,9 @@ class AttackState:
       return
     self.directory.mkdir(parents=True, exist_ok=True)
     path = self.directory / f"chunk_{chunk:05d}.npz"
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, config_fp=self.config_fp, layout_fp=self.layout_fp, layout_text=self.layout_text, **arrays)
+    tmp = path.with_name(f".{path.stem}.tmp")  # outside the ``chunk_*.npz`` glob while half-written
+    with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
+      np.savez(fh, config_fp=self.config_fp, layout_fp=self.layout_fp, layout_text=self.layout_text, **arrays)
+      fh.flush()
+      os.fsync(fh.fileno())
     os.replace(tmp, path)
