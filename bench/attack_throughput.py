@@ -45,8 +45,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxmi import parallel  # noqa: E402
-from jaxmi.attacks import AttackModels, InversionConfig, build_gmi  # noqa: E402
-from jaxmi.attacks.engine import cast_floats  # noqa: E402
+from jaxmi.attacks import AttackModels, ExecutionConfig, InversionConfig, build_gmi  # noqa: E402
+from jaxmi.attacks.engine import cast_floats, plan  # noqa: E402
 
 CPU_SPLIT = parallel.cpu_device_per_core()  # as bin/jaxmi attack does: one XLA:CPU device per core
 
@@ -77,41 +77,44 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def _attack(nets, cfg: InversionConfig):
+def _attack(nets, cfg: InversionConfig, run: ExecutionConfig):
   """The GMI inverter over ``nets`` (from ``torch_reference.jax_nets``) and its variables."""
   gen, gvars = nets["generator"]
   critic, cvars = nets["critic"]
   target, tvars = nets["target"]
   models = AttackModels(gen, critic, (target,), (nets["image_shape"],))
-  return build_gmi(models, gen.cfg.z_dim, cfg), {"generator": gvars, "critic": cvars, "targets": (tvars,)}
+  return build_gmi(models, gen.cfg.z_dim, cfg, run), {"generator": gvars, "critic": cvars, "targets": (tvars,)}
 
 
 class JaxmiStep:
   """The engine's compiled block of GMI steps for ``batch`` latents on ``devices`` devices (AOT-compiled once)."""
 
   def __init__(self, nets, batch: int, devices: int, dtype: str, remat: bool, unroll: int, seed: int = 0):
-    cfg = InversionConfig(steps=100, restarts=1, unroll=unroll, log_every=100, devices=devices,
-                          compute_dtype=dtype, remat=remat, max_batch=batch, learning_rate=LR, momentum=MOMENTUM,
-                          identity_weight=LAMBDA, reference_batch=OFFICIAL_BATCH)
-    inv, variables = _attack(nets, cfg)
+    cfg = InversionConfig(steps=100, restarts=1, learning_rate=LR, momentum=MOMENTUM, identity_weight=LAMBDA,
+                          reference_batch=OFFICIAL_BATCH)
+    run = ExecutionConfig(unroll=unroll, log_every=100, devices=devices, compute_dtype=dtype, remat=remat,
+                          max_batch=batch)
+    inv, variables = _attack(nets, cfg, run)
     self.inv = inv
     self.mesh = mesh = parallel.latent_mesh(devices)
     self.batch = batch
     row, rep = parallel.rows(mesh), parallel.replicated(mesh)
     self.variables = parallel.put_tree(cast_floats(variables, inv.dtype), rep)
+    self.terms = parallel.put_tree(inv.terms, rep)  # GMI's terms hold no arrays
     rng = np.random.default_rng(seed)
     self.keys = parallel.put(np.asarray(jax.random.split(jax.random.PRNGKey(seed), batch)), row)
     self.labels = parallel.put(rng.integers(0, nets["config"]["num_classes"], batch).astype(np.int32), row)
     self.mask = parallel.put(np.ones(batch, np.float32), row)
     self.carry = inv.start(self.keys, mesh)
-    _, self.unroll, rolled = inv.plan(mesh)  # steps per call as the engine runs them (unroll 0: per platform)
+    # steps per call as the engine runs them (unroll 0: per platform)
+    _, self.unroll, rolled = plan(run, cfg.steps, mesh.devices.flat[0].platform)
     start = time.perf_counter()
-    self.compiled = inv.segment.lower(self.carry, self.variables, self.labels, self.keys, self.mask,
+    self.compiled = inv.segment.lower(self.carry, self.variables, self.terms, self.labels, self.keys, self.mask,
                                       num_steps=self.unroll, rolled=rolled).compile()
     self.compile_seconds = time.perf_counter() - start
 
   def block(self):
-    self.carry, parts = self.compiled(self.carry, self.variables, self.labels, self.keys, self.mask)
+    self.carry, parts = self.compiled(self.carry, self.variables, self.terms, self.labels, self.keys, self.mask)
     jax.block_until_ready((self.carry, parts))
 
   def memory_bytes(self) -> float:
@@ -175,15 +178,15 @@ def check_same_step(nets, torch_steps: TorchSteps | None) -> float | None:
 
 def protocol_run(nets, dtype: str, remat: bool, identities: int, restarts: int, steps: int, max_batch: int) -> dict:
   """The whole attack through ``Inverter.run``: compile, every chunk, the final images; wall time."""
-  cfg = InversionConfig(steps=steps, restarts=restarts, compute_dtype=dtype, remat=remat, max_batch=max_batch,
-                        learning_rate=LR, momentum=MOMENTUM, identity_weight=LAMBDA, reference_batch=OFFICIAL_BATCH,
-                        log_every=100)
-  inv, variables = _attack(nets, cfg)
+  cfg = InversionConfig(steps=steps, restarts=restarts, learning_rate=LR, momentum=MOMENTUM, identity_weight=LAMBDA,
+                        reference_batch=OFFICIAL_BATCH)
+  inv, variables = _attack(nets, cfg, ExecutionConfig(compute_dtype=dtype, remat=remat, max_batch=max_batch,
+                                                      log_every=100))
   start = time.perf_counter()
   result = inv.run(variables, list(range(identities)))
   seconds = time.perf_counter() - start
-  return {"identities": identities, "restarts": restarts, "steps": steps, "chunk": inv.chunk_size,
-          "devices": inv.mesh.size, "dtype": dtype, "seconds": round(seconds, 1),
+  return {"identities": identities, "restarts": restarts, "steps": steps, "chunk": result.stats.chunk_size,
+          "devices": result.stats.devices, "dtype": dtype, "seconds": round(seconds, 1),
           "latent_steps_per_second": round(identities * restarts * steps / seconds, 1),
           "finite": bool(np.isfinite(result.loss_curve).all())}
 
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
                  "device per core, as bin/jaxmi attack sets up; the ratio is taken on all)")
   p.add_argument("--dtypes", default="float32", help="float32,bfloat16")
   p.add_argument("--remat", action="store_true", help="rematerialise the networks in the backward pass")
-  p.add_argument("--unroll", type=int, default=InversionConfig().unroll,
+  p.add_argument("--unroll", type=int, default=ExecutionConfig().unroll,
                  help="steps per compiled call; 0 (the engine default) = 10 unrolled on CPU, a rolled loop of 100 "
                       "(one log interval) on accelerators")
   p.add_argument("--repeats", type=int, default=5)

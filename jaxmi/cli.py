@@ -17,12 +17,17 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _add_common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser, *, config: bool = True, workdir: bool = True) -> None:
+  # Commands that write nothing of their own (evaluate, prepare-data) or write next to their input
+  # (fisher: --out) take no --workdir: a flag that is silently ignored misleads.
   if config:
-    p.add_argument("--config", required=True, help="experiment config (a Python file under configs/)")
+    p.add_argument("--config", required=True,
+                   help="experiment config, a recipe and its arguments: configs/<recipe>.py:key=value,... "
+                        "(e.g. configs/defense.py:method=mid,data=mnist)")
     p.add_argument("overrides", nargs="*", metavar="field=value",
                    help="config overrides, e.g. train.epochs=2 data.private_ids=0:20 (anywhere on the line)")
-  p.add_argument("--workdir", help="output directory (default: the config's workdir)")
+  if workdir:
+    p.add_argument("--workdir", help="output directory (default: the config's workdir)")
   p.add_argument("--data-dir", help="directory holding the raw datasets: reads DIR/<dataset>, winning over the config's "
                                     "data.data_dir (default: data.data_dir, else $JAXMI_DATA_DIR, else ~/jaxmi_data)")
   p.add_argument("--cache-dir", help="where prepared datasets are kept, winning over the config's data.cache_dir "
@@ -36,7 +41,10 @@ def _add_allow_config_change(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="jaxmi", description="Model-inversion attacks and defenses in JAX.")
+  parser = argparse.ArgumentParser(
+      prog="jaxmi", description="Model-inversion attacks and defenses in JAX.",
+      epilog="A config is a recipe under configs/ (classifier, gan, surrogate, attack, defense, gnime) and its "
+             "arguments, e.g. --config configs/attack.py:method=gmi,data=mnist; each recipe's docstring lists them.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   p = sub.add_parser("train-classifier", help="train a target or evaluation classifier on the private split")
@@ -58,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
   _add_common(p)
   p.add_argument("--overwrite", action="store_true", help="replace results already in the workdir")
 
-  p = sub.add_parser("defend", help="train a defended target (configs/defense_*.py); reports natural accuracy")
+  p = sub.add_parser("defend",
+                     help="train a defended target (configs/defense.py:method=...,data=...); reports natural accuracy")
   _add_common(p)
   _add_allow_config_change(p)
 
@@ -69,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--labels", choices=("true", "sampled"), default="true",
                  help="true: empirical Fisher; sampled: labels drawn from the model's prediction")
   p.add_argument("--out", help="output prefix (default: <workdir>/fisher_<split>); writes .json and .png")
-  _add_common(p, config=False)
+  _add_common(p, config=False, workdir=False)
 
   p = sub.add_parser("gnime", help="train GNIME for a target and evaluate it against adaptive explanation inversion")
   _add_common(p)
@@ -83,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("evaluate", help="natural accuracy of a trained classifier on its private test split")
   p.add_argument("checkpoint_workdir", help="workdir of a trained classifier")
-  _add_common(p, config=False)
+  _add_common(p, config=False, workdir=False)
 
   p = sub.add_parser("prepare-data", help="download (if needed), verify and prepare a dataset")
   p.add_argument("dataset", choices=("mnist", "att_faces", "image_folder", "idx"))
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="image_folder: data.channels of the runs (default 1)")
   p.add_argument("--crop", default="", help="image_folder: data.crop of the runs, 'top,left,height,width' "
                                             "(default: the centre square)")
-  _add_common(p, config=False)
+  _add_common(p, config=False, workdir=False)
 
   p = sub.add_parser("demo", help="a few-minute end-to-end run on MNIST (or scikit-learn digits)")
   _add_common(p, config=False)
@@ -192,7 +201,7 @@ def _attack(args) -> int:
 
   parallel.cpu_device_per_core()      # on a CPU host, latents shard over its cores (before any JAX op)
   parallel.initialize_distributed()  # one process per host/GPU: latents shard over all of them
-  from jaxmi.attacks.run import run_attack
+  from jaxmi.experiments.attack import run_attack
 
   import jax
   from jaxmi.workdir import locked
@@ -204,7 +213,7 @@ def _attack(args) -> int:
 
 
 def _defend(args) -> int:
-  from jaxmi.defenses.run import DefendConfig, defend
+  from jaxmi.experiments.defend import DefendConfig, defend
 
   from jaxmi import config as config_lib
   from jaxmi.errors import ConfigError
@@ -243,7 +252,7 @@ def _fisher(args) -> int:
 
 
 def _gnime(args) -> int:
-  from jaxmi.defenses.gnime_run import run_gnime
+  from jaxmi.experiments.gnime import run_gnime
 
   from jaxmi.workdir import locked
 

@@ -1,12 +1,14 @@
 """Experiment configs: frozen dataclasses loaded from Python files, overridable from the CLI.
 
-A config file (``configs/*.py``) defines ``get_config()`` returning a frozen dataclass.
-Overrides are ``dotted.field=value`` strings, parsed by the field's declared type:
+A config file (a recipe, ``configs/<recipe>.py``) defines ``get_config(arg=None)`` returning a frozen dataclass.
+As in big_vision, ``file.py:arg`` passes the text after the ``:`` to ``get_config`` as one string, which the
+recipe reads with ``parse_arg`` (``method=mid,data=att``) to pick a row of its tables. Overrides are
+``dotted.field=value`` strings, parsed by the field's declared type:
 
-  bin/jaxmi train-classifier --config configs/mnist_target.py train.epochs=2 data.private_ids=0:5
+  bin/jaxmi train-classifier --config configs/classifier.py:role=target,data=mnist train.epochs=2 data.private_ids=0:5
 
-Every field a user can name is validated: an unknown field or a value of the wrong type
-is a ``ConfigError`` naming the file and the field. Choice fields are declared ``typing.Literal[...]``;
+Every field a user can name is validated: an unknown argument, field or a value of the wrong type
+is a ``ConfigError`` naming the file and the argument or field. Choice fields are declared ``typing.Literal[...]``;
 their values (from the file or an override) are checked when the config loads, before any data is prepared.
 """
 
@@ -15,8 +17,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import inspect
 import json
-import sys
+import re
 import types
 import typing
 from pathlib import Path
@@ -25,36 +28,102 @@ from typing import Any
 from jaxmi.errors import ConfigError, JaxmiError
 
 
+class _ArgError(ConfigError):
+  """A bad recipe argument; ``load_config`` names the file in front of it."""
+
+
+def split_arg(spec: str | Path) -> tuple[Path, str | None]:
+  """``'configs/defense.py:method=mid,data=att'`` -> ``(Path('configs/defense.py'), 'method=mid,data=att')``.
+
+  The split is at the first ``.py:``, so folders may contain ``:`` and arguments ``/``; no ``:`` gives ``None``.
+  """
+  match = re.fullmatch(r"(.*?\.py):(.*)", str(spec), re.DOTALL)
+  return (Path(match[1]), match[2]) if match else (Path(spec), None)
+
+
+# Overrides users typed before issue 14 split the attack config into what is optimised
+# (``inversion``) and how it runs (``execution``): named with their new place instead of "unknown".
+MOVED_FIELDS = {
+    **{f"inversion.{k}": f"execution.{k}" for k in (
+        "max_batch", "memory_budget_gb", "devices", "compute_dtype", "remat", "unroll", "log_every",
+        "checkpoint_every")},
+    "inversion.clip_z": "inversion.z_clip (GMI: z clipped after each update) or inversion.draw_clamp (KEDMI: "
+                        "each sampled z clamped)",
+}
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Any:
-  """Runs ``path``'s ``get_config()`` and applies ``field=value`` overrides."""
-  path = Path(path)
+  """Runs the file's ``get_config(arg)`` and applies ``field=value`` overrides.
+
+  Args:
+    path: ``file.py`` (``get_config()`` is called without an argument) or ``file.py:arg``.
+    overrides: ``dotted.field=value`` strings, applied in order.
+
+  Returns:
+    The config dataclass, its choice fields checked. A bad file, argument or override is a ConfigError.
+  """
+  path, arg = split_arg(path)
+  source = str(path) if arg is None else f"{path}:{arg}"
   if not path.is_file():
     raise ConfigError(f"{path}: config file not found; expected a Python file defining get_config()")
   spec = importlib.util.spec_from_file_location(f"jaxmi_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  # Configs may import shared pieces from sibling config files.
-  sys.path.insert(0, str(path.parent.absolute()))
   try:
     spec.loader.exec_module(module)
   except JaxmiError:
     raise
   except Exception as e:  # A broken config is the user's file, not our bug.
     raise ConfigError(f"{path}: could not be executed: {type(e).__name__}: {e}") from e
-  finally:
-    sys.path.remove(str(path.parent.absolute()))
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path}: defines no get_config(); expected a function returning a config dataclass")
+  if arg is not None and not inspect.signature(module.get_config).parameters:
+    raise ConfigError(f"{path}: get_config() takes no argument; got ':{arg}' (use {path} alone)")
   try:
-    config = module.get_config()
+    config = module.get_config() if arg is None else module.get_config(arg)
+  except _ArgError as e:
+    raise ConfigError(f"{source}: {e}") from None
   except JaxmiError:
     raise
   except Exception as e:
-    raise ConfigError(f"{path}: get_config() failed: {type(e).__name__}: {e}") from e
+    raise ConfigError(f"{source}: get_config() failed: {type(e).__name__}: {e}") from e
   if not dataclasses.is_dataclass(config):
-    raise ConfigError(f"{path}: get_config() returned {type(config).__name__}; expected a dataclass")
-  config = apply_overrides(config, overrides, source=str(path))
-  check_choices(config, source=str(path))
+    raise ConfigError(f"{source}: get_config() returned {type(config).__name__}; expected a dataclass")
+  config = apply_overrides(config, overrides, source=source)
+  check_choices(config, source=source)
   return config
+
+
+def parse_arg(arg: str | None, **spec: Any) -> dict[str, Any]:
+  """Reads a recipe's argument, ``'key=value,key=value'``, as big_vision's ``configs/common.py::parse_arg`` does.
+
+  Args:
+    arg: the text after ``file.py:`` (``None`` when there was none).
+    **spec: every argument the recipe takes, with its type: a ``typing.Literal`` of its choices, or int, float,
+      str or bool. Each one is required, so a command always says which row of the recipe's tables it runs.
+
+  Returns:
+    ``{key: value}`` with each value parsed to its type. An unknown, repeated or missing key, or a value that is
+    not one of its choices, raises a ConfigError naming the argument and what was expected.
+  """
+  usage = ",".join(f"{key}={'|'.join(map(str, _literal_choices(kind) or (f'<{kind.__name__}>',)))}"
+                   for key, kind in spec.items())
+  values = {}
+  for item in (arg or "").split(","):
+    key, sep, raw = (t.strip() for t in item.partition("="))
+    if not item.strip():
+      continue
+    if not sep:
+      raise _ArgError(f"argument '{item.strip()}' is not of the form key=value; expected {usage}")
+    if key not in spec or key in values:
+      raise _ArgError(f"{'unknown' if key not in spec else 'repeated'} argument '{key}'; expected {usage}")
+    try:
+      values[key] = parse_value(raw, spec[key], f"argument '{key}'")
+    except ConfigError as e:
+      raise _ArgError(str(e)) from None
+  missing = [key for key in spec if key not in values]
+  if missing:
+    raise _ArgError(f"missing argument '{missing[0]}'; expected {usage}")
+  return values
 
 
 def check_choices(config: Any, source: str = "config", prefix: str = "") -> None:
@@ -119,6 +188,8 @@ def _replace_path(obj: Any, parts: list[str], raw: str, source: str, full_key: s
   fields = {f.name: f for f in dataclasses.fields(obj)}
   name = parts[0]
   if name not in fields:
+    if full_key in MOVED_FIELDS:
+      raise ConfigError(f"{source}: field '{full_key}' has moved: use {MOVED_FIELDS[full_key]}")
     known = ", ".join(sorted(field_names(obj)))
     raise ConfigError(f"{source}: unknown field '{full_key}'; expected one of: {known}")
   hints = _type_hints(type(obj))

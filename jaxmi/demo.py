@@ -16,8 +16,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-from jaxmi.attacks import InversionConfig
-from jaxmi.attacks.run import AttackConfig, run_attack
+from jaxmi.attacks import ExecutionConfig, InversionConfig
+from jaxmi.experiments.attack import AttackConfig, run_attack
 from jaxmi.data import DataConfig, load_splits
 from jaxmi.errors import DataError
 from jaxmi.nets import ModelConfig
@@ -55,7 +55,8 @@ def run_demo(workdir: str = "runs/demo", epochs: int = 1, progress: bool = True,
                             train=GANTrainConfig(epochs=15, batch_size=64, checkpoint_every=100))
   attack = AttackConfig(name="demo_gmi", attack="gmi", workdir=str(workdir / "attack"), target=target.workdir,
                         evaluator=evaluator.workdir, gan=gan.workdir,
-                        inversion=InversionConfig(steps=1000, restarts=5, learning_rate=0.01, log_every=100))
+                        inversion=InversionConfig(steps=1000, restarts=5, learning_rate=0.01),
+                        execution=ExecutionConfig(log_every=100))
   accuracy = {}
   for cfg in (target, evaluator):
     accuracy[cfg.role] = train_classifier(cfg, splits=splits, progress=progress, log=log)["natural_accuracy"]

@@ -27,5 +27,17 @@ class NonFiniteError(JaxmiError):
   """Training produced NaN/inf; the message names the step and the quantity. Nothing is saved from that state."""
 
 
+class Interrupted(KeyboardInterrupt):
+  """A run stopped at a step boundary (Ctrl-C, or ``stop_at_step`` in tests) after saving its state.
+
+  Rerunning the same command resumes from ``step``. A subclass of KeyboardInterrupt, so code that
+  lets Ctrl-C through lets this through too; the CLI prints the message and exits 130.
+  """
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
 class WorkdirBusyError(JaxmiError):
   """Another jaxmi process holds the workdir's lock."""

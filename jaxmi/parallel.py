@@ -65,7 +65,7 @@ def latent_mesh(num_devices: int = 0) -> Mesh:
   """A 1-D mesh over all devices (``num_devices`` = 0) or the first ``num_devices``."""
   devices = jax.devices()
   if num_devices < 0 or num_devices > len(devices):
-    raise ConfigError(f"inversion.devices: expected 0 (all) or 1..{len(devices)}, got {num_devices}")
+    raise ConfigError(f"execution.devices: expected 0 (all) or 1..{len(devices)}, got {num_devices}")
   if num_devices:
     devices = devices[:num_devices]
   return Mesh(np.array(devices), (AXIS,), axis_types=(AxisType.Auto,))

@@ -33,8 +33,9 @@ COLUMNS = ("target", "defense", "setting", "attack", "attack_setting", "natural_
            "baseline_acc1", "baseline_acc5", "baseline_knn_dist", "delta_acc1", "delta_acc1_std", "delta_acc5",
            "delta_acc5_std", "baseline_seeds", "seeds", "epsilon")
 
-# Bookkeeping fields of a defense config, not hyper-parameters a reader compares.
-NOT_SETTINGS = ("name", "layers", "num_classes", "seed", "steps_per_epoch", "epochs", "delta")
+# Defense-config fields that are not hyper-parameters a reader compares: the name (its own column), DP-SGD's noise
+# seed (runs differing only in it are seeds of one row) and its accountant's delta (shown with epsilon).
+NOT_SETTINGS = ("name", "seed", "delta")
 
 # Attack-config fields that do not define the attack: naming, the seed (runs differing only in it are the seeds
 # of one row) and how it runs (devices, batching, precision, logging, checkpointing). Everything else, including

@@ -14,20 +14,15 @@ import pytest
 
 from jaxmi import records
 from jaxmi.attacks import InversionResult, build_gmi
-from jaxmi.attacks.run import run_attack
+from jaxmi.attacks.engine import select_restarts
+from jaxmi.experiments.attack import run_attack
 from jaxmi.data.splits import ArraySplit
 from jaxmi.errors import CheckpointError, ConfigError, JaxmiError, NonFiniteError
 from jaxmi.metrics import pair_grid
 
-from test_attacks import make_tiny_workdirs, tiny_attack, toy_models
+from test_attacks import tiny_attack, toy_models
 
 quiet = lambda *a: None
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  root = tmp_path_factory.mktemp("tiny_models")
-  return root, make_tiny_workdirs(root)
 
 
 def load_outputs(workdir):
@@ -114,7 +109,7 @@ def test_saved_state_of_another_config_is_refused(tiny, tmp_path):
   with pytest.raises(ConfigError, match=r"attack_state: holds the saved state of an attack with another config"):
     run_attack(other, splits=splits, progress=False, log=quiet)
   # Another chunk layout with the same config: refused too, never mixed.
-  relaid = dataclasses.replace(cfg, inversion=dataclasses.replace(cfg.inversion, max_batch=4))
+  relaid = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, max_batch=4))
   with pytest.raises(ConfigError, match=r"another chunk layout \(latents per chunk 2"):
     run_attack(relaid, splits=splits, progress=False, log=quiet)
   logs = []
@@ -145,7 +140,7 @@ def test_diverging_attack_stops_naming_the_step_and_keeps_nothing_from_it(tiny, 
   with one line naming the step and quantity, exit code 2 (a JaxmiError), no results and no state
   saved from the non-finite step (the state saved at step 1 is finite)."""
   root, splits = tiny
-  cfg = dataclasses.replace(tiny_attack(root, tmp_path / "nan", optimizer="adam", learning_rate=1e30, clip_z=0.0,
+  cfg = dataclasses.replace(tiny_attack(root, tmp_path / "nan", optimizer="adam", learning_rate=1e30, draw_clamp=0.0,
                                         eval_draws=2, log_every=1, checkpoint_every=1), attack="kedmi")
   one_line = r"^\[tiny\] non-finite \w+ loss at step \d+ \(identity \d, restart \d\)$"
   with pytest.raises(NonFiniteError, match=one_line) as e:
@@ -191,7 +186,7 @@ def test_kedmi_with_a_wgan_prior_says_which_prior_it_uses(tiny, tmp_path):
   """Item 20: attack=kedmi through a plain WGAN ran without a word."""
   root, splits = tiny
   logs = []
-  cfg = dataclasses.replace(tiny_attack(root, tmp_path / "k", optimizer="adam", clip_z=0.0, eval_draws=2),
+  cfg = dataclasses.replace(tiny_attack(root, tmp_path / "k", optimizer="adam", draw_clamp=0.0, eval_draws=2),
                             attack="kedmi")
   run_attack(cfg, splits=splits, progress=False, log=logs.append)
   assert any("warning: KEDMI expects its inversion-specific GAN with the K+1 discriminator" in line and
@@ -229,9 +224,8 @@ def test_restarts_are_selected_by_raw_logit_by_default():
   logits = np.array([[5.0, 4.9, -10.0, -10.0, -10.0], [3.0, -10.0, -10.0, -10.0, -10.0]], np.float32)
   outs = [(np.zeros((2, 100), np.float32), np.zeros((2, 32, 32, 1), np.float32), logits)]
   flat = np.zeros(2, np.int32)
-  by_logit = build_gmi(models, 100, InversionConfig(restarts=2))._result(np.array([0]), outs, flat)
-  by_prob = build_gmi(models, 100, InversionConfig(restarts=2, select_by="probability"))._result(
-      np.array([0]), outs, flat)
+  by_logit = select_restarts(np.array([0]), outs, flat, restarts=2, draws=1, select_by="logit")
+  by_prob = select_restarts(np.array([0]), outs, flat, restarts=2, draws=1, select_by="probability")
   assert by_logit.best_restart.tolist() == [0] and by_prob.best_restart.tolist() == [1]
   np.testing.assert_allclose(by_logit.target_logit, [[5.0, 3.0]])
   with pytest.raises(ConfigError, match="select_by"):
@@ -250,14 +244,14 @@ def test_grid_shows_every_restart(tmp_path):
 
 
 KILL_CONFIG = """
-from jaxmi.attacks import InversionConfig
-from jaxmi.attacks.run import AttackConfig
+from jaxmi.attacks import ExecutionConfig, InversionConfig
+from jaxmi.experiments.attack import AttackConfig
 
 def get_config():
   return AttackConfig(name="killed", attack="gmi", workdir="unused", target={root!r} + "/target",
                       evaluator={root!r} + "/eval", gan={root!r} + "/gan",
-                      inversion=InversionConfig(steps=400, restarts=2, log_every=10, unroll=2, learning_rate=0.05,
-                                                reference_batch=1, max_batch=2, checkpoint_every=20))
+                      inversion=InversionConfig(steps=400, restarts=2, learning_rate=0.05, reference_batch=1),
+                      execution=ExecutionConfig(log_every=10, unroll=2, max_batch=2, checkpoint_every=20))
 """
 
 

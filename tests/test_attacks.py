@@ -1,6 +1,7 @@
 """The inversion engine and GMI: GMI's optimiser, one compilation across chunks, and a real attack on MNIST."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmi.attacks import AttackModels, InversionConfig, build_gmi
-from jaxmi.attacks.run import AttackConfig, run_attack
+from jaxmi.attacks import AttackModels, ExecutionConfig, InversionConfig, build_gmi
+from jaxmi.experiments.attack import AttackConfig, run_attack
 from jaxmi.data import DataConfig, load_splits
-from jaxmi.errors import CheckpointError, ConfigError
+from jaxmi.errors import CheckpointError, ConfigError, Interrupted
 from jaxmi.metrics import frechet_distance
 from jaxmi.nets import ModelConfig, build_classifier, init_variables
 from jaxmi.nets.gan import GANConfig, build_gan
@@ -22,7 +23,23 @@ from tolerance import rounding_tolerance
 GAN_CFG = GANConfig(z_dim=100, base_width=16, stages=3, channels=1)
 
 
+def stopped(train, *args, **kwargs) -> None:
+  """``train(*args, stop_at_step=N, ...)``: a model saved after N steps (Interrupted when N is before the end)."""
+  try:
+    train(*args, **kwargs)
+  except Interrupted:
+    pass
+
+
 def toy_models(num_classes=5):
+  """Untrained GMI models and variables. Built once per process (~10 s of compiling each time before); every
+  caller gets its own containers, so no test sees another's changes (the arrays themselves are immutable)."""
+  models, variables = _toy_models(num_classes)
+  return models, jax.tree.map(lambda x: x, variables)
+
+
+@functools.cache
+def _toy_models(num_classes):
   generator, critic = build_gan(GAN_CFG)
   target = build_classifier(ModelConfig(arch="cnn", width=8, feature_dim=16), num_classes)
   variables = {
@@ -59,14 +76,15 @@ def test_engine_optimiser_is_gmis_handwritten_nesterov_with_clipping():
 
 def test_chunks_reuse_one_compilation_and_match_the_unchunked_run():
   models, variables = toy_models()
-  cfg = InversionConfig(steps=12, restarts=3, log_every=4, learning_rate=0.05)
-  whole = build_gmi(models, 100, cfg)
-  chunked = build_gmi(models, 100, dataclasses.replace(cfg, max_batch=4))  # 15 latents -> 4 chunks, last padded
+  cfg = InversionConfig(steps=12, restarts=3, learning_rate=0.05)
+  run = ExecutionConfig(log_every=4)
+  whole = build_gmi(models, 100, cfg, run)
+  chunked = build_gmi(models, 100, cfg, dataclasses.replace(run, max_batch=4))  # 15 latents -> 4 chunks, last padded
   a = whole.run(variables, [0, 1, 2, 3, 4])
   b = chunked.run(variables, [0, 1, 2, 3, 4])
-  assert chunked.traces == 1 and whole.traces == 1
-  chunked.run(variables, [4, 3, 2, 1, 0])  # new identities, same shapes: still no retrace
-  assert chunked.traces == 1
+  assert a.stats.compilations == 1 and b.stats.compilations == 1 and b.stats.chunk_size == 4
+  again = chunked.run(variables, [4, 3, 2, 1, 0])  # new identities, same shapes: no new compilation
+  assert again.stats.compilations == 0 and again.stats.steps_run == 4 * 12
   # Chunks of another batch size may round differently; allow what float32 rounding can do to this run.
   atol = rounding_tolerance(lambda v: whole.run(v, [0, 1, 2, 3, 4]).latents, variables)
   np.testing.assert_allclose(a.latents, b.latents, atol=atol)
@@ -76,15 +94,32 @@ def test_chunks_reuse_one_compilation_and_match_the_unchunked_run():
   # Same seed, same result; another seed, other latents.
   np.testing.assert_array_equal(a.latents, whole.run(variables, [0, 1, 2, 3, 4]).latents)
   # 14 steps with log_every 4: equal segments of 2 steps, still one compilation.
-  uneven = build_gmi(models, 100, dataclasses.replace(cfg, steps=14))
-  assert uneven.run(variables, [0, 1]).loss_curve.shape == (14,) and uneven.traces == 1
-  other = build_gmi(models, 100, dataclasses.replace(cfg, seed=1)).run(variables, [0, 1, 2, 3, 4])
+  uneven = build_gmi(models, 100, dataclasses.replace(cfg, steps=14), run).run(variables, [0, 1])
+  assert uneven.loss_curve.shape == (14,) and uneven.stats.compilations == 1
+  other = build_gmi(models, 100, dataclasses.replace(cfg, seed=1), run).run(variables, [0, 1, 2, 3, 4])
   assert not np.allclose(a.latents, other.latents)
   # Unrolled blocks of steps (the CPU fast path) compute the same steps as one step per call.
   for unroll in (1, 4):
-    stepwise = build_gmi(models, 100, dataclasses.replace(cfg, unroll=unroll))
-    np.testing.assert_allclose(stepwise.run(variables, [0, 1, 2, 3, 4]).latents, a.latents, atol=atol)
-    assert stepwise.traces == 1
+    stepwise = build_gmi(models, 100, cfg, dataclasses.replace(run, unroll=unroll)).run(variables, [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(stepwise.latents, a.latents, atol=atol)
+    assert stepwise.stats.compilations == 1
+
+
+def test_the_critic_runs_only_for_a_term_that_declares_it_and_gmi_refuses_kedmis_clamp():
+  """``needs_critic`` is a declared class attribute of each term: without the prior term the step program is the
+  one of a model set without a critic at all. GMI's z_clip and KEDMI's draw_clamp are distinct fields, and a KEDMI
+  clamp given to GMI is refused rather than ignored."""
+  from jaxmi.attacks import IdentityTerm, PriorTerm
+  assert PriorTerm.needs_critic and not IdentityTerm.needs_critic
+  models, variables = toy_models()
+  cfg = InversionConfig(prior_weight=0.0)
+  loss = lambda inv: jax.make_jaxpr(lambda z: inv.loss(z, 1, jax.random.PRNGKey(0), variables, inv.terms))(
+      jnp.zeros(100))
+  without_prior = str(loss(build_gmi(models, 100, cfg)))
+  assert without_prior == str(loss(build_gmi(dataclasses.replace(models, critic=None), 100, cfg)))
+  assert without_prior != str(loss(build_gmi(models, 100, InversionConfig())))
+  with pytest.raises(ConfigError, match="inversion.draw_clamp: .* GMI bounds z with inversion.z_clip"):
+    build_gmi(models, 100, InversionConfig(draw_clamp=1.0))
 
 
 def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
@@ -123,13 +158,20 @@ def trained(tmp_path_factory, cache_root, data_root):
   return root, splits
 
 
-def attack_config(root, **inversion) -> AttackConfig:
+def split_fields(fields: dict) -> dict:
+  """InversionConfig and ExecutionConfig fields given together -> the two configs (each field where it belongs)."""
+  how = {f.name for f in dataclasses.fields(ExecutionConfig)}
+  return {"inversion": InversionConfig(**{k: v for k, v in fields.items() if k not in how}),
+          "execution": ExecutionConfig(**{k: v for k, v in fields.items() if k in how})}
+
+
+def attack_config(root, **fields) -> AttackConfig:
   return AttackConfig(name="gmi", attack="gmi", workdir=str(root / "attack"), target=str(root / "target"),
                       evaluator=str(root / "eval"), gan=str(root / "gan"),
-                      inversion=InversionConfig(**{"steps": 300, "restarts": 16, "learning_rate": 0.02,
-                                                   "log_every": 50, **inversion}))
+                      **split_fields({"steps": 300, "restarts": 16, "learning_rate": 0.02, "log_every": 50, **fields}))
 
 
+@pytest.mark.slow   # trains a target, an evaluator and a GAN on real MNIST (the `trained` fixture)
 def test_gmi_beats_chance_and_a_random_generator_does_worse(trained, tmp_path):
   root, splits = trained
   cfg = dataclasses.replace(attack_config(root), workdir=str(tmp_path / "trained_prior"))
@@ -144,9 +186,9 @@ def test_gmi_beats_chance_and_a_random_generator_does_worse(trained, tmp_path):
 
   # The same attack through an untrained generator (same architecture, random weights).
   random_gan = tmp_path / "random_gan"
-  train_gan(GANExperimentConfig(name="random", workdir=str(random_gan), data=DATA, gan=GAN_CFG,
-                                train=GANTrainConfig(epochs=1, batch_size=64)),
-            splits=splits, progress=False, stop_at_step=1, log=lambda *a: None)
+  stopped(train_gan, GANExperimentConfig(name="random", workdir=str(random_gan), data=DATA, gan=GAN_CFG,
+                                         train=GANTrainConfig(epochs=1, batch_size=64)),
+          splits=splits, progress=False, stop_at_step=1, log=lambda *a: None)
   baseline = run_attack(dataclasses.replace(cfg, gan=str(random_gan), workdir=str(tmp_path / "random_prior")),
                         splits=splits, progress=False, log=lambda *a: None)
   assert baseline["acc1_all_restarts_mean"] < result["acc1_all_restarts_mean"] - 0.1, (baseline, result)
@@ -154,12 +196,12 @@ def test_gmi_beats_chance_and_a_random_generator_does_worse(trained, tmp_path):
   assert baseline["knn_dist"] > 5 * result["knn_dist"], (baseline, result)
 
 
-def test_bad_attack_inputs_fail_clearly(trained, tmp_path):
-  root, splits = trained
+def test_bad_attack_inputs_fail_clearly(tiny, tmp_path):
+  root, splits = tiny
   cfg = dataclasses.replace(attack_config(root, steps=2), workdir=str(tmp_path / "a"))
   with pytest.raises(ConfigError, match="attack: unknown attack 'fgsm'; expected one of gmi"):
     run_attack(dataclasses.replace(cfg, attack="fgsm"), splits=splits, progress=False)
-  with pytest.raises(ConfigError, match=r"identities: \[5, 9\] out of range; .* classes 0..4"):
+  with pytest.raises(ConfigError, match=r"identities: \[5, 9\] out of range; .* classes 0..2"):
     run_attack(dataclasses.replace(cfg, identities=(0, 5, 9)), splits=splits, progress=False)
   with pytest.raises(CheckpointError, match="holds a 'classifier' checkpoint; expected a GAN"):
     run_attack(dataclasses.replace(cfg, gan=str(root / "target")), splits=splits, progress=False)
@@ -170,6 +212,7 @@ def test_bad_attack_inputs_fail_clearly(trained, tmp_path):
   assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_distilled_surrogate_agrees_with_the_target_on_public_data(trained):
   from jaxmi.train.distill import distill_surrogate
   root, splits = trained
@@ -198,32 +241,31 @@ def make_tiny_workdirs(root, kedmi_gan: bool = False):
   splits = load_splits(TINY_DATA)
   quiet = lambda *a: None
   for name, role, seed in (("target", "target", 0), ("eval", "evaluation", 1), ("surrogate", "surrogate", 2)):
-    train_classifier(ClassifierConfig(name=name, role=role, workdir=str(root / name), data=TINY_DATA,
-                                      model=ModelConfig(arch="cnn", width=4, feature_dim=8),
-                                      optim=OptimConfig(learning_rate=0.05),
-                                      train=TrainConfig(epochs=1, batch_size=8, seed=seed)),
-                     splits=splits, progress=False, stop_at_step=3, log=quiet)
-  train_gan(GANExperimentConfig(name="gan", workdir=str(root / "gan"), data=TINY_DATA, gan=TINY_GAN,
-                                train=GANTrainConfig(epochs=1, batch_size=8)),
-            splits=splits, progress=False, stop_at_step=1, log=quiet)
+    stopped(train_classifier, ClassifierConfig(name=name, role=role, workdir=str(root / name), data=TINY_DATA,
+                                               model=ModelConfig(arch="cnn", width=4, feature_dim=8),
+                                               optim=OptimConfig(learning_rate=0.05),
+                                               train=TrainConfig(epochs=1, batch_size=8, seed=seed)),
+            splits=splits, progress=False, stop_at_step=3, log=quiet)
+  stopped(train_gan, GANExperimentConfig(name="gan", workdir=str(root / "gan"), data=TINY_DATA, gan=TINY_GAN,
+                                         train=GANTrainConfig(epochs=1, batch_size=8)),
+          splits=splits, progress=False, stop_at_step=1, log=quiet)
   if kedmi_gan:
-    train_gan(GANExperimentConfig(name="kgan", kind="kedmi", workdir=str(root / "kgan"), target=str(root / "target"),
-                                  data=TINY_DATA, gan=TINY_GAN, train=GANTrainConfig(epochs=1, batch_size=8)),
-              splits=splits, progress=False, stop_at_step=1, log=quiet)
+    stopped(train_gan, GANExperimentConfig(name="kgan", kind="kedmi", workdir=str(root / "kgan"),
+                                           target=str(root / "target"), data=TINY_DATA, gan=TINY_GAN,
+                                           train=GANTrainConfig(epochs=1, batch_size=8)),
+            splits=splits, progress=False, stop_at_step=1, log=quiet)
   return splits
 
 
-def tiny_attack(root, workdir, **inversion) -> AttackConfig:
+def tiny_attack(root, workdir, **fields) -> AttackConfig:
+  """A tiny attack on ``make_tiny_workdirs(root)``; ``fields``: InversionConfig or ExecutionConfig fields."""
   return AttackConfig(name="tiny", attack="gmi", workdir=str(workdir), target=str(root / "target"),
                       evaluator=str(root / "eval"), gan=str(root / "gan"),
-                      inversion=InversionConfig(**{"steps": 8, "restarts": 2, "log_every": 2, "unroll": 2,
-                                                   "learning_rate": 0.05, "reference_batch": 1, **inversion}))
+                      **split_fields({"steps": 8, "restarts": 2, "log_every": 2, "unroll": 2, "learning_rate": 0.05,
+                                      "reference_batch": 1, **fields}))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  root = tmp_path_factory.mktemp("tiny_models")
-  return root, make_tiny_workdirs(root)
+# The fixture `tiny` (these workdirs, built once per session) is in conftest.py.
 
 
 def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypatch):
@@ -265,7 +307,7 @@ def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypat
     want_identity = -(target_logit + surrogate_logit) / 2
     p_reg = np.asarray(public_feats, np.float64).mean(0)
     want_feature = np.mean((np.asarray(outs[0].features) - p_reg) ** 2, axis=1)
-  parts = jax.vmap(lambda p, y: inv._loss(p, y, jax.random.PRNGKey(0), variables)[1])(z, labels)
+  parts = jax.vmap(lambda p, y: inv.loss(p, y, jax.random.PRNGKey(0), variables, inv.terms)[1])(z, labels)
   # float32 networks: logits of size ~1 carry ~1e-6 relative rounding.
   np.testing.assert_allclose(parts["identity"], 100.0 * want_identity, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(parts["feature_reg"], 100.0 * want_feature, rtol=1e-4, atol=1e-5)
@@ -279,6 +321,7 @@ def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypat
                splits=splits, progress=False)
 
 
+@pytest.mark.slow
 def test_kedmi_gan_learns_the_targets_soft_labels_and_kedmi_beats_chance(trained, tmp_path):
   from jaxmi.metrics import classifier_outputs
   from jaxmi.train import load_classifier
@@ -294,9 +337,9 @@ def test_kedmi_gan_learns_the_targets_soft_labels_and_kedmi_beats_chance(trained
   rest = order[500:]
   train_split = dataclasses.replace(splits, public=dataclasses.replace(
       pub, images=pub.images[rest], labels=pub.labels[rest], identities=pub.identities[rest]))
-  train_gan(GANExperimentConfig(name="kedmi", kind="kedmi", workdir=str(gan_dir), target=str(root / "target"),
-                                data=DATA, gan=GAN_CFG, train=GANTrainConfig(epochs=1, batch_size=32)),
-            splits=train_split, progress=False, stop_at_step=60, log=lambda *a: None)
+  stopped(train_gan, GANExperimentConfig(name="kedmi", kind="kedmi", workdir=str(gan_dir), target=str(root / "target"),
+                                         data=DATA, gan=GAN_CFG, train=GANTrainConfig(epochs=1, batch_size=32)),
+          splits=train_split, progress=False, stop_at_step=60, log=lambda *a: None)
   gan = load_gan(gan_dir)
   assert gan.kind == "kedmi"
   target_pred = np.argmax(classifier_outputs(load_classifier(root / "target"), held_out)[0], -1)
@@ -307,18 +350,19 @@ def test_kedmi_gan_learns_the_targets_soft_labels_and_kedmi_beats_chance(trained
   # KEDMI's distributional attack through the fixture's trained generator (its WGAN critic as the
   # prior): 5 digits x 4 distributions x 5 draws, judged by the evaluation model over all draws.
   cfg = dataclasses.replace(attack_config(root, steps=600, restarts=4, optimizer="adam", learning_rate=0.02,
-                                          clip_z=0.0, eval_draws=5), attack="kedmi", workdir=str(tmp_path / "kedmi"))
+                                          draw_clamp=0.0, eval_draws=5),
+                            attack="kedmi", workdir=str(tmp_path / "kedmi"))
   result = run_attack(cfg, splits=splits, progress=False, log=lambda *a: None)
   assert result["restarts"] == 20 and result["draws_per_latent"] == 5 and result["compilations"] == 1
   # Chance is 20%; measured 43% (46% with 1000 steps), so at least 1.5x chance.
   assert result["acc1_all_restarts_mean"] >= 0.30, result
 
 
-def test_distill_refuses_a_student_data_config_that_names_another_split(trained, tmp_path):
+def test_distill_refuses_a_student_data_config_that_names_another_split(tiny, tmp_path):
   from jaxmi.train.distill import distill_surrogate
-  root, splits = trained
+  root, splits = tiny
   cfg = ClassifierConfig(name="s", role="surrogate", workdir=str(tmp_path / "s"),
-                         data=dataclasses.replace(DATA, public_ids=(6, 7)), model=ModelConfig(arch="cnn", width=4))
+                         data=dataclasses.replace(TINY_DATA, public_ids=(6, 7)), model=ModelConfig(arch="cnn", width=4))
   with pytest.raises(ConfigError, match=r"student.data: data.public_ids differ from the target's data config"):
     distill_surrogate(cfg, str(root / "target"), splits=splits, progress=False)
   assert not (tmp_path / "s").exists()

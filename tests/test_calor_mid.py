@@ -10,7 +10,8 @@ from jaxmi.defenses import MID, ConfidenceAdaptation, inverse_focal_loss, vib_kl
 from jaxmi.errors import ConfigError
 from jaxmi.nets import ModelConfig, build_classifier, init_variables
 from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, load_classifier, train_classifier
-from jaxmi.train.step import Defense
+from jaxmi.nets.classifiers import SAMPLE_RNG
+from jaxmi.train.step import NoDefense, RunFacts
 
 
 def test_inverse_focal_loss_matches_the_formula_and_holds_confidence_below_saturation():
@@ -40,8 +41,21 @@ def test_vib_kl_matches_the_closed_form_and_the_head_is_deterministic_at_evaluat
   variables = init_variables(model, jax.random.PRNGKey(0), (32, 32, 1))
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 1))
   np.testing.assert_array_equal(model.apply(variables, x).logits, model.apply(variables, x).logits)
-  train = lambda key: model.apply(variables, x, train=True, rngs={"vib": key}, mutable=["batch_stats"])[0].logits
-  assert not np.allclose(train(jax.random.PRNGKey(2)), train(jax.random.PRNGKey(3)))
+  train = lambda key: model.apply(variables, x, train=True, rngs={SAMPLE_RNG: key}, mutable=["batch_stats"])[0]
+  assert not np.allclose(train(jax.random.PRNGKey(2)).logits, train(jax.random.PRNGKey(3)).logits)
+  # The head returns its posterior: mu and sigma = softplus(. - 5) of its encoder, what MID's KL reads.
+  out = train(jax.random.PRNGKey(2))
+  encoder = variables["params"]["head"]["encoder"]
+  encoded = np.asarray(out.features, np.float64) @ np.asarray(encoder["kernel"]) + np.asarray(encoder["bias"])[None]
+  np.testing.assert_allclose(out.posterior.mu, encoded[:, :8], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out.posterior.sigma, np.logaddexp(0.0, encoded[:, 8:] - 5.0), rtol=1e-4, atol=1e-6)
+  with jax.enable_x64(True):  # MID's term is beta times the batch mean KL of exactly that posterior
+    mu, sigma = np.asarray(out.posterior.mu, np.float64), np.asarray(out.posterior.sigma, np.float64)
+    post = out.posterior._replace(mu=jnp.asarray(mu), sigma=jnp.asarray(sigma))
+    reg, metrics = MID(beta=0.5).regularizer(out._replace(posterior=post), None, images=None, params=None, step=0,
+                                             facts=None)
+    expected = np.mean(0.5 * np.sum(mu**2 + sigma**2 - 1 - 2 * np.log(sigma), -1))
+    assert float(metrics["kl"]) == pytest.approx(expected, rel=1e-12) and float(reg) == pytest.approx(0.5 * expected)
 
 
 def test_mid_without_a_vib_head_is_a_config_error(tmp_path):
@@ -49,8 +63,7 @@ def test_mid_without_a_vib_head_is_a_config_error(tmp_path):
   variables = init_variables(model, jax.random.PRNGKey(0), (32, 32, 1))
   out = model.apply(variables, jnp.zeros((2, 32, 32, 1)))
   with pytest.raises(ConfigError, match="MID needs the VIB head; set model.head=vib"):
-    MID().regularizer(out, jnp.zeros(2, jnp.int32), images=None, params=variables["params"], state={}, rng=None,
-                      step=0)
+    MID().regularizer(out, jnp.zeros(2, jnp.int32), images=None, params=variables["params"], step=0, facts=None)
 
 
 DATA = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9),
@@ -68,13 +81,15 @@ def train(tmp_path, name, splits, defense, head="linear", init_from="", epochs=5
   return summary, clf.module.apply(clf.variables, jnp.asarray(splits.private_test.images[:500], jnp.float32) / 255.0)
 
 
+@pytest.mark.slow   # trains on real MNIST end to end
 def test_calor_and_mid_train_on_real_data_and_change_what_they_claim(tmp_path, cache_root, data_root):
   splits = load_splits(DATA)
   labels = splits.private_test.labels[:500]
   # Two stages as in the reference: the low-rank head trained with CE (1 epoch here), then either
   # more CE (plain) or confidence adaptation (CALoR), from the same weights.
-  train(tmp_path, "low_rank", splits, Defense(), head="low_rank", epochs=1)
-  plain, plain_out = train(tmp_path, "plain", splits, Defense(), head="low_rank", init_from=str(tmp_path / "low_rank"))
+  train(tmp_path, "low_rank", splits, NoDefense(), head="low_rank", epochs=1)
+  plain, plain_out = train(tmp_path, "plain", splits, NoDefense(), head="low_rank",
+                           init_from=str(tmp_path / "low_rank"))
   calor, calor_out = train(tmp_path, "calor", splits, ConfidenceAdaptation(gamma=8.0, alpha=0.25), head="low_rank",
                            init_from=str(tmp_path / "low_rank"))
   # CALoR: confidence adaptation keeps true-class confidence near exp(-1/8) = 0.88 instead of ~1.
@@ -101,7 +116,7 @@ def test_calor_and_mid_train_on_real_data_and_change_what_they_claim(tmp_path, c
   assert mid["natural_accuracy"] > 0.9, mid
   # Starting from another head's weights is refused before anything is written.
   with pytest.raises(ConfigError, match="init_from: .* do not match model cnn"):
-    train(tmp_path, "wrong", splits, Defense(), head="low_rank", init_from=str(tmp_path / "mid"))
+    train(tmp_path, "wrong", splits, NoDefense(), head="low_rank", init_from=str(tmp_path / "mid"))
   assert not (tmp_path / "wrong").exists()
 
 
@@ -111,27 +126,28 @@ def test_negative_label_smoothing_loss_and_schedule():
   # The reference schedule at E = 100: 0 before epoch 50, alpha * (e + 1 - 50) / 50 up to 74, then alpha.
   for epoch, expected in [(0, 0.0), (49, 0.0), (50, -0.05 / 50), (74, -0.05 * 25 / 50), (75, -0.05), (99, -0.05)]:
     assert float(nls_alpha(epoch, -0.05, 100)) == pytest.approx(expected, abs=1e-9)
-  nls = NegativeLabelSmoothing(alpha=-0.05).bind(steps_per_epoch=10, total_steps=1000)
+  nls, facts = NegativeLabelSmoothing(alpha=-0.05), RunFacts(steps_per_epoch=10, total_steps=1000)
   rng = np.random.default_rng(0)
   logits, labels = rng.normal(size=(5, 4)), rng.integers(0, 4, 5)
   out = ClassifierOutput(jnp.asarray(logits, jnp.float32), None, ())
   log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   nll, uniform = -log_p[np.arange(5), labels], -log_p.mean(-1)
   for step in (0, 760):  # epochs 0 and 76 of 100
-    alpha = float(nls.current_alpha(step))
-    reg, _, _ = nls.regularizer(out, jnp.asarray(labels), images=None, params=None, state={}, rng=None, step=step)
+    alpha = float(nls.current_alpha(step, facts))
+    reg, _ = nls.regularizer(out, jnp.asarray(labels), images=None, params=None, step=step, facts=facts)
     # CE + reg must equal the smoothed loss (1 - alpha) NLL + alpha * mean_k(-log p_k).
     np.testing.assert_allclose(nll.mean() + float(reg), np.mean((1 - alpha) * nll + alpha * uniform), rtol=1e-5)
-  assert float(nls.current_alpha(760)) == pytest.approx(-0.05)
+  assert float(nls.current_alpha(760, facts)) == pytest.approx(-0.05)
   with pytest.raises(ConfigError, match="defense.alpha"):
     NegativeLabelSmoothing(alpha=1.5)
 
 
+@pytest.mark.slow   # trains on real MNIST end to end
 def test_negative_label_smoothing_trains_on_real_data_and_sharpens_predictions(tmp_path, cache_root, data_root):
   from jaxmi.defenses import NegativeLabelSmoothing
   splits = load_splits(DATA)
   entropy = lambda out: float(np.mean(-np.sum(jax.nn.softmax(out.logits) * jax.nn.log_softmax(out.logits), -1)))
-  _, plain_out = train(tmp_path, "plain", splits, Defense())
+  _, plain_out = train(tmp_path, "plain", splits, NoDefense())
   nls, nls_out = train(tmp_path, "nls", splits, NegativeLabelSmoothing(alpha=-0.05))
   # alpha < 0 rewards confidence once the schedule starts (the last 2 of 5 epochs here): measured
   # mean prediction entropy 0.062 vs 0.074 with CE, accuracy 98.7%.
@@ -143,9 +159,9 @@ def test_nls_whose_schedule_never_starts_warns_and_records_the_effective_setting
   """A 1-epoch NLS run is plain cross-entropy (alpha_t = 0 until half the epochs): `defend` says so at the
   start and the summary records the alpha reached and the steps it acted on, not just alpha = -0.05."""
   from jaxmi.defenses import NegativeLabelSmoothing
-  from jaxmi.defenses.run import DefendConfig, defend
+  from jaxmi.experiments.defend import DefendConfig, defend
   nls = NegativeLabelSmoothing(alpha=-0.05)
-  assert nls.bind(10, 40).report(steps=40, batch_size=1, num_examples=1) == {
+  assert nls.report(RunFacts(steps_per_epoch=10, total_steps=40), 40) == {
       "effective": {"alpha_reached": -0.05, "active_steps": 20}}  # epochs 2-3 of 4
   assert nls.warning(4) == "" and NegativeLabelSmoothing(schedule=False).warning(1) == ""
   data = DataConfig(dataset="mnist", image_size=16, channels=1, private_ids=(0, 1, 2), public_ids=(5, 6, 7),
@@ -159,7 +175,8 @@ def test_nls_whose_schedule_never_starts_warns_and_records_the_effective_setting
   assert len(warnings) == 1 and lines.index(warnings[0]) == 0, lines
   assert "alpha stays 0 for all 1 epoch(s)" in warnings[0]
   assert summary["effective"] == {"alpha_reached": 0.0, "active_steps": 0}
-  assert summary["defense_config"]["alpha"] == -0.05
+  # The recorded config is the defense's settings only, not the run facts it was given (steps_per_epoch, epochs).
+  assert summary["defense_config"] == {"name": "nls", "alpha": -0.05, "schedule": True}
 
 
 def test_calor_configs_fine_tune_with_the_reference_recipe():
@@ -168,7 +185,7 @@ def test_calor_configs_fine_tune_with_the_reference_recipe():
   from pathlib import Path
   from jaxmi.config import load_config
   configs = Path(__file__).resolve().parents[1] / "configs"
-  for name in ("defense_calor_mnist.py", "defense_calor_att.py"):
+  for name in ("defense.py:method=calor,data=mnist", "defense.py:method=calor,data=att"):
     cfg = load_config(configs / name)
     o, t = cfg.target.optim, cfg.target.train
     assert (o.name, o.learning_rate, o.momentum, o.weight_decay, o.schedule, o.decay_epochs, o.decay_factor,

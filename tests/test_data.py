@@ -608,7 +608,7 @@ def test_empty_public_split_names_public_ids(tmp_path):
   from jaxmi.train.gan import train_gan
 
   REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-  cfg = config_lib.load_config(REPO / "configs" / "gan_mnist.py", [f"workdir={tmp_path / 'w'}"])
+  cfg = config_lib.load_config(REPO / "configs" / "gan.py:kind=gmi,data=mnist", [f"workdir={tmp_path / 'w'}"])
   splits = data.load_splits(data.DataConfig(dataset="sklearn_digits", private_ids=(0, 1), public_ids=(),
                                             image_size=cfg.gan.image_size, channels=cfg.gan.channels))
   # Before: "batch_size: 320 is larger than the 0 examples of the split".

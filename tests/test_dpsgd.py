@@ -10,12 +10,12 @@ import optax
 import pytest
 
 from jaxmi.data import DataConfig, load_splits
-from jaxmi.defenses import DPSGD, dp_epsilon, private_aggregate
+from jaxmi.defenses import DPSGD, clip_and_sum, dp_epsilon, noisy_mean
 from jaxmi.errors import ConfigError
 from jaxmi.nets import ModelConfig, build_classifier, init_variables
 from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, train_classifier
 from jaxmi.train.state import TrainState
-from jaxmi.train.step import Defense, make_train_step
+from jaxmi.train.step import NoDefense, RunFacts, make_train_step
 
 
 def test_aggregate_clips_each_example_sums_and_adds_noise_of_the_stated_scale():
@@ -25,13 +25,16 @@ def test_aggregate_clips_each_example_sums_and_adds_noise_of_the_stated_scale():
   scale = np.minimum(1.0, 1.5 / norms)
   expected = {k: np.tensordot(scale, v, axes=1) / 5 for k, v in grads.items()}
   with jax.enable_x64(True):  # a formula test: float64, so summation order (CPU-dependent) cannot matter
-    tx = private_aggregate(l2_clip=1.5, noise_multiplier=0.0)
-    out, _ = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(None))
+    # The defense's gradient hook clips and sums; the first transform of its optimiser averages.
+    dp = DPSGD(l2_clip=1.5, noise_multiplier=0.0)
+    summed = dp.aggregate_grads(jax.tree.map(jnp.asarray, grads))
+    tx = dp.optimizer(optax.identity(), None, RunFacts(steps_per_epoch=1, total_steps=1, batch_size=5))
+    out, _ = tx.update(summed, tx.init(None))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15), out, expected)
   assert (norms > 1.5).any() and (norms < 1.5).any()  # both branches of the clip are exercised
   # Noise: std noise_multiplier * clip / batch on every coordinate, fresh each step.
-  tx = private_aggregate(l2_clip=1.5, noise_multiplier=2.0)
-  zeros = {"w": jnp.zeros((5, 200, 50))}
+  tx = noisy_mean(2.0 * 1.5, batch_size=5)
+  zeros = {"w": jnp.zeros((200, 50))}
   state = tx.init(None)
   first, state = tx.update(zeros, state)
   second, _ = tx.update(zeros, state)
@@ -46,14 +49,15 @@ def test_per_example_step_equals_the_batch_step_without_clipping_or_noise():
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (6, 16, 16, 1)), "label": jnp.arange(6) % 3}
 
   def step_with(defense):
-    tx = defense.optimizer(optax.sgd(0.1), variables["params"])
+    facts = RunFacts(steps_per_epoch=1, total_steps=1, batch_size=6)
+    tx = defense.optimizer(optax.sgd(0.1), variables["params"], facts)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats={},
                        opt_state=tx.init(variables["params"]), defense_state={}, rng=jax.random.PRNGKey(2))
     state = jax.tree.map(jnp.copy, state)  # the step donates its input
     return make_train_step(model, tx, defense)(state, batch)[0].params
 
   with jax.default_matmul_precision("highest"):
-    plain = step_with(Defense())
+    plain = step_with(NoDefense())
     private = step_with(DPSGD(l2_clip=1e6, noise_multiplier=0.0))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), private, plain)
 
@@ -74,6 +78,7 @@ def test_epsilon_matches_the_gaussian_mechanism_and_grows_with_steps():
   assert dp_epsilon(noise_multiplier=0.0, sampling_rate=0.01, steps=1, delta=delta) == float("inf")
 
 
+@pytest.mark.slow   # trains on real MNIST end to end
 def test_dp_sgd_refuses_batchnorm_and_trains_group_norm_models_on_real_data(tmp_path, cache_root, data_root):
   data = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4),
                     public_ids=(5, 6, 7, 8, 9), max_per_class=400)

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from jaxmi.data import ArraySplit, DataConfig, Splits
-from jaxmi.errors import CheckpointError, ConfigError, NonFiniteError, WorkdirBusyError
+from jaxmi.errors import CheckpointError, ConfigError, Interrupted, NonFiniteError, WorkdirBusyError
 from jaxmi.nets import ModelConfig
 from jaxmi.nets.gan import GANConfig
 from jaxmi.records import read_jsonl
@@ -27,21 +27,12 @@ from jaxmi.train.gan import GANExperimentConfig, GANTrainConfig, load_gan, train
 from jaxmi.workdir import locked
 
 REPO = Path(__file__).resolve().parents[1]
+MNIST_TARGET = REPO / "configs/classifier.py:role=target,data=mnist"
 quiet = lambda *a: None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """The tests below train the same tiny shapes many times: compile each program once per module."""
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-          "jax_persistent_cache_min_entry_size_bytes")
-  before = {k: getattr(jax.config, k) for k in keys}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  yield
-  for k, v in before.items():
-    jax.config.update(k, v)
+# The tests below train the same tiny shapes many times: conftest's session-wide compilation cache compiles
+# each program once.
 
 
 def _split(rng, n):
@@ -77,9 +68,9 @@ class _DivergeAt(Defense):
   name: str = "diverge"
   at: int = 5
 
-  def regularizer(self, out, labels, *, images, params, state, rng, step):
+  def regularizer(self, out, labels, *, images, params, step, facts):
     scale = jnp.where(step >= self.at, jnp.nan, 0.0)
-    return scale * jnp.sum(params["head"]["fc"]["kernel"] ** 2), state, {}
+    return scale * jnp.sum(params["head"]["fc"]["kernel"] ** 2), {}
 
 
 def test_divergence_stops_naming_step_and_quantity_and_keeps_the_good_checkpoint(tmp_path, splits):
@@ -100,9 +91,10 @@ def test_divergence_stops_naming_step_and_quantity_and_keeps_the_good_checkpoint
   assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.slow   # real MNIST through a CLI subprocess; the fast tier checks the same stop in-process (above)
 def test_cli_exits_2_on_divergence(tmp_path, cache_root, data_root):
   r = subprocess.run([sys.executable, str(REPO / "bin" / "jaxmi"), "train-classifier", "--config",
-                      str(REPO / "configs/mnist_target.py"), "--workdir", str(tmp_path / "w"), "--no-progress",
+                      str(MNIST_TARGET), "--workdir", str(tmp_path / "w"), "--no-progress",
                       "data.max_per_class=16", "model.width=4", "model.feature_dim=8",
                       "train.batch_size=16", "train.epochs=1", "train.checkpoint_every=1", "optim.learning_rate=1e30"],
                      capture_output=True, text=True, timeout=600, env=os.environ.copy())
@@ -214,7 +206,7 @@ def test_second_writer_is_refused_and_a_killed_owner_releases(tmp_path):
   with locked(workdir):
     assert (workdir / ".lock").read_text().strip() == str(os.getpid())
     r = subprocess.run([sys.executable, str(REPO / "bin" / "jaxmi"), "train-classifier", "--config",
-                        str(REPO / "configs/mnist_target.py"), "--workdir", str(workdir)],
+                        str(MNIST_TARGET), "--workdir", str(workdir)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [l for l in r.stderr.splitlines() if l.startswith("jaxmi: error:")]
@@ -247,21 +239,23 @@ def test_a_refused_command_leaves_no_workdir(tmp_path):
 def test_resume_with_a_changed_config_is_refused(tmp_path, splits):
   # Before: a note was logged and training carried on with a config neither run describes.
   cfg = tiny(tmp_path, epochs=2)
-  assert train_classifier(cfg, splits=splits, progress=False, stop_at_step=3, log=quiet) == {"interrupted_at_step": 3}
+  with pytest.raises(Interrupted):
+    train_classifier(cfg, splits=splits, progress=False, stop_at_step=3, log=quiet)
   changed = dataclasses.replace(cfg, optim=OptimConfig(name="sgd", learning_rate=0.5))
   with pytest.raises(ConfigError, match="optim.learning_rate.*--allow-config-change") as e:
     train_classifier(changed, splits=splits, progress=False, log=quiet)
   assert "\n" not in str(e.value)
   # Epochs may change; and the user may insist.
   longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3))
-  assert train_classifier(longer, splits=splits, progress=False, stop_at_step=5, log=quiet) == {
-      "interrupted_at_step": 5}
+  with pytest.raises(Interrupted):
+    train_classifier(longer, splits=splits, progress=False, stop_at_step=5, log=quiet)
   assert train_classifier(changed, splits=splits, progress=False, allow_config_change=True, log=quiet)["steps"] == 8
 
 
 def test_gan_resume_with_a_changed_config_is_refused(tmp_path):
   cfg, splits = _gan(tmp_path, epochs=2, log_every=2, checkpoint_every=2)
-  assert train_gan(cfg, splits=splits, progress=False, stop_at_step=2, log=quiet) == {"interrupted_at_step": 2}
+  with pytest.raises(Interrupted):
+    train_gan(cfg, splits=splits, progress=False, stop_at_step=2, log=quiet)
   with pytest.raises(ConfigError, match="train.gp_weight"):
     train_gan(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gp_weight=1.0)), splits=splits,
               progress=False, log=quiet)
@@ -302,9 +296,9 @@ class _UnlearnAfter(Defense):
   name: str = "unlearn"
   at: int = 24
 
-  def regularizer(self, out, labels, *, images, params, state, rng, step):
+  def regularizer(self, out, labels, *, images, params, step, facts):
     wrong = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out.logits, 1 - labels))
-    return jnp.where(step >= self.at, 2.0 * wrong, 0.0), state, {}
+    return jnp.where(step >= self.at, 2.0 * wrong, 0.0), {}
 
 
 def test_best_test_release_keeps_the_best_epoch_and_resumes_exactly(tmp_path, splits):
@@ -325,8 +319,9 @@ def test_best_test_release_keeps_the_best_epoch_and_resumes_exactly(tmp_path, sp
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # Resume exact: interrupted mid-epoch after the best epoch, the released model is the same.
   cut = run("cut", release="best_test")
-  train_classifier(cut, splits=splits, defense=_UnlearnAfter(), progress=False, stop_at_step=8 * best_epoch + 3,
-                   log=quiet)
+  with pytest.raises(Interrupted):
+    train_classifier(cut, splits=splits, defense=_UnlearnAfter(), progress=False, stop_at_step=8 * best_epoch + 3,
+                     log=quiet)
   assert train_classifier(cut, splits=splits, defense=_UnlearnAfter(), progress=False,
                           log=quiet)["released_epoch"] == best_epoch
   for x, y in zip(jax.tree.leaves(released.variables), jax.tree.leaves(load_classifier(tmp_path / "cut").variables)):

@@ -15,7 +15,7 @@ from scipy import stats
 
 from jaxmi import cli
 from jaxmi.attacks import expmi
-from jaxmi.defenses import gnime_run
+from jaxmi.experiments import gnime as gnime_run
 from jaxmi.defenses.gnime import GNIMEConfig, GNIMENets, gnime_losses, make_gnime_step, release, train_gnime
 from jaxmi.errors import ConfigError, NonFiniteError
 from jaxmi.attacks.expmi import InverterConfig
@@ -137,9 +137,10 @@ def test_inverter_networks_map_any_explanation_size_to_the_image():
   for e_side, out in [(32, 32), (8, 32), (64, 64), (4, 64)]:
     net = ExpMI(out, 1, width_divisor=16)
     e, y = jnp.zeros((2, e_side, e_side, 1)), jnp.zeros((2, 10))
-    assert net.apply(net.init(jax.random.PRNGKey(0), e, y), e, y).shape == (2, out, out, 1)
+    # Shapes only: traced, not run (running the 64-px nets op by op took ~30 s of CPU).
+    assert jax.eval_shape(lambda: net.apply(net.init(jax.random.PRNGKey(0), e, y), e, y)).shape == (2, out, out, 1)
   pred = PredMI(32, 3, width_divisor=16)
-  assert pred.apply(pred.init(jax.random.PRNGKey(0), y), y).shape == (2, 32, 32, 3)
+  assert jax.eval_shape(lambda: pred.apply(pred.init(jax.random.PRNGKey(0), y), y)).shape == (2, 32, 32, 3)
 
 
 # Kernel shapes of WSP-LAB/GNIME scripts/models.py, in Keras layer order (biases: the last dimension).
@@ -226,6 +227,7 @@ def tiny_run(classifiers, workdir, *, gnime_lr=1e-3, attacker_lr=1e-3, **kw):
                               checkpoint_every=1), rows=3, **kw)
 
 
+@pytest.mark.slow   # the `classifiers` fixture trains on real MNIST; then the whole pipeline
 def test_pipeline_trains_a_fresh_attacker_on_the_released_explanations(classifiers, tmp_path, monkeypatch):
   quiet = QUIET
   calls = []
@@ -260,6 +262,7 @@ def test_pipeline_trains_a_fresh_attacker_on_the_released_explanations(classifie
     gnime_run.run_gnime(cfg, **quiet)
 
 
+@pytest.mark.slow   # uses the `classifiers` fixture (trained on real MNIST)
 def test_explanation_batches_are_padded_and_masked_so_gnime_grad_cam_pools_over_real_images_only(classifiers):
   clf = load_classifier(classifiers[0])
   images = np.random.default_rng(0).uniform(size=(7, 32, 32, 1)).astype(np.float32)
@@ -331,6 +334,7 @@ def test_a_diverging_attacker_or_gnime_raises_instead_of_reporting_and_saves_not
     assert not any(p.name.isdigit() for p in (tmp_path / d).glob("*")), d   # no checkpoint from that state
 
 
+@pytest.mark.slow   # uses the `classifiers` fixture (trained on real MNIST)
 def test_a_diverging_gnime_stops_the_run_before_any_result(classifiers, tmp_path):
   # Before: GNIME's NaN generator released NaN explanations and the run reported a TCA next to NaN SSIM.
   cfg = tiny_run(classifiers, tmp_path / "g", gnime_lr=1e10)
@@ -353,7 +357,7 @@ def test_a_diverging_gnime_stops_the_run_before_any_result(classifiers, tmp_path
 def test_bad_sizes_are_one_line_errors_before_any_work(tmp_path, capsys, override, message):
   # Before: batch_size=0 was a ZeroDivisionError after the explanations and GNIME's training.
   config = tmp_path / "gnime_cfg.py"
-  config.write_text("from jaxmi.defenses.gnime_run import GNIMERunConfig\n\n\ndef get_config():\n"
+  config.write_text("from jaxmi.experiments.gnime import GNIMERunConfig\n\n\ndef get_config():\n"
                     f"  return GNIMERunConfig(workdir={str(tmp_path / 'run')!r}, target={str(tmp_path / 'no_t')!r}, "
                     f"evaluator={str(tmp_path / 'no_ev')!r})\n")
   assert cli.main(["gnime", "--config", str(config), override]) == 2

@@ -1,13 +1,14 @@
 """KEDMI: the K+1 discriminator, its soft-label and generator losses, and the distributional latent."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmi.attacks import AttackModels, DistributionalLatent, InversionConfig, build_kedmi
+from jaxmi.attacks import AttackModels, DistributionalLatent, ExecutionConfig, InversionConfig, build_kedmi
 from jaxmi.nets import ModelConfig, build_classifier, init_variables
 from jaxmi.nets.gan import GANConfig, KEDMIDiscriminator, MinibatchDiscrimination, build_gan
 from jaxmi.train.gan import kedmi_discriminator_loss, kedmi_generator_loss
@@ -17,7 +18,8 @@ from tolerance import rounding_tolerance
 @pytest.mark.parametrize("stages, size, feat", [(4, 64, 4096), (3, 32, 4096)])
 def test_discriminator_shapes_match_the_reference(stages, size, feat):
   """d = 64: 64 px (three 5x5 stages + a 3x3 one) and 32 px (three 5x5) both end at 4x4x256 = 4096
-  features; minibatch discrimination adds 64 and the head maps 4160 -> K (attacks.md 3.1)."""
+  features; minibatch discrimination adds 64 and the head maps 4160 -> K (Chen, Kahla, Jia & Qi, ICCV 2021;
+  the official code's ``MinibatchDiscriminator``)."""
   disc = KEDMIDiscriminator(num_classes=1000, base_width=64, stages=stages)
   x = jnp.zeros((2, size, size, 3))
   variables = jax.eval_shape(lambda: disc.init(jax.random.PRNGKey(0), x))
@@ -82,7 +84,8 @@ def test_generator_loss_is_feature_matching_plus_summed_entropy():
 
 
 def test_realism_is_minus_kedmis_prior():
-  """Prior = E softplus(LSE(l)) - E LSE(l) (attacks.md 3.2); realism must be its negative."""
+  """Prior = E softplus(LSE(l)) - E LSE(l) (Chen et al., ICCV 2021, as the official ``dist_inversion`` computes
+  it); realism must be its negative."""
   disc = KEDMIDiscriminator(num_classes=3, base_width=4, stages=3)
   x = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 1))
   variables = disc.init(jax.random.PRNGKey(1), x)
@@ -93,7 +96,7 @@ def test_realism_is_minus_kedmis_prior():
 
 
 def test_distributional_sampler_reparameterises_and_clips():
-  latent = DistributionalLatent(z_dim=3, clip=0.0, init_logvar=1.0, draws=5)
+  latent = DistributionalLatent(z_dim=3, clamp=0.0, init_logvar=1.0, draws=5)
   params = latent.init(jax.random.PRNGKey(0))
   np.testing.assert_array_equal(params["mu"], 0.0)
   np.testing.assert_array_equal(params["logvar"], 1.0)
@@ -108,20 +111,29 @@ def test_distributional_sampler_reparameterises_and_clips():
   grads = jax.grad(lambda p: jnp.sum(latent.sample(p, key)))(params)
   np.testing.assert_allclose(grads["mu"], 1.0)
   np.testing.assert_allclose(grads["logvar"], 0.5 * eps * jnp.exp(0.5 * params["logvar"]), rtol=1e-5)
-  # Evaluation draws; with clip (LOMMA's KEDMI path) every sampled z lies in [-1, 1].
+  # Evaluation draws; with a clamp (LOMMA's KEDMI path) every sampled z lies in [-1, 1].
   assert latent.final(params, key).shape == (5, 3)
-  clipped = DistributionalLatent(z_dim=3, clip=1.0)
+  clipped = DistributionalLatent(z_dim=3, clamp=1.0)
   z = np.asarray(jax.vmap(clipped.sample, in_axes=(None, 0))(params, keys[:500]))
   assert np.abs(z).max() <= 1.0 and np.isclose(np.abs(z).max(), 1.0)
 
 
 def toy_kedmi(num_classes=4):
+  """Untrained KEDMI models and variables, built once per process (eager initialisation takes seconds); every
+  caller gets its own containers, so no test sees another's changes (the arrays themselves are immutable)."""
+  models, variables = _toy_kedmi(num_classes)
+  return models, jax.tree.map(lambda x: x, variables)
+
+
+@functools.cache
+def _toy_kedmi(num_classes):
   gan_cfg = GANConfig(z_dim=16, base_width=4, stages=3, channels=1)
   generator, disc = build_gan(gan_cfg, kind="kedmi", num_classes=num_classes)
   target = build_classifier(ModelConfig(arch="cnn", width=4, feature_dim=8), num_classes)
   variables = {
-      "generator": generator.init(jax.random.PRNGKey(0), jnp.zeros((2, 16))),
-      "critic": disc.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 1))),
+      # jitted: eager initialisation runs op by op (~15 s of CPU in all)
+      "generator": jax.jit(generator.init)(jax.random.PRNGKey(0), jnp.zeros((2, 16))),
+      "critic": jax.jit(disc.init)(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 1))),
       "targets": (init_variables(target, jax.random.PRNGKey(2), (32, 32, 1)),),
   }
   return AttackModels(generator, disc, (target,), ((32, 32, 1),)), variables
@@ -129,12 +141,12 @@ def toy_kedmi(num_classes=4):
 
 def test_kedmi_engine_learns_distributions_in_one_compilation_independent_of_chunking():
   models, variables = toy_kedmi()
-  cfg = InversionConfig(steps=8, restarts=1, optimizer="adam", learning_rate=0.02, clip_z=0.0, eval_draws=3,
-                        log_every=4)
-  whole = build_kedmi(models, 16, cfg)
-  chunked = build_kedmi(models, 16, dataclasses.replace(cfg, max_batch=3))  # 4 latents -> 2 chunks, one padded
+  cfg = InversionConfig(steps=8, restarts=1, optimizer="adam", learning_rate=0.02, draw_clamp=0.0, eval_draws=3)
+  run = ExecutionConfig(log_every=4)
+  whole = build_kedmi(models, 16, cfg, run)
+  chunked = build_kedmi(models, 16, cfg, dataclasses.replace(run, max_batch=3))  # 4 latents -> 2 chunks, one padded
   a, b = whole.run(variables, [0, 1, 2, 3]), chunked.run(variables, [0, 1, 2, 3])
-  assert whole.traces == 1 and chunked.traces == 1
+  assert a.stats.compilations == 1 and b.stats.compilations == 1 and b.stats.chunk_size == 3
   assert a.images.shape == (4, 3, 32, 32, 1) and a.latents.shape == (4, 3, 16) and a.draws == 3
   assert a.latent_params["mu"].shape == (4, 1, 16) and a.latent_params["logvar"].shape == (4, 1, 16)
   # Adam's first steps are ~lr * sign(g): allow what float32 rounding does to this run (measured, not assumed).
@@ -151,12 +163,13 @@ def test_kedmi_attack_prior_is_the_k_plus_1_discriminators_minus_log_p_real():
   """Item 24: the attack's prior term is -log P(real) = softplus(LSE(l)) - LSE(l) of the K+1 discriminator's
   logits l on G(z) (checked in float64 on a fixed latent), and the run really uses that discriminator."""
   models, variables = toy_kedmi()
-  cfg = InversionConfig(steps=4, restarts=1, optimizer="adam", learning_rate=0.05, clip_z=0.0, eval_draws=2,
-                        log_every=2, unroll=2, reference_batch=1)
-  inv = build_kedmi(models, 16, cfg)
+  cfg = InversionConfig(steps=4, restarts=1, optimizer="adam", learning_rate=0.05, draw_clamp=0.0, eval_draws=2,
+                        reference_batch=1)
+  run = ExecutionConfig(log_every=2, unroll=2)
+  inv = build_kedmi(models, 16, cfg, run)
   params = {"mu": 0.3 * jnp.ones(16), "logvar": jnp.zeros(16)}
   key = jax.random.PRNGKey(7)
-  _, parts = inv._loss(params, jnp.asarray(2), key, variables)
+  _, parts = inv.loss(params, jnp.asarray(2), key, variables, inv.terms)
   z = inv.latent.sample(params, key)
   image = models.generator.apply(variables["generator"], z[None], train=False)
   _, logits = models.critic.apply(variables["critic"], image)
@@ -171,9 +184,9 @@ def test_kedmi_attack_prior_is_the_k_plus_1_discriminators_minus_log_p_real():
   # Another discriminator (other weights) changes the prior curve and the learned distributions.
   a = inv.run(variables, [0, 1])
   other = {**variables, "critic": models.critic.init(jax.random.PRNGKey(9), jnp.zeros((2, 32, 32, 1)))}
-  b = build_kedmi(models, 16, cfg).run(other, [0, 1])
+  b = build_kedmi(models, 16, cfg, run).run(other, [0, 1])
   assert not np.allclose(a.loss_parts["prior"], b.loss_parts["prior"])
   assert not np.allclose(a.latent_params["mu"], b.latent_params["mu"])
   # Without a prior term the discriminator is never evaluated: the curves carry only the identity term.
-  no_prior = build_kedmi(models, 16, dataclasses.replace(cfg, prior_weight=0.0)).run(variables, [0, 1])
+  no_prior = build_kedmi(models, 16, dataclasses.replace(cfg, prior_weight=0.0), run).run(variables, [0, 1])
   assert set(no_prior.loss_parts) == {"identity"}

@@ -28,21 +28,24 @@ def forward(logits, features):
 def test_logit_loss_is_the_negative_logit_averaged_over_attacked_models():
   f = forward([[1.0, 5.0, -2.0], [0.5, 3.0, 9.0]], [[0.0]])
   term = IdentityTerm(weight=100.0, loss="logit")
-  assert float(term(f, jnp.asarray(1), {})) == pytest.approx(-(5.0 + 3.0) / 2)
+  assert float(term(f, jnp.asarray(1))) == pytest.approx(-(5.0 + 3.0) / 2)
   ce = IdentityTerm(loss="ce")
   expected = np.mean([-jax.nn.log_softmax(jnp.asarray([1.0, 5.0, -2.0]))[2],
                       -jax.nn.log_softmax(jnp.asarray([0.5, 3.0, 9.0]))[2]])
-  assert float(ce(f, jnp.asarray(2), {})) == pytest.approx(float(expected), rel=1e-6)
+  assert float(ce(f, jnp.asarray(2))) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_feature_regulariser_global_and_per_class():
   f = forward([[0.0, 0.0]], [[1.0, 2.0, 3.0]])
-  term = FeatureRegTerm()
-  assert float(term(f, jnp.asarray(0), {"p_reg": jnp.zeros(3)})) == pytest.approx(14.0 / 3)
-  assert float(term(f, jnp.asarray(0), {"p_reg": jnp.asarray([1.0, 1.0, 1.0])})) == pytest.approx(5.0 / 3)
-  per_class = jnp.asarray([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
-  assert float(term(f, jnp.asarray(0), {"p_reg": per_class})) == pytest.approx(0.0)
-  assert float(term(f, jnp.asarray(1), {"p_reg": per_class})) == pytest.approx(14.0 / 3)
+  assert float(FeatureRegTerm(jnp.zeros(3))(f, jnp.asarray(0))) == pytest.approx(14.0 / 3)
+  assert float(FeatureRegTerm(jnp.asarray([1.0, 1.0, 1.0]))(f, jnp.asarray(0))) == pytest.approx(5.0 / 3)
+  per_class = FeatureRegTerm(jnp.asarray([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]))
+  assert float(per_class(f, jnp.asarray(0))) == pytest.approx(0.0)
+  assert float(per_class(f, jnp.asarray(1))) == pytest.approx(14.0 / 3)
+  # p_reg is data of the term (a pytree leaf, an argument of the compiled program); weight and name are static.
+  leaves, treedef = jax.tree.flatten(FeatureRegTerm(jnp.zeros(3), 100.0))
+  assert len(leaves) == 1 and leaves[0].shape == (3,)
+  assert jax.tree.unflatten(treedef, [jnp.ones(3)]).weight == 100.0
 
 
 def test_distillation_loss_is_kl_to_the_teacher():
@@ -104,6 +107,7 @@ def test_distillation_step_labels_the_augmented_batch_with_the_teacher():
   assert abs(on_clean - on_augmented) > 100 * 1e-4 * on_augmented, (on_clean, on_augmented)
 
 
+@pytest.mark.slow   # trains a target and a student on real MNIST
 def test_distill_prepares_data_where_the_config_says(tmp_path, cache_root, data_root, monkeypatch):
   """data.cache_dir (and data_dir) of the distill config win over the defaults the teacher's saved config holds."""
   from jaxmi.data import DataConfig, load_splits

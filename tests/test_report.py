@@ -11,11 +11,11 @@ import pytest
 
 from jaxmi import cli
 from jaxmi import config as config_lib
-from jaxmi.attacks import InversionConfig
-from jaxmi.attacks.run import AttackConfig
+from jaxmi.attacks import ExecutionConfig, InversionConfig
+from jaxmi.experiments.attack import AttackConfig
 
 KEDMI = dict(attack="kedmi", gan="runs/gan_kedmi", inversion=dict(optimizer="adam", restarts=1, eval_draws=5,
-                                                                    clip_z=0.0))
+                                                                    draw_clamp=0.0))
 LOMMA = dict(surrogates=("runs/surrogate",), inversion=dict(identity_loss="logit", feature_reg_weight=100.0))
 
 
@@ -112,8 +112,9 @@ def test_different_attacks_on_one_target_are_separate_rows(tmp_path, capsys):
   write_target(tmp_path, "none", "none", 0.99)
   dirs = [write_attack(tmp_path, "gmi_0", "none", 0.6, seed=0),
           write_attack(tmp_path, "gmi_1", "none", 0.8, seed=1,
-                       attack=dict(inversion=dict(devices=2, max_batch=64, compute_dtype="bfloat16", unroll=5,
-                                                  remat=True, log_every=10, memory_budget_gb=1.0))),
+                       attack=dict(execution=ExecutionConfig(devices=2, max_batch=64, compute_dtype="bfloat16",
+                                                             unroll=5, remat=True, log_every=10,
+                                                             memory_budget_gb=1.0))),
           write_attack(tmp_path, "lomma_0", "none", 0.9, seed=0, attack=LOMMA),
           write_attack(tmp_path, "kedmi_0", "none", 0.3, seed=0, attack=KEDMI),
           write_attack(tmp_path, "kedmi_1", "none", 0.5, seed=1, attack=KEDMI),

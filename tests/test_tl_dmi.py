@@ -12,13 +12,13 @@ import pytest
 from jaxmi import cli
 from jaxmi.data import DataConfig, load_splits
 from jaxmi.defenses import TransferLearning, layer_groups
-from jaxmi.defenses.run import DefendConfig, defend, public_pretraining
+from jaxmi.experiments.defend import DefendConfig, defend, public_pretraining
 from jaxmi.errors import ConfigError
 from jaxmi.metrics.fisher import layer_fisher
 from jaxmi.nets import VGG, ModelConfig, build_classifier, init_variables
 from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, load_classifier, train_classifier
 from jaxmi.train.state import TrainState
-from jaxmi.train.step import make_train_step
+from jaxmi.train.step import RunFacts, make_train_step
 
 DATA = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9),
                   max_per_class=200)
@@ -45,7 +45,7 @@ def test_layers_follow_the_forward_pass_not_dict_order():
   assert layer_groups(resnet, (32, 32, 1)) == (("stem", "stem_bn"), ("stage0_block0",), ("stage1_block0",),
                                                ("stage1_block1",), ("head",))
   with pytest.raises(ConfigError, match="defense.frozen_layers: this model has 3 layers before its head"):
-    TransferLearning(frozen_layers=4).bind(1, 1, module=build_classifier(MODEL, 5), image_shape=(32, 32, 1))
+    TransferLearning(frozen_layers=4).layers(RunFacts(1, 1, module=build_classifier(MODEL, 5), image_shape=(32, 32, 1)))
 
 
 def test_freezing_every_vgg_conv_still_trains_the_bn1d_before_the_head():
@@ -53,22 +53,24 @@ def test_freezing_every_vgg_conv_still_trains_the_bn1d_before_the_head():
   model always trains with its new classifier (a 3-conv VGG: the VGG16 rule, fast to compile)."""
   model = VGG(3, layout=(4, "M", 8, "M", 8, "M"))
   variables = init_variables(model, jax.random.PRNGKey(0), (32, 32, 1))
-  defense = TransferLearning(frozen_layers=-1).bind(1, 1, module=model, image_shape=(32, 32, 1))
-  assert defense.frozen == {"conv0", "bn0", "conv1", "bn1", "conv2", "bn2"}
-  tx = defense.optimizer(optax.sgd(0.1), variables["params"])
+  defense, facts = TransferLearning(frozen_layers=-1), RunFacts(1, 1, module=model, image_shape=(32, 32, 1))
+  frozen = defense.frozen(facts)
+  assert frozen == {"conv0", "bn0", "conv1", "bn1", "conv2", "bn2"}
+  tx = defense.optimizer(optax.sgd(0.1), variables["params"], facts)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats=variables["batch_stats"],
                      opt_state=tx.init(variables["params"]), defense_state={}, rng=jax.random.PRNGKey(1))
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(2), (8, 32, 32, 1)), "label": jnp.arange(8) % 3}
   before = jax.device_get(variables)
-  after, _ = make_train_step(model, tx, defense)(jax.tree.map(jnp.copy, state), batch)
+  after, _ = make_train_step(model, tx, defense, facts=facts)(jax.tree.map(jnp.copy, state), batch)
   after = jax.device_get(after.params)
-  for name in defense.frozen:
+  for name in frozen:
     jax.tree.map(np.testing.assert_array_equal, after[name], before["params"][name])
   for leaf in ("scale", "bias"):
     assert not np.array_equal(after["bn_feat"][leaf], before["params"]["bn_feat"][leaf]), leaf
   assert not np.array_equal(after["head"]["fc"]["kernel"], before["params"]["head"]["fc"]["kernel"])
 
 
+@pytest.mark.slow   # trains on real MNIST end to end
 def test_frozen_layers_keep_parameters_and_statistics_while_the_rest_trains(tmp_path, cache_root, data_root):
   splits = load_splits(DATA)
   public = public_pretraining(target_config(tmp_path), name="public", workdir=str(tmp_path / "public"))
@@ -84,6 +86,8 @@ def test_frozen_layers_keep_parameters_and_statistics_while_the_rest_trains(tmp_
 
   summary, after = finetune("tl", TransferLearning(frozen_layers=2))
   assert summary["frozen_layers"] == [["conv0", "bn0"], ["conv1", "bn1"]]
+  # The recorded config holds the defense's settings, not the layers it derived from the model.
+  assert summary["defense_config"] == {"name": "tl_dmi", "frozen_layers": 2, "freeze_statistics": True}
   for name in ("conv0", "bn0", "conv1", "bn1"):  # bit-identical: no update, no decay, no statistics drift
     jax.tree.map(np.testing.assert_array_equal, after["params"][name], before["params"][name])
   for name in ("bn0", "bn1"):
@@ -102,6 +106,7 @@ def test_frozen_layers_keep_parameters_and_statistics_while_the_rest_trains(tmp_
   assert not (tmp_path / "no_init").exists()
 
 
+@pytest.mark.slow   # trains on real MNIST end to end
 def test_defend_command_pretrains_on_public_data_then_fine_tunes(tmp_path, cache_root, data_root, monkeypatch):
   target = target_config(tmp_path, "defended", epochs=1)
   pretrain = public_pretraining(target, name="pre", workdir=str(tmp_path / "pre"), epochs=1)
@@ -116,6 +121,7 @@ def test_defend_command_pretrains_on_public_data_then_fine_tunes(tmp_path, cache
   assert summary["defense_config"]["frozen_layers"] == 1 and np.isfinite(summary["natural_accuracy"])
 
 
+@pytest.mark.slow   # trains on real MNIST first
 def test_fisher_of_the_head_matches_its_closed_form(tmp_path, cache_root, data_root, capsys):
   cfg = target_config(tmp_path, "fisher_model", epochs=1)
   train_classifier(cfg, **QUIET)

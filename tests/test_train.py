@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from jaxmi.data import DataConfig, load_splits, train_batches
-from jaxmi.errors import CheckpointError
+from jaxmi.errors import CheckpointError, Interrupted
 from jaxmi.nets import ModelConfig, build_classifier, init_variables
 from jaxmi.train import (ClassifierConfig, Defense, OptimConfig, TrainConfig, TrainState, load_classifier,
                          make_train_step, train_classifier)
@@ -36,6 +36,7 @@ def quiet(*args):
   pass
 
 
+@pytest.mark.slow   # trains on real MNIST end to end
 def test_target_learns_the_private_digits(tmp_path, mnist_small):
   summary = train_classifier(small_config(tmp_path, epochs=3), splits=mnist_small, progress=False, log=quiet)
   # 1000 training images, 60 steps: chance is 20%; a working pipeline is far above it.
@@ -47,13 +48,15 @@ def test_target_learns_the_private_digits(tmp_path, mnist_small):
   assert (tmp_path / "curves.png").stat().st_size > 1000 and (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.slow   # two real-MNIST trainings; the fast tier resumes on synthetic data (test_faults.py)
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, mnist_small):
   full = small_config(tmp_path / "full")
   interrupted = small_config(tmp_path / "resumed")
   train_classifier(full, splits=mnist_small, progress=False, log=quiet)
   # Stop mid-epoch and between checkpoint intervals: resume must not depend on where it stopped.
-  assert train_classifier(interrupted, splits=mnist_small, progress=False, stop_at_step=17, log=quiet) == {
-      "interrupted_at_step": 17}
+  with pytest.raises(Interrupted, match="interrupted at step 17") as stopped:
+    train_classifier(interrupted, splits=mnist_small, progress=False, stop_at_step=17, log=quiet)
+  assert stopped.value.step == 17
   lines_before = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
   summary = train_classifier(interrupted, splits=mnist_small, progress=False, log=quiet)
   assert summary["resumed_from_step"] == 17 and summary["steps"] == 40
@@ -64,6 +67,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, mnist_smal
   assert read_jsonl(tmp_path / "resumed" / "metrics.jsonl")[:len(lines_before)] == lines_before
 
 
+@pytest.mark.slow   # the resume test's guard, on real MNIST
 def test_a_different_seed_gives_different_parameters(tmp_path, mnist_small):
   # Guards the resume test against passing trivially (e.g. nothing trained at all).
   train_classifier(small_config(tmp_path / "a", epochs=1), splits=mnist_small, progress=False, log=quiet)
@@ -73,6 +77,7 @@ def test_a_different_seed_gives_different_parameters(tmp_path, mnist_small):
                             np.asarray(b.variables["params"]["head"]["fc"]["kernel"]))
 
 
+@pytest.mark.slow   # a real-MNIST training first
 def test_checkpoint_of_another_architecture_is_refused_and_kept(tmp_path, mnist_small):
   train_classifier(small_config(tmp_path, epochs=1), splits=mnist_small, progress=False, log=quiet)
   before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
@@ -105,19 +110,32 @@ def test_train_step_compiles_once_and_never_again(mnist_small):
 
 @dataclasses.dataclass(frozen=True)
 class _WeightPenalty(Defense):
-  """A toy defense exercising the hook: an L2 penalty on the head with its own state."""
+  """A toy defense exercising the hook: an L2 penalty on the head."""
   name: str = "l2_head"
   weight: float = 10.0
 
-  def init_state(self, variables):
-    return {"calls": jnp.zeros((), jnp.int32)}
-
-  def regularizer(self, out, labels, *, images, params, state, rng, step):
+  def regularizer(self, out, labels, *, images, params, step, facts):
     penalty = self.weight * jnp.sum(params["head"]["fc"]["kernel"] ** 2)
-    return penalty, {"calls": state["calls"] + 1}, {"penalty": penalty}
+    return penalty, {"penalty": penalty}
 
 
-def test_defense_hook_adds_its_term_and_carries_its_state(tmp_path, mnist_small):
+def test_defense_protocol_is_abstract_or_final():
+  """``Defense`` is abstract (no defense is ``NoDefense()``); the shipped defenses are final."""
+  from jaxmi.defenses import BiDO, DPSGD, MID, ConfidenceAdaptation, NegativeLabelSmoothing, TransferLearning
+  from jaxmi.train.distill import Distillation
+  from jaxmi.train.step import NoDefense
+  with pytest.raises(TypeError, match="Defense is abstract"):
+    Defense()
+  assert NoDefense().name == "none" and _WeightPenalty().name == "l2_head"  # an abstract class's subclass is fine
+  for final in (NoDefense, BiDO, DPSGD, MID, ConfidenceAdaptation, NegativeLabelSmoothing, TransferLearning,
+                Distillation):
+    with pytest.raises(TypeError, match=f"{final.__name__} is final"):
+      type("Sub", (final,), {})
+  # What the step asks of a defense is declared on the class, not probed.
+  assert DPSGD.per_example_grads and not any(d.per_example_grads for d in (NoDefense, BiDO, MID))
+
+
+def test_defense_hook_adds_its_term(tmp_path, mnist_small):
   plain = train_classifier(small_config(tmp_path / "plain", epochs=1), splits=mnist_small, progress=False, log=quiet)
   defended = train_classifier(small_config(tmp_path / "defended", epochs=1), splits=mnist_small,
                               defense=_WeightPenalty(), progress=False, log=quiet)

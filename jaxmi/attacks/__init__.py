@@ -1,14 +1,23 @@
-"""Model-inversion attacks on top of one batched inversion engine."""
+"""Model-inversion attacks on top of one batched inversion engine.
 
-from jaxmi.attacks.engine import (AttackModels, DistributionalLatent, FeatureRegTerm, Forward, IdentityTerm, InversionConfig,
-                                  InversionResult, Inverter, PointLatent, PriorTerm, resize_to)
-from jaxmi.attacks.gmi import build_gmi
-from jaxmi.attacks.kedmi import build_kedmi
+``terms`` declares what an attack optimises (latent parametrisation and loss terms, as Protocols), ``engine``
+runs it (``InversionConfig``: what is optimised; ``ExecutionConfig``: how it runs), and each method module
+builds its objective: ``gmi``, ``kedmi``, and ``lomma`` on top of either. The driver that loads models and
+writes results is ``jaxmi.experiments.attack``.
+"""
 
-# name -> builder(models, z_dim, InversionConfig) -> Inverter
+from jaxmi.attacks.engine import (AttackModels, ExecutionConfig, InversionConfig, InversionResult, Inverter, Objective,
+                                  RunStats)
+from jaxmi.attacks.gmi import PointLatent, build_gmi
+from jaxmi.attacks.kedmi import DistributionalLatent, build_kedmi
+from jaxmi.attacks.lomma import FeatureRegTerm, lomma_terms, public_feature_reg
+from jaxmi.attacks.terms import Forward, IdentityTerm, Latent, LossTerm, PriorTerm
+
+# name -> builder(models, z_dim, InversionConfig, ExecutionConfig, extra_terms) -> Inverter
 ATTACKS = {"gmi": build_gmi, "kedmi": build_kedmi}
 
 __all__ = [
-    "ATTACKS", "AttackModels", "DistributionalLatent", "FeatureRegTerm", "Forward", "IdentityTerm", "InversionConfig",
-    "InversionResult", "Inverter", "PointLatent", "PriorTerm", "build_gmi", "build_kedmi", "resize_to",
+    "ATTACKS", "AttackModels", "DistributionalLatent", "ExecutionConfig", "FeatureRegTerm", "Forward", "IdentityTerm",
+    "InversionConfig", "InversionResult", "Inverter", "Latent", "LossTerm", "Objective", "PointLatent", "PriorTerm",
+    "RunStats", "build_gmi", "build_kedmi", "lomma_terms", "public_feature_reg",
 ]

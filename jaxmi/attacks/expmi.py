@@ -1,14 +1,16 @@
 """The explanation-inversion attack (ExpMI) and the prediction-only baseline (PredMI).
 
-The attacker holds its own images from the target's distribution (disjoint from the
-target's training half), queries the target for logits and explanations, and trains a
-network (explanation, logits) -> image with MSE; it then reconstructs the images behind
-explanations the target releases (gnime.md sections 2, 3, 5). PredMI sees the logits only.
+ExpMI: Zhao, Zhang, Xiao & Lim, "Exploiting Explanations for Model Inversion Attacks", ICCV 2021, in the form
+GNIME's official code (WSP-LAB/GNIME; Jeong, Lee, Hwang & Son, NeurIPS 2022) attacks: the attacker holds its
+own images from the target's distribution (disjoint from the target's training half), queries the target for
+logits and explanations, and trains a network (explanation, logits) -> image with MSE; it then reconstructs
+the images behind explanations the target releases. PredMI sees the logits only.
 
-Training is a host loop of jitted steps over shuffled batches (state donated), Adam 1e-4
-(PredMI: beta1 0.5), 20% of the attacker's data held out for early stopping with the best
-parameters restored, as the reference's Keras callbacks do. Given a checkpoint directory it
-checkpoints every few epochs and resumes; NaN/inf stops it with NonFiniteError.
+Training is a host loop of jitted steps over shuffled batches (state donated), Adam 1e-4 with
+``InverterConfig.b1`` (default 0.9; the GNIME driver passes the reference's 0.5 for PredMI),
+20% of the attacker's data held out for early stopping with the best parameters restored, as the
+reference's Keras callbacks do. Given a checkpoint directory it checkpoints every few epochs and
+resumes; NaN/inf stops it with NonFiniteError.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from jaxmi.errors import ConfigError, NonFiniteError
 from jaxmi.nets import shape_signature
 from jaxmi.nets.unet import ExpMI, PredMI
 from jaxmi.train.checkpoint import Checkpointer
+from jaxmi.train.inference import batched_apply
 from jaxmi.train.interrupt import StopOnInterrupt
 from jaxmi.train.state import all_finite, first_nonfinite_leaf
 
@@ -235,7 +238,5 @@ def train_inverter(kind: str, explanations, logits, images, cfg: InverterConfig,
 
 def reconstruct(module, params, kind: str, explanations, logits, batch_size: int = 256):
   """Reconstructions clipped to [0, 1], computed in fixed-size batches (one compilation)."""
-  from jaxmi.metrics.attack import batched_apply
-
   images = batched_apply(jax.jit(module.apply), params, _inputs(kind, explanations, logits), batch_size)
   return np.clip(images, 0.0, 1.0)

@@ -90,7 +90,7 @@ class AttackState:
       f = self._read(path)
       if f is not None and str(f["layout_fp"]) != self.layout_fp:
           raise ConfigError(f"{self.directory}: was saved with another chunk layout ({f['layout_text']}); this run "
-                            f"has {self.layout_text}; rerun with the same inversion.max_batch/devices/unroll, "
+                            f"has {self.layout_text}; rerun with the same execution.max_batch/devices/unroll, "
                             "or pass --overwrite to start over")
 
   def load(self, chunk: int) -> dict | None:

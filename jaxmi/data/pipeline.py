@@ -16,7 +16,14 @@ Batch = dict[str, Any]
 def steps_per_epoch(n: int, batch_size: int, *, split: str = "") -> int:
   """Full batches per epoch; the remainder is dropped so shapes never change.
 
-  `split` names the split's config field (e.g. "data.public_ids") for the error when it is empty.
+  Args:
+    n: examples in the split.
+    batch_size: examples per batch.
+    split: the split's config field (e.g. "data.public_ids"), named by the
+      error when the split is empty.
+
+  Returns:
+    n // batch_size; a ConfigError when that is 0 or batch_size < 1.
   """
   if batch_size < 1:
     raise ConfigError(f"batch_size: {batch_size} must be >= 1")
@@ -53,8 +60,17 @@ def train_batches(split: ArraySplit, batch_size: int, seed: int,
                   prefetch: int = 2) -> Iterator[Batch]:
   """Endless {"image": uint8 [B,H,W,C], "label": int32 [B]} on device.
 
-  `sharding` goes to jax.device_put (None = default device); `prefetch`
-  batches are prepared ahead in a background thread (0 = none).
+  Args:
+    split: the images and labels to batch.
+    batch_size: examples per batch; the remainder of each epoch is dropped.
+    seed: with the step, the only input of a batch's choice (see
+      train_batch_indices), so a resumed run sees the same batches.
+    start_step: the global step of the first batch (resume).
+    sharding: goes to jax.device_put (None = default device).
+    prefetch: batches prepared ahead in a background thread (0 = none).
+
+  Returns:
+    An endless iterator of batch dicts.
   """
   # Checked here because the generators below only start at the first next().
   steps_per_epoch(len(split), batch_size)
@@ -76,6 +92,15 @@ def eval_batches(split: ArraySplit, batch_size: int, *, sharding=None,
 
   The last batch is padded with zero rows whose float32 mask is 0, so every
   batch has the same shape and a jitted eval step compiles once.
+
+  Args:
+    split: the images and labels to go through, in order.
+    batch_size: rows per batch, padding included.
+    sharding: goes to jax.device_put (None = default device).
+    prefetch: batches prepared ahead in a background thread (0 = none).
+
+  Returns:
+    An iterator over ceil(len(split) / batch_size) batch dicts.
   """
   if batch_size < 1:
     raise ConfigError(f"batch_size: {batch_size} must be >= 1")

@@ -85,13 +85,24 @@ def prepare(dataset: str, *, data_dir=None, cache_dir=None,
             crop: tuple[int, ...] = (), urls=None) -> str:
   """Downloads (if missing and allowed), verifies and prepares `dataset`.
 
-  Returns a one-line description of where it came from and where the prepared
-  files are and the identity mapping (identities.csv). Already prepared data
-  is reused as it is; a damaged prepared folder is prepared again. image_size,
-  channels and crop only matter for image_folder, whose images are stored at
-  that format (each format is prepared separately; the defaults are
-  DataConfig's, so a default run reuses what a default prepare made). `urls` overrides the download
-  mirrors (builders.MNIST_MIRRORS / ATT_FACES_URLS).
+  Already prepared data is reused as it is; a damaged prepared folder is
+  prepared again.
+
+  Args:
+    dataset: one of DATASETS.
+    data_dir: the raw files; None -> resolve_raw_dir's default.
+    cache_dir: where prepared files go; None -> resolve_cache_dir's default.
+    download: whether missing raw files may be downloaded.
+    image_size, channels, crop: only matter for image_folder, whose images
+      are stored at that format (each format is prepared separately; the
+      defaults are DataConfig's, so a default run reuses what a default
+      prepare made).
+    urls: overrides the download mirrors (builders.MNIST_MIRRORS /
+      ATT_FACES_URLS).
+
+  Returns:
+    A one-line description of where the data came from, where the prepared
+    files are and the identity mapping (identities.csv).
   """
   # Loading checks that the prepared files read back (rebuilding them if damaged) and writes
   # the identity mapping.
@@ -104,7 +115,12 @@ def load_raw(dataset: str, *, data_dir=None, cache_dir=None,
              crop: tuple[int, ...] = (), urls=None) -> RawDataset:
   """Loads all of `dataset` into memory, preparing it first if needed.
 
-  Arguments are those of `prepare`.
+  Args:
+    dataset, data_dir, cache_dir, download, image_size, channels, crop, urls:
+      those of `prepare`.
+
+  Returns:
+    RawDataset: every split of the dataset, as uint8 NHWC images and labels.
   """
   if dataset == "sklearn_digits":
     return _load_sklearn_digits()

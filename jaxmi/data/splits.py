@@ -168,7 +168,16 @@ def select_indices(cfg: DataConfig, labels: dict[str, np.ndarray],
 
 
 def load_splits(cfg: DataConfig) -> Splits:
-  """Loads cfg.dataset, splits it by identity and preprocesses the images."""
+  """Loads cfg.dataset, splits it by identity and preprocesses the images.
+
+  Args:
+    cfg: the dataset, where its files are, the identities of each side and
+      the preprocessing; validated first (ConfigError / DataError).
+
+  Returns:
+    Splits: private_train / private_test of cfg.private_ids (labels 0..P-1 in
+    the order of the tuple) and public of cfg.public_ids, as uint8 images.
+  """
   validate(cfg)
   data_dir, cache_dir = sources.command_line_dirs(cfg.dataset, cfg.data_dir, cfg.cache_dir)
   raw = sources.load_raw(

@@ -1,12 +1,12 @@
-"""Training-time defenses, each a ``jaxmi.train.step.Defense`` (a loss term, head or optimiser wrapper)."""
+"""Training-time defenses, each a final ``jaxmi.train.step.Defense`` (a loss term, gradient or optimiser transform)."""
 
 from jaxmi.defenses.bido import BiDO, coco, gaussian_gram, linear_gram, normalized_hsic
-from jaxmi.defenses.dpsgd import DPSGD, dp_epsilon, private_aggregate
+from jaxmi.defenses.dpsgd import DPSGD, clip_and_sum, dp_epsilon, noisy_mean
 from jaxmi.defenses.tl_dmi import TransferLearning, layer_groups
 from jaxmi.defenses.calor import ConfidenceAdaptation, inverse_focal_loss
 from jaxmi.defenses.mid import MID, vib_kl
 from jaxmi.defenses.nls import NegativeLabelSmoothing, nls_alpha
 
 __all__ = ["BiDO", "ConfidenceAdaptation", "DPSGD", "MID", "NegativeLabelSmoothing", "TransferLearning",
-           "dp_epsilon", "layer_groups", "private_aggregate", "coco", "gaussian_gram", "inverse_focal_loss", "linear_gram",
-           "nls_alpha", "normalized_hsic", "vib_kl"]
+           "clip_and_sum", "dp_epsilon", "layer_groups", "noisy_mean", "coco", "gaussian_gram", "inverse_focal_loss",
+           "linear_gram", "nls_alpha", "normalized_hsic", "vib_kl"]

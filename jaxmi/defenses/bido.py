@@ -1,11 +1,15 @@
-"""BiDO (Peng et al., KDD 2022, "Bilateral Dependency Optimization"): a dependency regulariser.
+"""BiDO: a bilateral dependency regulariser against model inversion.
+
+Xiong Peng, Feng Liu, Jingfeng Zhang, Long Lan, Junjie Ye, Tongliang Liu & Bo Han, "Bilateral Dependency
+Optimization: Defending Against Model-inversion Attacks", KDD 2022 (arXiv:2206.05483; official code
+AlanPeng0897/Defend_MI, BiDO/engine.py and BiDO/hsic.py). The training objective it implements:
 
   L = CE(f(x), y) + lambda_x * sum_j d(X, Z_j) - lambda_y * sum_j d(Y, Z_j)
 
 over the model's hidden representations Z_j (``ClassifierOutput.hidden``, flattened), with X
-the flattened input and Y the one-hot label (defenses.md section 1). Less dependence between
-the input and the hidden codes leaves less for an inversion attack to recover; more
-dependence on the label keeps accuracy.
+the flattened input and Y the one-hot label, one (lambda_x, lambda_y) pair for all layers. Less
+dependence between the input and the hidden codes leaves less for an inversion attack to
+recover; more dependence on the label keeps accuracy.
 
 d is the normalised HSIC of the official code (``hsic_normalized_cca``) or COCO:
   * Gaussian kernels K = exp(-D / (2 sigma^2 d)) with D the squared distances (``abs`` kept, as
@@ -22,6 +26,7 @@ here ``measure`` is honoured and logged.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 import jax
@@ -29,7 +34,7 @@ import jax.numpy as jnp
 
 from jaxmi.errors import ConfigError
 from jaxmi.nets import ClassifierOutput
-from jaxmi.train.step import Defense
+from jaxmi.train.step import Defense, RunFacts
 
 
 def gaussian_gram(a: jax.Array, sigma: float) -> jax.Array:
@@ -67,29 +72,33 @@ def coco(k_a: jax.Array, k_b: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sqrt(jnp.sum(product * product))) / m
 
 
+# The dependence measures d(A, B) over two [m, m] Gram matrices.
+MEASURES = {"hsic": normalized_hsic, "coco": coco}
+
+
+@typing.final
 @dataclasses.dataclass(frozen=True)
 class BiDO(Defense):
   name: str = "bido"
-  measure: str = "hsic"            # hsic (normalised HSIC) | coco
+  measure: typing.Literal["hsic", "coco"] = "hsic"    # hsic: normalised HSIC; coco: COCO (MEASURES)
   lambda_x: float = 0.05           # weight of d(X, Z_j): input dependence, penalised
   lambda_y: float = 0.5            # weight of d(Y, Z_j): label dependence, rewarded
   sigma: float = 5.0               # Gaussian bandwidth (times sqrt of the feature dimension)
-  label_kernel: str = "linear"     # linear (official default) | gaussian
-  num_classes: int = 0             # set by the trainer from the data
+  label_kernel: typing.Literal["linear", "gaussian"] = "linear"    # linear: the official default
 
   def __post_init__(self):
-    if self.measure not in ("hsic", "coco"):
+    if self.measure not in MEASURES:
       raise ConfigError(f"defense.measure: unknown '{self.measure}'; expected hsic or coco")
     if self.label_kernel not in ("linear", "gaussian"):
       raise ConfigError(f"defense.label_kernel: unknown '{self.label_kernel}'; expected linear or gaussian")
 
   def dependence(self, k_a: jax.Array, k_b: jax.Array) -> jax.Array:
-    return normalized_hsic(k_a, k_b) if self.measure == "hsic" else coco(k_a, k_b)
+    return MEASURES[self.measure](k_a, k_b)
 
   def regularizer(self, out: ClassifierOutput, labels: jax.Array, *, images: jax.Array, params: Any,
-                  state: Any, rng: jax.Array, step: jax.Array):
-    num_classes = self.num_classes or out.logits.shape[-1]
-    y = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)
+                  step: jax.Array, facts: RunFacts):
+    # Y one-hot over the classifier's outputs (soft labels [B, K] are used as they are).
+    y = labels if labels.ndim == 2 else jax.nn.one_hot(labels, out.logits.shape[-1])
     k_x = gaussian_gram(images, self.sigma)
     k_y = linear_gram(y) if self.label_kernel == "linear" else gaussian_gram(y, self.sigma)
     dep_x, dep_y = jnp.zeros(()), jnp.zeros(())
@@ -98,4 +107,4 @@ class BiDO(Defense):
       dep_x += self.dependence(k_z, k_x)
       dep_y += self.dependence(k_z, k_y)
     loss = self.lambda_x * dep_x - self.lambda_y * dep_y
-    return loss, state, {f"{self.measure}_xz": dep_x, f"{self.measure}_yz": dep_y}
+    return loss, {f"{self.measure}_xz": dep_x, f"{self.measure}_yz": dep_y}

@@ -1,8 +1,12 @@
-"""CALoR (Yu et al., "Rank Matters", arXiv 2024): confidence adaptation + low-rank compression.
+"""CALoR: confidence adaptation + low-rank compression.
+
+Hongyao Yu, Yixiang Qiu, Hao Fang, Bin Chen, Sijin Yu, Bin Wang, Shu-Tao Xia & Ke Xu, "CALoR: Towards
+Comprehensive Model Inversion Defense", arXiv:2410.05814, 2024 (v4 retitled "Rank Matters"; building
+blocks in ffhibnese/Model-Inversion-Attack-ToolBox, branch ``tomain``).
 
 * Low-rank head: ``ModelConfig(head="low_rank", head_rank=40, head_activation="tanh")``
   (BN1d -> Linear(d, r) -> tanh -> Linear(r, C); ``jaxmi.nets.LowRankHead``).
-* Confidence adaptation: the inverse focal loss (defenses.md 3.3)
+* Confidence adaptation: the inverse focal loss (the ToolBox's ``InverseFocalLoss``)
 
     loss = (1 - ls) * alpha * p_t^gamma * log p_t + ls * mean_k(-log p_k)
 
@@ -15,6 +19,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +36,7 @@ def inverse_focal_loss(logits: jax.Array, labels: jax.Array, gamma: float = 8.0,
   return (1.0 - label_smoothing) * focal + label_smoothing * jnp.mean(-log_p, axis=-1)
 
 
+@typing.final
 @dataclasses.dataclass(frozen=True)
 class ConfidenceAdaptation(Defense):
   name: str = "calor"

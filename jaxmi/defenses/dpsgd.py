@@ -1,9 +1,17 @@
-"""DP-SGD (Abadi et al., 2016) as the MID paper's baseline, with the privacy it actually buys.
+"""DP-SGD as the MID paper's baseline, with the privacy it actually buys.
 
-Each example's gradient is clipped to L2 norm ``l2_clip``; the clipped gradients are summed,
-Gaussian noise N(0, (noise_multiplier * l2_clip)^2) is added and the sum is divided by the
-batch size (defenses.md 4.4: C = 1, sigma = 0.01 in mi-defense). The aggregation is the first
-transform of the optax chain; the optimiser (SGD, momentum, weight decay) follows unchanged.
+Martin Abadi, Andy Chu, Ian Goodfellow, H. Brendan McMahan, Ilya Mironov, Kunal Talwar & Li Zhang,
+"Deep Learning with Differential Privacy", CCS 2016, Algorithm 1 (as run by Wang et al., AAAI 2021,
+official code Jiachen-T-Wang/mi-defense, ``dp_training.py``: C = 1, sigma = 0.01). The update it
+implements, for a batch of B examples:
+
+  g~ = (1 / B) * (sum_i g_i * min(1, C / ||g_i||_2) + N(0, (sigma C)^2 I))
+
+The step differentiates each example alone (``per_example_grads``) and hands the stacked gradients
+to ``aggregate_grads``, which clips and sums them (``clip_and_sum``, as jax_privacy's
+``clipped_grad``); the noise and the division by B are the first transform of the optax chain
+(``noisy_mean``, whose state holds the noise key), and the optimiser (SGD, momentum, weight decay)
+follows unchanged.
 
 Per-example gradients need per-example forward passes: BatchNorm's batch statistics mix the
 examples of a batch, so DP-SGD requires ``model.norm="group"``.
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import typing
 from typing import ClassVar, NamedTuple
 
 import jax
@@ -25,29 +34,34 @@ import jax.numpy as jnp
 import optax
 
 from jaxmi.errors import ConfigError
-from jaxmi.train.step import Defense
+from jaxmi.train.step import Defense, RunFacts
+
+
+def clip_and_sum(per_example, l2_clip: float):
+  """sum_i g_i * min(1, C / ||g_i||): each example's gradient (leading batch axis) clipped to L2 norm C, summed."""
+  leaves, treedef = jax.tree.flatten(per_example)
+  batch = leaves[0].shape[0]
+  norms = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1) for g in leaves))
+  scale = jnp.minimum(1.0, l2_clip / jnp.maximum(norms, 1e-12))
+  return jax.tree.unflatten(treedef, [jnp.tensordot(scale, g, axes=1) for g in leaves])
 
 
 class DPAggregateState(NamedTuple):
   key: jax.Array   # raw uint32 key: checkpoints as a plain array
 
 
-def private_aggregate(l2_clip: float, noise_multiplier: float, seed: int = 0) -> optax.GradientTransformation:
-  """Per-example clip, sum, add Gaussian noise, divide by the batch size. Input: gradients with a batch axis."""
+def noisy_mean(stddev: float, batch_size: int, seed: int = 0) -> optax.GradientTransformation:
+  """(sum + N(0, stddev^2 I)) / batch_size, fresh noise each step: the first transform of DP-SGD's chain."""
 
   def init_fn(params):
     del params
     return DPAggregateState(jax.random.PRNGKey(seed))
 
-  def update_fn(per_example, state, params=None):
+  def update_fn(summed, state, params=None):
     del params
-    leaves, treedef = jax.tree.flatten(per_example)
-    batch = leaves[0].shape[0]
-    norms = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1) for g in leaves))
-    scale = jnp.minimum(1.0, l2_clip / jnp.maximum(norms, 1e-12))
+    leaves, treedef = jax.tree.flatten(summed)
     key, *noise_keys = jax.random.split(state.key, len(leaves) + 1)
-    noised = [(jnp.tensordot(scale, g, axes=1) + noise_multiplier * l2_clip * jax.random.normal(k, g.shape[1:], g.dtype))
-              / batch for g, k in zip(leaves, noise_keys)]
+    noised = [(g + stddev * jax.random.normal(k, g.shape, g.dtype)) / batch_size for g, k in zip(leaves, noise_keys)]
     return jax.tree.unflatten(treedef, noised), DPAggregateState(key)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -71,17 +85,18 @@ def dp_epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int, del
     logging.disable(logging.NOTSET)
 
 
+@typing.final
 @dataclasses.dataclass(frozen=True)
 class DPSGD(Defense):
   name: str = "dp_sgd"
   l2_clip: float = 1.0              # C: per-example gradient norm bound
   noise_multiplier: float = 1.0     # sigma: noise std / C (the reference's 0.01 gives no meaningful epsilon)
   delta: float = 1e-5               # the delta of the reported (epsilon, delta)
-  seed: int = 0
+  seed: int = 0                     # of the noise key (kept in the optimiser state)
 
   per_example_grads: ClassVar[bool] = True
 
-  def check(self, cfg) -> None:
+  def check(self, cfg, facts: RunFacts) -> None:
     if cfg.model.norm != "group":
       raise ConfigError("dp_sgd: model.norm must be 'group': BatchNorm's batch statistics mix examples, so "
                         "per-example gradients (and their clipping) would not bound one example's influence")
@@ -91,11 +106,16 @@ class DPSGD(Defense):
       raise ConfigError(f"dp_sgd: expected l2_clip > 0 and noise_multiplier >= 0, got {self.l2_clip}, "
                         f"{self.noise_multiplier}")
 
-  def optimizer(self, tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
-    return optax.chain(private_aggregate(self.l2_clip, self.noise_multiplier, self.seed), tx)
+  def aggregate_grads(self, per_example):
+    return clip_and_sum(per_example, self.l2_clip)
 
-  def report(self, *, steps: int, batch_size: int, num_examples: int) -> dict:
-    rate = min(batch_size / max(num_examples, 1), 1.0)
+  def optimizer(self, tx: optax.GradientTransformation, params, facts: RunFacts) -> optax.GradientTransformation:
+    if facts.batch_size <= 0:
+      raise ValueError(f"dp_sgd: the run's batch size is needed to average the noised sum, got {facts.batch_size}")
+    return optax.chain(noisy_mean(self.noise_multiplier * self.l2_clip, facts.batch_size, self.seed), tx)
+
+  def report(self, facts: RunFacts, steps: int) -> dict:
+    rate = min(facts.batch_size / max(facts.num_examples, 1), 1.0)
     eps = dp_epsilon(noise_multiplier=self.noise_multiplier, sampling_rate=rate, steps=steps, delta=self.delta)
     return {"privacy": {"epsilon": eps, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
                         "l2_clip": self.l2_clip, "steps": steps, "sampling_rate": rate,

@@ -1,4 +1,8 @@
-"""GNIME (NeurIPS 2022): a noise generator trained against an inversion network (gnime.md section 4).
+"""GNIME: a noise generator trained against an inversion network, so released explanations resist inversion.
+
+Hoyong Jeong, Suyoung Lee, Sung Ju Hwang & Sooel Son, "Learning to Generate Inversion-Resistant Model
+Explanations", NeurIPS 2022 (official code WSP-LAB/GNIME, TensorFlow; the paper's two-player minimax game
+between the inversion network and the noise generator, with the losses below as the official code writes them).
 
 The noise generator f_NG (an ExpMI network, explanation-sized output, no latent) maps the
 standardised explanation and the logits to a perturbed explanation; the released
@@ -11,7 +15,8 @@ Both networks take one Adam step simultaneously (no alternation); the generator'
 flows through the inverter, which treats ê as data. a = 100 for 28-32 px data, 500 for faces.
 
 The reference feeds the inverter the clean explanation STANDARDISED but the perturbed one
-raw (gnime.md 10, item 1); ``same_space=True`` (default) feeds both raw, ``False`` reproduces it.
+raw (a mismatch of the official code's training loop); ``same_space=True`` (default) feeds both raw, ``False``
+reproduces it.
 """
 
 from __future__ import annotations

@@ -26,11 +26,25 @@ METHODS = ("grad", "smoothgrad", "ig", "gradcam", "lrp")
 
 
 def predicted(module, variables, images):
+  """[B] index of each image's largest logit."""
   return jnp.argmax(module.apply(variables, images, train=False).logits, axis=-1)
 
 
 def explain(method: str, module, variables, images, targets=None, key=None, mask=None, **options):
-  """Raw attributions of ``method`` for each image's target (default: predicted) class."""
+  """Raw attributions of ``method`` for each image's target (default: predicted) class.
+
+  Args:
+    method: one of METHODS.
+    module, variables: a jaxmi classifier and its ``{"params", "batch_stats"}`` (run in inference mode).
+    images: [B, H, W, C] floats in [0, 1].
+    targets: [B] class indices; None explains the predicted class.
+    key: SmoothGrad's noise key (None: PRNGKey(0)); the other methods ignore it.
+    mask: [B], 1 for the real rows of a padded batch (batch-pooled Grad-CAM only).
+    **options: the method's keyword options (``variant``, ``layer``, ``samples``, ``steps``, ...).
+
+  Returns:
+    Signed attributions [B, H, W, C], or Grad-CAM maps [B, h, w]; ``postprocess`` makes the released form.
+  """
   if method not in METHODS:
     raise ValueError(f"explanation method: expected one of {', '.join(METHODS)}, got '{method}'")
   targets = predicted(module, variables, images) if targets is None else targets
@@ -46,7 +60,11 @@ def explain(method: str, module, variables, images, targets=None, key=None, mask
 
 
 def make_explainer(method: str, module, **options):
-  """``fn(variables, images, targets=None, key=None, mask=None)``, jitted; options are static."""
+  """``explain`` for one method and module, jitted; ``options`` are static.
+
+  Returns:
+    ``fn(variables, images, targets=None, key=None, mask=None)`` with ``explain``'s arguments and result.
+  """
   if method not in METHODS:
     raise ValueError(f"explanation method: expected one of {', '.join(METHODS)}, got '{method}'")
 

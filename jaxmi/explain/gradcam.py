@@ -1,8 +1,13 @@
-"""Grad-CAM (Selvaraju et al. 2017) on a classifier's last convolutional feature map.
+"""Grad-CAM on a classifier's last convolutional feature map.
+
+Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra, "Grad-CAM: Visual Explanations from Deep
+Networks via Gradient-based Localization", ICCV 2017, Eqs. 1-2.
 
 Standard definition (``variant="standard"``): per example, channel weights
 w_c = mean_{h,w} d logit_target / d A_c, map = ReLU(sum_c w_c A_c).
-GNIME's code (``variant="gnime"``, gnime.md section 6): the channel weights are averaged over
+GNIME's code (``variant="gnime"``; Jeong, Lee, Hwang & Son, "Learning to Generate Inversion-
+Resistant Model Explanations", NeurIPS 2022, whose official code WSP-LAB/GNIME computes it in
+``scripts/xai.py``): the channel weights are averaged over
 the whole BATCH too, the map is mean_c(w_c A_c) with no ReLU, and its absolute value is taken,
 so one example's explanation depends on the others in its batch. Fixed-size batches are padded:
 pass ``mask`` (1 for real rows, 0 for padding) and the weights are averaged over the real rows
@@ -117,7 +122,18 @@ def feature_map(module, variables, images, targets, layer: str | int = "last_con
 
 def grad_cam(module, variables, images, targets, *, layer: str | int = "last_conv", variant: str = "standard",
              mask=None, size: tuple[int, int] | None = None):
-  """Class activation maps [B, h, w] (or [B, *size]); ``mask`` [B] marks the real rows of a padded batch."""
+  """Class activation maps [B, h, w] (or [B, *size]); ``mask`` [B] marks the real rows of a padded batch.
+
+  Args:
+    module, variables, images, targets: as ``jaxmi.explain.explain``; targets are [B] class indices.
+    layer: the map A (module docstring): "last_conv", "last_pool" or an index into ``hidden``.
+    variant: "standard" (per-example weights, ReLU) or "gnime" (batch-pooled weights over ``mask``, |map|).
+    mask: [B], 1 for real rows; None: every row is real.
+    size: (h, w) to resize the maps to (bilinear); None keeps the feature resolution.
+
+  Returns:
+    The maps, [B, h, w] float.
+  """
   if variant not in VARIANTS:
     raise ValueError(f"grad_cam variant: expected one of {VARIANTS}, got '{variant}'")
   activations, g = feature_map(module, variables, images, targets, layer)

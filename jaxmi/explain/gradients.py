@@ -20,16 +20,26 @@ def target_logits(module, variables, images, targets):
 
 
 def gradient(module, variables, images, targets):
-  """d logit_target / d x (Simonyan et al. 2014)."""
+  """d logit_target / d x: Simonyan, Vedaldi & Zisserman, "Deep Inside Convolutional Networks", ICLR 2014 workshop."""
   return jax.grad(lambda x: jnp.sum(target_logits(module, variables, x, targets)))(images)
 
 
 def smoothgrad(module, variables, images, targets, key, *, samples: int = 25, noise_level: float = 0.15,
                squared: bool = False):
-  """Mean gradient over Gaussian-perturbed copies (Smilkov et al. 2017); std = noise_level * (max - min) per image.
+  """Mean gradient over Gaussian-perturbed copies; std = noise_level * (max - min) per image.
+
+  Smilkov, Thorat, Kim, Viegas & Wattenberg, "SmoothGrad: removing noise by adding noise", arXiv:1706.03825, 2017.
 
   Defaults follow PAIR saliency (25 samples, 15% spread); ``squared`` averages squared gradients
   (their ``magnitude=True``).
+
+  Args:
+    module, variables, images, targets: as in the module docstring.
+    key: the noise key; samples: noisy copies averaged; noise_level: the std as a fraction of each
+      image's value range; squared: average g * g instead of g.
+
+  Returns:
+    Attributions of the images' shape.
   """
   spread = noise_level * (jnp.max(images, axis=(1, 2, 3), keepdims=True) - jnp.min(images, axis=(1, 2, 3),
                                                                                     keepdims=True))
@@ -43,10 +53,20 @@ def smoothgrad(module, variables, images, targets, key, *, samples: int = 25, no
 
 
 def integrated_gradients(module, variables, images, targets, *, baseline=None, steps: int = 32):
-  """(x - x0) * mean over the straight path of the gradient (Sundararajan et al. 2017).
+  """(x - x0) * mean over the straight path of the gradient.
+
+  Integrated Gradients: Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep Networks", ICML 2017.
 
   Midpoint Riemann sum; completeness: the attributions sum to f(x) - f(x0) up to the
   discretisation error, exactly for a model linear in x.
+
+  Args:
+    module, variables, images, targets: as in the module docstring.
+    baseline: x0, broadcast to the images' shape; None: black (zeros).
+    steps: points of the Riemann sum.
+
+  Returns:
+    Attributions of the images' shape.
   """
   baseline = jnp.zeros_like(images) if baseline is None else jnp.broadcast_to(baseline, images.shape)
   alphas = (jnp.arange(steps, dtype=images.dtype) + 0.5) / steps

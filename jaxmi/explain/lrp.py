@@ -1,4 +1,9 @@
-"""Layer-wise relevance propagation with the z+ rule (Montavon et al. 2017) for sequential ReLU nets.
+"""Layer-wise relevance propagation with the z+ rule for sequential ReLU nets.
+
+LRP: Bach, Binder, Montavon, Klauschen, Mueller & Samek, "On Pixel-Wise Explanations for Non-Linear
+Classifier Decisions by Layer-Wise Relevance Propagation", PLoS ONE 2015. The z+ rule below:
+Montavon, Lapuschkin, Binder, Samek & Mueller, "Explaining nonlinear classification decisions with
+deep Taylor decomposition", Pattern Recognition 65, 2017.
 
 The classifier is rewritten as a list of layers with BatchNorm folded into the adjacent linear
 layer (inference mode), so the folded network computes exactly the module's logits (tested).
@@ -10,7 +15,8 @@ non-negative inputs a in proportion to a_i * w_ij^+:
 computed as a * vjp(x -> W^+ x)(R / z) for convolutions and dense layers alike; max-pooling
 passes relevance to the maximum. z+ ignores biases, so relevance is conserved layer to layer.
 
-``variant="gnime"`` reproduces GNIME's code (gnime.md section 6): relevance starts from the
+``variant="gnime"`` reproduces GNIME's code (Jeong, Lee, Hwang & Son, NeurIPS 2022; official
+code WSP-LAB/GNIME, ``scripts/xai.py``): relevance starts from the
 whole logit vector, max-pools redistribute like average pools, and the first layer sees ones
 instead of the pixels.
 
@@ -115,7 +121,17 @@ def _redistribute(fn, a, relevance):
 
 
 def lrp(module, variables, images, targets, *, variant: str = "standard"):
-  """Relevance of every input pixel [B, H, W, C] for each example's target class."""
+  """Relevance of every input pixel [B, H, W, C] for each example's target class.
+
+  Args:
+    module, variables: a ``cnn`` or ``vgg`` classifier with BatchNorm and the linear head (others: ValueError).
+    images: [B, H, W, C] floats in [0, 1].
+    targets: [B] class indices (``variant="gnime"`` starts from all logits and ignores them).
+    variant: "standard" (z+ from the target logit) or "gnime" (GNIME's code, module docstring).
+
+  Returns:
+    Relevance [B, H, W, C]; under "standard" with zero (folded) biases it sums to the target logit.
+  """
   if variant not in VARIANTS:
     raise ValueError(f"lrp variant: expected one of {VARIANTS}, got '{variant}'")
   layers = layers_of(module, variables)

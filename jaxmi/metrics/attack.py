@@ -17,41 +17,13 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from jaxmi.attacks.engine import InversionResult, resize_to
-
-
-def batched_apply(fn: Callable, variables, images, batch_size: int = 256):
-  """``fn(variables, *batch)`` over ``images`` (an array, or a tuple of arrays of equal length) in
-  fixed-size zero-padded batches (one compilation)."""
-  arrays = images if isinstance(images, tuple) else (images,)
-  n = len(arrays[0])
-  batch_size = min(batch_size, max(n, 1))
-  outs = []
-  for start in range(0, n, batch_size):
-    chunks = []
-    for a in arrays:
-      chunk = np.asarray(a[start:start + batch_size])
-      pad = batch_size - len(chunk)
-      chunks.append(np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk)
-    outs.append(jax.device_get(fn(variables, *(jnp.asarray(c) for c in chunks))))
-  return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs)
-
-
-def classifier_outputs(classifier, images: np.ndarray, batch_size: int = 256):
-  """(logits, features) of a loaded ``Classifier`` on float images in [0, 1] or uint8."""
-
-  @jax.jit
-  def apply(variables, x):
-    x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
-    out = classifier.module.apply(variables, resize_to(x, classifier.image_shape), train=False)
-    return out.logits, out.features
-
-  return batched_apply(apply, classifier.variables, images, batch_size)
+from jaxmi.attacks.engine import InversionResult
+from jaxmi.nets.resize import resize_to
+from jaxmi.train.inference import batched_apply, classifier_outputs  # re-exported by jaxmi.metrics
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

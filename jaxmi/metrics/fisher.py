@@ -1,5 +1,8 @@
 """Per-layer diagonal Fisher information of a classifier (TL-DMI's analysis, missing from its code).
 
+TL-DMI: Ho, Hao, Chandrasegaran, Nguyen & Cheung, "Model Inversion Robustness: Can Transfer Learning
+Help?", CVPR 2024.
+
 For examples x with labels y, the diagonal Fisher of parameter theta_i is
 
     F_i = E_x E_y [ (d log p(y | x) / d theta_i)^2 ]
@@ -19,6 +22,7 @@ import numpy as np
 import optax
 
 from jaxmi.data import ArraySplit, eval_batches
+from jaxmi.defenses.tl_dmi import layer_groups  # the defense owns the definition of a layer
 from jaxmi.train.step import to_float
 
 LABELS = ("true", "sampled")
@@ -26,9 +30,20 @@ LABELS = ("true", "sampled")
 
 def layer_fisher(clf, split: ArraySplit, *, max_examples: int = 512, batch_size: int = 64, labels: str = "true",
                  seed: int = 0) -> list[dict]:
-  """Rows ``{"layer", "modules", "params", "mean", "total", "share"}`` in forward order."""
-  from jaxmi.defenses.tl_dmi import layer_groups  # the defense owns the definition of a layer
+  """The diagonal Fisher of ``clf``'s parameters, summarised per TL-DMI layer.
 
+  Args:
+    clf: a loaded ``jaxmi.train.Classifier``.
+    split: the examples x (with their labels y for ``labels="true"``).
+    max_examples: use the first this many examples (0: all).
+    batch_size: examples per compiled call.
+    labels: "true" (empirical Fisher) or "sampled" (y drawn from the model's prediction, with ``seed``).
+    seed: the sampling key.
+
+  Returns:
+    One row per layer in forward order, ``{"layer", "modules", "params", "mean", "total", "share"}``: the mean
+    and sum of F_i over the layer's parameters and its share of the sum over all layers.
+  """
   if labels not in LABELS:
     raise ValueError(f"labels: expected one of {LABELS}, got '{labels}'")
   n = min(max_examples, len(split)) if max_examples > 0 else len(split)
@@ -70,6 +85,7 @@ def layer_fisher(clf, split: ArraySplit, *, max_examples: int = 512, batch_size:
 
 
 def format_table(rows: list[dict]) -> str:
+  """``layer_fisher``'s rows as a fixed-width text table."""
   lines = [f"{'layer':<16}{'params':>10}{'mean F':>14}{'total F':>14}{'share':>9}"]
   for r in rows:
     lines.append(f"{r['layer']:<16}{r['params']:>10}{r['mean']:>14.4e}{r['total']:>14.4e}{100 * r['share']:>8.1f}%")
@@ -77,6 +93,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot_fisher(rows: list[dict], path, title: str) -> None:
+  """Bar charts of the mean F (log scale) and each layer's share, saved to ``path``."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

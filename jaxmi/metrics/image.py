@@ -1,6 +1,8 @@
 """Image-similarity metrics as the explanation-inversion papers compute them (tf.image semantics).
 
-PSNR and SSIM with max value 1 on images in [0, 1]; SSIM uses an 11x11 Gaussian window
+SSIM: Wang, Bovik, Sheikh & Simoncelli, "Image Quality Assessment: From Error Visibility to
+Structural Similarity", IEEE TIP 2004, Eq. 13. PSNR and SSIM with max value 1 on images in [0, 1];
+SSIM uses an 11x11 Gaussian window
 (sigma 1.5), K1 = 0.01, K2 = 0.03, VALID filtering, averaged over pixels and channels, as
 ``tf.image.ssim``. All per image: [B, H, W, C] -> [B].
 """
@@ -12,10 +14,12 @@ import jax.numpy as jnp
 
 
 def mse(a, b):
+  """Mean squared error of each image pair, [B, ...] x 2 -> [B]."""
   return jnp.mean(jnp.square(a - b), axis=tuple(range(1, a.ndim)))
 
 
 def psnr(a, b, max_val: float = 1.0):
+  """Peak signal-to-noise ratio in dB of each image pair, [B, ...] x 2 -> [B] (MSE floored at 1e-12)."""
   return 10.0 * jnp.log10(max_val**2 / jnp.maximum(mse(a, b), 1e-12))
 
 
@@ -37,6 +41,10 @@ def _filter(x, window):
 
 
 def ssim(a, b, max_val: float = 1.0, window: int = 11, sigma: float = 1.5):
+  """SSIM of each image pair, [B, H, W, C] x 2 -> [B], as ``tf.image.ssim`` (module docstring).
+
+  ``window`` (the Gaussian's side, at most the image's) and ``sigma`` set the local statistics; ``max_val`` the range.
+  """
   size = min(window, a.shape[1], a.shape[2])
   g = _gaussian_window(size, sigma)
   c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2

@@ -25,6 +25,7 @@ VGG_LAYOUTS = {
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
+  """A classifier's architecture and head (``build_classifier``); the ``model`` field of a classifier config."""
   arch: typing.Literal["cnn", "resnet", "vgg"] = "cnn"
   width: int = 32                            # base channels (cnn, resnet)
   feature_dim: int = 128                     # penultimate size (cnn)
@@ -43,6 +44,7 @@ HEADS = ("linear", "low_rank", "vib")
 
 
 def build_head(cfg: ModelConfig, num_classes: int):
+  """The head module ``cfg.head`` names, or None for the architecture's own linear head; ConfigError if unknown."""
   if cfg.head not in HEADS:
     raise ConfigError(f"model.head: unknown head '{cfg.head}'; expected one of {', '.join(HEADS)}")
   if cfg.head == "low_rank":
@@ -56,6 +58,15 @@ def build_head(cfg: ModelConfig, num_classes: int):
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int):
+  """A Linen classifier module (no parameters: those come from ``init_variables`` or a checkpoint).
+
+  Args:
+    cfg: architecture, widths, head and normalisation; an unknown choice is a ConfigError.
+    num_classes: outputs of the head.
+
+  Returns:
+    ``SmallCNN``, ``ResNet`` or ``VGG``, whose ``apply(variables, images, train=...)`` returns a ``ClassifierOutput``.
+  """
   head = build_head(cfg, num_classes)
   if cfg.norm not in NORMS:
     raise ConfigError(f"model.norm: unknown normalisation '{cfg.norm}'; expected one of {', '.join(NORMS)}")
@@ -72,13 +83,22 @@ def build_classifier(cfg: ModelConfig, num_classes: int):
 
 
 def init_variables(model, rng: jax.Array, image_shape: tuple[int, int, int]) -> dict:
-  """Initial ``{"params", "batch_stats"}`` for images of shape (H, W, C)."""
+  """Initial ``{"params", "batch_stats"}`` for images of shape (H, W, C).
+
+  Args:
+    model: a module from ``build_classifier``.
+    rng: the initialisation key.
+    image_shape: (H, W, C) of one input image.
+
+  Returns:
+    The variables dict (``batch_stats`` is {} for a model without BatchNorm).
+  """
   variables = jax.jit(lambda r: model.init(r, jnp.zeros((2, *image_shape), jnp.float32), train=False))(rng)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def shape_signature(tree) -> dict[str, list[int]]:
-  """``{"path/to/leaf": shape}``: what a checkpoint must match to belong to this model."""
+  """``{"path/to/leaf": shape}`` of every leaf of ``tree``: what a checkpoint must match to belong to this model."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   return {path_name(path): list(leaf.shape) for path, leaf in flat}
 

@@ -29,10 +29,28 @@ import jax.numpy as jnp
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
+class Posterior(NamedTuple):
+  """A stochastic head's Gaussian code N(mu, sigma^2), each [B, k] (the VIB head's: MID's KL reads it)."""
+  mu: Any
+  sigma: Any
+
+
 class ClassifierOutput(NamedTuple):
+  """What every classifier's forward pass returns."""
   logits: Any     # [B, num_classes]
   features: Any   # [B, feature_dim] penultimate representation
   hidden: tuple   # block outputs, shallow to deep, each [B, ...]
+  posterior: Posterior | None = None  # the head's code when it has one (VIB), else None
+
+
+# The random stream stochastic layers sample from in training mode (the VIB head's z); the train step supplies it.
+SAMPLE_RNG = "sample"
+
+
+def _output(head_out, features, hidden) -> ClassifierOutput:
+  """A head returns its logits, or (logits, Posterior) when its code is stochastic (the VIB head)."""
+  logits, posterior = head_out if isinstance(head_out, tuple) else (head_out, None)
+  return ClassifierOutput(logits, features, tuple(hidden), posterior)
 
 
 NORMS = ("batch", "group")
@@ -68,6 +86,7 @@ def max_pool_2x2(x):
 
 
 class LinearHead(nn.Module):
+  """The default head: Dense(num_classes) on the features; ``train`` is unused (heads share one signature)."""
   num_classes: int
 
   @nn.compact
@@ -80,7 +99,10 @@ ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu, "relu6": nn.relu6, "sigmoid": 
 
 
 class LowRankHead(nn.Module):
-  """CALoR's low-rank compression: BN1d(d) -> Linear(d, r) -> activation -> Linear(r, C) (defenses.md 3.2).
+  """CALoR's low-rank compression: BN1d(d) -> Linear(d, r) -> activation -> Linear(r, C).
+
+  Yu, Qiu, Fang, Chen, Yu, Wang, Xia & Xu, "CALoR: Towards Comprehensive Model Inversion Defense",
+  arXiv:2410.05814, 2024 (low-rank compression of the head; the official code's ``NeckWrapper``).
 
   The r-dimensional bottleneck (r = 40-50, tanh) filters the feature directions an inversion
   attack can exploit; the saturating activation also damps the attack's gradients.
@@ -103,10 +125,14 @@ def vib_statistics(encoded, dim: int):
 
 
 class VIBHead(nn.Module):
-  """MID's variational information bottleneck: Linear(d, 2k) -> N(mu, sigma^2) -> Linear(k, C) (defenses.md 4.1).
+  """MID's variational information bottleneck: Linear(d, 2k) -> N(mu, sigma^2) -> Linear(k, C).
 
-  Training samples z = mu + sigma * eps (rng stream "vib"); evaluation uses z = mu, so the
-  released model is deterministic (the reference also samples at test time).
+  Wang, Zhang & Jia, "Improving Robustness to Model Inversion Attacks via Mutual Information Regularization",
+  AAAI 2021 (the official code's ``VGG16_vib``: mu = the first k encoder outputs, sigma = softplus(rest - 5)).
+
+  Training samples z = mu + sigma * eps (rng stream ``SAMPLE_RNG``); evaluation uses z = mu, so the
+  released model is deterministic (the reference also samples at test time). Returns (logits,
+  Posterior(mu, sigma)): the classifier's output carries mu and sigma, for MID's KL term.
   """
   num_classes: int
   dim: int = 0                     # k; 0 = half the feature dimension
@@ -114,13 +140,22 @@ class VIBHead(nn.Module):
   @nn.compact
   def __call__(self, features, train: bool = False):
     k = self.dim or max(features.shape[-1] // 2, 1)
-    mu, sigma = vib_statistics(nn.Dense(2 * k, name="encoder")(features), k)
-    z = mu + sigma * jax.random.normal(self.make_rng("vib"), mu.shape, mu.dtype) if train else mu
-    return nn.Dense(self.num_classes, name="fc")(z)
+    encoder = nn.Dense(2 * k, name="encoder")
+    mu, sigma = vib_statistics(encoder(features), k)
+    z = mu + sigma * jax.random.normal(self.make_rng(SAMPLE_RNG), mu.shape, mu.dtype) if train else mu
+    logits = nn.Dense(self.num_classes, name="fc")(z)
+    # The posterior is a second application of the encoder (same weights, same values): the KL's gradient reaches
+    # the encoder through its own product, as the MID models were trained before the head returned it; sharing one
+    # product would add the two gradients before the product's transpose and change results in the last bits.
+    return logits, Posterior(*vib_statistics(encoder(features), k))
 
 
 class SmallCNN(nn.Module):
-  """Two conv-BN-ReLU-pool blocks and a dense feature layer (MNIST scale)."""
+  """Two conv-BN-ReLU-pool blocks and a dense feature layer (MNIST scale).
+
+  Called as ``module.apply(variables, images, train=...)``: images [B, H, W, C] floats in [0, 1]; ``train`` selects
+  batch statistics (and updates them when ``batch_stats`` is mutable). Returns a ``ClassifierOutput``.
+  """
   num_classes: int
   width: int = 32
   feature_dim: int = 128
@@ -142,7 +177,7 @@ class SmallCNN(nn.Module):
     features = self.perturb(f"hidden{len(hidden)}", features)
     hidden.append(features)
     head = self.head or LinearHead(self.num_classes, name="head")
-    return ClassifierOutput(head(features, train), features, tuple(hidden))
+    return _output(head(features, train), features, hidden)
 
 
 class BasicBlock(nn.Module):
@@ -164,7 +199,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """ResNet with basic blocks; the stem downsamples only for inputs larger than 32 px."""
+  """ResNet with basic blocks; the stem downsamples only for inputs larger than 32 px.
+
+  Called as ``module.apply(variables, images, train=...)``: images [B, H, W, C] floats in [0, 1]; ``train`` selects
+  batch statistics (and updates them when ``batch_stats`` is mutable). Returns a ``ClassifierOutput``.
+  """
   num_classes: int
   width: int = 64
   blocks: Sequence[int] = (2, 2, 2, 2)
@@ -186,11 +225,15 @@ class ResNet(nn.Module):
       hidden.append(x)
     features = jnp.mean(x, axis=(1, 2))
     head = self.head or LinearHead(self.num_classes, name="head")
-    return ClassifierOutput(head(features, train), features, tuple(hidden))
+    return _output(head(features, train), features, hidden)
 
 
 class VGG(nn.Module):
-  """VGG with BatchNorm; ``width_divisor`` shrinks every stage for small data and fast tests."""
+  """VGG with BatchNorm; ``width_divisor`` shrinks every stage for small data and fast tests.
+
+  Called as ``module.apply(variables, images, train=...)``: images [B, H, W, C] floats in [0, 1]; ``train`` selects
+  batch statistics (and updates them when ``batch_stats`` is mutable). Returns a ``ClassifierOutput``.
+  """
   num_classes: int
   layout: Sequence[Any] = VGG16_LAYOUT
   width_divisor: int = 1
@@ -219,4 +262,4 @@ class VGG(nn.Module):
     features = self.perturb(f"hidden{len(hidden)}", features)
     hidden.append(features)
     head = self.head or LinearHead(self.num_classes, name="head")
-    return ClassifierOutput(head(features, train), features, tuple(hidden))
+    return _output(head(features, train), features, hidden)

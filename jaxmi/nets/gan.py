@@ -1,5 +1,8 @@
 """GMI's GAN prior: the DCGAN generator and the WGAN-GP critic, at 64 px and at 28-32 px.
 
+GMI: Zhang, Jia, Pei, Wang, Li & Song, "The Secret Revealer: Generative Model-Inversion Attacks
+Against Deep Neural Networks", CVPR 2020 (official code: AI-secure/GMI-Attack).
+
 Generator (GMI/KEDMI/LOMMA ``generator.py``): z (100) -> Linear (no bias) + BN + ReLU to
 4x4x(8d) -> stride-2 5x5 transposed convs (8d->4d->2d->d, no bias, BN, ReLU) -> a last
 transposed conv with bias -> sigmoid. ``stages`` = 4 gives 64x64 (the reference, d = 64);
@@ -243,7 +246,9 @@ class KEDMIDiscriminator(nn.Module):
   5x5 stride-2 convs (d, 2d, 4d) with instance norm and LeakyReLU(0.2) after each, plus a 3x3
   stride-2 conv (4d -> 4d) at 64 px, down to 4x4x4d = ``feat`` (4096-d at d = 64), then
   minibatch discrimination (+64) and Linear(-> K). The "K+1" formulation: with Z = sum_k
-  exp(l_k), P(real | x) = Z / (Z + 1) = sigmoid(logsumexp(l)) (attacks.md section 3.1).
+  exp(l_k), P(real | x) = Z / (Z + 1) = sigmoid(logsumexp(l)). Chen, Kahla, Jia & Qi, "Knowledge-
+  Enriched Distributional Model Inversion Attacks", ICCV 2021 (official code: SCccc21/Knowledge-
+  Enriched-DMI, ``k+1_gan.py``, ``MinibatchDiscriminator``).
   """
   num_classes: int
   base_width: int = 64

@@ -1,6 +1,9 @@
 """GNIME's ExpMI network (U-Net + flattened-input hybrid) and the prediction-only inverter PredMI.
 
-ExpMI (gnime.md 3.1) maps an explanation [B, h, w, c] and the target's logits [B, K] to an
+ExpMI attacks explanations as Zhao, Zhang, Xiao & Lim, "Exploiting Explanations for Model Inversion
+Attacks", ICCV 2021, do (their combined flatten + U-Net inverter); the network is the one of
+Jeong, Lee, Hwang & Son, "Learning to Generate Inversion-Resistant Model Explanations", NeurIPS 2022.
+It maps an explanation [B, h, w, c] and the target's logits [B, K] to an
 output of any size: the attack's image (inverter) or a perturbed explanation (GNIME's noise
 generator, same family). Encoder: while the side k > 2, Conv(2048/k) + ReLU, keep a skip,
 max-pool. Bottleneck: Dense(64) of the encoder, concatenated with the flattened raw input
@@ -73,7 +76,9 @@ class ExpMI(nn.Module):
 
 
 class PredMI(nn.Module):
-  """Prediction-only inversion (gnime.md 3.3): logits -> Dense(1024) -> 4x4 -> [Conv(4096/k) + upsample]* -> image.
+  """Prediction-only inversion: logits -> Dense(1024) -> 4x4 -> [Conv(4096/k) + upsample]* -> image.
+
+  GNIME's baseline (Jeong et al., NeurIPS 2022; ``predmi_*`` in WSP-LAB/GNIME ``scripts/models.py``).
 
   The reference's ``predmi_mnist``/``predmi_cifar10`` (32 px: 1024, 512, 256 channels at 4, 8, 16 px)
   and ``predmi_celeba`` (128 px: then 128, 64 at 32, 64 px) follow 4096/k at every side k.

@@ -5,10 +5,10 @@ from jaxmi.train.classifier import (Classifier, ClassifierConfig, TrainConfig, e
                                     train_classifier)
 from jaxmi.train.optim import OptimConfig, make_optimizer
 from jaxmi.train.state import TrainState
-from jaxmi.train.step import AugmentConfig, Defense, make_eval_step, make_train_step
+from jaxmi.train.step import AugmentConfig, Defense, NoDefense, RunFacts, make_eval_step, make_train_step
 
 __all__ = [
-    "AugmentConfig", "Checkpointer", "Classifier", "ClassifierConfig", "Defense", "OptimConfig", "TrainConfig",
-    "TrainState", "evaluate", "load_classifier", "make_eval_step", "make_optimizer", "make_train_step",
+    "AugmentConfig", "Checkpointer", "Classifier", "ClassifierConfig", "Defense", "NoDefense", "OptimConfig",
+    "RunFacts", "TrainConfig", "TrainState", "evaluate", "load_classifier", "make_eval_step", "make_optimizer", "make_train_step",
     "train_classifier",
 ]

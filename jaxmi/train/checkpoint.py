@@ -50,6 +50,12 @@ class Checkpointer:
   """Save every ``every_steps`` steps, keep the newest ``keep``, resume from the newest intact one.
 
   ``create=False`` (loading) writes nothing: a missing directory is a one-line CheckpointError.
+
+  Args:
+    directory: one orbax step directory per saved step, each with its ``state``, ``meta`` and checksum.
+    every_steps: ``save`` writes only at multiples of it (unless forced).
+    keep: the newest steps kept; older ones are deleted.
+    create: create ``directory`` (training) or require it (loading).
   """
 
   def __init__(self, directory: str | Path, *, every_steps: int = 1000, keep: int = 3, create: bool = True):
@@ -153,6 +159,7 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def meta(self, step: int | None = None) -> dict:
+    """The JSON metadata saved with ``step`` (None: the newest intact step); a CheckpointError if unreadable."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"{self.directory}: no checkpoint found")
@@ -163,7 +170,17 @@ class Checkpointer:
                             "expected a checkpoint written by jaxmi") from e
 
   def restore(self, abstract_state: Any, expected_meta: dict, step: int | None = None) -> Any:
-    """Restores into the structure of ``abstract_state`` (None: as saved) after checking integrity and meta."""
+    """Restores into the structure of ``abstract_state`` (None: as saved) after checking integrity and meta.
+
+    Args:
+      abstract_state: a pytree (arrays or shape-dtype structs) whose structure, shapes and dtypes the state
+        is restored into; None restores the saved structure.
+      expected_meta: what ``step``'s metadata must match (``check_compatible``): kind, architecture, signature.
+      step: the step to restore; None: the newest intact one.
+
+    Returns:
+      The restored state pytree; a one-line CheckpointError when it is missing, corrupt or another model's.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"{self.directory}: no checkpoint found")

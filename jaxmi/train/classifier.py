@@ -20,18 +20,19 @@ import numpy as np
 
 from jaxmi import config as config_lib
 from jaxmi.data import DataConfig, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
-from jaxmi.errors import CheckpointError, ConfigError
+from jaxmi.errors import CheckpointError, ConfigError, Interrupted
 from jaxmi.nets import ModelConfig, build_classifier, init_variables, shape_signature
 from jaxmi import records
 from jaxmi.train.checkpoint import Checkpointer, check_compatible
 from jaxmi.train.loop import interrupted_message, run_steps
 from jaxmi.train.optim import OptimConfig, make_optimizer
 from jaxmi.train.state import TrainState, all_finite, first_nonfinite_leaf
-from jaxmi.train.step import AugmentConfig, Defense, make_eval_step, make_train_step
+from jaxmi.train.step import AugmentConfig, Defense, NoDefense, RunFacts, make_eval_step, make_train_step
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
+  """How a classifier trains: length, batches, seed, logging, checkpoints, augmentation, which epoch is released."""
   epochs: int = 10
   batch_size: int = 64
   eval_batch_size: int = 500
@@ -61,6 +62,7 @@ RESUMABLE_CHANGES = ("name", "workdir", "init_from", "train.epochs", "train.log_
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ClassifierConfig:
+  """``bin/jaxmi train``: one classifier (its role, data, model, optimiser and training) and where it is written."""
   name: str = "classifier"
   role: str = "target"              # one of ROLES: recorded so later stages pick the right model
   workdir: str = "runs/classifier"
@@ -157,7 +159,17 @@ def check_restored_finite(state: Any, where: str) -> None:
 
 
 def evaluate(eval_step, variables: dict, split, batch_size: int) -> dict:
-  """Top-1/top-5 accuracy and mean loss over a split; one host transfer at the end."""
+  """Top-1/top-5 accuracy and mean loss over a split; one host transfer at the end.
+
+  Args:
+    eval_step: ``make_eval_step(module)``: ``(variables, batch) -> sums`` of correct, correct5, loss and count.
+    variables: the classifier's ``{"params", "batch_stats"}``.
+    split: an ``ArraySplit``, gone through once in order (padding is masked out).
+    batch_size: rows per batch.
+
+  Returns:
+    ``{"acc", "acc5", "loss", "count"}``: fractions in [0, 1], the mean loss and the number of examples.
+  """
   totals = None
   for batch in eval_batches(split, batch_size):
     sums = eval_step(variables, batch)
@@ -167,7 +179,7 @@ def evaluate(eval_step, variables: dict, split, batch_size: int) -> dict:
   return {"acc": totals["correct"] / n, "acc5": totals["correct5"] / n, "loss": totals["loss"] / n, "count": int(n)}
 
 
-def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, defense: Defense = Defense(),
+def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, defense: Defense = NoDefense(),
                      progress: bool = True, stop_at_step: int | None = None, allow_config_change: bool = False,
                      log=print) -> dict:
   """Trains (or resumes) ``cfg`` and returns the summary written to ``<workdir>/summary.json``.
@@ -176,6 +188,18 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   Resuming a checkpoint whose config differs in a field outside RESUMABLE_CHANGES is refused
   unless ``allow_config_change``. NaN/inf stops the run with NonFiniteError; no checkpoint,
   metric line or summary is written from that state.
+
+  Args:
+    cfg: what to train and where (``cfg.workdir``); validated first.
+    splits: the data; None loads ``cfg.data``.
+    defense: the training-time defense (``NoDefense()``: none).
+    progress: show a progress bar.
+    stop_at_step: stop after this step as an interruption would (tests).
+    allow_config_change: resume even if the config differs from the checkpoint's.
+    log: where progress lines go.
+
+  Returns:
+    The summary dict (natural accuracy, steps, timing, config), also in ``<workdir>/summary.json``.
   """
   _validate(cfg)
   workdir = Path(cfg.workdir)
@@ -186,12 +210,13 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   log(f"[{cfg.name}] data: {splits.description}; {len(train_split)} train / {len(test_split)} test images, "
       f"{num_classes} classes, {image_shape}")
 
-  module = build_classifier(cfg.model, num_classes) if defense.head(num_classes) is None else \
-      dataclasses.replace(build_classifier(cfg.model, num_classes), head=defense.head(num_classes))
+  module = build_classifier(cfg.model, num_classes)
   spe = steps_per_epoch(len(train_split), cfg.train.batch_size)
   total_steps = spe * cfg.train.epochs
-  defense.check(cfg)
-  defense = defense.bind(spe, total_steps, module=module, image_shape=image_shape)
+  # What the defense may need to know about this run: an argument of its hooks, never part of its config.
+  facts = RunFacts(steps_per_epoch=spe, total_steps=total_steps, batch_size=cfg.train.batch_size,
+                   num_examples=len(train_split), module=module, image_shape=image_shape)
+  defense.check(cfg, facts)
   tx = make_optimizer(cfg.optim, spe, total_steps)
 
   rng = jax.random.PRNGKey(cfg.train.seed)
@@ -200,10 +225,10 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   if cfg.init_from:
     variables = _start_from(cfg, variables, num_classes)
     log(f"[{cfg.name}] starting from the weights in {cfg.init_from}" + ("" if cfg.init_head else " (fresh head)"))
-  tx = defense.optimizer(tx, variables["params"])
+  tx = defense.optimizer(tx, variables["params"], facts)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-                     defense_state=defense.init_state(variables), rng=state_rng)
+                     defense_state={}, rng=state_rng)
   meta = {"kind": "classifier", "defense": defense.name, "defense_config": config_lib.to_dict(defense), "arch": arch_meta(cfg.model, num_classes, image_shape),
           "signature": shape_signature(variables), "config": config_lib.to_dict(cfg)}
 
@@ -215,7 +240,9 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
     check_compatible(saved, meta, f"{ckpt.directory}/{start}")  # another model: say that, not which fields differ
     changed = changed_fields(saved["config"], meta["config"], config_lib.to_dict(ClassifierConfig()),
                              RESUMABLE_CHANGES)
-    defense_of = lambda m: {"defense": {"name": m.get("defense"), **m.get("defense_config", {})}}
+    # Only fields the defense still has: older checkpoints also recorded run facts there (steps_per_epoch, layers).
+    settings = lambda m: {k: v for k, v in m.get("defense_config", {}).items() if k in meta["defense_config"]}
+    defense_of = lambda m: {"defense": {"name": m.get("defense"), **settings(m)}}
     changed += config_lib.diff(defense_of(saved), defense_of(meta))
     refuse_config_change(cfg.name, f"{ckpt.directory}/{start}", changed, allow_config_change, log)
     state = TrainState.from_dict(ckpt.restore(state.as_dict(), meta, start))
@@ -227,7 +254,7 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   best_step = best_ckpt.latest_step() if best_ckpt is not None else None
   best = {"acc": best_ckpt.meta(best_step)["test_acc"], "step": best_step} if best_step is not None else None
 
-  train_step = make_train_step(module, tx, defense, cfg.train.augment)
+  train_step = make_train_step(module, tx, defense, cfg.train.augment, facts)
   eval_step = make_eval_step(module)
 
   last_test = {}  # step -> evaluation, so the final summary reuses the last epoch's
@@ -256,10 +283,8 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
     if best_ckpt is not None:
       best_ckpt.close()
   elapsed = time.time() - t0
-  if result.by_user:
-    raise KeyboardInterrupt(interrupted_message(result.step, ckpt))
-  if result.stopped_early:
-    return {"interrupted_at_step": result.step}
+  if result.stopped_early:  # by Ctrl-C or stop_at_step, after a checkpoint
+    raise Interrupted(interrupted_message(result.step, ckpt), result.step)
   state, step = result.state, result.step
 
   # A run that was already complete trained no step this time, so nothing is cached.
@@ -279,7 +304,7 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   train_eval = evaluate(eval_step, variables, train_split, cfg.train.eval_batch_size)
   summary = {
       "name": cfg.name, "role": cfg.role, "defense": defense.name, "defense_config": config_lib.to_dict(defense),
-      **defense.report(steps=step, batch_size=cfg.train.batch_size, num_examples=len(train_split)),
+      **defense.report(facts, step),
       "natural_accuracy": test["acc"], "natural_accuracy_top5": test["acc5"], "test_loss": test["loss"], **released,
       "train_accuracy": train_eval["acc"], "test_images": test["count"], "train_images": len(train_split),
       "num_classes": num_classes, "steps": step, "epochs": cfg.train.epochs,
@@ -338,6 +363,13 @@ def load_classifier(workdir: str | Path, *, expect_role: str | None = None) -> C
   """Rebuilds a trained classifier from its workdir's released checkpoint (see TrainConfig.release).
 
   Creates nothing; a missing workdir, a corrupt checkpoint or non-finite parameters are one-line CheckpointErrors.
+
+  Args:
+    workdir: the directory ``train_classifier`` (or ``distill``) wrote.
+    expect_role: refuse a model of another role (ConfigError); None accepts any.
+
+  Returns:
+    A ``Classifier`` holding the module, its variables, the saved config, the class count and the input shape.
   """
   ckpt = released_checkpointer(workdir, expect_role=expect_role)
   step = ckpt.latest_step()

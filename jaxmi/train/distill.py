@@ -1,5 +1,8 @@
 """LOMMA's model augmentation: distil surrogate classifiers from the target on PUBLIC data only.
 
+LOMMA: Nguyen, Chandrasegaran, Abdollahzadeh & Cheung, "Re-thinking Model Inversion Attacks Against
+Deep Neural Networks", CVPR 2023 (official code: sutd-visual-computing-group/Re-thinking_MI).
+
 The student minimises KL(softmax(t / T) || softmax(s / T)) * T^2 against the target's logits t
 on public images (T = 1 in LOMMA, where the reference's division by T^2 is the same thing).
 No private image is touched. Training reuses the classifier trainer: the "training split" is
@@ -13,6 +16,8 @@ to the step as an argument.
 from __future__ import annotations
 
 import dataclasses
+import typing
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +27,8 @@ from jaxmi import config as config_lib
 from jaxmi import records
 from jaxmi.data import ArraySplit, DataConfig, Splits, load_splits
 from jaxmi.errors import ConfigError
-from jaxmi.train.classifier import ClassifierConfig, evaluate, load_classifier, train_classifier
+from jaxmi.train.classifier import Classifier, ClassifierConfig, evaluate, load_classifier, train_classifier
+from jaxmi.train.inference import classifier_outputs
 from jaxmi.train.step import Defense, make_eval_step
 
 
@@ -35,6 +41,7 @@ class SurrogateConfig:
   student: ClassifierConfig = ClassifierConfig(role="surrogate")
 
 
+@typing.final
 @dataclasses.dataclass(frozen=True)
 class Distillation(Defense):
   """Task loss = KL to the teacher's tempered softmax; ``labels`` are the teacher's logits [B, K].
@@ -46,23 +53,23 @@ class Distillation(Defense):
   name: str = "distillation"
   temperature: float = 1.0
   teacher_workdir: str = ""
+  # Declared, not a field (never serialised): set on the instance by ``of``; None: the labels already are logits.
+  teacher: ClassVar[Classifier | None] = None
 
   @classmethod
-  def of(cls, teacher, temperature: float = 1.0) -> "Distillation":
+  def of(cls, teacher: Classifier, temperature: float = 1.0) -> "Distillation":
     defense = cls(temperature=temperature, teacher_workdir=str(teacher.config.workdir))
     teacher = dataclasses.replace(teacher, variables=jax.device_put(teacher.variables))  # moved once, not per step
-    object.__setattr__(defense, "_teacher", teacher)  # frozen dataclass: not a field, never serialised
+    object.__setattr__(defense, "teacher", teacher)  # frozen dataclass: set once, here
     return defense
 
   def step_inputs(self):
-    teacher = getattr(self, "_teacher", None)
-    return None if teacher is None else teacher.variables
+    return None if self.teacher is None else self.teacher.variables
 
   def targets(self, images, labels, inputs):
-    teacher = getattr(self, "_teacher", None)
-    if teacher is None:  # no teacher attached: the labels already are its logits
+    if self.teacher is None:  # no teacher attached: the labels already are its logits
       return labels
-    return jax.lax.stop_gradient(teacher.module.apply(inputs, images, train=False).logits.astype(jnp.float32))
+    return jax.lax.stop_gradient(self.teacher.module.apply(inputs, images, train=False).logits.astype(jnp.float32))
 
   def task_loss(self, logits, labels):
     t = self.temperature
@@ -77,8 +84,6 @@ def teacher_splits(teacher, splits: Splits, holdout_fraction: float, seed: int) 
   Training uses the teacher's logits computed in the step on the augmented batch
   (``Distillation.of``); these labels only measure agreement.
   """
-  from jaxmi.metrics import classifier_outputs
-
   public = splits.public
   logits, _ = classifier_outputs(teacher, public.images)
   top1 = np.argmax(logits, -1).astype(np.int32)
@@ -130,8 +135,6 @@ def distill_surrogate(cfg: ClassifierConfig, teacher_workdir: str, *, temperatur
   summary = train_classifier(cfg, splits=teacher_splits(teacher, splits, holdout_fraction, cfg.train.seed),
                              defense=Distillation.of(teacher, temperature), progress=progress,
                              allow_config_change=allow_config_change, log=log)
-  if "interrupted_at_step" in summary:
-    return summary
   student = load_classifier(cfg.workdir, expect_role="surrogate")
   private = evaluate(make_eval_step(student.module), student.variables, splits.private_test, cfg.train.eval_batch_size)
   summary = {**summary, "public_agreement": summary["natural_accuracy"], "natural_accuracy": private["acc"],

@@ -1,10 +1,12 @@
 """GAN priors, trained on the PUBLIC split only: GMI's WGAN-GP and KEDMI's inversion-specific GAN.
 
-GMI (``kind="gmi"``, ``train_gan.py``):
+GMI (``kind="gmi"``, ``train_gan.py``; Zhang et al., "The Secret Revealer", CVPR 2020, which trains
+the WGAN-GP of Gulrajani et al., "Improved Training of Wasserstein GANs", NeurIPS 2017, Eq. 3):
   L_D = -(E D(x) - E D(G(z))) + gp_weight * E (||grad_x D(x_hat)||_2 - 1)^2
   L_G = -E D(G(z))
 
-KEDMI (``kind="kedmi"``, ``k+1_gan.py``; attacks.md section 3.1): the discriminator's K logits
+KEDMI (``kind="kedmi"``, ``k+1_gan.py``; Chen, Kahla, Jia & Qi, "Knowledge-Enriched Distributional
+Model Inversion Attacks", ICCV 2021, as its official code computes it): the discriminator's K logits
 l predict the target's classes, realness is sigmoid(LSE(l)):
   L_D = softCE(l(x_pub), softmax(T(x_pub)))
         + 1/2 [E softplus(LSE(l(x_unl))) - E LSE(l(x_unl)) + E softplus(LSE(l(G(z))))]
@@ -36,11 +38,12 @@ import optax
 from jaxmi import config as config_lib
 from jaxmi import records
 from jaxmi.data import DataConfig, Splits, load_splits, steps_per_epoch, train_batches
-from jaxmi.errors import CheckpointError, ConfigError
+from jaxmi.errors import CheckpointError, ConfigError, Interrupted
 from jaxmi.nets import shape_signature
-from jaxmi.attacks.engine import resize_to
+from jaxmi.nets.resize import resize_to
 from jaxmi.nets.gan import GAN_KINDS, GANConfig, build_gan
 from jaxmi.train.checkpoint import Checkpointer, check_compatible
+from jaxmi.train.classifier import changed_fields, check_restored_finite, load_classifier, refuse_config_change
 from jaxmi.train.loop import interrupted_message, run_steps
 from jaxmi.train.state import StateDict
 from jaxmi.train.step import to_float
@@ -283,7 +286,6 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
   workdir = Path(cfg.workdir)
   target = None
   if cfg.kind == "kedmi":
-    from jaxmi.train.classifier import load_classifier
     target = load_classifier(cfg.target, expect_role="target")
   num_classes = target.num_classes if target is not None else 0
   generator, critic = build_gan(cfg.gan, cfg.critic_width or None, kind=cfg.kind, num_classes=num_classes)
@@ -302,7 +304,6 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
   ckpt = Checkpointer(workdir / "checkpoints", every_steps=t.checkpoint_every, keep=t.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
-    from jaxmi.train.classifier import changed_fields, check_restored_finite, refuse_config_change
     check_compatible(ckpt.meta(start), meta, f"{ckpt.directory}/{start}")
     changed = changed_fields(ckpt.meta(start)["config"], meta["config"], config_lib.to_dict(GANExperimentConfig()),
                              RESUMABLE_CHANGES)
@@ -349,10 +350,8 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
   finally:
     for stream in streams:
       stream.close()
-  if result.by_user:
-    raise KeyboardInterrupt(interrupted_message(result.step, ckpt))
-  if result.stopped_early:
-    return {"interrupted_at_step": result.step}
+  if result.stopped_early:  # by Ctrl-C or stop_at_step, after a checkpoint
+    raise Interrupted(interrupted_message(result.step, ckpt), result.step)
   state, step = result.state, result.step
   records.save_grid(sample(state.generator_variables, fixed_z), workdir / "samples.png", scale=2)
   summary = {"name": cfg.name, "kind": cfg.kind, "generator_steps": step, "epochs": t.epochs,
@@ -394,7 +393,6 @@ def load_gan(workdir: str | Path) -> GAN:
   expected = {**meta, "signature": shape_signature({"g": abstract.g_params, "d": abstract.d_params})}
   state = ckpt.restore(None, expected, step)
   ckpt.close()
-  from jaxmi.train.classifier import check_restored_finite
   check_restored_finite({k: state[k] for k in ("g_params", "g_stats", "d_params")}, f"{ckpt.directory}/{step}")
   return GAN(generator, critic, {"params": state["g_params"], "batch_stats": state["g_stats"]},
              {"params": state["d_params"]}, gan_cfg, kind)

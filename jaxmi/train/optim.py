@@ -12,6 +12,7 @@ from jaxmi.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
+  """The optimiser and its learning-rate schedule (schedules in epochs; ``make_optimizer`` turns them into steps)."""
   name: typing.Literal["sgd", "adam", "adamw"] = "sgd"
   learning_rate: float = 0.01
   momentum: float = 0.9                    # sgd momentum; adam b1
@@ -25,6 +26,7 @@ class OptimConfig:
 
 
 def make_schedule(cfg: OptimConfig, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """The learning rate as a function of the step: ``cfg.schedule`` after ``cfg.warmup_epochs`` of linear warm-up."""
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule == "constant":
     main = optax.constant_schedule(cfg.learning_rate)
@@ -41,6 +43,16 @@ def make_schedule(cfg: OptimConfig, steps_per_epoch: int, total_steps: int) -> o
 
 
 def make_optimizer(cfg: OptimConfig, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+  """The optax transformation ``cfg`` describes.
+
+  Args:
+    cfg: optimiser, learning rate, schedule, weight decay and clipping; an unknown choice is a ConfigError.
+    steps_per_epoch: converts the schedule's epochs (warm-up, decay epochs) to steps.
+    total_steps: the length of a cosine schedule.
+
+  Returns:
+    ``optax.chain`` of [global-norm clipping], [L2 weight decay (sgd, adam)] and the optimiser.
+  """
   lr = make_schedule(cfg, steps_per_epoch, total_steps)
   parts = []
   if cfg.grad_clip_norm > 0:

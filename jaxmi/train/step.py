@@ -1,12 +1,18 @@
-"""The pure classifier training step, and the hook every training-time defense plugs into.
+"""The pure classifier training step, and the protocol every training-time defense implements.
 
-A defense is not a separate trainer. It is a `Defense`: it may replace the per-example task
-loss (label smoothing, CALoR's confidence adaptation), add a regulariser computed from the
-forward pass with optional extra state (BiDO, MID), swap the classification head (CALoR's
-low-rank head, MID's VIB head), wrap the optimiser (TL-DMI's freeze mask, DP-SGD's
-clip-and-noise aggregation), intercept module calls in the forward pass (TL-DMI runs frozen
-BatchNorm layers in inference mode) or ask for per-example gradients (DP-SGD). The step below
-is the same for all of them.
+A defense is not a separate trainer. It is a `Defense`, a frozen dataclass of its hyper-parameters
+with pure hooks: it may replace the per-example task loss (negative label smoothing, CALoR's
+confidence adaptation, distillation), add a regulariser computed from the forward pass (BiDO,
+MID, NLS's schedule), wrap the optimiser (TL-DMI's freeze mask, DP-SGD's noise), intercept
+module calls in the forward pass (TL-DMI runs frozen BatchNorm layers in inference mode) or
+transform per-example gradients before they are combined (DP-SGD's clipping). Heads are model
+config (``ModelConfig.head``), not a hook. Facts about the run (its length, the model) are a
+`RunFacts` argument of the hooks that need them, never fields of the defense's config. The step
+below is the same for all defenses.
+
+Classes follow equinox's abstract-or-final rule: `Defense` is abstract (``NoDefense()`` is "no
+defense"), and a defense marked ``@typing.final`` cannot be subclassed; what the step asks of a
+defense is a declared class attribute (``per_example_grads``), never probed with getattr.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import dataclasses
 import contextlib
 import functools
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import flax.linen as nn
@@ -23,55 +29,77 @@ import jax.numpy as jnp
 import optax
 
 from jaxmi.nets import ClassifierOutput
+from jaxmi.nets.classifiers import SAMPLE_RNG
 from jaxmi.train.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
+class RunFacts:
+  """What the trainer knows about a run and a defense may need; passed to hooks, never stored in a defense."""
+  steps_per_epoch: int
+  total_steps: int
+  batch_size: int = 0             # examples per step (DP-SGD divides its noised sum by it)
+  num_examples: int = 0           # training examples (DP-SGD's sampling rate)
+  module: Any = None              # the classifier being trained (TL-DMI's layers)
+  image_shape: tuple[int, ...] = ()
+
+  @property
+  def epochs(self) -> int:
+    return max(self.total_steps // max(self.steps_per_epoch, 1), 1)
+
+
+@dataclasses.dataclass(frozen=True)
 class Defense:
-  """No defense. Subclasses override what they change; all hooks are pure."""
+  """Abstract: a training-time defense. Subclasses override the hooks they change; all hooks are pure.
+
+  The defaults are "no change": cross-entropy, no regulariser, the optimiser as given.
+  """
 
   name: str = "none"
 
-  def head(self, num_classes: int):
-    """A Linen head module replacing the linear head, or None to keep it."""
-    return None
+  # Declared, not probed: True makes the step differentiate each example's loss alone (a leading batch axis on
+  # the gradients) and combine them with ``aggregate_grads`` (DP-SGD clips each one first).
+  per_example_grads: ClassVar[bool] = False
 
-  def init_state(self, variables: dict) -> Any:
-    return {}
+  def __new__(cls, *args, **kwargs):
+    if cls is Defense:
+      raise TypeError("Defense is abstract: use NoDefense() for no defense, or a class from jaxmi.defenses")
+    return super().__new__(cls)
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    final = [base.__name__ for base in cls.__mro__[1:] if base.__dict__.get("__final__", False)]
+    if final:
+      raise TypeError(f"{cls.__name__}: {final[0]} is final; subclass Defense instead")
+
+  def check(self, cfg: Any, facts: RunFacts) -> None:
+    """Raises ConfigError when this defense cannot train the ClassifierConfig ``cfg`` (DP-SGD with BatchNorm), before
+    anything is written."""
+
+  def warning(self, epochs: int) -> str:
+    """One line when this setting cannot act in a run of ``epochs`` epochs (a schedule that never starts), else ""."""
+    return ""
 
   def task_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example task loss, shape [B]."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
   def regularizer(self, out: ClassifierOutput, labels: jax.Array, *, images: jax.Array, params: Any,
-                  state: Any, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Any, dict]:
-    """Extra loss term added to the mean task loss: (scalar, new state, metrics)."""
-    return jnp.zeros((), jnp.float32), state, {}
+                  step: jax.Array, facts: RunFacts) -> tuple[jax.Array, dict]:
+    """Extra loss term added to the mean task loss: (scalar, metrics)."""
+    return jnp.zeros((), jnp.float32), {}
 
-  def optimizer(self, tx: optax.GradientTransformation, params: Any) -> optax.GradientTransformation:
+  def aggregate_grads(self, per_example: Any) -> Any:
+    """``per_example_grads`` only: gradients with a leading batch axis -> the update the optimiser receives."""
+    return jax.tree.map(lambda g: jnp.mean(g, axis=0), per_example)
+
+  def optimizer(self, tx: optax.GradientTransformation, params: Any, facts: RunFacts) -> optax.GradientTransformation:
+    """The optimiser to train with, wrapping ``tx`` (TL-DMI's freeze mask, DP-SGD's noise)."""
     return tx
 
-  def bind(self, steps_per_epoch: int, total_steps: int, *, module=None, image_shape=None) -> "Defense":
-    """The defense for this run: its length (schedules in epochs) and model (TL-DMI's layers); called once."""
-    return self
-
-  def interceptor(self, params: Any):
+  def interceptor(self, facts: RunFacts):
     """A flax method interceptor for the training forward pass (TL-DMI runs frozen BN in inference mode), or None."""
     return None
-
-  # True: the optimiser receives per-example gradients (leading batch axis), as DP-SGD's clipping needs.
-  per_example_grads: typing.ClassVar[bool] = False
-
-  def check(self, cfg: Any) -> None:
-    """Raises ConfigError when this defense cannot train the ClassifierConfig ``cfg`` (DP-SGD with BatchNorm)."""
-
-  def report(self, *, steps: int, batch_size: int, num_examples: int) -> dict:
-    """Extra facts for the run summary (DP-SGD: the privacy spent; NLS: the smoothing its schedule reached)."""
-    return {}
-
-  def warning(self, epochs: int) -> str:
-    """One line when this setting cannot act in a run of ``epochs`` epochs (a schedule that never starts), else ""."""
-    return ""
 
   def step_inputs(self) -> Any:
     """Arrays the jitted step takes as an argument on every call (a distillation teacher's variables), or None."""
@@ -80,6 +108,18 @@ class Defense:
   def targets(self, images: jax.Array, labels: jax.Array, inputs: Any) -> jax.Array:
     """The labels the loss sees, from the augmented batch and ``step_inputs()`` (distillation: the teacher's logits)."""
     return labels
+
+  def report(self, facts: RunFacts, steps: int) -> dict:
+    """Extra facts for the summary of a run that took ``steps`` steps (DP-SGD: the privacy spent; NLS: the
+    smoothing its schedule reached; TL-DMI: which layers it froze)."""
+    return {}
+
+
+@typing.final
+@dataclasses.dataclass(frozen=True)
+class NoDefense(Defense):
+  """Plain training: cross-entropy, the optimiser as configured."""
+  name: str = "none"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,57 +151,56 @@ def to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
 
 
-def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = Defense(),
-                    augment_cfg: AugmentConfig = AugmentConfig()):
+def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = NoDefense(),
+                    augment_cfg: AugmentConfig = AugmentConfig(), facts: RunFacts | None = None):
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted, with ``state`` donated.
 
   ``model``, ``tx`` and ``defense`` are static definitions; parameters only enter through
   ``state`` (and the defense's ``step_inputs()``), so one compiled program serves every step.
+  ``facts`` reaches the defense's ``regularizer`` and ``interceptor`` (None: a defense whose hooks need none).
   """
+  interceptor = defense.interceptor(facts)
 
-  def loss_fn(params, state: TrainState, images, labels, rngs):
-    defense_rng, vib_rng = rngs
-    interceptor = defense.interceptor(params)
+  def loss_fn(params, state: TrainState, images, labels, sample_rng):
     with nn.intercept_methods(interceptor) if interceptor else contextlib.nullcontext():
-      # "vib": the stream a stochastic head (MID's VIB) samples from; other modules ignore it.
+      # SAMPLE_RNG: the stream stochastic layers (the VIB head's z) sample from in training; others ignore it.
       out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                                 mutable=["batch_stats"], rngs={"vib": vib_rng})
+                                 mutable=["batch_stats"], rngs={SAMPLE_RNG: sample_rng})
     task = jnp.mean(defense.task_loss(out.logits, labels))
-    reg, defense_state, reg_metrics = defense.regularizer(
-        out, labels, images=images, params=params, state=state.defense_state, rng=defense_rng, step=state.step)
+    reg, reg_metrics = defense.regularizer(out, labels, images=images, params=params, step=state.step, facts=facts)
     loss = task + reg
     # Soft labels ([B, K], e.g. a teacher's logits for distillation) count as their argmax class.
     hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
     metrics = {"loss": loss, "task_loss": task, "acc": jnp.mean(jnp.argmax(out.logits, -1) == hard),
                **{f"defense/{k}": v for k, v in reg_metrics.items()}}
-    return loss, (mutated.get("batch_stats", {}), defense_state, metrics)
+    return loss, (mutated.get("batch_stats", {}), metrics)
 
-  def per_example_grads(params, state, images, labels, rngs):
-    """Gradients of each example's loss, stacked on a leading batch axis (each example forwarded alone)."""
-    def one(image, label, defense_rng, vib_rng):
-      return jax.grad(loss_fn, has_aux=True)(params, state, image[None], label[None], (defense_rng, vib_rng))
-    keys = [jax.random.split(r, images.shape[0]) for r in rngs]
-    grads, (batch_stats, defense_state, metrics) = jax.vmap(one)(images, labels, *keys)
+  def per_example_grads(params, state, images, labels, sample_rng):
+    """The defense's combination of each example's gradient (each example forwarded alone)."""
+    def one(image, label, key):
+      return jax.grad(loss_fn, has_aux=True)(params, state, image[None], label[None], key)
+    grads, (_, metrics) = jax.vmap(one)(images, labels, jax.random.split(sample_rng, images.shape[0]))
     norms = jax.vmap(optax.global_norm)(grads)
     metrics = {**jax.tree.map(jnp.mean, metrics), "per_example_grad_norm": jnp.mean(norms)}
     # Per-example runs need per-example normalisation (no batch statistics): nothing to aggregate there.
-    return grads, (state.batch_stats, jax.tree.map(lambda a: a[0], defense_state), metrics)
+    return defense.aggregate_grads(grads), (state.batch_stats, metrics)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def jitted_step(state: TrainState, batch: dict, inputs: Any) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-    aug_rng, defense_rng, vib_rng = jax.random.split(rng, 3)
+    # The middle key is unused (it was a regulariser's, which none needs); split in three so the others stay put.
+    aug_rng, _, sample_rng = jax.random.split(rng, 3)
     images = augment(to_float(batch["image"]), aug_rng, augment_cfg)
     # After augmentation: a teacher labels exactly the images the student sees.
     labels = defense.targets(images, batch["label"], inputs)
     grad_fn = per_example_grads if defense.per_example_grads else jax.grad(loss_fn, has_aux=True)
-    grads, (batch_stats, defense_state, metrics) = grad_fn(state.params, state, images, labels,
-                                                           (defense_rng, vib_rng))
+    grads, (batch_stats, metrics) = grad_fn(state.params, state, images, labels, sample_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads) if not defense.per_example_grads else optax.global_norm(updates)
+    # Per-example defenses: the norm of the update (DP-SGD's clipped sum alone is no gradient of the loss).
+    metrics["grad_norm"] = optax.global_norm(updates) if defense.per_example_grads else optax.global_norm(grads)
     new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-                           defense_state=defense_state, rng=state.rng)
+                           defense_state=state.defense_state, rng=state.rng)
     return new_state, metrics
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:

@@ -11,7 +11,7 @@ and selected the same way (``results.json["prior_baseline"]`` with the top level
 model has a default class, which chance (1/K) does not show.
 
 While it runs, ``attack_state/`` keeps each chunk's latents and optimiser state every
-``inversion.checkpoint_every`` steps; rerunning the same command continues from there with the
+``execution.checkpoint_every`` steps; rerunning the same command continues from there with the
 same final result (``jaxmi.attacks.resume``). It is removed once ``results.json`` is written.
 """
 
@@ -29,8 +29,8 @@ import numpy as np
 
 from jaxmi import config as config_lib
 from jaxmi import records
-from jaxmi.attacks import ATTACKS, AttackModels, InversionConfig
-from jaxmi.attacks.lomma import public_feature_reg
+from jaxmi.attacks import ATTACKS, AttackModels, ExecutionConfig, InversionConfig
+from jaxmi.attacks.lomma import lomma_terms
 from jaxmi.attacks.resume import AttackState, fingerprint
 from jaxmi.data import Splits, load_splits
 from jaxmi.errors import CheckpointError, ConfigError, NonFiniteError
@@ -51,15 +51,19 @@ class AttackConfig:
   identities: tuple[int, ...] = ()        # target classes to attack; () = all of them
   surrogates: tuple[str, ...] = ()        # LOMMA: workdirs of surrogates distilled from the target
   p_reg_images: int = 5000                # LOMMA: public images for p_reg (the official code uses ~5,050)
-  inversion: InversionConfig = InversionConfig()
+  inversion: InversionConfig = InversionConfig()  # what is optimised (the method)
+  execution: ExecutionConfig = ExecutionConfig()  # how it runs (devices, chunks, dtype, logging, checkpoints)
 
 
 # role -> (what the message calls it, the command that makes it)
 ROLES = {
-    "target": ("target", "bin/jaxmi train-classifier --config configs/mnist_target.py (or bin/jaxmi defend)"),
-    "evaluation": ("evaluation model", "bin/jaxmi train-classifier --config configs/mnist_eval.py"),
-    "gan": ("GAN prior", "bin/jaxmi train-gan --config configs/gan_mnist.py (--kind kedmi for KEDMI's GAN)"),
-    "surrogate": ("surrogate", "bin/jaxmi distill --config configs/surrogate_mnist.py"),
+    "target": ("target", "bin/jaxmi train-classifier --config configs/classifier.py:role=target,data=mnist "
+                         "(or bin/jaxmi defend)"),
+    "evaluation": ("evaluation model",
+                   "bin/jaxmi train-classifier --config configs/classifier.py:role=eval,data=mnist"),
+    "gan": ("GAN prior",
+            "bin/jaxmi train-gan --config configs/gan.py:kind=gmi,data=mnist (kind=kedmi for KEDMI's GAN)"),
+    "surrogate": ("surrogate", "bin/jaxmi distill --config configs/surrogate.py:data=mnist"),
 }
 
 
@@ -80,24 +84,39 @@ def _load(role: str, field: str, workdir: str, loader):
     raise
 
 
-def config_fingerprint(cfg: AttackConfig, variables: dict) -> str:
-  """What a saved attack state depends on: the config and the bytes of every network's variables (and
-  p_reg). Not the name, workdir and checkpoint interval, nor the fields that only lay the latents out
-  in chunks: the state's layout fingerprint (``AttackState.bind_layout``) checks those."""
+def config_fingerprint(cfg: AttackConfig, variables: dict, terms: tuple = ()) -> str:
+  """What a saved attack state depends on: the config and the bytes of every network's variables and of the
+  loss terms' arrays (p_reg). Not the name, workdir and checkpoint interval, nor the execution fields that only
+  lay the latents out in chunks: the state's layout fingerprint (``AttackState.bind_layout``) checks those. The
+  compute dtype and remat change the arithmetic, so they count."""
   saved = config_lib.to_dict(cfg)
   for key in ("name", "workdir"):
     saved.pop(key, None)
   layout_only = ("checkpoint_every", "max_batch", "memory_budget_gb", "devices", "unroll", "log_every")
-  saved["inversion"] = {k: v for k, v in saved["inversion"].items() if k not in layout_only}
-  return fingerprint(saved, variables)
+  saved["execution"] = {k: v for k, v in saved["execution"].items() if k not in layout_only}
+  return fingerprint(saved, variables, terms)
 
 
 def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: bool = True, overwrite: bool = False,
                log=print, stop_at_step: int | None = None) -> dict | None:
-  """Runs the attack ``cfg`` and writes its outputs; returns the summary (results.json).
+  """Runs the attack ``cfg`` and writes its outputs to ``cfg.workdir``.
 
-  ``stop_at_step`` stops (returning None) once chunk index * steps + step reaches it, as a kill
-  would there: the saved attack state stays and a rerun continues from it (for tests).
+  Args:
+    cfg: the attack: models to load, ``inversion`` (what is optimised) and ``execution`` (how it runs).
+    splits: the target's data splits (private images for the metrics, public ones for LOMMA's p_reg); None =
+      load them from the target's data config.
+    progress: show a progress bar.
+    overwrite: replace an existing ``results.json`` (and a saved state of another config).
+    log: receives one line per message.
+    stop_at_step: stops (returning None) once chunk index * steps + step reaches it, as a kill would there:
+      the saved attack state stays and a rerun continues from it (for tests).
+
+  Returns:
+    The summary written to ``results.json`` (metrics, prior baseline, run stats, config), or None if stopped.
+
+  Raises:
+    ConfigError, CheckpointError: bad config or missing models, before anything is written.
+    NonFiniteError: the optimisation diverged (naming the step and quantity); nothing saved from that state.
   """
   workdir = Path(cfg.workdir)
   writer = jax.process_index() == 0
@@ -107,6 +126,8 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
     raise ConfigError(f"{workdir / 'results.json'}: already exists; choose another --workdir or pass --overwrite")
   if cfg.attack not in ATTACKS:
     raise ConfigError(f"attack: unknown attack '{cfg.attack}'; expected one of {', '.join(ATTACKS)}")
+  cfg.inversion.validate()
+  cfg.execution.validate()
   target = _load("target", "target", cfg.target, lambda: load_classifier(cfg.target, expect_role="target"))
   evaluator = _load("evaluation", "evaluator", cfg.evaluator,
                     lambda: load_classifier(cfg.evaluator, expect_role="evaluation"))
@@ -128,9 +149,9 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   attacked = [target, *surrogates]  # equal weights: the identity term averages over them
   models = AttackModels(generator=gan.generator, critic=gan.critic, targets=tuple(m.module for m in attacked),
                         target_shapes=tuple(m.image_shape for m in attacked))
-  inverter = ATTACKS[cfg.attack](models, gan.config.z_dim, cfg.inversion)
   variables = {"generator": gan.g_variables, "critic": gan.d_variables,
                "targets": tuple(m.variables for m in attacked)}
+  public = None
   if cfg.inversion.feature_reg_weight:
     public = splits.public.images[:max(cfg.p_reg_images, 0)]
     if len(public) == 0:
@@ -140,12 +161,13 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
       raise ConfigError(f"{where}; LOMMA's feature regulariser (inversion.feature_reg_weight "
                         f"{cfg.inversion.feature_reg_weight}) needs public images for p_reg "
                         "(or set inversion.feature_reg_weight=0)")
-    variables["extras"] = {"p_reg": public_feature_reg(target, public, cfg.inversion.p_reg)}
+  lomma = lomma_terms(cfg.inversion, target, public)  # LOMMA's feature regulariser, if weighted
+  inverter = ATTACKS[cfg.attack](models, gan.config.z_dim, cfg.inversion, cfg.execution, lomma)
 
   state = None
-  if cfg.inversion.checkpoint_every:
-    state = AttackState(workdir / "attack_state", config_fingerprint(cfg, variables), cfg.inversion.checkpoint_every,
-                        write=writer)
+  if cfg.execution.checkpoint_every:
+    state = AttackState(workdir / "attack_state", config_fingerprint(cfg, variables, inverter.terms),
+                        cfg.execution.checkpoint_every, write=writer)
     foreign = state.foreign()
     if foreign is not None:
       if not overwrite:
@@ -159,11 +181,11 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
       log(f"[{cfg.name}] resuming from the attack state saved in {state.directory}")
 
   total_latents = len(labels) * cfg.inversion.restarts
-  chunk_text = f"at most {cfg.inversion.max_batch}" if cfg.inversion.max_batch else "memory-fitted"
+  chunk_text = f"at most {cfg.execution.max_batch}" if cfg.execution.max_batch else "memory-fitted"
   prior = {"gmi": "WGAN critic -D(G(z))", "kedmi": "KEDMI K+1 discriminator -log P(real)"}.get(gan.kind, gan.kind)
   log(f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
-      f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over {cfg.inversion.devices or jax.device_count()} device(s), "
-      f"{cfg.inversion.compute_dtype}; prior: {prior} of {cfg.gan} (weight {cfg.inversion.prior_weight}); "
+      f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over {cfg.execution.devices or jax.device_count()} device(s), "
+      f"{cfg.execution.compute_dtype}; prior: {prior} of {cfg.gan} (weight {cfg.inversion.prior_weight}); "
       f"attacking {len(attacked)} model(s); restarts selected by target {cfg.inversion.select_by}")
   if cfg.attack == "kedmi" and gan.kind != "kedmi":
     # A legitimate ablation (KEDMI's distributional latent with GMI's prior), but never a silent one.
@@ -189,11 +211,11 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   if result is None:
     log(f"[{cfg.name}] stopped at step {stop_at_step} (stop_at_step); rerun to continue from the saved state")
     return None
-  collapse = draw_collapse(result, cfg.inversion.clip_z)
+  collapse = draw_collapse(result, cfg.inversion.draw_clamp)
   if collapse is not None and collapse > 0.5:
     log(f"[{cfg.name}] warning: the {result.draws} draws per distribution coincide in {100 * collapse:.0f}% of the "
-        f"latent dimensions: mu moved beyond the clamp inversion.clip_z={cfg.inversion.clip_z}, so clamped draws "
-        "are (nearly) the same image; see jaxmi.attacks.kedmi")
+        f"latent dimensions: mu moved beyond the clamp inversion.draw_clamp={cfg.inversion.draw_clamp}, so clamped "
+        "draws are (nearly) the same image; see jaxmi.attacks.kedmi")
 
   metrics = evaluate_inversion(result, evaluator, splits.private_train.images, splits.private_train.labels)
   base = evaluate_inversion(result.baseline, evaluator, splits.private_train.images, splits.private_train.labels)
@@ -201,8 +223,8 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   summary = {
       "name": cfg.name, "attack": cfg.attack, **scalar(metrics), "prior_baseline": scalar(base),
       "attack_seconds": round(seconds, 2), "latent_steps_per_second": round(total_latents * cfg.inversion.steps / seconds, 1),
-      "optimisation_steps_run": inverter.steps_computed,
-      "compilations": inverter.traces, "devices": inverter.mesh.size, "chunk_size": inverter.chunk_size,
+      "optimisation_steps_run": result.stats.steps_run,
+      "compilations": result.stats.compilations, "devices": result.stats.devices, "chunk_size": result.stats.chunk_size,
       "target": str(cfg.target), "evaluator": str(cfg.evaluator), "gan": str(cfg.gan),
       "gan_kind": gan.kind, "draws_per_latent": result.draws, "select_by": cfg.inversion.select_by,
       "config": config_lib.to_dict(cfg),

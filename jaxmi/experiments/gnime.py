@@ -1,6 +1,6 @@
 """``bin/jaxmi gnime``: train GNIME for a target and evaluate it against an adaptive ExpMI attacker.
 
-Data (gnime.md section 5): the target's training images are the defender's half, its test
+Data (as the official GNIME code splits it): the target's training images are the defender's half, its test
 split (same identities, other images) is the attacker's half. GNIME trains on 80% of the
 defender's images; the other 20% are the QUERIES whose released explanations the attacker
 inverts. For each release scenario a FRESH inverter is trained on the attacker's images with

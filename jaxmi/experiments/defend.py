@@ -1,4 +1,4 @@
-"""``bin/jaxmi defend``: train a defended target from a ``configs/defense_*.py`` config.
+"""``bin/jaxmi defend``: train a defended target from ``configs/defense.py:method=...,data=...``.
 
 A defense config names the target recipe (a ``ClassifierConfig``: data, architecture,
 optimiser, epochs), the ``Defense`` and, for TL-DMI, a pretraining stage on the PUBLIC split.
@@ -13,13 +13,13 @@ from pathlib import Path
 from jaxmi import config as config_lib
 from jaxmi.errors import ConfigError
 from jaxmi.train.classifier import ClassifierConfig, train_classifier
-from jaxmi.train.step import Defense
+from jaxmi.train.step import Defense, NoDefense
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DefendConfig:
   target: ClassifierConfig                  # the defended target: its workdir receives checkpoints and summary.json
-  defense: Defense = Defense()              # one of jaxmi.defenses (Defense() = no defense)
+  defense: Defense = NoDefense()            # one of jaxmi.defenses (NoDefense() = no defense)
   # A first stage the defended target starts from: TL-DMI's pretraining on the PUBLIC identities
   # (pretrain_on="public": the head is re-initialised), or CALoR's low-rank model trained with
   # cross-entropy on the private data before confidence adaptation (pretrain_on="private").

@@ -1,0 +1,49 @@
+"""GAN priors, trained on the PUBLIC split of the target's data only (the private one is what attacks recover).
+
+  bin/jaxmi train-gan --config configs/gan.py:kind=gmi,data=mnist
+
+kind=gmi: GMI's WGAN-GP prior.
+kind=kedmi: KEDMI's inversion-specific GAN. Its discriminator predicts the target's classes (soft labels from the
+  trained target, runs/<data>_target, on public images) and realness as sigmoid(logsumexp of its logits); the
+  generator matches the discriminator's features of real public images and lowers the entropy of its class
+  predictions (train.entropy_weight, 1e-4 as KEDMI). Same generator and training length as kind=gmi; KEDMI's
+  Adam 2e-4 (0.5, 0.999), batch 64, 5 discriminator steps per generator step.
+data=mnist: 32 px on digits 5-9. The 28-32 px variant of the reference: three upsampling stages (4 -> 32) and a
+  quarter of its widths (64 -> 16), which keeps a WGAN-GP step at ~0.4 s on a 2-core CPU.
+data=att: 64 px grey on faces s21-s40: the reference's four upsampling stages with a quarter of its widths:
+  200 public faces cannot support the full 64-base-width GAN, and it keeps CPU training short.
+"""
+
+import typing
+from pathlib import Path
+
+from jaxmi import config as config_lib
+from jaxmi.nets.gan import GANConfig
+from jaxmi.train.gan import GANExperimentConfig, GANTrainConfig
+
+# The arguments after "gan.py:", with their choices.
+ARGS = {"kind": typing.Literal["gmi", "kedmi"], "data": typing.Literal["mnist", "att"]}
+
+STAGES = {"mnist": 3, "att": 4}
+# AT&T's 200 images: small batches and many epochs give ~500 generator steps.
+TRAIN = {
+    "mnist": GANTrainConfig(epochs=5, batch_size=64, n_critic=5, gp_weight=10.0, learning_rate=2e-4),
+    "att": GANTrainConfig(epochs=250, batch_size=20, n_critic=5, gp_weight=10.0, learning_rate=2e-4,
+                          checkpoint_every=100),
+}
+
+
+def get_config(arg: str | None = None) -> GANExperimentConfig:
+  arg = config_lib.parse_arg(arg, **ARGS)
+  kind, data = arg["kind"], arg["data"]
+  target = config_lib.load_config(f"{Path(__file__).with_name('classifier.py')}:role=target,data={data}")
+  name = f"gan_{data}" if kind == "gmi" else f"gan_kedmi_{data}"
+  return GANExperimentConfig(
+      name=name,
+      kind=kind,
+      workdir=f"runs/{name}",
+      target=target.workdir if kind == "kedmi" else "",
+      data=target.data,
+      gan=GANConfig(z_dim=100, base_width=16, stages=STAGES[data], channels=1),
+      train=TRAIN[data],
+  )

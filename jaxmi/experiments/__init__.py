@@ -1,0 +1,1 @@
+"""Experiment drivers: each validates a config, loads what it needs, runs a method and writes its workdir."""
