@@ -57,15 +57,17 @@ except ImportError:  # jaxmi alone (e.g. on an accelerator host without PyTorch)
   torch = None
   ref = None
 
-OFFICIAL_BATCH = 60   # GMI inverts 60 identities per batch in the CelebA protocol
+OFFICIAL_BATCH = 60  # GMI inverts 60 identities per batch in the CelebA protocol
 LR, MOMENTUM, LAMBDA = 0.02, 0.9, 100.0
 
 
 def _nets(config: str):
   if ref is not None:
     return ref.jax_nets(config)
-  raise SystemExit("bench needs bench/torch_reference.py's network builders, which import torch; "
-                   "install it with `pip install torch==2.13.0`")
+  raise SystemExit(
+    "bench needs bench/torch_reference.py's network builders, which import torch; "
+    "install it with `pip install torch==2.13.0`"
+  )
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -90,10 +92,12 @@ class JaxmiStep:
   """The engine's compiled block of GMI steps for ``batch`` latents on ``devices`` devices (AOT-compiled once)."""
 
   def __init__(self, nets, batch: int, devices: int, dtype: str, remat: bool, unroll: int, seed: int = 0):
-    cfg = InversionConfig(steps=100, restarts=1, learning_rate=LR, momentum=MOMENTUM, identity_weight=LAMBDA,
-                          reference_batch=OFFICIAL_BATCH)
-    run = ExecutionConfig(unroll=unroll, log_every=100, devices=devices, compute_dtype=dtype, remat=remat,
-                          max_batch=batch)
+    cfg = InversionConfig(
+      steps=100, restarts=1, learning_rate=LR, momentum=MOMENTUM, identity_weight=LAMBDA, reference_batch=OFFICIAL_BATCH
+    )
+    run = ExecutionConfig(
+      unroll=unroll, log_every=100, devices=devices, compute_dtype=dtype, remat=remat, max_batch=batch
+    )
     inv, variables = _attack(nets, cfg, run)
     self.inv = inv
     self.mesh = mesh = parallel.latent_mesh(devices)
@@ -109,8 +113,9 @@ class JaxmiStep:
     # steps per call as the engine runs them (unroll 0: per platform)
     _, self.unroll, rolled = plan(run, cfg.steps, mesh.devices.flat[0].platform)
     start = time.perf_counter()
-    self.compiled = inv.segment.lower(self.carry, self.variables, self.terms, self.labels, self.keys, self.mask,
-                                      num_steps=self.unroll, rolled=rolled).compile()
+    self.compiled = inv.segment.lower(
+      self.carry, self.variables, self.terms, self.labels, self.keys, self.mask, num_steps=self.unroll, rolled=rolled
+    ).compile()
     self.compile_seconds = time.perf_counter() - start
 
   def block(self):
@@ -144,13 +149,14 @@ class TorchSteps:
   def seconds(self, batch: int) -> float:
     if batch not in self.cache:
       gen = torch.Generator().manual_seed(self.seed)
-      state = {"z": torch.randn(batch, self.z_dim, generator=gen).clamp(-1, 1),
-               "v": torch.zeros(batch, self.z_dim)}
+      state = {"z": torch.randn(batch, self.z_dim, generator=gen).clamp(-1, 1), "v": torch.zeros(batch, self.z_dim)}
       labels = torch.randint(0, self.classes, (batch,), generator=gen)
 
       def step():
-        state["z"], state["v"] = ref.gmi_torch_step(self.G, self.D, self.T, state["z"], labels, state["v"], LR, MOMENTUM,
-                                                    LAMBDA, OFFICIAL_BATCH)
+        state["z"], state["v"] = ref.gmi_torch_step(
+          self.G, self.D, self.T, state["z"], labels, state["v"], LR, MOMENTUM, LAMBDA, OFFICIAL_BATCH
+        )
+
       for _ in range(self.warmup):
         step()
       self.cache[batch] = _median_time(step, self.repeats)
@@ -170,25 +176,48 @@ def check_same_step(nets, torch_steps: TorchSteps | None) -> float | None:
   z0 = np.asarray(step.carry[0])
   labels = np.asarray(step.labels)
   step.block()
-  z_t, _ = ref.gmi_torch_step(torch_steps.G, torch_steps.D, torch_steps.T, torch.from_numpy(z0.copy()),
-                              torch.from_numpy(labels).long(), torch.zeros(z0.shape), LR, MOMENTUM, LAMBDA,
-                              OFFICIAL_BATCH)
+  z_t, _ = ref.gmi_torch_step(
+    torch_steps.G,
+    torch_steps.D,
+    torch_steps.T,
+    torch.from_numpy(z0.copy()),
+    torch.from_numpy(labels).long(),
+    torch.zeros(z0.shape),
+    LR,
+    MOMENTUM,
+    LAMBDA,
+    OFFICIAL_BATCH,
+  )
   return float(np.abs(np.asarray(step.carry[0]) - z_t.numpy()).max())
 
 
 def protocol_run(nets, dtype: str, remat: bool, identities: int, restarts: int, steps: int, max_batch: int) -> dict:
   """The whole attack through ``Inverter.run``: compile, every chunk, the final images; wall time."""
-  cfg = InversionConfig(steps=steps, restarts=restarts, learning_rate=LR, momentum=MOMENTUM, identity_weight=LAMBDA,
-                        reference_batch=OFFICIAL_BATCH)
-  inv, variables = _attack(nets, cfg, ExecutionConfig(compute_dtype=dtype, remat=remat, max_batch=max_batch,
-                                                      log_every=100))
+  cfg = InversionConfig(
+    steps=steps,
+    restarts=restarts,
+    learning_rate=LR,
+    momentum=MOMENTUM,
+    identity_weight=LAMBDA,
+    reference_batch=OFFICIAL_BATCH,
+  )
+  inv, variables = _attack(
+    nets, cfg, ExecutionConfig(compute_dtype=dtype, remat=remat, max_batch=max_batch, log_every=100)
+  )
   start = time.perf_counter()
   result = inv.run(variables, list(range(identities)))
   seconds = time.perf_counter() - start
-  return {"identities": identities, "restarts": restarts, "steps": steps, "chunk": result.stats.chunk_size,
-          "devices": result.stats.devices, "dtype": dtype, "seconds": round(seconds, 1),
-          "latent_steps_per_second": round(identities * restarts * steps / seconds, 1),
-          "finite": bool(np.isfinite(result.loss_curve).all())}
+  return {
+    "identities": identities,
+    "restarts": restarts,
+    "steps": steps,
+    "chunk": result.stats.chunk_size,
+    "devices": result.stats.devices,
+    "dtype": dtype,
+    "seconds": round(seconds, 1),
+    "latent_steps_per_second": round(identities * restarts * steps / seconds, 1),
+    "finite": bool(np.isfinite(result.loss_curve).all()),
+  }
 
 
 def device_text() -> str:
@@ -200,28 +229,48 @@ def device_text() -> str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--configs", default="small,vgg64")
   p.add_argument("--batch-sizes", default="", help="comma list; default: 64..4096 for small, 64,256 for vgg64 on CPU")
-  p.add_argument("--devices", default="", help="comma list of device counts; default: 1 and all (on CPU: one "
-                 "device per core, as bin/jaxmi attack sets up; the ratio is taken on all)")
+  p.add_argument(
+    "--devices",
+    default="",
+    help="comma list of device counts; default: 1 and all (on CPU: one "
+    "device per core, as bin/jaxmi attack sets up; the ratio is taken on all)",
+  )
   p.add_argument("--dtypes", default="float32", help="float32,bfloat16")
   p.add_argument("--remat", action="store_true", help="rematerialise the networks in the backward pass")
-  p.add_argument("--unroll", type=int, default=ExecutionConfig().unroll,
-                 help="steps per compiled call; 0 (the engine default) = 10 unrolled on CPU, a rolled loop of 100 "
-                      "(one log interval) on accelerators")
+  p.add_argument(
+    "--unroll",
+    type=int,
+    default=ExecutionConfig().unroll,
+    help="steps per compiled call; 0 (the engine default) = 10 unrolled on CPU, a rolled loop of 100 "
+    "(one log interval) on accelerators",
+  )
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--warmup", type=int, default=1)
-  p.add_argument("--torch-max-batch", type=int, default=0,
-                 help="largest batch PyTorch also runs as one batch (default: 4096 small, 256 vgg64)")
+  p.add_argument(
+    "--torch-max-batch",
+    type=int,
+    default=0,
+    help="largest batch PyTorch also runs as one batch (default: 4096 small, 256 vgg64)",
+  )
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--no-check", action="store_true")
   p.add_argument("--protocol", action="store_true", help="also run 300 ids x 5 restarts x 2400 steps end to end")
   p.add_argument("--protocol-max-batch", type=int, default=1500)
-  p.add_argument("--capacity", type=int, default=0, help="also compile (not run) a chunk of this many latents "
-                 "and report its memory")
-  p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak TFLOP/s for the dtype "
-                 "(e.g. H100 SXM dense: 67 fp32, 989 bf16) to report achieved FLOP/s as a fraction of it")
+  p.add_argument(
+    "--capacity", type=int, default=0, help="also compile (not run) a chunk of this many latents and report its memory"
+  )
+  p.add_argument(
+    "--peak-tflops",
+    type=float,
+    default=0.0,
+    help="the device's peak TFLOP/s for the dtype "
+    "(e.g. H100 SXM dense: 67 fp32, 989 bf16) to report achieved FLOP/s as a fraction of it",
+  )
   p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
   p.add_argument("--out", default="", help="also write the JSON object to this file")
   args = p.parse_args(argv)
@@ -230,10 +279,16 @@ def main(argv=None) -> int:
   on_cpu = jax.devices()[0].platform == "cpu"
   device_counts = [int(d) for d in args.devices.split(",") if d] or sorted({1, jax.device_count()})
   say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
-  report = {"date": datetime.date.today().isoformat(), "device": device_text(), "jax": jax.__version__,
-            "torch": torch.__version__ if use_torch else None,
-            "torch_threads": torch.get_num_threads() if use_torch else None,
-            "steps_per_call": None, "configs": {}, "ratios": {}}
+  report = {
+    "date": datetime.date.today().isoformat(),
+    "device": device_text(),
+    "jax": jax.__version__,
+    "torch": torch.__version__ if use_torch else None,
+    "torch_threads": torch.get_num_threads() if use_torch else None,
+    "steps_per_call": None,
+    "configs": {},
+    "ratios": {},
+  }
   say(f"# {report['device']}, jax {jax.__version__}" + (f", torch {torch.__version__}" if use_torch else ""))
   for name in args.configs.split(","):
     if args.batch_sizes:
@@ -259,29 +314,44 @@ def main(argv=None) -> int:
           sec = step.seconds_per_step(args.warmup, args.repeats)
           report["steps_per_call"] = step.unroll
           flops = step.flops_per_step()
-          row = {"batch": batch, "devices": devices, "dtype": dtype, "remat": args.remat,
-                 "jaxmi": round(batch / sec, 1), "jaxmi_compile_s": round(step.compile_seconds, 1),
-                 "jaxmi_memory_mb": round(step.memory_bytes() / 2**20, 1),
-                 "jaxmi_gflops": None if flops is None else round(flops / sec / 1e9, 1),
-                 "torch_official": None if t_official is None else round(batch / t_official, 1),
-                 "torch_one_batch": None if t_one is None else round(batch / t_one, 1)}
+          row = {
+            "batch": batch,
+            "devices": devices,
+            "dtype": dtype,
+            "remat": args.remat,
+            "jaxmi": round(batch / sec, 1),
+            "jaxmi_compile_s": round(step.compile_seconds, 1),
+            "jaxmi_memory_mb": round(step.memory_bytes() / 2**20, 1),
+            "jaxmi_gflops": None if flops is None else round(flops / sec / 1e9, 1),
+            "torch_official": None if t_official is None else round(batch / t_official, 1),
+            "torch_one_batch": None if t_one is None else round(batch / t_one, 1),
+          }
           stats = step.mesh.devices.flat[0].memory_stats() if not on_cpu else None
           if stats and "peak_bytes_in_use" in stats:
             row["device_peak_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
-          best_torch = max(r for r in (row["torch_official"], row["torch_one_batch"]) if r is not None) \
-              if use_torch else None
+          best_torch = (
+            max(r for r in (row["torch_official"], row["torch_one_batch"]) if r is not None) if use_torch else None
+          )
           row["ratio"] = None if best_torch is None else round(row["jaxmi"] / best_torch, 2)
           if args.peak_tflops and row["jaxmi_gflops"] is not None:
             row["fraction_of_peak"] = round(row["jaxmi_gflops"] / (1e3 * args.peak_tflops), 3)
           entry["rows"].append(row)
-          say(f"[{name}] batch {batch:5d} devices {devices} {dtype:8s}: jaxmi {row['jaxmi']:9.1f} latent-steps/s"
-              + (f", torch official {row['torch_official']:.1f}, one batch {row['torch_one_batch']}, "
-                 f"ratio {row['ratio']}" if use_torch else "")
-              + f"; {row['jaxmi_memory_mb']} MB, {row['jaxmi_gflops']} GFLOP/s, compile {row['jaxmi_compile_s']} s")
+          say(
+            f"[{name}] batch {batch:5d} devices {devices} {dtype:8s}: jaxmi {row['jaxmi']:9.1f} latent-steps/s"
+            + (
+              f", torch official {row['torch_official']:.1f}, one batch {row['torch_one_batch']}, ratio {row['ratio']}"
+              if use_torch
+              else ""
+            )
+            + f"; {row['jaxmi_memory_mb']} MB, {row['jaxmi_gflops']} GFLOP/s, compile {row['jaxmi_compile_s']} s"
+          )
           del step
     # The headline: jaxmi as `bin/jaxmi attack` runs it, on all devices (on CPU one per core).
-    first = [r for r in entry["rows"] if r["batch"] == 64 and r["dtype"] == args.dtypes.split(",")[0]
-             and r["devices"] == device_counts[-1]]
+    first = [
+      r
+      for r in entry["rows"]
+      if r["batch"] == 64 and r["dtype"] == args.dtypes.split(",")[0] and r["devices"] == device_counts[-1]
+    ]
     if first and first[0]["ratio"] is not None:
       report["ratios"][name] = first[0]["ratio"]
     if args.capacity:
@@ -289,15 +359,24 @@ def main(argv=None) -> int:
       entry["capacity"] = []
       for remat in sorted({False, args.remat}):
         step = JaxmiStep(nets, args.capacity, device_counts[-1], args.dtypes.split(",")[-1], remat, 1)
-        entry["capacity"].append({"latents": args.capacity, "devices": device_counts[-1], "remat": remat,
-                                  "dtype": args.dtypes.split(",")[-1],
-                                  "memory_gb_per_device": round(step.memory_bytes() / 1e9, 2)})
-        say(f"[{name}] {args.capacity} concurrent latents, one step, remat={remat}: "
-            f"{entry['capacity'][-1]['memory_gb_per_device']} GB per device (XLA memory analysis, this backend)")
+        entry["capacity"].append(
+          {
+            "latents": args.capacity,
+            "devices": device_counts[-1],
+            "remat": remat,
+            "dtype": args.dtypes.split(",")[-1],
+            "memory_gb_per_device": round(step.memory_bytes() / 1e9, 2),
+          }
+        )
+        say(
+          f"[{name}] {args.capacity} concurrent latents, one step, remat={remat}: "
+          f"{entry['capacity'][-1]['memory_gb_per_device']} GB per device (XLA memory analysis, this backend)"
+        )
         del step
     if args.protocol:
-      entry["protocol"] = protocol_run(nets, args.dtypes.split(",")[-1], args.remat, 300, 5, 2400,
-                                       args.protocol_max_batch)
+      entry["protocol"] = protocol_run(
+        nets, args.dtypes.split(",")[-1], args.remat, 300, 5, 2400, args.protocol_max_batch
+      )
       say(f"[{name}] protocol: {entry['protocol']}")
     report["configs"][name] = entry
   if not args.json:
@@ -310,14 +389,20 @@ def main(argv=None) -> int:
 
 
 def markdown_table(report: dict) -> str:
-  lines = [f"{report['date']}, {report['device']}, jax {report['jax']}, torch {report['torch']} "
-           f"({report['torch_threads']} threads), {report['steps_per_call']} steps per compiled call", "",
-           "| config | batch | devices | dtype | jaxmi latent-steps/s | torch official | torch one batch | ratio | "
-           "jaxmi memory (MB) | jaxmi GFLOP/s |", "|---" * 10 + "|"]
+  lines = [
+    f"{report['date']}, {report['device']}, jax {report['jax']}, torch {report['torch']} "
+    f"({report['torch_threads']} threads), {report['steps_per_call']} steps per compiled call",
+    "",
+    "| config | batch | devices | dtype | jaxmi latent-steps/s | torch official | torch one batch | ratio | "
+    "jaxmi memory (MB) | jaxmi GFLOP/s |",
+    "|---" * 10 + "|",
+  ]
   for name, entry in report["configs"].items():
     for r in entry["rows"]:
-      lines.append(f"| {name} | {r['batch']} | {r['devices']} | {r['dtype']} | {r['jaxmi']} | {r['torch_official']} | "
-                   f"{r['torch_one_batch']} | {r['ratio']} | {r['jaxmi_memory_mb']} | {r['jaxmi_gflops']} |")
+      lines.append(
+        f"| {name} | {r['batch']} | {r['devices']} | {r['dtype']} | {r['jaxmi']} | {r['torch_official']} | "
+        f"{r['torch_one_batch']} | {r['ratio']} | {r['jaxmi_memory_mb']} | {r['jaxmi_gflops']} |"
+      )
   lines.append("")
   lines.append("ratios at batch 64 on all devices: " + json.dumps(report["ratios"]))
   return "\n".join(lines)

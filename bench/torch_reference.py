@@ -48,10 +48,18 @@ from jaxmi.nets.gan import Critic, GANConfig, Generator
 
 # The two benchmark configurations: MNIST scale and the CelebA 64 px reference (VGG16-BN target).
 CONFIGS = {
-    "small": dict(gan=GANConfig(z_dim=100, base_width=16, stages=3, channels=1), critic_width=16,
-                  target=ModelConfig(arch="cnn", width=32, feature_dim=128), num_classes=10),
-    "vgg64": dict(gan=GANConfig(z_dim=100, base_width=64, stages=4, channels=3), critic_width=64,
-                  target=ModelConfig(arch="vgg", vgg_layout="vgg16"), num_classes=1000),
+  "small": dict(
+    gan=GANConfig(z_dim=100, base_width=16, stages=3, channels=1),
+    critic_width=16,
+    target=ModelConfig(arch="cnn", width=32, feature_dim=128),
+    num_classes=10,
+  ),
+  "vgg64": dict(
+    gan=GANConfig(z_dim=100, base_width=64, stages=4, channels=3),
+    critic_width=64,
+    target=ModelConfig(arch="vgg", vgg_layout="vgg16"),
+    num_classes=1000,
+  ),
 }
 
 # check_equal passes when every max abs diff <= TOLERANCES[kind] * max |jax value| (kind = the key's first part).
@@ -66,6 +74,7 @@ TOLERANCES = {"image": 1e-4, "critic": 1e-4, "logits": 1e-4, "z": 1e-4, "grad": 
 
 # -- torch networks, as the official PyTorch MI code writes them -------------------------------------
 
+
 class TorchGenerator(nn.Module):
   """GMI's ``Generator``: Linear + BN1d + ReLU to (8d, 4, 4), stride-2 transposed convs, sigmoid."""
 
@@ -74,15 +83,18 @@ class TorchGenerator(nn.Module):
     top = base_width * 2 ** (stages - 1)
 
     def dconv_bn_relu(cin, cout):
-      return nn.Sequential(nn.ConvTranspose2d(cin, cout, 5, 2, padding=2, output_padding=1, bias=False),
-                           nn.BatchNorm2d(cout), nn.ReLU())
+      return nn.Sequential(
+        nn.ConvTranspose2d(cin, cout, 5, 2, padding=2, output_padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+      )
 
     self.top = top
     self.l1 = nn.Sequential(nn.Linear(z_dim, top * 4 * 4, bias=False), nn.BatchNorm1d(top * 4 * 4), nn.ReLU())
     widths = [top // 2**i for i in range(stages)]
-    self.l2_5 = nn.Sequential(*[dconv_bn_relu(a, b) for a, b in zip(widths[:-1], widths[1:])],
-                              nn.ConvTranspose2d(widths[-1], channels, 5, 2, padding=2, output_padding=1),
-                              nn.Sigmoid())
+    self.l2_5 = nn.Sequential(
+      *[dconv_bn_relu(a, b) for a, b in zip(widths[:-1], widths[1:])],
+      nn.ConvTranspose2d(widths[-1], channels, 5, 2, padding=2, output_padding=1),
+      nn.Sigmoid(),
+    )
 
   def forward(self, z):
     y = self.l1(z).view(z.size(0), self.top, 4, 4)
@@ -99,9 +111,12 @@ class TorchCritic(nn.Module):
       return nn.Sequential(nn.Conv2d(cin, cout, 5, 2, 2), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.2))
 
     widths = [base_width * 2**i for i in range(stages)]
-    self.ls = nn.Sequential(nn.Conv2d(channels, base_width, 5, 2, 2), nn.LeakyReLU(0.2),
-                            *[conv_ln_lrelu(a, b) for a, b in zip(widths[:-1], widths[1:])],
-                            nn.Conv2d(widths[-1], 1, 4))
+    self.ls = nn.Sequential(
+      nn.Conv2d(channels, base_width, 5, 2, 2),
+      nn.LeakyReLU(0.2),
+      *[conv_ln_lrelu(a, b) for a, b in zip(widths[:-1], widths[1:])],
+      nn.Conv2d(widths[-1], 1, 4),
+    )
 
   def forward(self, x):
     return self.ls(x).view(-1)
@@ -116,9 +131,15 @@ class TorchSmallCNN(nn.Module):
   def __init__(self, channels: int, num_classes: int, width: int = 32, feature_dim: int = 128, image_size: int = 32):
     super().__init__()
     self.features = nn.Sequential(
-        nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.MaxPool2d(2, 2))
+      nn.Conv2d(channels, width, 3, padding=1, bias=False),
+      nn.BatchNorm2d(width),
+      nn.ReLU(),
+      nn.MaxPool2d(2, 2),
+      nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+      nn.BatchNorm2d(2 * width),
+      nn.ReLU(),
+      nn.MaxPool2d(2, 2),
+    )
     self.fc_feat = nn.Linear(2 * width * (image_size // 4) ** 2, feature_dim, bias=False)
     self.bn_feat = nn.BatchNorm1d(feature_dim)
     self.fc = nn.Linear(feature_dim, num_classes)
@@ -154,6 +175,7 @@ class TorchVGG(nn.Module):
 
 
 # -- weight copy ---------------------------------------------------------------------------------------
+
 
 def _np(x) -> np.ndarray:
   return np.array(x, dtype=np.float32)  # a writable copy: torch.from_numpy refuses read-only jax buffers
@@ -280,6 +302,7 @@ def load_from_jax(kind: str, variables: dict, **kwargs) -> nn.Module:
 
 # -- building both sides -------------------------------------------------------------------------------
 
+
 def randomize_variables(variables: dict, seed: int = 0) -> dict:
   """Non-trivial BN/IN/bias values so every mapping is exercised (fresh inits have mean 0, var 1, scale 1, bias 0).
 
@@ -316,20 +339,27 @@ def jax_nets(config_name: str, seed: int = 0, upsample: str = "subpixel") -> dic
   gvars = jax.jit(lambda k: generator.init(k, jnp.zeros((2, gan.z_dim)), train=False))(keys[0])
   cvars = jax.jit(lambda k: critic.init(k, jnp.zeros((2, *image_shape))))(keys[1])
   tvars = init_variables(target, keys[2], image_shape)
-  return {"config": cfg, "image_shape": image_shape,
-          "generator": (generator, randomize_variables(dict(gvars), seed + 1)),
-          "critic": (critic, randomize_variables(dict(cvars), seed + 2)),
-          "target": (target, randomize_variables(tvars, seed + 3))}
+  return {
+    "config": cfg,
+    "image_shape": image_shape,
+    "generator": (generator, randomize_variables(dict(gvars), seed + 1)),
+    "critic": (critic, randomize_variables(dict(cvars), seed + 2)),
+    "target": (target, randomize_variables(tvars, seed + 3)),
+  }
 
 
 def torch_nets(nets: dict) -> tuple[nn.Module, nn.Module, nn.Module]:
   """(G, D, T) torch modules with the weights of ``jax_nets(...)``'s networks."""
   arch = nets["config"]["target"].arch
-  return (load_from_jax("generator", nets["generator"][1]), load_from_jax("critic", nets["critic"][1]),
-          load_from_jax(arch, nets["target"][1]))
+  return (
+    load_from_jax("generator", nets["generator"][1]),
+    load_from_jax("critic", nets["critic"][1]),
+    load_from_jax(arch, nets["target"][1]),
+  )
 
 
 # -- one GMI attack step ---------------------------------------------------------------------------------
+
 
 def gmi_torch_loss_grad(G, D, T, z, labels, lam: float = 100.0, reference_batch: int = 60):
   """GMI's loss and its gradient w.r.t. z.
@@ -348,8 +378,9 @@ def gmi_torch_loss_grad(G, D, T, z, labels, lam: float = 100.0, reference_batch:
   return loss.detach(), grad
 
 
-def gmi_torch_step(G, D, T, z, labels, velocity, lr: float = 0.02, momentum: float = 0.9, lam: float = 100.0,
-                   reference_batch: int = 60):
+def gmi_torch_step(
+  G, D, T, z, labels, velocity, lr: float = 0.02, momentum: float = 0.9, lam: float = 100.0, reference_batch: int = 60
+):
   """One step of GMI's ``inversion()``: backward to z, its hand-written Nesterov update, clamp to [-1, 1].
 
   Equal to jaxmi's ``optax.sgd(lr, momentum, nesterov=True)`` + clip (velocity = -lr * optax's trace).
@@ -366,6 +397,7 @@ def gmi_torch_step(G, D, T, z, labels, velocity, lr: float = 0.02, momentum: flo
 
 # -- the check -------------------------------------------------------------------------------------------
 
+
 def _jax_per_latent_loss(nets: dict, lam: float, reference_batch: int):
   """The engine's per-latent GMI loss (``Inverter._loss`` with PriorTerm + IdentityTerm(ce)), networks at batch 1."""
   (gen, gvars), (critic, cvars), (target, tvars) = nets["generator"], nets["critic"], nets["target"]
@@ -379,9 +411,17 @@ def _jax_per_latent_loss(nets: dict, lam: float, reference_batch: int):
   return loss
 
 
-def check_equal(config_name: str, batch: int = 4, seed: int = 0, steps: int = 2, lam: float = 100.0,
-                reference_batch: int = 60, lr: float = 0.02, momentum: float = 0.9,
-                return_scales: bool = False):
+def check_equal(
+  config_name: str,
+  batch: int = 4,
+  seed: int = 0,
+  steps: int = 2,
+  lam: float = 100.0,
+  reference_batch: int = 60,
+  lr: float = 0.02,
+  momentum: float = 0.9,
+  return_scales: bool = False,
+):
   """Max abs diffs between jaxmi and the torch reference on the same random weights, z and labels.
 
   Keys (``<up>`` = the jaxmi generator's upsample form, subpixel | transpose; torch always uses ConvTranspose2d):

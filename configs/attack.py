@@ -26,13 +26,29 @@ from jaxmi.experiments.attack import AttackConfig
 ARGS = {"method": typing.Literal["gmi", "gmi_lomma", "kedmi", "kedmi_lomma"], "data": typing.Literal["mnist", "att"]}
 
 # method -> (attack, with LOMMA)
-METHODS = {"gmi": ("gmi", False), "gmi_lomma": ("gmi", True), "kedmi": ("kedmi", False),
-           "kedmi_lomma": ("kedmi", True)}
+METHODS = {"gmi": ("gmi", False), "gmi_lomma": ("gmi", True), "kedmi": ("kedmi", False), "kedmi_lomma": ("kedmi", True)}
 INVERSION = {
-    "gmi": InversionConfig(steps=1500, restarts=5, optimizer="nesterov", momentum=0.9, z_clip=1.0,
-                           prior_weight=1.0, identity_weight=100.0, reference_batch=60),
-    "kedmi": InversionConfig(steps=2400, restarts=1, optimizer="adam", draw_clamp=0.0, init_logvar=1.0, eval_draws=5,
-                             prior_weight=1.0, identity_weight=100.0, reference_batch=60),
+  "gmi": InversionConfig(
+    steps=1500,
+    restarts=5,
+    optimizer="nesterov",
+    momentum=0.9,
+    z_clip=1.0,
+    prior_weight=1.0,
+    identity_weight=100.0,
+    reference_batch=60,
+  ),
+  "kedmi": InversionConfig(
+    steps=2400,
+    restarts=1,
+    optimizer="adam",
+    draw_clamp=0.0,
+    init_logvar=1.0,
+    eval_draws=5,
+    prior_weight=1.0,
+    identity_weight=100.0,
+    reference_batch=60,
+  ),
 }
 LEARNING_RATE = {("gmi", "mnist"): 0.01, ("gmi", "att"): 0.02, ("kedmi", "mnist"): 0.02, ("kedmi", "att"): 0.02}
 GAN = {"gmi": "runs/gan_{data}", "kedmi": "runs/gan_kedmi_{data}"}
@@ -49,12 +65,12 @@ def get_config(arg: str | None = None) -> AttackConfig:
   attack, lomma = METHODS[method]
   inversion = dataclasses.replace(INVERSION[attack], learning_rate=LEARNING_RATE[attack, data])
   return AttackConfig(
-      name=f"{method}_{data}",
-      attack=attack,
-      workdir=f"runs/attack_{method}_{data}",
-      target=f"runs/{data}_target",
-      evaluator=f"runs/{data}_eval",
-      gan=GAN[attack].format(data=data),
-      surrogates=(SURROGATE[data],) if lomma else (),
-      inversion=dataclasses.replace(inversion, **LOMMA, **LOMMA_CLAMP[attack]) if lomma else inversion,
+    name=f"{method}_{data}",
+    attack=attack,
+    workdir=f"runs/attack_{method}_{data}",
+    target=f"runs/{data}_target",
+    evaluator=f"runs/{data}_eval",
+    gan=GAN[attack].format(data=data),
+    surrogates=(SURROGATE[data],) if lomma else (),
+    inversion=dataclasses.replace(inversion, **LOMMA, **LOMMA_CLAMP[attack]) if lomma else inversion,
   )

@@ -28,32 +28,54 @@ ARGS = {"role": typing.Literal["target", "eval", "gnime_target", "gnime_eval"], 
 
 # role -> (protocol, the model's role, its name and workdir)
 ROLES = {
-    "target": ("mi", "target", "{data}_target"),
-    "eval": ("mi", "evaluation", "{data}_eval"),
-    "gnime_target": ("gnime", "target", "gnime_target_{data}"),
-    "gnime_eval": ("gnime", "evaluation", "gnime_eval_{data}"),
+  "target": ("mi", "target", "{data}_target"),
+  "eval": ("mi", "evaluation", "{data}_eval"),
+  "gnime_target": ("gnime", "target", "gnime_target_{data}"),
+  "gnime_eval": ("gnime", "evaluation", "gnime_eval_{data}"),
 }
 
 # The splits, by (protocol, data). GNIME on MNIST uses 600 images per digit (300 per half) to keep CPU runs
 # short; data.max_per_class=0 uses all.
 DATA = {
-    ("mi", "mnist"): DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4),
-                                public_ids=(5, 6, 7, 8, 9)),
-    ("mi", "att"): DataConfig(dataset="att_faces", image_size=64, channels=1, private_ids=tuple(range(0, 20)),
-                              public_ids=tuple(range(20, 40)), test_fraction=0.2, split_seed=0),
-    ("gnime", "mnist"): DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=tuple(range(10)),
-                                   public_ids=(), test_fraction=0.5, max_per_class=600),
-    ("gnime", "att"): DataConfig(dataset="att_faces", image_size=64, channels=1, private_ids=tuple(range(40)),
-                                 public_ids=(), test_fraction=0.5, split_seed=0),
+  ("mi", "mnist"): DataConfig(
+    dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9)
+  ),
+  ("mi", "att"): DataConfig(
+    dataset="att_faces",
+    image_size=64,
+    channels=1,
+    private_ids=tuple(range(0, 20)),
+    public_ids=tuple(range(20, 40)),
+    test_fraction=0.2,
+    split_seed=0,
+  ),
+  ("gnime", "mnist"): DataConfig(
+    dataset="mnist",
+    image_size=32,
+    channels=1,
+    private_ids=tuple(range(10)),
+    public_ids=(),
+    test_fraction=0.5,
+    max_per_class=600,
+  ),
+  ("gnime", "att"): DataConfig(
+    dataset="att_faces",
+    image_size=64,
+    channels=1,
+    private_ids=tuple(range(40)),
+    public_ids=(),
+    test_fraction=0.5,
+    split_seed=0,
+  ),
 }
 EPOCHS = {("mi", "mnist"): 3, ("mi", "att"): 60, ("gnime", "mnist"): 5, ("gnime", "att"): 60}
 
 # The networks, by (model role, data).
 MODEL = {
-    ("target", "mnist"): ModelConfig(arch="cnn", width=32, feature_dim=128),
-    ("target", "att"): ModelConfig(arch="vgg", vgg_layout="vgg16", width_divisor=4),
-    ("evaluation", "mnist"): ModelConfig(arch="resnet", width=16, blocks=(1, 1, 1)),
-    ("evaluation", "att"): ModelConfig(arch="resnet", width=16, blocks=(1, 1, 1, 1)),
+  ("target", "mnist"): ModelConfig(arch="cnn", width=32, feature_dim=128),
+  ("target", "att"): ModelConfig(arch="vgg", vgg_layout="vgg16", width_divisor=4),
+  ("evaluation", "mnist"): ModelConfig(arch="resnet", width=16, blocks=(1, 1, 1)),
+  ("evaluation", "att"): ModelConfig(arch="resnet", width=16, blocks=(1, 1, 1, 1)),
 }
 
 # (learning rate, weight decay, seed) by model role. The target's is the MI reference recipe (classify.json):
@@ -63,9 +85,14 @@ WARMUP = {"mnist": {}, "att": {"warmup_epochs": 2}}
 
 # AT&T has 160 training images: many short epochs, flips and small shifts as the face pipelines use.
 TRAIN = {
-    "mnist": TrainConfig(batch_size=64, log_every=50, checkpoint_every=200),
-    "att": TrainConfig(batch_size=32, eval_batch_size=64, log_every=20, checkpoint_every=100,
-                       augment=AugmentConfig(hflip=True, max_shift=4)),
+  "mnist": TrainConfig(batch_size=64, log_every=50, checkpoint_every=200),
+  "att": TrainConfig(
+    batch_size=32,
+    eval_batch_size=64,
+    log_every=20,
+    checkpoint_every=100,
+    augment=AugmentConfig(hflip=True, max_shift=4),
+  ),
 }
 
 
@@ -76,12 +103,11 @@ def get_config(arg: str | None = None) -> ClassifierConfig:
   name = name.format(data=data)
   lr, wd, seed = OPTIM_SEED[role]
   return ClassifierConfig(
-      name=name,
-      role=role,
-      workdir=f"runs/{name}",
-      data=DATA[protocol, data],
-      model=MODEL[role, data],
-      optim=OptimConfig(name="sgd", learning_rate=lr, momentum=0.9, weight_decay=wd, schedule="cosine",
-                        **WARMUP[data]),
-      train=dataclasses.replace(TRAIN[data], epochs=EPOCHS[protocol, data], seed=seed),
+    name=name,
+    role=role,
+    workdir=f"runs/{name}",
+    data=DATA[protocol, data],
+    model=MODEL[role, data],
+    optim=OptimConfig(name="sgd", learning_rate=lr, momentum=0.9, weight_decay=wd, schedule="cosine", **WARMUP[data]),
+    train=dataclasses.replace(TRAIN[data], epochs=EPOCHS[protocol, data], seed=seed),
   )

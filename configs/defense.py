@@ -18,6 +18,7 @@ from jaxmi.defenses import BiDO, DPSGD, MID, ConfidenceAdaptation, NegativeLabel
 from jaxmi.experiments.defend import DefendConfig, public_pretraining
 from jaxmi.train import ClassifierConfig
 
+
 def bido(target: ClassifierConfig, data: str) -> DefendConfig:
   """BiDO-HSIC: CE + 0.05 * sum_j nHSIC(X, Z_j) - 0.5 * sum_j nHSIC(Y, Z_j).
 
@@ -48,8 +49,7 @@ MID_BETA = {"mnist": 0.01, "att": 0.003}
 
 def mid(target: ClassifierConfig, data: str) -> DefendConfig:
   """MID: a variational information bottleneck head, loss CE + beta * KL."""
-  return DefendConfig(target=replace(target, model=replace(target.model, head="vib")),
-                      defense=MID(beta=MID_BETA[data]))
+  return DefendConfig(target=replace(target, model=replace(target.model, head="vib")), defense=MID(beta=MID_BETA[data]))
 
 
 def nls(target: ClassifierConfig, data: str) -> DefendConfig:
@@ -64,14 +64,31 @@ def calor(target: ClassifierConfig, data: str) -> DefendConfig:
   with the inverse focal loss with the reference's recipe (ca_ft.py): SGD lr 2e-5, momentum 0.9, no weight decay,
   5 epochs with the lr divided by 10 at epochs 3 and 4, flips only (no shifts).
   """
-  low_rank = replace(target, name=f"{target.name}_lowrank", workdir=f"{target.workdir}_lowrank",
-                     model=replace(target.model, head="low_rank", head_rank=40, head_activation="tanh"))
-  finetune = replace(low_rank, name=target.name, workdir=target.workdir,
-                     optim=replace(target.optim, learning_rate=2e-5, momentum=0.9, weight_decay=0.0, schedule="step",
-                                   decay_epochs=(3, 4), decay_factor=0.1, warmup_epochs=0),
-                     train=replace(target.train, epochs=5, augment=replace(target.train.augment, max_shift=0)))
-  return DefendConfig(target=finetune, pretrain=low_rank, pretrain_on="private",
-                      defense=ConfidenceAdaptation(gamma=8.0, alpha=0.25))
+  low_rank = replace(
+    target,
+    name=f"{target.name}_lowrank",
+    workdir=f"{target.workdir}_lowrank",
+    model=replace(target.model, head="low_rank", head_rank=40, head_activation="tanh"),
+  )
+  finetune = replace(
+    low_rank,
+    name=target.name,
+    workdir=target.workdir,
+    optim=replace(
+      target.optim,
+      learning_rate=2e-5,
+      momentum=0.9,
+      weight_decay=0.0,
+      schedule="step",
+      decay_epochs=(3, 4),
+      decay_factor=0.1,
+      warmup_epochs=0,
+    ),
+    train=replace(target.train, epochs=5, augment=replace(target.train.augment, max_shift=0)),
+  )
+  return DefendConfig(
+    target=finetune, pretrain=low_rank, pretrain_on="private", defense=ConfidenceAdaptation(gamma=8.0, alpha=0.25)
+  )
 
 
 # Layers frozen after public pretraining. VGG16-BN (att): the reference's freeze_layers=26 freezes
@@ -86,8 +103,9 @@ def tl_dmi(target: ClassifierConfig, data: str) -> DefendConfig:
   Frozen layers run in inference mode, so their BatchNorm statistics stay the public ones.
   """
   pretrain = public_pretraining(target, name=f"{target.name}_public", workdir=f"{target.workdir}_public")
-  return DefendConfig(target=target, pretrain=pretrain, pretrain_on="public",
-                      defense=TransferLearning(frozen_layers=FROZEN_LAYERS[data]))
+  return DefendConfig(
+    target=target, pretrain=pretrain, pretrain_on="public", defense=TransferLearning(frozen_layers=FROZEN_LAYERS[data])
+  )
 
 
 def dp_sgd(target: ClassifierConfig, data: str) -> DefendConfig:
@@ -96,12 +114,21 @@ def dp_sgd(target: ClassifierConfig, data: str) -> DefendConfig:
   BatchNorm mixes examples, so this target uses GroupNorm (model.norm=group); the summary reports the epsilon at
   delta = 1e-5 from the RDP accountant (the reference's sigma = 0.01 gives epsilon in the millions).
   """
-  return DefendConfig(target=replace(target, model=replace(target.model, norm="group")),
-                      defense=DPSGD(l2_clip=1.0, noise_multiplier=1.0, delta=1e-5))
+  return DefendConfig(
+    target=replace(target, model=replace(target.model, norm="group")),
+    defense=DPSGD(l2_clip=1.0, noise_multiplier=1.0, delta=1e-5),
+  )
 
 
-METHODS = {"bido": bido, "bido_coco": bido_coco, "mid": mid, "nls": nls, "calor": calor, "tl_dmi": tl_dmi,
-           "dp_sgd": dp_sgd}
+METHODS = {
+  "bido": bido,
+  "bido_coco": bido_coco,
+  "mid": mid,
+  "nls": nls,
+  "calor": calor,
+  "tl_dmi": tl_dmi,
+  "dp_sgd": dp_sgd,
+}
 # The arguments after "defense.py:", with their choices.
 ARGS = {"method": typing.Literal[tuple(METHODS)], "data": typing.Literal["mnist", "att"]}
 

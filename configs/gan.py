@@ -27,9 +27,10 @@ ARGS = {"kind": typing.Literal["gmi", "kedmi"], "data": typing.Literal["mnist", 
 STAGES = {"mnist": 3, "att": 4}
 # AT&T's 200 images: small batches and many epochs give ~500 generator steps.
 TRAIN = {
-    "mnist": GANTrainConfig(epochs=5, batch_size=64, n_critic=5, gp_weight=10.0, learning_rate=2e-4),
-    "att": GANTrainConfig(epochs=250, batch_size=20, n_critic=5, gp_weight=10.0, learning_rate=2e-4,
-                          checkpoint_every=100),
+  "mnist": GANTrainConfig(epochs=5, batch_size=64, n_critic=5, gp_weight=10.0, learning_rate=2e-4),
+  "att": GANTrainConfig(
+    epochs=250, batch_size=20, n_critic=5, gp_weight=10.0, learning_rate=2e-4, checkpoint_every=100
+  ),
 }
 
 
@@ -39,11 +40,11 @@ def get_config(arg: str | None = None) -> GANExperimentConfig:
   target = config_lib.load_config(f"{Path(__file__).with_name('classifier.py')}:role=target,data={data}")
   name = f"gan_{data}" if kind == "gmi" else f"gan_kedmi_{data}"
   return GANExperimentConfig(
-      name=name,
-      kind=kind,
-      workdir=f"runs/{name}",
-      target=target.workdir if kind == "kedmi" else "",
-      data=target.data,
-      gan=GANConfig(z_dim=100, base_width=16, stages=STAGES[data], channels=1),
-      train=TRAIN[data],
+    name=name,
+    kind=kind,
+    workdir=f"runs/{name}",
+    target=target.workdir if kind == "kedmi" else "",
+    data=target.data,
+    gan=GANConfig(z_dim=100, base_width=16, stages=STAGES[data], channels=1),
+    train=TRAIN[data],
   )

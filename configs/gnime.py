@@ -36,11 +36,11 @@ def get_config(arg: str | None = None) -> GNIMERunConfig:
   explanation, data = arg["explanation"], arg["data"]
   a, epochs, batch_size = SETTINGS[data]
   return GNIMERunConfig(
-      name=f"gnime_{explanation}_{data}",
-      workdir=f"runs/gnime_{explanation}_{data}",
-      target=f"runs/gnime_target_{data}",
-      evaluator=f"runs/gnime_eval_{data}",
-      method=explanation,
-      gnime=GNIMEConfig(learning_rate=1e-3, a=a, epochs=epochs, batch_size=batch_size, width_divisor=4),
-      attacker=InverterConfig(learning_rate=1e-3, epochs=epochs, batch_size=batch_size, width_divisor=4),
+    name=f"gnime_{explanation}_{data}",
+    workdir=f"runs/gnime_{explanation}_{data}",
+    target=f"runs/gnime_target_{data}",
+    evaluator=f"runs/gnime_eval_{data}",
+    method=explanation,
+    gnime=GNIMEConfig(learning_rate=1e-3, a=a, epochs=epochs, batch_size=batch_size, width_divisor=4),
+    attacker=InverterConfig(learning_rate=1e-3, epochs=epochs, batch_size=batch_size, width_divisor=4),
   )

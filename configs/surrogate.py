@@ -24,14 +24,26 @@ ARGS = {"data": typing.Literal["mnist", "att"]}
 
 # data -> (name, model, optimiser, training)
 STUDENT = {
-    "mnist": ("surrogate_mnist_vgg", ModelConfig(arch="vgg", vgg_layout="vgg_small", width_divisor=4),
-              OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-4, schedule="cosine"),
-              TrainConfig(epochs=5, batch_size=64, seed=2)),
-    "att": ("surrogate_att_cnn", ModelConfig(arch="cnn", width=16, feature_dim=128),
-            OptimConfig(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=1e-4, schedule="cosine",
-                        warmup_epochs=2),
-            TrainConfig(epochs=100, batch_size=20, eval_batch_size=64, seed=2, log_every=20, checkpoint_every=200,
-                        augment=AugmentConfig(hflip=True, max_shift=4))),
+  "mnist": (
+    "surrogate_mnist_vgg",
+    ModelConfig(arch="vgg", vgg_layout="vgg_small", width_divisor=4),
+    OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-4, schedule="cosine"),
+    TrainConfig(epochs=5, batch_size=64, seed=2),
+  ),
+  "att": (
+    "surrogate_att_cnn",
+    ModelConfig(arch="cnn", width=16, feature_dim=128),
+    OptimConfig(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=1e-4, schedule="cosine", warmup_epochs=2),
+    TrainConfig(
+      epochs=100,
+      batch_size=20,
+      eval_batch_size=64,
+      seed=2,
+      log_every=20,
+      checkpoint_every=200,
+      augment=AugmentConfig(hflip=True, max_shift=4),
+    ),
+  ),
 }
 
 
@@ -40,9 +52,10 @@ def get_config(arg: str | None = None) -> SurrogateConfig:
   target = config_lib.load_config(f"{Path(__file__).with_name('classifier.py')}:role=target,data={data}")
   name, model, optim, train = STUDENT[data]
   return SurrogateConfig(
-      teacher=target.workdir,
-      temperature=1.0,
-      holdout_fraction=0.1,
-      student=ClassifierConfig(name=name, role="surrogate", workdir=f"runs/{name}", data=target.data, model=model,
-                               optim=optim, train=train),
+    teacher=target.workdir,
+    temperature=1.0,
+    holdout_fraction=0.1,
+    student=ClassifierConfig(
+      name=name, role="surrogate", workdir=f"runs/{name}", data=target.data, model=model, optim=optim, train=train
+    ),
   )

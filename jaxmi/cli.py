@@ -21,30 +21,48 @@ def _add_common(p: argparse.ArgumentParser, *, config: bool = True, workdir: boo
   # Commands that write nothing of their own (evaluate, prepare-data) or write next to their input
   # (fisher: --out) take no --workdir: a flag that is silently ignored misleads.
   if config:
-    p.add_argument("--config", required=True,
-                   help="experiment config, a recipe and its arguments: configs/<recipe>.py:key=value,... "
-                        "(e.g. configs/defense.py:method=mid,data=mnist)")
-    p.add_argument("overrides", nargs="*", metavar="field=value",
-                   help="config overrides, e.g. train.epochs=2 data.private_ids=0:20 (anywhere on the line)")
+    p.add_argument(
+      "--config",
+      required=True,
+      help="experiment config, a recipe and its arguments: configs/<recipe>.py:key=value,... "
+      "(e.g. configs/defense.py:method=mid,data=mnist)",
+    )
+    p.add_argument(
+      "overrides",
+      nargs="*",
+      metavar="field=value",
+      help="config overrides, e.g. train.epochs=2 data.private_ids=0:20 (anywhere on the line)",
+    )
   if workdir:
     p.add_argument("--workdir", help="output directory (default: the config's workdir)")
-  p.add_argument("--data-dir", help="directory holding the raw datasets: reads DIR/<dataset>, winning over the config's "
-                                    "data.data_dir (default: data.data_dir, else $JAXMI_DATA_DIR, else ~/jaxmi_data)")
-  p.add_argument("--cache-dir", help="where prepared datasets are kept, winning over the config's data.cache_dir "
-                                     "(default: data.cache_dir, else $JAXMI_CACHE_DIR, else ~/.cache/jaxmi)")
+  p.add_argument(
+    "--data-dir",
+    help="directory holding the raw datasets: reads DIR/<dataset>, winning over the config's "
+    "data.data_dir (default: data.data_dir, else $JAXMI_DATA_DIR, else ~/jaxmi_data)",
+  )
+  p.add_argument(
+    "--cache-dir",
+    help="where prepared datasets are kept, winning over the config's data.cache_dir "
+    "(default: data.cache_dir, else $JAXMI_CACHE_DIR, else ~/.cache/jaxmi)",
+  )
   p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
 def _add_allow_config_change(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--allow-config-change", action="store_true",
-                 help="resume a checkpoint even though the config differs in fields that change what is trained")
+  p.add_argument(
+    "--allow-config-change",
+    action="store_true",
+    help="resume a checkpoint even though the config differs in fields that change what is trained",
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="jaxmi", description="Model-inversion attacks and defenses in JAX.",
-      epilog="A config is a recipe under configs/ (classifier, gan, surrogate, attack, defense, gnime) and its "
-             "arguments, e.g. --config configs/attack.py:method=gmi,data=mnist; each recipe's docstring lists them.")
+    prog="jaxmi",
+    description="Model-inversion attacks and defenses in JAX.",
+    epilog="A config is a recipe under configs/ (classifier, gan, surrogate, attack, defense, gnime) and its "
+    "arguments, e.g. --config configs/attack.py:method=gmi,data=mnist; each recipe's docstring lists them.",
+  )
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   p = sub.add_parser("train-classifier", help="train a target or evaluation classifier on the private split")
@@ -54,9 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("train-gan", help="train a GAN prior on the PUBLIC split (GMI's WGAN-GP or KEDMI's)")
   _add_common(p)
   _add_allow_config_change(p)
-  p.add_argument("--kind", choices=("gmi", "kedmi"),
-                 help="gmi: WGAN-GP; kedmi: inversion-specific GAN that learns the target's soft labels "
-                      "(default: the config's kind)")
+  p.add_argument(
+    "--kind",
+    choices=("gmi", "kedmi"),
+    help="gmi: WGAN-GP; kedmi: inversion-specific GAN that learns the target's soft labels "
+    "(default: the config's kind)",
+  )
 
   p = sub.add_parser("distill", help="distil a surrogate of the target on PUBLIC data (LOMMA)")
   _add_common(p)
@@ -66,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
   _add_common(p)
   p.add_argument("--overwrite", action="store_true", help="replace results already in the workdir")
 
-  p = sub.add_parser("defend",
-                     help="train a defended target (configs/defense.py:method=...,data=...); reports natural accuracy")
+  p = sub.add_parser(
+    "defend", help="train a defended target (configs/defense.py:method=...,data=...); reports natural accuracy"
+  )
   _add_common(p)
   _add_allow_config_change(p)
 
@@ -75,8 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("checkpoint_workdir", help="workdir of a trained classifier")
   p.add_argument("--split", choices=("private_train", "private_test"), default="private_train")
   p.add_argument("--examples", type=int, default=512, help="examples to average over (0 = the whole split)")
-  p.add_argument("--labels", choices=("true", "sampled"), default="true",
-                 help="true: empirical Fisher; sampled: labels drawn from the model's prediction")
+  p.add_argument(
+    "--labels",
+    choices=("true", "sampled"),
+    default="true",
+    help="true: empirical Fisher; sampled: labels drawn from the model's prediction",
+  )
   p.add_argument("--out", help="output prefix (default: <workdir>/fisher_<split>); writes .json and .png")
   _add_common(p, config=False, workdir=False)
 
@@ -96,15 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("prepare-data", help="download (if needed), verify and prepare a dataset")
   p.add_argument("dataset", choices=("mnist", "att_faces", "image_folder", "idx"))
-  p.add_argument("--root", help="image_folder: the root directory <root>/<identity>/<image>; idx: the folder of "
-                                "the four IDX files (default: <--data-dir or $JAXMI_DATA_DIR>/<dataset>)")
+  p.add_argument(
+    "--root",
+    help="image_folder: the root directory <root>/<identity>/<image>; idx: the folder of "
+    "the four IDX files (default: <--data-dir or $JAXMI_DATA_DIR>/<dataset>)",
+  )
   # image_folder stores its images at the run's size: these must equal the config's data fields
   # (the DataConfig defaults below) for a run to reuse what this prepares.
   p.add_argument("--image-size", type=int, default=32, help="image_folder: data.image_size of the runs (default 32)")
-  p.add_argument("--channels", type=int, choices=(1, 3), default=1,
-                 help="image_folder: data.channels of the runs (default 1)")
-  p.add_argument("--crop", default="", help="image_folder: data.crop of the runs, 'top,left,height,width' "
-                                            "(default: the centre square)")
+  p.add_argument(
+    "--channels", type=int, choices=(1, 3), default=1, help="image_folder: data.channels of the runs (default 1)"
+  )
+  p.add_argument(
+    "--crop",
+    default="",
+    help="image_folder: data.crop of the runs, 'top,left,height,width' (default: the centre square)",
+  )
   _add_common(p, config=False, workdir=False)
 
   p = sub.add_parser("demo", help="a few-minute end-to-end run on MNIST (or scikit-learn digits)")
@@ -134,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
   # Flags win over the config's data.data_dir/data.cache_dir (resolved where data loads, in jaxmi.data).
   if getattr(args, "data_dir", None):
     from jaxmi.data.sources import FLAG_DATA_DIR_ENV
+
     os.environ["JAXMI_DATA_DIR"] = os.environ[FLAG_DATA_DIR_ENV] = str(Path(args.data_dir).absolute())
   if getattr(args, "cache_dir", None):
     from jaxmi.data.sources import FLAG_CACHE_DIR_ENV
+
     os.environ["JAXMI_CACHE_DIR"] = os.environ[FLAG_CACHE_DIR_ENV] = str(Path(args.cache_dir).absolute())
   if getattr(args, "no_progress", False):
     from jaxmi.data.download import PROGRESS_ENV
+
     os.environ[PROGRESS_ENV] = "0"  # TFDS's data-preparation bars too
   try:
     return COMMANDS[args.command](args)
@@ -191,15 +227,21 @@ def _distill(args) -> int:
 
   cfg = _load(args, workdir_field="student__workdir")
   with locked(cfg.student.workdir):
-    distill_surrogate(cfg.student, cfg.teacher, temperature=cfg.temperature, holdout_fraction=cfg.holdout_fraction,
-                      progress=not args.no_progress, allow_config_change=args.allow_config_change)
+    distill_surrogate(
+      cfg.student,
+      cfg.teacher,
+      temperature=cfg.temperature,
+      holdout_fraction=cfg.holdout_fraction,
+      progress=not args.no_progress,
+      allow_config_change=args.allow_config_change,
+    )
   return 0
 
 
 def _attack(args) -> int:
   from jaxmi import parallel
 
-  parallel.cpu_device_per_core()      # on a CPU host, latents shard over its cores (before any JAX op)
+  parallel.cpu_device_per_core()  # on a CPU host, latents shard over its cores (before any JAX op)
   parallel.initialize_distributed()  # one process per host/GPU: latents shard over all of them
   from jaxmi.experiments.attack import run_attack
 
@@ -242,8 +284,16 @@ def _fisher(args) -> int:
   rows = layer_fisher(clf, split, max_examples=args.examples, labels=args.labels)
   out = args.out or str(Path(args.checkpoint_workdir) / f"fisher_{args.split}")
   title = f"{clf.config.name}: diagonal Fisher ({args.labels} labels) on {args.split}"
-  write_json(out + ".json", {"classifier": str(args.checkpoint_workdir), "split": args.split, "labels": args.labels,
-                             "examples": min(args.examples or len(split), len(split)), "layers": rows})
+  write_json(
+    out + ".json",
+    {
+      "classifier": str(args.checkpoint_workdir),
+      "split": args.split,
+      "labels": args.labels,
+      "examples": min(args.examples or len(split), len(split)),
+      "layers": rows,
+    },
+  )
   plot_fisher(rows, out + ".png", title)
   print(title)
   print(format_table(rows))
@@ -258,8 +308,9 @@ def _gnime(args) -> int:
 
   cfg = _load(args)
   with locked(cfg.workdir):
-    run_gnime(cfg, progress=not args.no_progress, overwrite=args.overwrite,
-              allow_config_change=args.allow_config_change)
+    run_gnime(
+      cfg, progress=not args.no_progress, overwrite=args.overwrite, allow_config_change=args.allow_config_change
+    )
   return 0
 
 
@@ -279,8 +330,10 @@ def _evaluate(args) -> int:
   clf = load_classifier(args.checkpoint_workdir)
   splits = load_splits(clf.config.data)
   result = evaluate(make_eval_step(clf.module), clf.variables, splits.private_test, 500)
-  print(f"{clf.config.name}: private test top-1 {100 * result['acc']:.2f}%  top-5 {100 * result['acc5']:.2f}%  "
-        f"({result['count']} images)")
+  print(
+    f"{clf.config.name}: private test top-1 {100 * result['acc']:.2f}%  top-5 {100 * result['acc5']:.2f}%  "
+    f"({result['count']} images)"
+  )
   return 0
 
 
@@ -313,15 +366,15 @@ def _demo(args) -> int:
 
 
 COMMANDS = {
-    "train-classifier": _train_classifier,
-    "train-gan": _train_gan,
-    "distill": _distill,
-    "attack": _attack,
-    "defend": _defend,
-    "fisher": _fisher,
-    "gnime": _gnime,
-    "report": _report,
-    "evaluate": _evaluate,
-    "prepare-data": _prepare_data,
-    "demo": _demo,
+  "train-classifier": _train_classifier,
+  "train-gan": _train_gan,
+  "distill": _distill,
+  "attack": _attack,
+  "defend": _defend,
+  "fisher": _fisher,
+  "gnime": _gnime,
+  "report": _report,
+  "evaluate": _evaluate,
+  "prepare-data": _prepare_data,
+  "demo": _demo,
 }

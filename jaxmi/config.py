@@ -44,11 +44,21 @@ def split_arg(spec: str | Path) -> tuple[Path, str | None]:
 # Overrides users typed before issue 14 split the attack config into what is optimised
 # (``inversion``) and how it runs (``execution``): named with their new place instead of "unknown".
 MOVED_FIELDS = {
-    **{f"inversion.{k}": f"execution.{k}" for k in (
-        "max_batch", "memory_budget_gb", "devices", "compute_dtype", "remat", "unroll", "log_every",
-        "checkpoint_every")},
-    "inversion.clip_z": "inversion.z_clip (GMI: z clipped after each update) or inversion.draw_clamp (KEDMI: "
-                        "each sampled z clamped)",
+  **{
+    f"inversion.{k}": f"execution.{k}"
+    for k in (
+      "max_batch",
+      "memory_budget_gb",
+      "devices",
+      "compute_dtype",
+      "remat",
+      "unroll",
+      "log_every",
+      "checkpoint_every",
+    )
+  },
+  "inversion.clip_z": "inversion.z_clip (GMI: z clipped after each update) or inversion.draw_clamp (KEDMI: "
+  "each sampled z clamped)",
 }
 
 
@@ -105,8 +115,9 @@ def parse_arg(arg: str | None, **spec: Any) -> dict[str, Any]:
     ``{key: value}`` with each value parsed to its type. An unknown, repeated or missing key, or a value that is
     not one of its choices, raises a ConfigError naming the argument and what was expected.
   """
-  usage = ",".join(f"{key}={'|'.join(map(str, _literal_choices(kind) or (f'<{kind.__name__}>',)))}"
-                   for key, kind in spec.items())
+  usage = ",".join(
+    f"{key}={'|'.join(map(str, _literal_choices(kind) or (f'<{kind.__name__}>',)))}" for key, kind in spec.items()
+  )
   values = {}
   for item in (arg or "").split(","):
     key, sep, raw = (t.strip() for t in item.partition("="))
@@ -140,8 +151,9 @@ def check_choices(config: Any, source: str = "config", prefix: str = "") -> None
       continue
     choices = _literal_choices(hints.get(f.name))
     if choices is not None and value not in choices:
-      raise ConfigError(f"{source}: field '{prefix}{f.name}': expected one of "
-                        f"{', '.join(map(str, choices))}, got {value!r}")
+      raise ConfigError(
+        f"{source}: field '{prefix}{f.name}': expected one of {', '.join(map(str, choices))}, got {value!r}"
+      )
 
 
 def _type_hints(cls: type) -> dict:
@@ -196,7 +208,7 @@ def _replace_path(obj: Any, parts: list[str], raw: str, source: str, full_key: s
   current = getattr(obj, name)
   if len(parts) > 1:
     if not dataclasses.is_dataclass(current):
-      raise ConfigError(f"{source}: field '{'.'.join(full_key.split('.')[:-len(parts) + 1])}' has no sub-fields")
+      raise ConfigError(f"{source}: field '{'.'.join(full_key.split('.')[: -len(parts) + 1])}' has no sub-fields")
     new = _replace_path(current, parts[1:], raw, source, full_key)
   else:
     new = parse_value(raw, hints[name], f"{source}: field '{full_key}'")
@@ -246,7 +258,11 @@ def parse_value(raw: str, annotation: Any, where: str) -> Any:
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
       value = None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (annotation is int and not isinstance(value, int)):
+    if (
+      isinstance(value, bool)
+      or not isinstance(value, (int, float))
+      or (annotation is int and not isinstance(value, int))
+    ):
       raise ConfigError(f"{where}: expected {annotation.__name__}, got '{raw}'")
     return annotation(value)
   if annotation is str:

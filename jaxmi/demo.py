@@ -26,8 +26,14 @@ from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, train_classi
 from jaxmi.train.gan import GANExperimentConfig, GANTrainConfig, train_gan
 
 # 2000 images per digit keep every stage short; the full configs under configs/ use all of MNIST.
-DEMO_DATA = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4),
-                       public_ids=(5, 6, 7, 8, 9), max_per_class=2000)
+DEMO_DATA = DataConfig(
+  dataset="mnist",
+  image_size=32,
+  channels=1,
+  private_ids=(0, 1, 2, 3, 4),
+  public_ids=(5, 6, 7, 8, 9),
+  max_per_class=2000,
+)
 
 
 def demo_data(log=print):
@@ -44,19 +50,41 @@ def run_demo(workdir: str = "runs/demo", epochs: int = 1, progress: bool = True,
   t0 = time.time()
   data, splits = demo_data(log)
   optim = OptimConfig(learning_rate=0.02, schedule="cosine")
-  target = ClassifierConfig(name="demo_target", role="target", workdir=str(workdir / "target"), data=data,
-                            model=ModelConfig(arch="cnn", width=32, feature_dim=128), optim=optim,
-                            train=TrainConfig(epochs=epochs, batch_size=64, checkpoint_every=200))
-  evaluator = ClassifierConfig(name="demo_eval", role="evaluation", workdir=str(workdir / "eval"), data=data,
-                               model=ModelConfig(arch="resnet", width=16, blocks=(1, 1, 1)), optim=optim,
-                               train=TrainConfig(epochs=epochs, batch_size=64, seed=1, checkpoint_every=200))
-  gan = GANExperimentConfig(name="demo_gan", workdir=str(workdir / "gan"), data=data,
-                            gan=GANConfig(z_dim=100, base_width=16, stages=3, channels=1),
-                            train=GANTrainConfig(epochs=15, batch_size=64, checkpoint_every=100))
-  attack = AttackConfig(name="demo_gmi", attack="gmi", workdir=str(workdir / "attack"), target=target.workdir,
-                        evaluator=evaluator.workdir, gan=gan.workdir,
-                        inversion=InversionConfig(steps=1000, restarts=5, learning_rate=0.01),
-                        execution=ExecutionConfig(log_every=100))
+  target = ClassifierConfig(
+    name="demo_target",
+    role="target",
+    workdir=str(workdir / "target"),
+    data=data,
+    model=ModelConfig(arch="cnn", width=32, feature_dim=128),
+    optim=optim,
+    train=TrainConfig(epochs=epochs, batch_size=64, checkpoint_every=200),
+  )
+  evaluator = ClassifierConfig(
+    name="demo_eval",
+    role="evaluation",
+    workdir=str(workdir / "eval"),
+    data=data,
+    model=ModelConfig(arch="resnet", width=16, blocks=(1, 1, 1)),
+    optim=optim,
+    train=TrainConfig(epochs=epochs, batch_size=64, seed=1, checkpoint_every=200),
+  )
+  gan = GANExperimentConfig(
+    name="demo_gan",
+    workdir=str(workdir / "gan"),
+    data=data,
+    gan=GANConfig(z_dim=100, base_width=16, stages=3, channels=1),
+    train=GANTrainConfig(epochs=15, batch_size=64, checkpoint_every=100),
+  )
+  attack = AttackConfig(
+    name="demo_gmi",
+    attack="gmi",
+    workdir=str(workdir / "attack"),
+    target=target.workdir,
+    evaluator=evaluator.workdir,
+    gan=gan.workdir,
+    inversion=InversionConfig(steps=1000, restarts=5, learning_rate=0.01),
+    execution=ExecutionConfig(log_every=100),
+  )
   accuracy = {}
   for cfg in (target, evaluator):
     accuracy[cfg.role] = train_classifier(cfg, splits=splits, progress=progress, log=log)["natural_accuracy"]
@@ -67,16 +95,22 @@ def run_demo(workdir: str = "runs/demo", epochs: int = 1, progress: bool = True,
   log(f"jaxmi demo: GMI on {data.dataset} (private digits 0-4, GAN prior trained on public digits 5-9)")
   log(f"  target     CNN     private test accuracy {100 * accuracy['target']:6.2f}%")
   log(f"  evaluator  ResNet  private test accuracy {100 * accuracy['evaluation']:6.2f}%")
-  log(f"  attack     acc@1 {100 * result['acc1']:.0f}% of identities (selected restart), "
-      f"{100 * result['acc1_all_restarts_mean']:.0f} +/- {100 * result['acc1_all_restarts_std']:.0f}% over restarts, "
-      f"chance {100 * result['chance_acc1']:.0f}%; acc@5 {100 * result['acc5']:.0f}%")
+  log(
+    f"  attack     acc@1 {100 * result['acc1']:.0f}% of identities (selected restart), "
+    f"{100 * result['acc1_all_restarts_mean']:.0f} +/- {100 * result['acc1_all_restarts_std']:.0f}% over restarts, "
+    f"chance {100 * result['chance_acc1']:.0f}%; acc@5 {100 * result['acc5']:.0f}%"
+  )
   baseline = result.get("prior_baseline") or {}
   if "acc1" in baseline:  # the same metrics for the un-optimised prior samples: what the GAN alone gives
-    log(f"             prior baseline (un-optimised samples): acc@1 {100 * baseline['acc1']:.0f}%, "
-        f"{100 * baseline['acc1_all_restarts_mean']:.0f}% over restarts")
-  log(f"             KNN distance {result['knn_dist']:.2f}, feature-FID {result['feature_fid']:.2f}, "
-      f"{result['attack_seconds']:.0f}s for {result['identities']} identities x {result['restarts']} restarts "
-      f"x {attack.inversion.steps} steps ({result['compilations']} compilation)")
+    log(
+      f"             prior baseline (un-optimised samples): acc@1 {100 * baseline['acc1']:.0f}%, "
+      f"{100 * baseline['acc1_all_restarts_mean']:.0f}% over restarts"
+    )
+  log(
+    f"             KNN distance {result['knn_dist']:.2f}, feature-FID {result['feature_fid']:.2f}, "
+    f"{result['attack_seconds']:.0f}s for {result['identities']} identities x {result['restarts']} restarts "
+    f"x {attack.inversion.steps} steps ({result['compilations']} compilation)"
+  )
   log(f"  total {time.time() - t0:.0f}s; outputs in {workdir.absolute()}:")
   log(f"    attack/grid.png (reconstructions), attack/results.json, gan/samples.png, */metrics.jsonl, */summary.json")
   return {"accuracy": accuracy, "attack": result}

@@ -36,9 +36,10 @@ def initialize_distributed() -> None:
   """
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None,
-        process_id=int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
+      coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None,
+      process_id=int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None,
+    )
   elif os.environ.get("JAXMI_DISTRIBUTED") == "1":
     jax.distributed.initialize()
 
@@ -91,10 +92,12 @@ def put_tree(tree, sharding: NamedSharding):
 
 def to_host(tree):
   """Device arrays -> numpy on this process; gathers shards that live on other hosts."""
+
   def fetch(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
+
   return jax.tree.map(fetch, tree)
 
 

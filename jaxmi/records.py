@@ -61,6 +61,7 @@ def mean_metrics(records: Iterable[dict]) -> dict:
 def plot_curves(records: list[dict], path: str | Path, title: str) -> None:
   """Training loss and test accuracy against steps, one PNG."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -97,7 +98,7 @@ def save_grid(images, path: str | Path, *, ncol: int | None = None, pad: int = 2
   canvas = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), np.float32)
   for i in range(n):
     r, col = divmod(i, ncol)
-    canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+    canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[i]
   pixels = (canvas * 255 + 0.5).astype(np.uint8)
   img = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
   if scale > 1:
@@ -109,6 +110,7 @@ def save_grid(images, path: str | Path, *, ncol: int | None = None, pad: int = 2
 def plot_loss_parts(parts: dict, path: str | Path, title: str) -> None:
   """Each weighted loss term against optimisation step, one PNG."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

@@ -28,10 +28,31 @@ import numpy as np
 from jaxmi.errors import ConfigError
 from jaxmi.metrics.attack import sample_std
 
-COLUMNS = ("target", "defense", "setting", "attack", "attack_setting", "natural_acc", "attack_acc1",
-           "attack_acc1_std", "attack_acc5", "attack_acc5_std", "selected_acc1", "knn_dist", "knn_dist_std",
-           "baseline_acc1", "baseline_acc5", "baseline_knn_dist", "delta_acc1", "delta_acc1_std", "delta_acc5",
-           "delta_acc5_std", "baseline_seeds", "seeds", "epsilon")
+COLUMNS = (
+  "target",
+  "defense",
+  "setting",
+  "attack",
+  "attack_setting",
+  "natural_acc",
+  "attack_acc1",
+  "attack_acc1_std",
+  "attack_acc5",
+  "attack_acc5_std",
+  "selected_acc1",
+  "knn_dist",
+  "knn_dist_std",
+  "baseline_acc1",
+  "baseline_acc5",
+  "baseline_knn_dist",
+  "delta_acc1",
+  "delta_acc1_std",
+  "delta_acc5",
+  "delta_acc5_std",
+  "baseline_seeds",
+  "seeds",
+  "epsilon",
+)
 
 # Defense-config fields that are not hyper-parameters a reader compares: the name (its own column), DP-SGD's noise
 # seed (runs differing only in it are seeds of one row) and its accountant's delta (shown with epsilon).
@@ -40,15 +61,32 @@ NOT_SETTINGS = ("name", "seed", "delta")
 # Attack-config fields that do not define the attack: naming, the seed (runs differing only in it are the seeds
 # of one row) and how it runs (devices, batching, precision, logging, checkpointing). Everything else, including
 # fields added later, separates rows: merging two different attacks silently is the failure to avoid.
-NOT_ATTACK_SETTINGS = ("name", "workdir", "target", "seed", "devices", "max_batch", "memory_budget_gb", "unroll",
-                       "compute_dtype", "remat", "log_every")
+NOT_ATTACK_SETTINGS = (
+  "name",
+  "workdir",
+  "target",
+  "seed",
+  "devices",
+  "max_batch",
+  "memory_budget_gb",
+  "unroll",
+  "compute_dtype",
+  "remat",
+  "log_every",
+)
 NOT_ATTACK_SETTING_WORDS = ("checkpoint", "resume")
 
 # results.json numbers the report reads (top level and inside "prior_baseline").
 METRICS = ("acc1", "acc1_all_restarts_mean", "acc5_all_restarts_mean", "knn_dist_all_restarts")
 PRIORS = {"gmi": "WGAN-GP", "kedmi": "KEDMI"}  # results.json "gan_kind" -> what the prior is
-NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf,
-              "-infinity": -math.inf}
+NON_FINITE = {
+  "nan": math.nan,
+  "inf": math.inf,
+  "+inf": math.inf,
+  "-inf": -math.inf,
+  "infinity": math.inf,
+  "-infinity": -math.inf,
+}
 
 
 def _read(path: Path) -> dict:
@@ -124,8 +162,11 @@ def _attack_label(method: dict) -> str:
   """``gmi``, ``kedmi``, ``gmi+lomma`` (logit loss, feature regulariser and surrogates together), plus the prior
   when it is not the attack's own (KEDMI on a plain WGAN)."""
   label = str(method["attack"])
-  if (method.get("surrogates") and method.get("inversion.identity_loss") == "logit"
-      and method.get("inversion.feature_reg_weight")):
+  if (
+    method.get("surrogates")
+    and method.get("inversion.identity_loss") == "logit"
+    and method.get("inversion.feature_reg_weight")
+  ):
     label += "+lomma"
   if method["prior"] and method["prior"] != method["attack"]:
     label += f" ({PRIORS.get(method['prior'], method['prior'])} prior)"
@@ -160,9 +201,16 @@ def collect(attack_dirs: list[str | Path], warn: Callable[[str], None] | None = 
     _warn_non_finite(path, {**values, **{"prior_baseline." + k: v for k, v in (baseline or {}).items()}}, warn)
     method = _method(result)
     key = (os.path.normpath(str(result["target"])), json.dumps(method, sort_keys=True))
-    groups.setdefault(key, []).append({"path": path, "target": str(result["target"]), "method": method,
-                                       "seed": (result.get("config") or {}).get("inversion", {}).get("seed"),
-                                       "values": values, "baseline": baseline})
+    groups.setdefault(key, []).append(
+      {
+        "path": path,
+        "target": str(result["target"]),
+        "method": method,
+        "seed": (result.get("config") or {}).get("inversion", {}).get("seed"),
+        "values": values,
+        "baseline": baseline,
+      }
+    )
 
   labels = {key: _attack_label(runs[0]["method"]) for key, runs in groups.items()}
   targets: dict[Path, tuple] = {}  # summary.json path -> (summary, natural accuracy, epsilon), read and warned once
@@ -173,8 +221,9 @@ def collect(attack_dirs: list[str | Path], warn: Callable[[str], None] | None = 
       natural = _numbers(summary, ("natural_accuracy",), spath)["natural_accuracy"]
       epsilon = summary.get("privacy", {}).get("epsilon", "")
       epsilon = _number(epsilon, spath, "privacy.epsilon") if epsilon != "" else ""
-      _warn_non_finite(spath, {"natural_accuracy": natural, **({"privacy.epsilon": epsilon} if epsilon != "" else {})},
-                       warn)
+      _warn_non_finite(
+        spath, {"natural_accuracy": natural, **({"privacy.epsilon": epsilon} if epsilon != "" else {})}, warn
+      )
       targets[spath] = summary, natural, epsilon
   rows = []
   for key, runs in groups.items():
@@ -182,37 +231,51 @@ def collect(attack_dirs: list[str | Path], warn: Callable[[str], None] | None = 
     summary, natural, epsilon = targets[Path(target) / "summary.json"]
     seeds = [r["seed"] for r in runs if r["seed"] is not None]
     if len(set(seeds)) < len(seeds):
-      warn(f"jaxmi: warning: {target} ({labels[key]}): {len(seeds)} runs but only {len(set(seeds))} distinct "
-           f"inversion.seed values; runs with the same seed are repeats, not independent seeds")
+      warn(
+        f"jaxmi: warning: {target} ({labels[key]}): {len(seeds)} runs but only {len(set(seeds))} distinct "
+        f"inversion.seed values; runs with the same seed are repeats, not independent seeds"
+      )
     # Settings that tell this row apart from other rows of the same attack (e.g. two learning rates).
     others = [k for k, lab in labels.items() if lab == labels[key] and k != key]
     other_methods = [groups[k][0]["method"] for k in others]
-    differ = [f for f in method if f not in ("attack", "prior") and
-              any(m.get(f) != method[f] for m in other_methods)]
+    differ = [f for f in method if f not in ("attack", "prior") and any(m.get(f) != method[f] for m in other_methods)]
     col = lambda name: [r["values"][name] for r in runs]
     paired = [r for r in runs if r["baseline"] is not None]
     if paired and len(paired) < len(runs):
-      warn(f"jaxmi: warning: {target} ({labels[key]}): {len(runs) - len(paired)} of {len(runs)} runs have no "
-           f"prior_baseline (made before it existed); the baseline columns use the other {len(paired)}")
+      warn(
+        f"jaxmi: warning: {target} ({labels[key]}): {len(runs) - len(paired)} of {len(runs)} runs have no "
+        f"prior_baseline (made before it existed); the baseline columns use the other {len(paired)}"
+      )
     base = lambda name: [r["baseline"].get(name, math.nan) for r in paired]
     delta = lambda name: [r["values"][name] - r["baseline"].get(name, math.nan) for r in paired]
     row = {
-        "target": target, "defense": summary.get("defense", "none"), "setting": _setting(summary),
-        "attack": labels[key], "attack_setting": ", ".join(f"{f.removeprefix('inversion.')}={_short(method[f])}"
-                                                           for f in differ),
-        "natural_acc": natural,
-        "attack_acc1": _mean(col("acc1_all_restarts_mean")),
-        "attack_acc1_std": sample_std(col("acc1_all_restarts_mean")),
-        "attack_acc5": _mean(col("acc5_all_restarts_mean")),
-        "attack_acc5_std": sample_std(col("acc5_all_restarts_mean")),
-        "selected_acc1": _mean(col("acc1")),
-        "knn_dist": _mean(col("knn_dist_all_restarts")), "knn_dist_std": sample_std(col("knn_dist_all_restarts")),
-        "baseline_acc1": None, "baseline_acc5": None, "baseline_knn_dist": None, "delta_acc1": None,
-        "delta_acc1_std": None, "delta_acc5": None, "delta_acc5_std": None, "baseline_seeds": len(paired),
-        "seeds": len(runs), "epsilon": epsilon,
+      "target": target,
+      "defense": summary.get("defense", "none"),
+      "setting": _setting(summary),
+      "attack": labels[key],
+      "attack_setting": ", ".join(f"{f.removeprefix('inversion.')}={_short(method[f])}" for f in differ),
+      "natural_acc": natural,
+      "attack_acc1": _mean(col("acc1_all_restarts_mean")),
+      "attack_acc1_std": sample_std(col("acc1_all_restarts_mean")),
+      "attack_acc5": _mean(col("acc5_all_restarts_mean")),
+      "attack_acc5_std": sample_std(col("acc5_all_restarts_mean")),
+      "selected_acc1": _mean(col("acc1")),
+      "knn_dist": _mean(col("knn_dist_all_restarts")),
+      "knn_dist_std": sample_std(col("knn_dist_all_restarts")),
+      "baseline_acc1": None,
+      "baseline_acc5": None,
+      "baseline_knn_dist": None,
+      "delta_acc1": None,
+      "delta_acc1_std": None,
+      "delta_acc5": None,
+      "delta_acc5_std": None,
+      "baseline_seeds": len(paired),
+      "seeds": len(runs),
+      "epsilon": epsilon,
     }
     if paired:
-      row.update({
+      row.update(
+        {
           "baseline_acc1": _mean(base("acc1_all_restarts_mean")),
           "baseline_acc5": _mean(base("acc5_all_restarts_mean")),
           "baseline_knn_dist": _mean(base("knn_dist_all_restarts")),
@@ -220,7 +283,8 @@ def collect(attack_dirs: list[str | Path], warn: Callable[[str], None] | None = 
           "delta_acc1_std": sample_std(delta("acc1_all_restarts_mean")),
           "delta_acc5": _mean(delta("acc5_all_restarts_mean")),
           "delta_acc5_std": sample_std(delta("acc5_all_restarts_mean")),
-      })
+        }
+      )
     rows.append(row)
   return rows
 
@@ -239,22 +303,27 @@ def _points(v, s=None) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ["| attack | defense | setting | natural acc | attack acc@1 | attack acc@5 | selected acc@1 | KNN dist | "
-           "baseline acc@1 | baseline acc@5 | Δacc@1 vs prior | seeds |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| attack | defense | setting | natural acc | attack acc@1 | attack acc@5 | selected acc@1 | KNN dist | "
+    "baseline acc@1 | baseline acc@5 | Δacc@1 vs prior | seeds |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     eps = [f"ε={r['epsilon']:.3g}"] if isinstance(r["epsilon"], float) else []
     setting = ", ".join([r["setting"]] * bool(r["setting"]) + eps)
     attack = r["attack"] + (f" ({r['attack_setting']})" if r["attack_setting"] else "")
-    lines.append(f"| {attack} | {r['defense']} | {setting} | {_pct(r['natural_acc'])} | "
-                 f"{_pct(r['attack_acc1'], r['attack_acc1_std'])} | {_pct(r['attack_acc5'], r['attack_acc5_std'])} | "
-                 f"{_pct(r['selected_acc1'])} | {r['knn_dist']:.2f} | {_pct(r['baseline_acc1'])} | "
-                 f"{_pct(r['baseline_acc5'])} | {_points(r['delta_acc1'], r['delta_acc1_std'])} | {r['seeds']} |")
+    lines.append(
+      f"| {attack} | {r['defense']} | {setting} | {_pct(r['natural_acc'])} | "
+      f"{_pct(r['attack_acc1'], r['attack_acc1_std'])} | {_pct(r['attack_acc5'], r['attack_acc5_std'])} | "
+      f"{_pct(r['selected_acc1'])} | {r['knn_dist']:.2f} | {_pct(r['baseline_acc1'])} | "
+      f"{_pct(r['baseline_acc5'])} | {_points(r['delta_acc1'], r['delta_acc1_std'])} | {r['seeds']} |"
+    )
   return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: str | Path, title: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -287,8 +356,12 @@ def plot(rows: list[dict], path: str | Path, title: str) -> None:
   plt.close(fig)
 
 
-def write_report(attack_dirs: list[str | Path], out: str | Path, title: str = "defenses vs attacks",
-                 warn: Callable[[str], None] | None = None) -> list[dict]:
+def write_report(
+  attack_dirs: list[str | Path],
+  out: str | Path,
+  title: str = "defenses vs attacks",
+  warn: Callable[[str], None] | None = None,
+) -> list[dict]:
   """Writes ``<out>.md``, ``<out>.csv`` and ``<out>.png`` (after every input has been read); returns the rows."""
   rows = collect(attack_dirs, warn)
   out = Path(out)

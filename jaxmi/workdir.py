@@ -41,8 +41,10 @@ def _acquire(path: Path) -> int:
     except OSError as e:
       os.close(fd)
       if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise WorkdirBusyError(f"{path.parent}: in use by another jaxmi process ({_owner(path)}); wait for it to "
-                               "finish or use another --workdir") from None
+        raise WorkdirBusyError(
+          f"{path.parent}: in use by another jaxmi process ({_owner(path)}); wait for it to "
+          "finish or use another --workdir"
+        ) from None
       raise
     try:
       same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -61,7 +63,7 @@ def locked(*workdirs: str | Path) -> Iterator[None]:
   writing anything when another process holds one of them.
   """
   dirs = sorted({Path(w).absolute() for w in workdirs if w})
-  created: list[Path] = []   # directories this call made, deepest last
+  created: list[Path] = []  # directories this call made, deepest last
   held: list[tuple[Path, int]] = []
   try:
     for d in dirs:

@@ -54,8 +54,11 @@ def compilation_cache(tmp_path_factory):
   """
   from jax.experimental.compilation_cache import compilation_cache as cc
 
-  settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-              "jax_persistent_cache_min_compile_time_secs": 0.1, "jax_persistent_cache_min_entry_size_bytes": 0}
+  settings = {
+    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+    "jax_persistent_cache_min_compile_time_secs": 0.1,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+  }
   before = {k: getattr(jax.config, k) for k in settings}
   cc.reset_cache()
   for k, v in settings.items():

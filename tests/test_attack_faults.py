@@ -53,7 +53,7 @@ def test_interrupted_attack_resumes_to_exactly_the_uninterrupted_result(tiny, tm
   resumed = run_attack(part, splits=splits, progress=False, log=logs.append)
   assert any("resuming from the attack state" in line for line in logs), logs
   assert resumed["optimisation_steps_run"] == 4 + 8  # chunk 1 from step 4, chunk 2 whole, chunk 0 not at all
-  assert resumed["compilations"] == 1               # a restored carry is laid out as a started one
+  assert resumed["compilations"] == 1  # a restored carry is laid out as a started one
   (a, a_arrays), (b, b_arrays) = load_outputs(tmp_path / "whole"), load_outputs(tmp_path / "resumed")
   for key in a_arrays:
     np.testing.assert_array_equal(a_arrays[key], b_arrays[key], err_msg=key)
@@ -132,7 +132,8 @@ def test_results_json_is_written_last(tiny, tmp_path, monkeypatch):
   monkeypatch.undo()
   run_attack(cfg, splits=splits, progress=False, log=quiet)  # the rerun completes the workdir
   assert {"results.json", "latents.npz", "per_identity.csv", "grid.png", "loss.png"} <= {
-      p.name for p in (tmp_path / "w").iterdir()}
+    p.name for p in (tmp_path / "w").iterdir()
+  }
 
 
 def test_diverging_attack_stops_naming_the_step_and_keeps_nothing_from_it(tiny, tmp_path):
@@ -140,8 +141,19 @@ def test_diverging_attack_stops_naming_the_step_and_keeps_nothing_from_it(tiny, 
   with one line naming the step and quantity, exit code 2 (a JaxmiError), no results and no state
   saved from the non-finite step (the state saved at step 1 is finite)."""
   root, splits = tiny
-  cfg = dataclasses.replace(tiny_attack(root, tmp_path / "nan", optimizer="adam", learning_rate=1e30, draw_clamp=0.0,
-                                        eval_draws=2, log_every=1, checkpoint_every=1), attack="kedmi")
+  cfg = dataclasses.replace(
+    tiny_attack(
+      root,
+      tmp_path / "nan",
+      optimizer="adam",
+      learning_rate=1e30,
+      draw_clamp=0.0,
+      eval_draws=2,
+      log_every=1,
+      checkpoint_every=1,
+    ),
+    attack="kedmi",
+  )
   one_line = r"^\[tiny\] non-finite \w+ loss at step \d+ \(identity \d, restart \d\)$"
   with pytest.raises(NonFiniteError, match=one_line) as e:
     run_attack(cfg, splits=splits, progress=False, log=quiet)
@@ -158,10 +170,12 @@ def test_missing_models_are_named_by_role_with_the_command_and_nothing_is_create
   """Item 21: not just '.../checkpoints: no checkpoint found'."""
   root, splits = tiny
   cfg = tiny_attack(root, tmp_path / "a")
-  cases = [("target", "target: .*: no trained target found .*bin/jaxmi train-classifier"),
-           ("evaluator", "evaluator: .*: no trained evaluation model found .*bin/jaxmi train-classifier"),
-           ("gan", "gan: .*: no trained GAN prior found .*bin/jaxmi train-gan"),
-           ("surrogates", "surrogates: .*: no trained surrogate found .*bin/jaxmi distill")]
+  cases = [
+    ("target", "target: .*: no trained target found .*bin/jaxmi train-classifier"),
+    ("evaluator", "evaluator: .*: no trained evaluation model found .*bin/jaxmi train-classifier"),
+    ("gan", "gan: .*: no trained GAN prior found .*bin/jaxmi train-gan"),
+    ("surrogates", "surrogates: .*: no trained surrogate found .*bin/jaxmi distill"),
+  ]
   for field, message in cases:
     missing = tmp_path / f"no_{field}"
     value = (str(missing),) if field == "surrogates" else str(missing)
@@ -174,8 +188,9 @@ def test_missing_models_are_named_by_role_with_the_command_and_nothing_is_create
 def test_lomma_with_an_empty_public_split_names_the_field(tiny, tmp_path):
   """Item 18: was a TypeError deep inside p_reg's batched apply."""
   root, splits = tiny
-  empty = ArraySplit(images=splits.public.images[:0], labels=splits.public.labels[:0],
-                     identities=splits.public.identities[:0])
+  empty = ArraySplit(
+    images=splits.public.images[:0], labels=splits.public.labels[:0], identities=splits.public.identities[:0]
+  )
   cfg = tiny_attack(root, tmp_path / "a", identity_loss="logit", feature_reg_weight=100.0)
   with pytest.raises(ConfigError, match=r"^data.public_ids: the target's public split .* has no images; LOMMA"):
     run_attack(cfg, splits=dataclasses.replace(splits, public=empty), progress=False, log=quiet)
@@ -186,11 +201,15 @@ def test_kedmi_with_a_wgan_prior_says_which_prior_it_uses(tiny, tmp_path):
   """Item 20: attack=kedmi through a plain WGAN ran without a word."""
   root, splits = tiny
   logs = []
-  cfg = dataclasses.replace(tiny_attack(root, tmp_path / "k", optimizer="adam", draw_clamp=0.0, eval_draws=2),
-                            attack="kedmi")
+  cfg = dataclasses.replace(
+    tiny_attack(root, tmp_path / "k", optimizer="adam", draw_clamp=0.0, eval_draws=2), attack="kedmi"
+  )
   run_attack(cfg, splits=splits, progress=False, log=logs.append)
-  assert any("warning: KEDMI expects its inversion-specific GAN with the K+1 discriminator" in line and
-             "WGAN critic -D(G(z))" in line for line in logs), logs
+  assert any(
+    "warning: KEDMI expects its inversion-specific GAN with the K+1 discriminator" in line
+    and "WGAN critic -D(G(z))" in line
+    for line in logs
+  ), logs
 
 
 def test_every_attack_reports_its_prior_baseline(tiny, tmp_path):
@@ -205,8 +224,17 @@ def test_every_attack_reports_its_prior_baseline(tiny, tmp_path):
   assert metric_keys <= set(base) and set(base) <= set(results)
   # The baseline latents are the initial ones: z0 = N(0, I) keyed by (identity, restart), clipped as evaluated.
   root_key = jax.random.PRNGKey(cfg.inversion.seed)
-  z0 = np.stack([np.stack([np.clip(jax.random.normal(jax.random.fold_in(jax.random.fold_in(root_key, i), r), (16,)),
-                                   -1, 1) for r in range(2)]) for i in range(3)])
+  z0 = np.stack(
+    [
+      np.stack(
+        [
+          np.clip(jax.random.normal(jax.random.fold_in(jax.random.fold_in(root_key, i), r), (16,)), -1, 1)
+          for r in range(2)
+        ]
+      )
+      for i in range(3)
+    ]
+  )
   np.testing.assert_allclose(arrays["baseline_latents"], z0, atol=1e-6)
   assert not np.allclose(arrays["baseline_latents"], arrays["latents"])
   with open(tmp_path / "b" / "per_identity.csv") as f:
@@ -220,6 +248,7 @@ def test_restarts_are_selected_by_raw_logit_by_default():
   """Item 6: the reference keeps the restart with the highest raw target logit; probability is an option."""
   models, _ = toy_models()
   from jaxmi.attacks import InversionConfig
+
   # restart 0: logit 5 but a close rival (p ~ 0.52); restart 1: logit 3, no rival (p ~ 1).
   logits = np.array([[5.0, 4.9, -10.0, -10.0, -10.0], [3.0, -10.0, -10.0, -10.0, -10.0]], np.float32)
   outs = [(np.zeros((2, 100), np.float32), np.zeros((2, 32, 32, 1), np.float32), logits)]
@@ -235,10 +264,15 @@ def test_restarts_are_selected_by_raw_logit_by_default():
 def test_grid_shows_every_restart(tmp_path):
   """Item 21: with 5 restarts the grid showed the selected one and only 3 others."""
   rng = np.random.default_rng(0)
-  result = InversionResult(labels=np.array([0, 1]), latents=np.zeros((2, 5, 4)),
-                           images=rng.uniform(size=(2, 5, 8, 8, 1)).astype(np.float32),
-                           target_confidence=rng.uniform(size=(2, 5)), best_restart=np.array([3, 0]),
-                           loss_curve=np.zeros(1), loss_parts={})
+  result = InversionResult(
+    labels=np.array([0, 1]),
+    latents=np.zeros((2, 5, 4)),
+    images=rng.uniform(size=(2, 5, 8, 8, 1)).astype(np.float32),
+    target_confidence=rng.uniform(size=(2, 5)),
+    best_restart=np.array([3, 0]),
+    loss_curve=np.zeros(1),
+    loss_parts={},
+  )
   shown = pair_grid(result, np.zeros((2, 8, 8, 1), np.uint8), np.array([0, 1]), tmp_path / "grid.png")
   assert [sorted(row) for row in shown] == [[0, 1, 2, 3, 4]] * 2 and [row[0] for row in shown] == [3, 0]
 
@@ -265,13 +299,22 @@ def test_attack_killed_with_sigkill_resumes_through_the_cli_to_the_same_result(t
   import sys
   import time
   from pathlib import Path
+
   root, _ = tiny
   config = tmp_path / "attack_killed.py"
   config.write_text(KILL_CONFIG.format(root=str(root)))
   repo = Path(__file__).resolve().parents[1]
   env = dict(os.environ)
-  command = lambda workdir: [sys.executable, str(repo / "bin" / "jaxmi"), "attack", "--config", str(config),
-                             "--workdir", str(workdir), "--no-progress"]
+  command = lambda workdir: [
+    sys.executable,
+    str(repo / "bin" / "jaxmi"),
+    "attack",
+    "--config",
+    str(config),
+    "--workdir",
+    str(workdir),
+    "--no-progress",
+  ]
   whole = subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=600)
   assert whole.returncode == 0, whole.stderr[-2000:]
 

@@ -43,10 +43,10 @@ def _toy_models(num_classes):
   generator, critic = build_gan(GAN_CFG)
   target = build_classifier(ModelConfig(arch="cnn", width=8, feature_dim=16), num_classes)
   variables = {
-      # jitted: eager initialisation runs op by op and takes ~15 s on CPU
-      "generator": jax.jit(generator.init)(jax.random.PRNGKey(0), jnp.zeros((2, 100))),
-      "critic": jax.jit(critic.init)(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 1))),
-      "targets": (init_variables(target, jax.random.PRNGKey(2), (32, 32, 1)),),
+    # jitted: eager initialisation runs op by op and takes ~15 s on CPU
+    "generator": jax.jit(generator.init)(jax.random.PRNGKey(0), jnp.zeros((2, 100))),
+    "critic": jax.jit(critic.init)(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 1))),
+    "targets": (init_variables(target, jax.random.PRNGKey(2), (32, 32, 1)),),
   }
   return AttackModels(generator, critic, (target,), ((32, 32, 1),)), variables
 
@@ -110,11 +110,13 @@ def test_the_critic_runs_only_for_a_term_that_declares_it_and_gmi_refuses_kedmis
   one of a model set without a critic at all. GMI's z_clip and KEDMI's draw_clamp are distinct fields, and a KEDMI
   clamp given to GMI is refused rather than ignored."""
   from jaxmi.attacks import IdentityTerm, PriorTerm
+
   assert PriorTerm.needs_critic and not IdentityTerm.needs_critic
   models, variables = toy_models()
   cfg = InversionConfig(prior_weight=0.0)
   loss = lambda inv: jax.make_jaxpr(lambda z: inv.loss(z, 1, jax.random.PRNGKey(0), variables, inv.terms))(
-      jnp.zeros(100))
+    jnp.zeros(100)
+  )
   without_prior = str(loss(build_gmi(models, 100, cfg)))
   assert without_prior == str(loss(build_gmi(dataclasses.replace(models, critic=None), 100, cfg)))
   assert without_prior != str(loss(build_gmi(models, 100, InversionConfig())))
@@ -133,8 +135,14 @@ def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
 
 # --- end to end on real MNIST: private digits 0-4, public digits 5-9 ---------------------------
 
-DATA = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9),
-                  max_per_class=1000)
+DATA = DataConfig(
+  dataset="mnist",
+  image_size=32,
+  channels=1,
+  private_ids=(0, 1, 2, 3, 4),
+  public_ids=(5, 6, 7, 8, 9),
+  max_per_class=1000,
+)
 
 
 @pytest.fixture(scope="module")
@@ -143,35 +151,70 @@ def trained(tmp_path_factory, cache_root, data_root):
   splits = load_splits(DATA)
   quiet = lambda *a: None
   common = dict(data=DATA, optim=OptimConfig(learning_rate=0.05, schedule="cosine"))
-  train_classifier(ClassifierConfig(name="target", role="target", workdir=str(root / "target"),
-                                    model=ModelConfig(arch="cnn", width=16, feature_dim=64),
-                                    train=TrainConfig(epochs=2, batch_size=50), **common),
-                   splits=splits, progress=False, log=quiet)
-  train_classifier(ClassifierConfig(name="eval", role="evaluation", workdir=str(root / "eval"),
-                                    model=ModelConfig(arch="resnet", width=8, blocks=(1, 1, 1)),
-                                    train=TrainConfig(epochs=2, batch_size=50, seed=1), **common),
-                   splits=splits, progress=False, log=quiet)
-  train_gan(GANExperimentConfig(name="gan", workdir=str(root / "gan"), data=DATA, gan=GAN_CFG,
-                                # ~470 generator steps: the smallest budget that gave digit-like samples.
-                                train=GANTrainConfig(epochs=15, batch_size=32)),
-            splits=splits, progress=False, log=quiet)
+  train_classifier(
+    ClassifierConfig(
+      name="target",
+      role="target",
+      workdir=str(root / "target"),
+      model=ModelConfig(arch="cnn", width=16, feature_dim=64),
+      train=TrainConfig(epochs=2, batch_size=50),
+      **common,
+    ),
+    splits=splits,
+    progress=False,
+    log=quiet,
+  )
+  train_classifier(
+    ClassifierConfig(
+      name="eval",
+      role="evaluation",
+      workdir=str(root / "eval"),
+      model=ModelConfig(arch="resnet", width=8, blocks=(1, 1, 1)),
+      train=TrainConfig(epochs=2, batch_size=50, seed=1),
+      **common,
+    ),
+    splits=splits,
+    progress=False,
+    log=quiet,
+  )
+  train_gan(
+    GANExperimentConfig(
+      name="gan",
+      workdir=str(root / "gan"),
+      data=DATA,
+      gan=GAN_CFG,
+      # ~470 generator steps: the smallest budget that gave digit-like samples.
+      train=GANTrainConfig(epochs=15, batch_size=32),
+    ),
+    splits=splits,
+    progress=False,
+    log=quiet,
+  )
   return root, splits
 
 
 def split_fields(fields: dict) -> dict:
   """InversionConfig and ExecutionConfig fields given together -> the two configs (each field where it belongs)."""
   how = {f.name for f in dataclasses.fields(ExecutionConfig)}
-  return {"inversion": InversionConfig(**{k: v for k, v in fields.items() if k not in how}),
-          "execution": ExecutionConfig(**{k: v for k, v in fields.items() if k in how})}
+  return {
+    "inversion": InversionConfig(**{k: v for k, v in fields.items() if k not in how}),
+    "execution": ExecutionConfig(**{k: v for k, v in fields.items() if k in how}),
+  }
 
 
 def attack_config(root, **fields) -> AttackConfig:
-  return AttackConfig(name="gmi", attack="gmi", workdir=str(root / "attack"), target=str(root / "target"),
-                      evaluator=str(root / "eval"), gan=str(root / "gan"),
-                      **split_fields({"steps": 300, "restarts": 16, "learning_rate": 0.02, "log_every": 50, **fields}))
+  return AttackConfig(
+    name="gmi",
+    attack="gmi",
+    workdir=str(root / "attack"),
+    target=str(root / "target"),
+    evaluator=str(root / "eval"),
+    gan=str(root / "gan"),
+    **split_fields({"steps": 300, "restarts": 16, "learning_rate": 0.02, "log_every": 50, **fields}),
+  )
 
 
-@pytest.mark.slow   # trains a target, an evaluator and a GAN on real MNIST (the `trained` fixture)
+@pytest.mark.slow  # trains a target, an evaluator and a GAN on real MNIST (the `trained` fixture)
 def test_gmi_beats_chance_and_a_random_generator_does_worse(trained, tmp_path):
   root, splits = trained
   cfg = dataclasses.replace(attack_config(root), workdir=str(tmp_path / "trained_prior"))
@@ -186,11 +229,22 @@ def test_gmi_beats_chance_and_a_random_generator_does_worse(trained, tmp_path):
 
   # The same attack through an untrained generator (same architecture, random weights).
   random_gan = tmp_path / "random_gan"
-  stopped(train_gan, GANExperimentConfig(name="random", workdir=str(random_gan), data=DATA, gan=GAN_CFG,
-                                         train=GANTrainConfig(epochs=1, batch_size=64)),
-          splits=splits, progress=False, stop_at_step=1, log=lambda *a: None)
-  baseline = run_attack(dataclasses.replace(cfg, gan=str(random_gan), workdir=str(tmp_path / "random_prior")),
-                        splits=splits, progress=False, log=lambda *a: None)
+  stopped(
+    train_gan,
+    GANExperimentConfig(
+      name="random", workdir=str(random_gan), data=DATA, gan=GAN_CFG, train=GANTrainConfig(epochs=1, batch_size=64)
+    ),
+    splits=splits,
+    progress=False,
+    stop_at_step=1,
+    log=lambda *a: None,
+  )
+  baseline = run_attack(
+    dataclasses.replace(cfg, gan=str(random_gan), workdir=str(tmp_path / "random_prior")),
+    splits=splits,
+    progress=False,
+    log=lambda *a: None,
+  )
   assert baseline["acc1_all_restarts_mean"] < result["acc1_all_restarts_mean"] - 0.1, (baseline, result)
   # Without a learned prior the reconstructions are far from every private image (measured 137 vs 1).
   assert baseline["knn_dist"] > 5 * result["knn_dist"], (baseline, result)
@@ -215,10 +269,16 @@ def test_bad_attack_inputs_fail_clearly(tiny, tmp_path):
 @pytest.mark.slow
 def test_distilled_surrogate_agrees_with_the_target_on_public_data(trained):
   from jaxmi.train.distill import distill_surrogate
+
   root, splits = trained
-  cfg = ClassifierConfig(name="surrogate", role="surrogate", workdir=str(root / "surrogate"),
-                         model=ModelConfig(arch="vgg", vgg_layout="vgg_small", width_divisor=4),
-                         optim=OptimConfig(learning_rate=0.05, schedule="cosine"), train=TrainConfig(epochs=5, batch_size=50))
+  cfg = ClassifierConfig(
+    name="surrogate",
+    role="surrogate",
+    workdir=str(root / "surrogate"),
+    model=ModelConfig(arch="vgg", vgg_layout="vgg_small", width_divisor=4),
+    optim=OptimConfig(learning_rate=0.05, schedule="cosine"),
+    train=TrainConfig(epochs=5, batch_size=50),
+  )
   summary = distill_surrogate(cfg, str(root / "target"), splits=splits, progress=False, log=lambda *a: None)
   # Trained on public digits 5-9 only, labelled by the target's logits: it must predict what the
   # target predicts on held-out public images far above chance (20%); measured 89%.
@@ -228,8 +288,9 @@ def test_distilled_surrogate_agrees_with_the_target_on_public_data(trained):
 
 # --- tiny trained-model workdirs (seconds to build): what run_attack needs, for wiring and fault tests ----------
 
-TINY_DATA = DataConfig(dataset="sklearn_digits", image_size=32, channels=1, private_ids=(0, 1, 2),
-                       public_ids=(5, 6, 7), max_per_class=20)
+TINY_DATA = DataConfig(
+  dataset="sklearn_digits", image_size=32, channels=1, private_ids=(0, 1, 2), public_ids=(5, 6, 7), max_per_class=20
+)
 TINY_GAN = GANConfig(z_dim=16, base_width=4, stages=3, channels=1)
 
 
@@ -241,28 +302,65 @@ def make_tiny_workdirs(root, kedmi_gan: bool = False):
   splits = load_splits(TINY_DATA)
   quiet = lambda *a: None
   for name, role, seed in (("target", "target", 0), ("eval", "evaluation", 1), ("surrogate", "surrogate", 2)):
-    stopped(train_classifier, ClassifierConfig(name=name, role=role, workdir=str(root / name), data=TINY_DATA,
-                                               model=ModelConfig(arch="cnn", width=4, feature_dim=8),
-                                               optim=OptimConfig(learning_rate=0.05),
-                                               train=TrainConfig(epochs=1, batch_size=8, seed=seed)),
-            splits=splits, progress=False, stop_at_step=3, log=quiet)
-  stopped(train_gan, GANExperimentConfig(name="gan", workdir=str(root / "gan"), data=TINY_DATA, gan=TINY_GAN,
-                                         train=GANTrainConfig(epochs=1, batch_size=8)),
-          splits=splits, progress=False, stop_at_step=1, log=quiet)
+    stopped(
+      train_classifier,
+      ClassifierConfig(
+        name=name,
+        role=role,
+        workdir=str(root / name),
+        data=TINY_DATA,
+        model=ModelConfig(arch="cnn", width=4, feature_dim=8),
+        optim=OptimConfig(learning_rate=0.05),
+        train=TrainConfig(epochs=1, batch_size=8, seed=seed),
+      ),
+      splits=splits,
+      progress=False,
+      stop_at_step=3,
+      log=quiet,
+    )
+  stopped(
+    train_gan,
+    GANExperimentConfig(
+      name="gan", workdir=str(root / "gan"), data=TINY_DATA, gan=TINY_GAN, train=GANTrainConfig(epochs=1, batch_size=8)
+    ),
+    splits=splits,
+    progress=False,
+    stop_at_step=1,
+    log=quiet,
+  )
   if kedmi_gan:
-    stopped(train_gan, GANExperimentConfig(name="kgan", kind="kedmi", workdir=str(root / "kgan"),
-                                           target=str(root / "target"), data=TINY_DATA, gan=TINY_GAN,
-                                           train=GANTrainConfig(epochs=1, batch_size=8)),
-            splits=splits, progress=False, stop_at_step=1, log=quiet)
+    stopped(
+      train_gan,
+      GANExperimentConfig(
+        name="kgan",
+        kind="kedmi",
+        workdir=str(root / "kgan"),
+        target=str(root / "target"),
+        data=TINY_DATA,
+        gan=TINY_GAN,
+        train=GANTrainConfig(epochs=1, batch_size=8),
+      ),
+      splits=splits,
+      progress=False,
+      stop_at_step=1,
+      log=quiet,
+    )
   return splits
 
 
 def tiny_attack(root, workdir, **fields) -> AttackConfig:
   """A tiny attack on ``make_tiny_workdirs(root)``; ``fields``: InversionConfig or ExecutionConfig fields."""
-  return AttackConfig(name="tiny", attack="gmi", workdir=str(workdir), target=str(root / "target"),
-                      evaluator=str(root / "eval"), gan=str(root / "gan"),
-                      **split_fields({"steps": 8, "restarts": 2, "log_every": 2, "unroll": 2, "learning_rate": 0.05,
-                                      "reference_batch": 1, **fields}))
+  return AttackConfig(
+    name="tiny",
+    attack="gmi",
+    workdir=str(workdir),
+    target=str(root / "target"),
+    evaluator=str(root / "eval"),
+    gan=str(root / "gan"),
+    **split_fields(
+      {"steps": 8, "restarts": 2, "log_every": 2, "unroll": 2, "learning_rate": 0.05, "reference_batch": 1, **fields}
+    ),
+  )
 
 
 # The fixture `tiny` (these workdirs, built once per session) is in conftest.py.
@@ -277,6 +375,7 @@ def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypat
   from jaxmi.metrics import classifier_outputs
   from jaxmi.train import load_classifier
   from jaxmi.train.gan import load_gan
+
   root, splits = tiny
   seen = {}
   original = Inverter.run
@@ -286,13 +385,17 @@ def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypat
     return original(self, variables, labels, **kwargs)
 
   monkeypatch.setattr(Inverter, "run", spy)
-  cfg = dataclasses.replace(tiny_attack(root, tmp_path / "lomma", identity_loss="logit", feature_reg_weight=100.0),
-                            surrogates=(str(root / "surrogate"),), p_reg_images=40)
+  cfg = dataclasses.replace(
+    tiny_attack(root, tmp_path / "lomma", identity_loss="logit", feature_reg_weight=100.0),
+    surrogates=(str(root / "surrogate"),),
+    p_reg_images=40,
+  )
   result = run_attack(cfg, splits=splits, progress=False, log=lambda *a: None)
   assert result["compilations"] == 1 and result["config"]["surrogates"] == [str(root / "surrogate")]
   inv, variables = seen["inverter"], seen["variables"]
-  assert len(inv.models.targets) == 2 and {"prior", "identity", "feature_reg"} == set(inv.terms[i].name
-                                                                                      for i in range(3))
+  assert len(inv.models.targets) == 2 and {"prior", "identity", "feature_reg"} == set(
+    inv.terms[i].name for i in range(3)
+  )
 
   target, surrogate = load_classifier(root / "target"), load_classifier(root / "surrogate")
   gan = load_gan(root / "gan")
@@ -301,8 +404,10 @@ def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypat
   labels = jnp.asarray([0, 1, 2, 1])
   images = np.asarray(gan.generator.apply(gan.g_variables, z, train=False), np.float64)
   with jax.enable_x64(True):
-    outs = [m.module.apply(jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), m.variables), jnp.asarray(images),
-                           train=False) for m in (target, surrogate)]
+    outs = [
+      m.module.apply(jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), m.variables), jnp.asarray(images), train=False)
+      for m in (target, surrogate)
+    ]
     target_logit, surrogate_logit = (np.asarray(o.logits)[np.arange(4), labels] for o in outs)
     want_identity = -(target_logit + surrogate_logit) / 2
     p_reg = np.asarray(public_feats, np.float64).mean(0)
@@ -317,8 +422,11 @@ def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypat
   without_p_reg = np.mean(np.asarray(outs[0].features) ** 2, axis=1)
   assert np.abs(want_feature - without_p_reg).max() > 100 * 1e-4 * want_feature.max()
   with pytest.raises(ConfigError, match="is a 'target' model; expected a 'surrogate' model"):
-    run_attack(dataclasses.replace(cfg, surrogates=(str(root / "target"),), workdir=str(tmp_path / "x")),
-               splits=splits, progress=False)
+    run_attack(
+      dataclasses.replace(cfg, surrogates=(str(root / "target"),), workdir=str(tmp_path / "x")),
+      splits=splits,
+      progress=False,
+    )
 
 
 @pytest.mark.slow
@@ -326,6 +434,7 @@ def test_kedmi_gan_learns_the_targets_soft_labels_and_kedmi_beats_chance(trained
   from jaxmi.metrics import classifier_outputs
   from jaxmi.train import load_classifier
   from jaxmi.train.gan import load_gan
+
   root, splits = trained
   # The K+1 discriminator, trained on public digits only, must come to predict what the target
   # predicts on public digits it never trained on: a short run (60 generator steps = 300
@@ -335,11 +444,26 @@ def test_kedmi_gan_learns_the_targets_soft_labels_and_kedmi_beats_chance(trained
   pub = splits.public
   held_out = pub.images[order[:500]]
   rest = order[500:]
-  train_split = dataclasses.replace(splits, public=dataclasses.replace(
-      pub, images=pub.images[rest], labels=pub.labels[rest], identities=pub.identities[rest]))
-  stopped(train_gan, GANExperimentConfig(name="kedmi", kind="kedmi", workdir=str(gan_dir), target=str(root / "target"),
-                                         data=DATA, gan=GAN_CFG, train=GANTrainConfig(epochs=1, batch_size=32)),
-          splits=train_split, progress=False, stop_at_step=60, log=lambda *a: None)
+  train_split = dataclasses.replace(
+    splits,
+    public=dataclasses.replace(pub, images=pub.images[rest], labels=pub.labels[rest], identities=pub.identities[rest]),
+  )
+  stopped(
+    train_gan,
+    GANExperimentConfig(
+      name="kedmi",
+      kind="kedmi",
+      workdir=str(gan_dir),
+      target=str(root / "target"),
+      data=DATA,
+      gan=GAN_CFG,
+      train=GANTrainConfig(epochs=1, batch_size=32),
+    ),
+    splits=train_split,
+    progress=False,
+    stop_at_step=60,
+    log=lambda *a: None,
+  )
   gan = load_gan(gan_dir)
   assert gan.kind == "kedmi"
   target_pred = np.argmax(classifier_outputs(load_classifier(root / "target"), held_out)[0], -1)
@@ -349,9 +473,11 @@ def test_kedmi_gan_learns_the_targets_soft_labels_and_kedmi_beats_chance(trained
 
   # KEDMI's distributional attack through the fixture's trained generator (its WGAN critic as the
   # prior): 5 digits x 4 distributions x 5 draws, judged by the evaluation model over all draws.
-  cfg = dataclasses.replace(attack_config(root, steps=600, restarts=4, optimizer="adam", learning_rate=0.02,
-                                          draw_clamp=0.0, eval_draws=5),
-                            attack="kedmi", workdir=str(tmp_path / "kedmi"))
+  cfg = dataclasses.replace(
+    attack_config(root, steps=600, restarts=4, optimizer="adam", learning_rate=0.02, draw_clamp=0.0, eval_draws=5),
+    attack="kedmi",
+    workdir=str(tmp_path / "kedmi"),
+  )
   result = run_attack(cfg, splits=splits, progress=False, log=lambda *a: None)
   assert result["restarts"] == 20 and result["draws_per_latent"] == 5 and result["compilations"] == 1
   # Chance is 20%; measured 43% (46% with 1000 steps), so at least 1.5x chance.
@@ -360,9 +486,15 @@ def test_kedmi_gan_learns_the_targets_soft_labels_and_kedmi_beats_chance(trained
 
 def test_distill_refuses_a_student_data_config_that_names_another_split(tiny, tmp_path):
   from jaxmi.train.distill import distill_surrogate
+
   root, splits = tiny
-  cfg = ClassifierConfig(name="s", role="surrogate", workdir=str(tmp_path / "s"),
-                         data=dataclasses.replace(TINY_DATA, public_ids=(6, 7)), model=ModelConfig(arch="cnn", width=4))
+  cfg = ClassifierConfig(
+    name="s",
+    role="surrogate",
+    workdir=str(tmp_path / "s"),
+    data=dataclasses.replace(TINY_DATA, public_ids=(6, 7)),
+    model=ModelConfig(arch="cnn", width=4),
+  )
   with pytest.raises(ConfigError, match=r"student.data: data.public_ids differ from the target's data config"):
     distill_surrogate(cfg, str(root / "target"), splits=splits, progress=False)
   assert not (tmp_path / "s").exists()

@@ -80,8 +80,10 @@ def test_bido_loss_adds_the_input_term_and_subtracts_the_label_term(batch):
     assert float(metrics["hsic_yz"]) == pytest.approx(dep_y, rel=1e-8)
     assert float(loss) == pytest.approx(0.05 * dep_x - 0.5 * dep_y, rel=1e-8)
     # Descending each term alone moves the dependence the way BiDO wants it.
-    for bido, key, direction in [(BiDO(lambda_x=1.0, lambda_y=0.0), "hsic_xz", -1),
-                                 (BiDO(lambda_x=0.0, lambda_y=1.0), "hsic_yz", +1)]:
+    for bido, key, direction in [
+      (BiDO(lambda_x=1.0, lambda_y=0.0), "hsic_xz", -1),
+      (BiDO(lambda_x=0.0, lambda_y=1.0), "hsic_yz", +1),
+    ]:
       hidden = [jnp.asarray(c) for c in codes]
       grads = jax.grad(lambda h: reg(bido, h)[0])(hidden)
       stepped = [h - 1e-2 * g for h, g in zip(hidden, grads)]
@@ -93,6 +95,7 @@ def test_bido_regularises_the_bn1d_output_as_the_last_vgg_code():
   """BiDO's VGG16 returns [block1..block4, BN1d(flatten(block5))]: the last hidden code is the
   BatchNorm1d output (the features), not the pooled block 5."""
   import flax.linen as nn
+
   # The VGG16 rule on a 3-block VGG (fast to compile): hidden = [block1, block2, BN1d(flatten(block3))].
   model = VGG(5, layout=(4, "M", 8, "M", 8, 8, "M"))
   variables = init_variables(model, jax.random.PRNGKey(0), (16, 16, 1))
@@ -113,7 +116,7 @@ def test_bido_regularises_the_bn1d_output_as_the_last_vgg_code():
 
   out, bn_input, bn_output = forward(variables, images)
   assert [h.shape for h in out.hidden] == [(6, 8, 8, 4), (6, 4, 4, 8), (6, 2 * 2 * 8)]
-  assert bn_input.shape == (6, 2 * 2 * 8)   # flatten(last block): 8 channels at 2x2
+  assert bn_input.shape == (6, 2 * 2 * 8)  # flatten(last block): 8 channels at 2x2
   np.testing.assert_array_equal(out.hidden[-1], bn_output)
   np.testing.assert_array_equal(out.hidden[-1], out.features)
   # The regulariser sums over exactly these codes (float64: a formula check).
@@ -146,31 +149,45 @@ def test_bad_measure_is_a_config_error():
     BiDO(measure="mi")
 
 
-DATA = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9),
-                  max_per_class=300)
+DATA = DataConfig(
+  dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9), max_per_class=300
+)
 
 
 # COCO values are ~1e-2 of nHSIC's, so it needs a larger weight (the official MNIST COCO runs use 1-2 with 20-50 for Y).
-@pytest.mark.slow   # trains on real MNIST end to end
+@pytest.mark.slow  # trains on real MNIST end to end
 @pytest.mark.parametrize("measure, lambda_x", [("hsic", 2.0), ("coco", 500.0)])
 def test_bido_trains_on_real_data_and_lowers_input_dependence(tmp_path, cache_root, data_root, measure, lambda_x):
   """Same model, data and seed, with and without lambda_x: the input dependence of the hidden
   codes on held-out images must be lower with it (what BiDO claims to change), without NaN."""
   splits = load_splits(DATA)
-  common = dict(role="target", data=DATA, model=ModelConfig(arch="cnn", width=8, feature_dim=32),
-                optim=OptimConfig(name="adam", learning_rate=1e-3), train=TrainConfig(epochs=2, batch_size=64))
+  common = dict(
+    role="target",
+    data=DATA,
+    model=ModelConfig(arch="cnn", width=8, feature_dim=32),
+    optim=OptimConfig(name="adam", learning_rate=1e-3),
+    train=TrainConfig(epochs=2, batch_size=64),
+  )
   measured = {}
-  for name, defense in [("plain", BiDO(measure=measure, lambda_x=0.0, lambda_y=0.0)),
-                        ("bido", BiDO(measure=measure, lambda_x=lambda_x, lambda_y=0.0))]:
-    summary = train_classifier(ClassifierConfig(name=name, workdir=str(tmp_path / name), **common), splits=splits,
-                               defense=defense, progress=False, log=lambda *a: None)
+  for name, defense in [
+    ("plain", BiDO(measure=measure, lambda_x=0.0, lambda_y=0.0)),
+    ("bido", BiDO(measure=measure, lambda_x=lambda_x, lambda_y=0.0)),
+  ]:
+    summary = train_classifier(
+      ClassifierConfig(name=name, workdir=str(tmp_path / name), **common),
+      splits=splits,
+      defense=defense,
+      progress=False,
+      log=lambda *a: None,
+    )
     assert np.isfinite(summary["natural_accuracy"])
     clf = load_classifier(tmp_path / name)
     images = jnp.asarray(splits.private_test.images[:128], jnp.float32) / 255.0
     out = clf.module.apply(clf.variables, images, train=False)
     with jax.enable_x64(True):  # the ill-conditioned solve in float64: the comparison is about the model, not rounding
       kx = gaussian_gram(np.asarray(images, np.float64), 5.0)
-      measured[name] = float(sum(defense.dependence(gaussian_gram(np.asarray(z, np.float64), 5.0), kx)
-                                 for z in out.hidden))
+      measured[name] = float(
+        sum(defense.dependence(gaussian_gram(np.asarray(z, np.float64), 5.0), kx) for z in out.hidden)
+      )
   # Measured: nHSIC 83.5 -> 74.1, COCO 0.00402 -> 0.00331.
   assert measured["bido"] < 0.95 * measured["plain"], measured

@@ -52,8 +52,9 @@ def test_vib_kl_matches_the_closed_form_and_the_head_is_deterministic_at_evaluat
   with jax.enable_x64(True):  # MID's term is beta times the batch mean KL of exactly that posterior
     mu, sigma = np.asarray(out.posterior.mu, np.float64), np.asarray(out.posterior.sigma, np.float64)
     post = out.posterior._replace(mu=jnp.asarray(mu), sigma=jnp.asarray(sigma))
-    reg, metrics = MID(beta=0.5).regularizer(out._replace(posterior=post), None, images=None, params=None, step=0,
-                                             facts=None)
+    reg, metrics = MID(beta=0.5).regularizer(
+      out._replace(posterior=post), None, images=None, params=None, step=0, facts=None
+    )
     expected = np.mean(0.5 * np.sum(mu**2 + sigma**2 - 1 - 2 * np.log(sigma), -1))
     assert float(metrics["kl"]) == pytest.approx(expected, rel=1e-12) and float(reg) == pytest.approx(0.5 * expected)
 
@@ -66,32 +67,55 @@ def test_mid_without_a_vib_head_is_a_config_error(tmp_path):
     MID().regularizer(out, jnp.zeros(2, jnp.int32), images=None, params=variables["params"], step=0, facts=None)
 
 
-DATA = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9),
-                  max_per_class=300)
+DATA = DataConfig(
+  dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9), max_per_class=300
+)
 
 
-def train(tmp_path, name, splits, defense, head="linear", init_from="", epochs=5,
-          optim=OptimConfig(learning_rate=0.05, schedule="cosine")):
-  cfg = ClassifierConfig(name=name, role="target", workdir=str(tmp_path / name), data=DATA, init_from=init_from,
-                         model=ModelConfig(arch="cnn", width=8, feature_dim=32, head=head),
-                         optim=optim, train=TrainConfig(epochs=epochs, batch_size=50))
+def train(
+  tmp_path,
+  name,
+  splits,
+  defense,
+  head="linear",
+  init_from="",
+  epochs=5,
+  optim=OptimConfig(learning_rate=0.05, schedule="cosine"),
+):
+  cfg = ClassifierConfig(
+    name=name,
+    role="target",
+    workdir=str(tmp_path / name),
+    data=DATA,
+    init_from=init_from,
+    model=ModelConfig(arch="cnn", width=8, feature_dim=32, head=head),
+    optim=optim,
+    train=TrainConfig(epochs=epochs, batch_size=50),
+  )
   summary = train_classifier(cfg, splits=splits, defense=defense, progress=False, log=lambda *a: None)
   assert np.isfinite(summary["natural_accuracy"]), summary
   clf = load_classifier(tmp_path / name)
   return summary, clf.module.apply(clf.variables, jnp.asarray(splits.private_test.images[:500], jnp.float32) / 255.0)
 
 
-@pytest.mark.slow   # trains on real MNIST end to end
+@pytest.mark.slow  # trains on real MNIST end to end
 def test_calor_and_mid_train_on_real_data_and_change_what_they_claim(tmp_path, cache_root, data_root):
   splits = load_splits(DATA)
   labels = splits.private_test.labels[:500]
   # Two stages as in the reference: the low-rank head trained with CE (1 epoch here), then either
   # more CE (plain) or confidence adaptation (CALoR), from the same weights.
   train(tmp_path, "low_rank", splits, NoDefense(), head="low_rank", epochs=1)
-  plain, plain_out = train(tmp_path, "plain", splits, NoDefense(), head="low_rank",
-                           init_from=str(tmp_path / "low_rank"))
-  calor, calor_out = train(tmp_path, "calor", splits, ConfidenceAdaptation(gamma=8.0, alpha=0.25), head="low_rank",
-                           init_from=str(tmp_path / "low_rank"))
+  plain, plain_out = train(
+    tmp_path, "plain", splits, NoDefense(), head="low_rank", init_from=str(tmp_path / "low_rank")
+  )
+  calor, calor_out = train(
+    tmp_path,
+    "calor",
+    splits,
+    ConfidenceAdaptation(gamma=8.0, alpha=0.25),
+    head="low_rank",
+    init_from=str(tmp_path / "low_rank"),
+  )
   # CALoR: confidence adaptation keeps true-class confidence near exp(-1/8) = 0.88 instead of ~1.
   # Measured: 21% of test digits above 0.97 (median 0.94) vs 94% with CE; accuracy 98.4% vs 99.2%.
   p_true = lambda out: np.asarray(jax.nn.softmax(out.logits))[np.arange(500), labels]
@@ -123,6 +147,7 @@ def test_calor_and_mid_train_on_real_data_and_change_what_they_claim(tmp_path, c
 def test_negative_label_smoothing_loss_and_schedule():
   from jaxmi.defenses import NegativeLabelSmoothing, nls_alpha
   from jaxmi.nets import ClassifierOutput
+
   # The reference schedule at E = 100: 0 before epoch 50, alpha * (e + 1 - 50) / 50 up to 74, then alpha.
   for epoch, expected in [(0, 0.0), (49, 0.0), (50, -0.05 / 50), (74, -0.05 * 25 / 50), (75, -0.05), (99, -0.05)]:
     assert float(nls_alpha(epoch, -0.05, 100)) == pytest.approx(expected, abs=1e-9)
@@ -142,9 +167,10 @@ def test_negative_label_smoothing_loss_and_schedule():
     NegativeLabelSmoothing(alpha=1.5)
 
 
-@pytest.mark.slow   # trains on real MNIST end to end
+@pytest.mark.slow  # trains on real MNIST end to end
 def test_negative_label_smoothing_trains_on_real_data_and_sharpens_predictions(tmp_path, cache_root, data_root):
   from jaxmi.defenses import NegativeLabelSmoothing
+
   splits = load_splits(DATA)
   entropy = lambda out: float(np.mean(-np.sum(jax.nn.softmax(out.logits) * jax.nn.log_softmax(out.logits), -1)))
   _, plain_out = train(tmp_path, "plain", splits, NoDefense())
@@ -160,15 +186,24 @@ def test_nls_whose_schedule_never_starts_warns_and_records_the_effective_setting
   start and the summary records the alpha reached and the steps it acted on, not just alpha = -0.05."""
   from jaxmi.defenses import NegativeLabelSmoothing
   from jaxmi.experiments.defend import DefendConfig, defend
+
   nls = NegativeLabelSmoothing(alpha=-0.05)
   assert nls.report(RunFacts(steps_per_epoch=10, total_steps=40), 40) == {
-      "effective": {"alpha_reached": -0.05, "active_steps": 20}}  # epochs 2-3 of 4
+    "effective": {"alpha_reached": -0.05, "active_steps": 20}
+  }  # epochs 2-3 of 4
   assert nls.warning(4) == "" and NegativeLabelSmoothing(schedule=False).warning(1) == ""
-  data = DataConfig(dataset="mnist", image_size=16, channels=1, private_ids=(0, 1, 2), public_ids=(5, 6, 7),
-                    max_per_class=40)
-  cfg = ClassifierConfig(name="nls1", role="target", workdir=str(tmp_path / "nls1"), data=data,
-                         model=ModelConfig(arch="cnn", width=4, feature_dim=8), optim=OptimConfig(learning_rate=0.05),
-                         train=TrainConfig(epochs=1, batch_size=20, log_every=2))
+  data = DataConfig(
+    dataset="mnist", image_size=16, channels=1, private_ids=(0, 1, 2), public_ids=(5, 6, 7), max_per_class=40
+  )
+  cfg = ClassifierConfig(
+    name="nls1",
+    role="target",
+    workdir=str(tmp_path / "nls1"),
+    data=data,
+    model=ModelConfig(arch="cnn", width=4, feature_dim=8),
+    optim=OptimConfig(learning_rate=0.05),
+    train=TrainConfig(epochs=1, batch_size=20, log_every=2),
+  )
   lines = []
   summary = defend(DefendConfig(target=cfg, defense=nls), progress=False, log=lines.append)
   warnings = [line for line in lines if "warning" in line]
@@ -184,12 +219,21 @@ def test_calor_configs_fine_tune_with_the_reference_recipe():
   lr x0.1 at epochs 3 and 4, no shifts; stage 1 is the low-rank model trained with cross-entropy."""
   from pathlib import Path
   from jaxmi.config import load_config
+
   configs = Path(__file__).resolve().parents[1] / "configs"
   for name in ("defense.py:method=calor,data=mnist", "defense.py:method=calor,data=att"):
     cfg = load_config(configs / name)
     o, t = cfg.target.optim, cfg.target.train
-    assert (o.name, o.learning_rate, o.momentum, o.weight_decay, o.schedule, o.decay_epochs, o.decay_factor,
-            o.warmup_epochs) == ("sgd", 2e-5, 0.9, 0.0, "step", (3, 4), 0.1, 0.0), name
+    assert (
+      o.name,
+      o.learning_rate,
+      o.momentum,
+      o.weight_decay,
+      o.schedule,
+      o.decay_epochs,
+      o.decay_factor,
+      o.warmup_epochs,
+    ) == ("sgd", 2e-5, 0.9, 0.0, "step", (3, 4), 0.1, 0.0), name
     assert t.epochs == 5 and t.augment.max_shift == 0, name
     assert cfg.pretrain_on == "private" and cfg.pretrain.model.head == cfg.target.model.head == "low_rank"
     assert (cfg.defense.gamma, cfg.defense.alpha) == (8.0, 0.25)

@@ -17,8 +17,7 @@ MNIST_TARGET = REPO / "configs/classifier.py:role=target,data=mnist"
 
 def run(*args, env=None, cwd=None):
   full_env = {**os.environ, **(env or {})}
-  return subprocess.run([*JAXMI, *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd,
-                        timeout=600)
+  return subprocess.run([*JAXMI, *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600)
 
 
 def assert_one_line_error(result, *fragments):
@@ -31,21 +30,29 @@ def assert_one_line_error(result, *fragments):
 
 
 def test_unknown_config_field(tmp_path):
-  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w",
-          "train.epoch=1")
+  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w", "train.epoch=1")
   assert_one_line_error(r, "classifier.py:role=target,data=mnist", "unknown field 'train.epoch'")
   assert not (tmp_path / "w").exists()
 
 
 def test_unknown_dataset(tmp_path):
-  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w",
-          "data.dataset=cifar11")
+  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w", "data.dataset=cifar11")
   assert_one_line_error(r, "data.dataset", "cifar11", "mnist")
 
 
 def test_missing_data_directory(tmp_path):
-  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w",
-          "--data-dir", tmp_path / "nothing_here", "--cache-dir", tmp_path / "cache", "data.download=false")
+  r = run(
+    "train-classifier",
+    "--config",
+    MNIST_TARGET,
+    "--workdir",
+    tmp_path / "w",
+    "--data-dir",
+    tmp_path / "nothing_here",
+    "--cache-dir",
+    tmp_path / "cache",
+    "data.download=false",
+  )
   assert_one_line_error(r, str(tmp_path / "nothing_here" / "mnist"))
 
 
@@ -54,47 +61,103 @@ def test_corrupt_data_file(tmp_path, data_root):
   shutil.copytree(data_root / "mnist", raw)
   target = raw / "t10k-labels-idx1-ubyte.gz"
   target.write_bytes(target.read_bytes()[:100])
-  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w",
-          "--data-dir", tmp_path / "raw", "--cache-dir", tmp_path / "cache", "data.download=false")
+  r = run(
+    "train-classifier",
+    "--config",
+    MNIST_TARGET,
+    "--workdir",
+    tmp_path / "w",
+    "--data-dir",
+    tmp_path / "raw",
+    "--cache-dir",
+    tmp_path / "cache",
+    "data.download=false",
+  )
   assert_one_line_error(r, "t10k-labels-idx1-ubyte.gz")
 
 
 def test_checksum_mismatch(tmp_path, data_root):
   import gzip
+
   raw = tmp_path / "raw" / "mnist"
   shutil.copytree(data_root / "mnist", raw)
   target = raw / "t10k-labels-idx1-ubyte.gz"
   data = bytearray(gzip.decompress(target.read_bytes()))
   data[-1] = (data[-1] + 1) % 10  # a valid file whose content is not MNIST's
   target.write_bytes(gzip.compress(bytes(data)))
-  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w",
-          "--data-dir", tmp_path / "raw", "--cache-dir", tmp_path / "cache", "data.download=false")
+  r = run(
+    "train-classifier",
+    "--config",
+    MNIST_TARGET,
+    "--workdir",
+    tmp_path / "w",
+    "--data-dir",
+    tmp_path / "raw",
+    "--cache-dir",
+    tmp_path / "cache",
+    "data.download=false",
+  )
   assert_one_line_error(r, "t10k-labels-idx1-ubyte.gz", "27ae3e4e09519cfbb04c329615203637")
 
 
-@pytest.mark.slow   # three CLI runs, one training on real MNIST
+@pytest.mark.slow  # three CLI runs, one training on real MNIST
 def test_checkpoint_from_another_architecture_is_refused(tmp_path, cache_root):
-  common = ["--cache-dir", cache_root, "--no-progress", "data.max_per_class=40", "train.epochs=1",
-            "train.batch_size=40"]
-  first = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w",
-              *common, "model.width=8", "model.feature_dim=16")
+  common = [
+    "--cache-dir",
+    cache_root,
+    "--no-progress",
+    "data.max_per_class=40",
+    "train.epochs=1",
+    "train.batch_size=40",
+  ]
+  first = run(
+    "train-classifier",
+    "--config",
+    MNIST_TARGET,
+    "--workdir",
+    tmp_path / "w",
+    *common,
+    "model.width=8",
+    "model.feature_dim=16",
+  )
   assert first.returncode == 0, first.stderr[-3000:]
   before = {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("*") if p.is_file()}
-  r = run("train-classifier", "--config", REPO / "configs/classifier.py:role=eval,data=mnist", "--workdir",
-          tmp_path / "w", *common)
+  r = run(
+    "train-classifier",
+    "--config",
+    REPO / "configs/classifier.py:role=eval,data=mnist",
+    "--workdir",
+    tmp_path / "w",
+    *common,
+  )
   assert_one_line_error(r, str(tmp_path / "w" / "checkpoints"), "arch=cnn", "arch=resnet")
   assert {p: p.stat().st_mtime_ns for p in (tmp_path / "w").rglob("*") if p.is_file()} == before
   ok = run("evaluate", tmp_path / "w", "--cache-dir", cache_root)
   assert ok.returncode == 0 and "private test top-1" in ok.stdout, ok.stderr[-2000:]
 
 
-@pytest.mark.slow   # two CLI trainings on real MNIST, 400 steps
+@pytest.mark.slow  # two CLI trainings on real MNIST, 400 steps
 def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, cache_root):
   import signal
   import time
-  args = [*JAXMI, "train-classifier", "--config", str(MNIST_TARGET), "--workdir", str(tmp_path / "w"),
-          "--cache-dir", str(cache_root), "--no-progress", "data.max_per_class=100", "train.batch_size=50",
-          "train.epochs=40", "train.log_every=2", "train.checkpoint_every=1000", "model.width=8"]
+
+  args = [
+    *JAXMI,
+    "train-classifier",
+    "--config",
+    str(MNIST_TARGET),
+    "--workdir",
+    str(tmp_path / "w"),
+    "--cache-dir",
+    str(cache_root),
+    "--no-progress",
+    "data.max_per_class=100",
+    "train.batch_size=50",
+    "train.epochs=40",
+    "train.log_every=2",
+    "train.checkpoint_every=1000",
+    "model.width=8",
+  ]
   proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = tmp_path / "w" / "metrics.jsonl"
   deadline = time.time() + 300
@@ -114,16 +177,26 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, cache_root):
 
 def test_enum_typo_is_refused_before_any_data_is_prepared(tmp_path):
   # The data directory is empty: before, the missing-MNIST error came first and the typo went unseen.
-  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w",
-          "--data-dir", tmp_path / "empty", "--cache-dir", tmp_path / "cache", "data.download=false", "optim.name=sgdd")
+  r = run(
+    "train-classifier",
+    "--config",
+    MNIST_TARGET,
+    "--workdir",
+    tmp_path / "w",
+    "--data-dir",
+    tmp_path / "empty",
+    "--cache-dir",
+    tmp_path / "cache",
+    "data.download=false",
+    "optim.name=sgdd",
+  )
   assert_one_line_error(r, "classifier.py:role=target,data=mnist", "field 'optim.name'", "sgdd")
   assert not (tmp_path / "w").exists() and not (tmp_path / "cache").exists()
 
 
 def test_overrides_after_options_are_applied(tmp_path):
   # Before: the override after --workdir failed with argparse's usage; now it reaches the config loader.
-  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w",
-          "train.epoch=1")
+  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w", "train.epoch=1")
   assert_one_line_error(r, "classifier.py:role=target,data=mnist", "unknown field 'train.epoch'")
   from jaxmi.cli import parse_args
 
@@ -135,10 +208,24 @@ def test_overrides_after_options_are_applied(tmp_path):
 
 def test_data_dir_flag_wins_over_the_config(tmp_path, data_root):
   # The config names the real MNIST; the flag names an empty folder, and the flag wins (before: ignored).
-  r = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w",
-          "--data-dir", tmp_path / "empty", "--cache-dir", tmp_path / "cache", "--no-progress",
-          f"data.data_dir={data_root / 'mnist'}", "data.download=false", "data.max_per_class=20", "train.epochs=1",
-          "train.batch_size=20", "model.width=8")
+  r = run(
+    "train-classifier",
+    "--config",
+    MNIST_TARGET,
+    "--workdir",
+    tmp_path / "w",
+    "--data-dir",
+    tmp_path / "empty",
+    "--cache-dir",
+    tmp_path / "cache",
+    "--no-progress",
+    f"data.data_dir={data_root / 'mnist'}",
+    "data.download=false",
+    "data.max_per_class=20",
+    "train.epochs=1",
+    "train.batch_size=20",
+    "model.width=8",
+  )
   assert_one_line_error(r, str(tmp_path / "empty" / "mnist"))
   assert "overrides data.data_dir" in r.stderr
 
@@ -158,8 +245,19 @@ def test_prepare_data_prepares_what_a_run_of_that_size_uses(tmp_path, monkeypatc
   root, cache = tmp_path / "faces", tmp_path / "cache"
   make_faces(root)
   # Before: no --image-size/--channels, and it prepared 64x64 RGB, which no run of another size reused.
-  r = run("prepare-data", "image_folder", "--root", root, "--cache-dir", cache, "--image-size", "16",
-          "--channels", "3", "--no-progress")
+  r = run(
+    "prepare-data",
+    "image_folder",
+    "--root",
+    root,
+    "--cache-dir",
+    cache,
+    "--image-size",
+    "16",
+    "--channels",
+    "3",
+    "--no-progress",
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   assert "identity numbers:" in r.stdout
   assert "Generating" not in r.stderr and "%|" not in r.stderr  # --no-progress silences TFDS's bars too
@@ -168,9 +266,19 @@ def test_prepare_data_prepares_what_a_run_of_that_size_uses(tmp_path, monkeypatc
 
   def fail(*args, **kwargs):
     raise AssertionError("prepared again")
+
   monkeypatch.setattr(builders.ImageFolder, "_split_generators", fail)
-  splits = data.load_splits(data.DataConfig(dataset="image_folder", data_dir=str(root), cache_dir=str(cache),
-                                            image_size=16, channels=3, private_ids=(0,), public_ids=(1,)))
+  splits = data.load_splits(
+    data.DataConfig(
+      dataset="image_folder",
+      data_dir=str(root),
+      cache_dir=str(cache),
+      image_size=16,
+      channels=3,
+      private_ids=(0,),
+      public_ids=(1,),
+    )
+  )
   assert splits.private_train.images.shape[1:] == (16, 16, 3)
 
 

@@ -28,12 +28,17 @@ ALL = [(path.name, arg) for path in sorted(CONFIGS.glob("*.py")) for arg in reci
 # The 40 config files this layout replaced: every one is a recipe:arg whose config equals the old file's
 # (checked field by field when the files were merged); their names and workdirs must not move.
 OLD_NAMES = {
-    *(f"{d}_{r}" for d in ("mnist", "att") for r in ("target", "eval")),
-    *(f"gnime_{r}_{d}" for d in ("mnist", "att") for r in ("target", "eval", "grad", "gradcam")),
-    *(f"{g}_{d}" for d in ("mnist", "att") for g in ("gan", "gan_kedmi")), "surrogate_mnist_vgg", "surrogate_att_cnn",
-    *(f"{m}_{d}" for d in ("mnist", "att") for m in ("gmi", "gmi_lomma", "kedmi", "kedmi_lomma")),
-    *(f"defense_{m}_{d}" for d in ("mnist", "att") for m in ("bido", "bido_coco", "mid", "nls", "calor", "tl_dmi",
-                                                                "dp_sgd")),
+  *(f"{d}_{r}" for d in ("mnist", "att") for r in ("target", "eval")),
+  *(f"gnime_{r}_{d}" for d in ("mnist", "att") for r in ("target", "eval", "grad", "gradcam")),
+  *(f"{g}_{d}" for d in ("mnist", "att") for g in ("gan", "gan_kedmi")),
+  "surrogate_mnist_vgg",
+  "surrogate_att_cnn",
+  *(f"{m}_{d}" for d in ("mnist", "att") for m in ("gmi", "gmi_lomma", "kedmi", "kedmi_lomma")),
+  *(
+    f"defense_{m}_{d}"
+    for d in ("mnist", "att")
+    for m in ("bido", "bido_coco", "mid", "nls", "calor", "tl_dmi", "dp_sgd")
+  ),
 }
 
 
@@ -61,8 +66,12 @@ def test_recipes_cover_the_old_configs_under_their_old_names():
 
 
 def test_classifier_roles():
-  for role, data, name, arch in [("target", "mnist", "mnist_target", "cnn"), ("eval", "mnist", "mnist_eval", "resnet"),
-                                 ("target", "att", "att_target", "vgg"), ("eval", "att", "att_eval", "resnet")]:
+  for role, data, name, arch in [
+    ("target", "mnist", "mnist_target", "cnn"),
+    ("eval", "mnist", "mnist_eval", "resnet"),
+    ("target", "att", "att_target", "vgg"),
+    ("eval", "att", "att_eval", "resnet"),
+  ]:
     cfg = load("classifier.py", f"role={role},data={data}")
     assert (cfg.name, cfg.role, cfg.model.arch) == (name, "evaluation" if role == "eval" else role, arch)
     assert not set(cfg.data.private_ids) & set(cfg.data.public_ids)
@@ -83,7 +92,11 @@ def test_recipes_pick_their_dataset_rows():
   assert load("attack.py", "method=gmi,data=att").inversion.learning_rate == 0.02
   kedmi = load("attack.py", "method=kedmi_lomma,data=att")
   assert (kedmi.attack, kedmi.gan, kedmi.surrogates) == ("kedmi", "runs/gan_kedmi_att", ("runs/surrogate_att_cnn",))
-  assert (kedmi.inversion.draw_clamp, kedmi.inversion.identity_loss, kedmi.inversion.optimizer) == (1.0, "logit", "adam")
+  assert (kedmi.inversion.draw_clamp, kedmi.inversion.identity_loss, kedmi.inversion.optimizer) == (
+    1.0,
+    "logit",
+    "adam",
+  )
   assert load("attack.py", "method=kedmi,data=att").inversion.draw_clamp == 0.0
   gan = load("gan.py", "kind=kedmi,data=att")
   assert (gan.kind, gan.target, gan.gan.stages, gan.data.dataset) == ("kedmi", "runs/att_target", 4, "att_faces")
@@ -98,16 +111,23 @@ def test_recipes_pick_their_dataset_rows():
   assert half.data.public_ids == () and half.data.test_fraction == 0.5
 
 
-@pytest.mark.parametrize("arg, fragment", [
-    ("method=mdi,data=att", "argument 'method': expected one of bido, bido_coco, mid, nls, calor, tl_dmi, dp_sgd, "
-                            "got 'mdi'"),
+@pytest.mark.parametrize(
+  "arg, fragment",
+  [
+    (
+      "method=mdi,data=att",
+      "argument 'method': expected one of bido, bido_coco, mid, nls, calor, tl_dmi, dp_sgd, got 'mdi'",
+    ),
     ("method=mid,data=cifar", "argument 'data': expected one of mnist, att, got 'cifar'"),
-    ("method=mid,dat=att", "unknown argument 'dat'; expected method=bido|bido_coco|mid|nls|calor|tl_dmi|dp_sgd,"
-                           "data=mnist|att"),
+    (
+      "method=mid,dat=att",
+      "unknown argument 'dat'; expected method=bido|bido_coco|mid|nls|calor|tl_dmi|dp_sgd,data=mnist|att",
+    ),
     ("method=mid", "missing argument 'data'"),
     ("method=mid,data=att,method=nls", "repeated argument 'method'"),
     ("mid", "argument 'mid' is not of the form key=value"),
-])
+  ],
+)
 def test_bad_recipe_arguments_name_the_file_and_the_choices(arg, fragment):
   with pytest.raises(ConfigError) as e:
     load("defense.py", arg)
@@ -118,16 +138,19 @@ def test_bad_recipe_arguments_name_the_file_and_the_choices(arg, fragment):
 def test_a_recipe_needs_its_argument_and_a_plain_file_takes_none(tmp_path):
   with pytest.raises(ConfigError, match=r"defense.py: missing argument 'method'; expected method="):
     config_lib.load_config(CONFIGS / "defense.py")
-  (tmp_path / "plain.py").write_text("from jaxmi.train import ClassifierConfig\n\n\n"
-                                     "def get_config():\n  return ClassifierConfig(name='plain')\n")
+  (tmp_path / "plain.py").write_text(
+    "from jaxmi.train import ClassifierConfig\n\n\ndef get_config():\n  return ClassifierConfig(name='plain')\n"
+  )
   assert config_lib.load_config(tmp_path / "plain.py").name == "plain"
   with pytest.raises(ConfigError, match=r"plain.py: get_config\(\) takes no argument; got ':data=att'"):
     config_lib.load_config(f"{tmp_path}/plain.py:data=att")
 
 
 def test_split_arg_splits_at_the_first_py_colon():
-  assert config_lib.split_arg("configs/defense.py:method=mid,data=att") == (Path("configs/defense.py"),
-                                                                           "method=mid,data=att")
+  assert config_lib.split_arg("configs/defense.py:method=mid,data=att") == (
+    Path("configs/defense.py"),
+    "method=mid,data=att",
+  )
   assert config_lib.split_arg("/a:b/c.py:teacher=runs/x") == (Path("/a:b/c.py"), "teacher=runs/x")
   assert config_lib.split_arg(Path("configs/gan.py")) == (Path("configs/gan.py"), None)
   assert config_lib.split_arg("configs/gan.py:") == (Path("configs/gan.py"), "")
@@ -140,9 +163,19 @@ def test_parse_arg_types_values():
 
 
 def test_overrides_are_parsed_by_field_type():
-  cfg = load("classifier.py", "role=target,data=att", [
-      "train.epochs=2", "optim.learning_rate=3e-3", "train.augment.hflip=false", "data.private_ids=0:5",
-      "data.public_ids=5,6,7", "model.width_divisor=8", "data.data_dir=/x/y"])
+  cfg = load(
+    "classifier.py",
+    "role=target,data=att",
+    [
+      "train.epochs=2",
+      "optim.learning_rate=3e-3",
+      "train.augment.hflip=false",
+      "data.private_ids=0:5",
+      "data.public_ids=5,6,7",
+      "model.width_divisor=8",
+      "data.data_dir=/x/y",
+    ],
+  )
   assert cfg.train.epochs == 2 and isinstance(cfg.train.epochs, int)
   assert cfg.optim.learning_rate == pytest.approx(3e-3)
   assert cfg.train.augment.hflip is False
@@ -151,7 +184,9 @@ def test_overrides_are_parsed_by_field_type():
   assert dataclasses.is_dataclass(cfg) and cfg.name == "att_target"
 
 
-@pytest.mark.parametrize("override, fragment", [
+@pytest.mark.parametrize(
+  "override, fragment",
+  [
     ("train.epoch=3", "unknown field 'train.epoch'"),
     ("nonsense=1", "unknown field 'nonsense'"),
     ("train.epochs=three", "field 'train.epochs': expected int"),
@@ -159,7 +194,8 @@ def test_overrides_are_parsed_by_field_type():
     ("train.augment.hflip=maybe", "expected true/false"),
     ("train.epochs", "not of the form field=value"),
     ("name.sub=1", "has no sub-fields"),
-])
+  ],
+)
 def test_bad_overrides_name_the_file_and_field(override, fragment):
   with pytest.raises(ConfigError) as e:
     config_lib.load_config(MNIST_TARGET, [override])
@@ -200,13 +236,16 @@ def test_defense_recipes_are_consistent():
       assert not set(cfg.pretrain.data.private_ids) & set(cfg.target.data.private_ids), arg
 
 
-@pytest.mark.parametrize("override, field", [
+@pytest.mark.parametrize(
+  "override, field",
+  [
     ("optim.name=sgdd", "optim.name"),
     ("optim.schedule=cosin", "optim.schedule"),
     ("model.arch=resnett", "model.arch"),
     ("model.norm=layer", "model.norm"),
     ("data.dataset=mnits", "data.dataset"),
-])
+  ],
+)
 def test_choice_typos_are_refused_when_the_config_loads(override, field):
   # Before: accepted here and refused only after the data was prepared (or not at all).
   with pytest.raises(ConfigError) as e:
@@ -216,22 +255,26 @@ def test_choice_typos_are_refused_when_the_config_loads(override, field):
 
 
 def test_choice_typos_in_attack_and_gan_configs():
-  for path, override, field in [("attack.py:method=gmi,data=mnist", "attack=gmii", "attack"),
-                                ("attack.py:method=gmi,data=mnist", "inversion.identity_loss=logits",
-                                 "inversion.identity_loss"),
-                                ("attack.py:method=gmi,data=mnist", "inversion.optimizer=sgd", "inversion.optimizer"),
-                                ("gan.py:kind=gmi,data=mnist", "kind=wgan", "kind")]:
+  for path, override, field in [
+    ("attack.py:method=gmi,data=mnist", "attack=gmii", "attack"),
+    ("attack.py:method=gmi,data=mnist", "inversion.identity_loss=logits", "inversion.identity_loss"),
+    ("attack.py:method=gmi,data=mnist", "inversion.optimizer=sgd", "inversion.optimizer"),
+    ("gan.py:kind=gmi,data=mnist", "kind=wgan", "kind"),
+  ]:
     with pytest.raises(ConfigError, match=f"field '{field}': expected one of"):
       config_lib.load_config(f"{CONFIGS}/{path}", [override])
 
 
 def test_choice_typo_written_in_the_config_file(tmp_path):
   (tmp_path / "typo.py").write_text(
-      "from jaxmi.nets import ModelConfig\n"
-      "from jaxmi.train.classifier import ClassifierConfig\n"
-      "def get_config():\n"
-      "  return ClassifierConfig(model=ModelConfig(arch='resnett'))\n")
-  with pytest.raises(ConfigError, match=r"typo.py: field 'model.arch': expected one of cnn, resnet, vgg, got 'resnett'"):
+    "from jaxmi.nets import ModelConfig\n"
+    "from jaxmi.train.classifier import ClassifierConfig\n"
+    "def get_config():\n"
+    "  return ClassifierConfig(model=ModelConfig(arch='resnett'))\n"
+  )
+  with pytest.raises(
+    ConfigError, match=r"typo.py: field 'model.arch': expected one of cnn, resnet, vgg, got 'resnett'"
+  ):
     config_lib.load_config(tmp_path / "typo.py")
 
 

@@ -35,14 +35,12 @@ def raises_one_line(error_type, fn, *args, **kwargs) -> str:
 
 @pytest.fixture(scope="session")
 def mnist_raw(data_root, cache_root):
-  return sources.load_raw("mnist", data_dir=data_root / "mnist",
-                          cache_dir=cache_root, download=False)
+  return sources.load_raw("mnist", data_dir=data_root / "mnist", cache_dir=cache_root, download=False)
 
 
 @pytest.fixture(scope="session")
 def att_raw(data_root, cache_root):
-  return sources.load_raw("att_faces", data_dir=data_root / "att_faces",
-                          cache_dir=cache_root, download=False)
+  return sources.load_raw("att_faces", data_dir=data_root / "att_faces", cache_dir=cache_root, download=False)
 
 
 @pytest.fixture
@@ -56,8 +54,7 @@ def mnist_copy(data_root, tmp_path):
 def assert_nothing_prepared(cache, dataset):
   """No prepared version folder, no incomplete.* folder, no file at all."""
   folder = cache / "tfds" / dataset
-  leftovers = [p for p in folder.rglob("*") if p.is_file() or p.name == "1.0.0"
-               or p.name.startswith("incomplete")]
+  leftovers = [p for p in folder.rglob("*") if p.is_file() or p.name == "1.0.0" or p.name.startswith("incomplete")]
   assert not leftovers, leftovers
 
 
@@ -81,14 +78,13 @@ def test_mnist_builder(mnist_raw, cache_root):
   assert str(cache_root / "tfds" / "mnist" / "1.0.0") in mnist_raw.description
 
 
-def test_mnist_second_load_reuses_prepared(mnist_raw, data_root, cache_root,
-                                           monkeypatch):
+def test_mnist_second_load_reuses_prepared(mnist_raw, data_root, cache_root, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("prepared again")
+
   monkeypatch.setattr(builders.Mnist, "_split_generators", fail)
   start = time.perf_counter()
-  again = sources.load_raw("mnist", data_dir=data_root / "mnist",
-                           cache_dir=cache_root, download=False)
+  again = sources.load_raw("mnist", data_dir=data_root / "mnist", cache_dir=cache_root, download=False)
   assert time.perf_counter() - start < 30
   np.testing.assert_array_equal(again.splits["test"][1], mnist_raw.splits["test"][1])
 
@@ -122,21 +118,27 @@ def make_image_folder(root):
 def test_image_folder(tmp_path):
   root, cache = tmp_path / "faces", tmp_path / "cache"
   make_image_folder(root)
-  raw = sources.load_raw("image_folder", data_dir=root, cache_dir=cache,
-                         image_size=16, channels=3)
+  raw = sources.load_raw("image_folder", data_dir=root, cache_dir=cache, image_size=16, channels=3)
   images, labels = raw.splits["train"]
   assert raw.class_names == ("alice", "bob", "carol")
   assert np.bincount(labels).tolist() == [3, 4, 2]
   assert images.shape == (9, 16, 16, 3) and images.dtype == np.uint8
-  grey = sources.load_raw("image_folder", data_dir=root, cache_dir=cache,
-                          image_size=8, channels=1)
+  grey = sources.load_raw("image_folder", data_dir=root, cache_dir=cache, image_size=8, channels=1)
   assert grey.splits["train"][0].shape == (9, 8, 8, 1)
   # Each root/format has its own prepared folder.
   assert len(list((cache / "tfds" / "image_folder").iterdir())) == 2
 
-  splits = data.load_splits(data.DataConfig(
-      dataset="image_folder", data_dir=str(root), cache_dir=str(cache),
-      image_size=16, channels=3, private_ids=(0, 1), public_ids=(2,)))
+  splits = data.load_splits(
+    data.DataConfig(
+      dataset="image_folder",
+      data_dir=str(root),
+      cache_dir=str(cache),
+      image_size=16,
+      channels=3,
+      private_ids=(0, 1),
+      public_ids=(2,),
+    )
+  )
   assert len(splits.private_train) + len(splits.private_test) == 7
   assert len(splits.public) == 2 and set(splits.public.identities) == {2}
   assert splits.private_train.images.shape[1:] == (16, 16, 3)
@@ -148,12 +150,20 @@ def test_image_folder_crop(tmp_path):
   pixels = np.zeros((100, 80, 3), np.uint8)
   pixels[10:50, 20:60] = 255  # exactly the crop box below
   Image.fromarray(pixels).save(root / "a" / "0.png")
-  raw = sources.load_raw("image_folder", data_dir=root, cache_dir=tmp_path / "c",
-                         image_size=8, channels=3, crop=(10, 20, 40, 40))
+  raw = sources.load_raw(
+    "image_folder", data_dir=root, cache_dir=tmp_path / "c", image_size=8, channels=3, crop=(10, 20, 40, 40)
+  )
   assert (raw.splits["train"][0] == 255).all()
   message = raises_one_line(
-      DataError, sources.load_raw, "image_folder", data_dir=root,
-      cache_dir=tmp_path / "c", image_size=8, channels=3, crop=(70, 0, 40, 40))
+    DataError,
+    sources.load_raw,
+    "image_folder",
+    data_dir=root,
+    cache_dir=tmp_path / "c",
+    image_size=8,
+    channels=3,
+    crop=(70, 0, 40, 40),
+  )
   assert str(root / "a" / "0.png") in message
 
 
@@ -161,8 +171,9 @@ def test_image_folder_unreadable_image(tmp_path):
   root = tmp_path / "faces"
   make_image_folder(root)
   (root / "bob" / "broken.jpg").write_bytes(b"not a jpeg")
-  message = raises_one_line(DataError, sources.load_raw, "image_folder",
-                            data_dir=root, cache_dir=tmp_path / "c", image_size=8)
+  message = raises_one_line(
+    DataError, sources.load_raw, "image_folder", data_dir=root, cache_dir=tmp_path / "c", image_size=8
+  )
   assert str(root / "bob" / "broken.jpg") in message
   assert_nothing_prepared(tmp_path / "c", "image_folder")
 
@@ -179,9 +190,9 @@ def test_sklearn_digits():
 
 def test_mnist_splits(mnist_raw, data_root, cache_root):
   start = time.perf_counter()
-  splits = data.load_splits(data.DataConfig(
-      data_dir=str(data_root / "mnist"), cache_dir=str(cache_root),
-      download=False))
+  splits = data.load_splits(
+    data.DataConfig(data_dir=str(data_root / "mnist"), cache_dir=str(cache_root), download=False)
+  )
   print(f"warm load_splits(mnist): {time.perf_counter() - start:.2f}s")
   assert splits.num_private_classes == splits.num_public_classes == 5
   for split in (splits.private_train, splits.private_test, splits.public):
@@ -197,10 +208,15 @@ def test_mnist_splits(mnist_raw, data_root, cache_root):
 
 
 def att_config(data_root, cache_root, **overrides):
-  fields = dict(dataset="att_faces", data_dir=str(data_root / "att_faces"),
-                cache_dir=str(cache_root), download=False,
-                private_ids=tuple(range(20)), public_ids=tuple(range(20, 40)),
-                test_fraction=0.3)
+  fields = dict(
+    dataset="att_faces",
+    data_dir=str(data_root / "att_faces"),
+    cache_dir=str(cache_root),
+    download=False,
+    private_ids=tuple(range(20)),
+    public_ids=tuple(range(20, 40)),
+    test_fraction=0.3,
+  )
   return data.DataConfig(**{**fields, **overrides})
 
 
@@ -231,8 +247,7 @@ def test_att_faces_splits(att_raw, data_root, cache_root):
 
 def test_select_indices_stratified_and_disjoint():
   labels = np.repeat(np.arange(6), [7, 3, 9, 2, 5, 4])
-  cfg = data.DataConfig(private_ids=(0, 1, 2, 3), public_ids=(4, 5),
-                        test_fraction=0.25, max_per_class=6)
+  cfg = data.DataConfig(private_ids=(0, 1, 2, 3), public_ids=(4, 5), test_fraction=0.25, max_per_class=6)
   chosen = splits_lib.select_indices(cfg, {"train": labels}, False)
   train, test, public = (chosen[role][1] for role in ("private_train", "private_test", "public"))
   assert not set(train) & set(test)
@@ -251,8 +266,7 @@ def test_select_indices_stratified_and_disjoint():
 
 def toy_split(n=23):
   images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8)
-  return data.ArraySplit(images=images, labels=np.arange(n, dtype=np.int32),
-                         identities=np.arange(n, dtype=np.int32))
+  return data.ArraySplit(images=images, labels=np.arange(n, dtype=np.int32), identities=np.arange(n, dtype=np.int32))
 
 
 def take(iterator, count):
@@ -315,9 +329,9 @@ def test_prefetch_thread_stops_and_reraises():
   class Exploding(np.ndarray):
     def __getitem__(self, key):
       raise RuntimeError("bad read")
+
   split = toy_split()
-  broken = data.ArraySplit(images=split.images.view(Exploding),
-                           labels=split.labels, identities=split.identities)
+  broken = data.ArraySplit(images=split.images.view(Exploding), labels=split.labels, identities=split.identities)
   with pytest.raises(RuntimeError, match="bad read"):
     next(data.train_batches(broken, 5, seed=0))
 
@@ -333,8 +347,9 @@ def test_batch_size_errors():
 
 def test_missing_mnist_without_download(tmp_path):
   missing = tmp_path / "nowhere" / "mnist"
-  message = raises_one_line(DataError, data.load_splits, data.DataConfig(
-      data_dir=str(missing), cache_dir=str(tmp_path / "c"), download=False))
+  message = raises_one_line(
+    DataError, data.load_splits, data.DataConfig(data_dir=str(missing), cache_dir=str(tmp_path / "c"), download=False)
+  )
   assert str(missing / "train-images-idx3-ubyte.gz") in message
   assert "download=False" in message
   assert not missing.exists()
@@ -344,8 +359,9 @@ def test_missing_mnist_without_download(tmp_path):
 def test_truncated_mnist_file(mnist_copy, tmp_path):
   path = mnist_copy / "t10k-images-idx3-ubyte.gz"
   path.write_bytes(path.read_bytes()[:100000])
-  message = raises_one_line(DataError, sources.load_raw, "mnist", data_dir=mnist_copy,
-                            cache_dir=tmp_path / "c", download=False)
+  message = raises_one_line(
+    DataError, sources.load_raw, "mnist", data_dir=mnist_copy, cache_dir=tmp_path / "c", download=False
+  )
   assert str(path) in message
   assert_nothing_prepared(tmp_path / "c", "mnist")
 
@@ -353,8 +369,9 @@ def test_truncated_mnist_file(mnist_copy, tmp_path):
 def test_mnist_checksum_mismatch(mnist_copy, tmp_path):
   path = mnist_copy / "t10k-labels-idx1-ubyte.gz"
   flip_byte_in_gzip(path, 500)
-  message = raises_one_line(DataError, sources.load_raw, "mnist", data_dir=mnist_copy,
-                            cache_dir=tmp_path / "c", download=False)
+  message = raises_one_line(
+    DataError, sources.load_raw, "mnist", data_dir=mnist_copy, cache_dir=tmp_path / "c", download=False
+  )
   assert str(path) in message and formats.MNIST_FILES[path.name] in message
   assert_nothing_prepared(tmp_path / "c", "mnist")
 
@@ -365,8 +382,9 @@ def test_mnist_download_wrong_file(mnist_copy, tmp_path):
   name = "t10k-labels-idx1-ubyte.gz"
   (mnist_copy / name).rename(mirror / name)
   flip_byte_in_gzip(mirror / name, 9)
-  message = raises_one_line(DataError, sources.load_raw, "mnist", data_dir=mnist_copy,
-                            cache_dir=tmp_path / "c", urls=[mirror.as_uri()])
+  message = raises_one_line(
+    DataError, sources.load_raw, "mnist", data_dir=mnist_copy, cache_dir=tmp_path / "c", urls=[mirror.as_uri()]
+  )
   assert name in message and formats.MNIST_FILES[name] in message
   assert mirror.as_uri() in message
   assert sorted(p.name for p in mnist_copy.iterdir()) == sorted(set(formats.MNIST_FILES) - {name})
@@ -375,8 +393,7 @@ def test_mnist_download_wrong_file(mnist_copy, tmp_path):
 
 def test_mnist_download_from_mirror(data_root, tmp_path, monkeypatch):
   raw, cache = tmp_path / "raw" / "mnist", tmp_path / "c"
-  monkeypatch.setattr(builders, "MNIST_MIRRORS",
-                      ["file:///nonexistent/mirror/", (data_root / "mnist").as_uri()])
+  monkeypatch.setattr(builders, "MNIST_MIRRORS", ["file:///nonexistent/mirror/", (data_root / "mnist").as_uri()])
   loaded = sources.load_raw("mnist", data_dir=raw, cache_dir=cache)
   assert np.bincount(loaded.splits["test"][1]).tolist() == MNIST_TEST_COUNTS
   for name in formats.MNIST_FILES:
@@ -398,30 +415,29 @@ def test_att_faces_download(data_root, tmp_path):
   make_att_zip(data_root, good)
   make_att_zip(data_root, bad, corrupt=True)
   raw = tmp_path / "raw" / "att_faces"
-  message = raises_one_line(DataError, sources.load_raw, "att_faces", data_dir=raw,
-                            cache_dir=tmp_path / "c", urls=[bad.as_uri()])
+  message = raises_one_line(
+    DataError, sources.load_raw, "att_faces", data_dir=raw, cache_dir=tmp_path / "c", urls=[bad.as_uri()]
+  )
   assert formats.ATT_FACES_MANIFEST_SHA256 in message and bad.as_uri() in message
   assert not raw.exists() and not list((tmp_path / "c" / "downloads").rglob("*.*"))
-  loaded = sources.load_raw("att_faces", data_dir=raw, cache_dir=tmp_path / "c",
-                            urls=[bad.as_uri(), good.as_uri()])
+  loaded = sources.load_raw("att_faces", data_dir=raw, cache_dir=tmp_path / "c", urls=[bad.as_uri(), good.as_uri()])
   assert loaded.splits["train"][0].shape == (400, 112, 92, 1)
   assert (raw / "s40" / "10.pgm").is_file()
   assert not (tmp_path / "c" / "downloads" / "att_faces.zip").exists()
 
 
-def test_download_falls_back_to_cache_when_raw_dir_is_read_only(
-    data_root, tmp_path, monkeypatch):
+def test_download_falls_back_to_cache_when_raw_dir_is_read_only(data_root, tmp_path, monkeypatch):
   archive, raw, cache = tmp_path / "faces.zip", tmp_path / "ro" / "att_faces", tmp_path / "c"
   make_att_zip(data_root, archive)
   # Root can write anywhere, so read-only is simulated.
   monkeypatch.setattr(builders.download_lib, "is_writable_dir", lambda path: False)
-  described = data.prepare("att_faces", data_dir=raw, cache_dir=cache,
-                           urls=[archive.as_uri()])
+  described = data.prepare("att_faces", data_dir=raw, cache_dir=cache, urls=[archive.as_uri()])
   fallback = cache / "downloads" / "att_faces"
   assert (fallback / "s1" / "1.pgm").is_file() and not raw.exists()
   prepared = cache / "tfds" / "att_faces" / "1.0.0"
-  assert described == (f"att_faces from {fallback} (prepared in {prepared}); identity numbers: "
-                       f"{prepared / 'identities.csv'}")
+  assert described == (
+    f"att_faces from {fallback} (prepared in {prepared}); identity numbers: {prepared / 'identities.csv'}"
+  )
 
 
 def test_att_faces_checksum_mismatch(data_root, tmp_path):
@@ -431,8 +447,9 @@ def test_att_faces_checksum_mismatch(data_root, tmp_path):
   content = bytearray(path.read_bytes())
   content[-1] ^= 1
   path.write_bytes(bytes(content))
-  message = raises_one_line(DataError, sources.load_raw, "att_faces", data_dir=raw,
-                            cache_dir=tmp_path / "c", download=False)
+  message = raises_one_line(
+    DataError, sources.load_raw, "att_faces", data_dir=raw, cache_dir=tmp_path / "c", download=False
+  )
   assert str(raw) in message and formats.ATT_FACES_MANIFEST_SHA256 in message
   assert "s3/4.pgm" in message and "s3/5.pgm" not in message  # names the changed file
 
@@ -440,34 +457,37 @@ def test_att_faces_checksum_mismatch(data_root, tmp_path):
 def test_att_faces_download_names_the_changed_file(data_root, tmp_path):
   bad = tmp_path / "bad.zip"
   make_att_zip(data_root, bad, corrupt=True)
-  message = raises_one_line(DataError, sources.load_raw, "att_faces", data_dir=tmp_path / "raw",
-                            cache_dir=tmp_path / "c", urls=[bad.as_uri()])
+  message = raises_one_line(
+    DataError, sources.load_raw, "att_faces", data_dir=tmp_path / "raw", cache_dir=tmp_path / "c", urls=[bad.as_uri()]
+  )
   assert "s3/4.pgm differ" in message
 
 
 def test_unknown_dataset():
   message = raises_one_line(DataError, data.load_splits, data.DataConfig(dataset="foo"))
-  assert message == ("data.dataset: unknown dataset 'foo'; expected one of mnist, "
-                     "att_faces, image_folder, idx, sklearn_digits")
+  assert message == (
+    "data.dataset: unknown dataset 'foo'; expected one of mnist, att_faces, image_folder, idx, sklearn_digits"
+  )
 
 
-@pytest.mark.parametrize("fields, named", [
+@pytest.mark.parametrize(
+  "fields, named",
+  [
     (dict(private_ids=(0, 1, 2), public_ids=(2, 3)), "data.private_ids"),
     (dict(private_ids=()), "data.private_ids"),
     (dict(public_ids=(5, 5)), "data.public_ids"),
     (dict(channels=2), "data.channels"),
     (dict(test_fraction=1.0), "data.test_fraction"),
     (dict(crop=(1, 2, 3)), "data.crop"),
-])
+  ],
+)
 def test_bad_config(fields, named):
-  message = raises_one_line(ConfigError, data.load_splits,
-                            data.DataConfig(dataset="sklearn_digits", **fields))
+  message = raises_one_line(ConfigError, data.load_splits, data.DataConfig(dataset="sklearn_digits", **fields))
   assert message.startswith(named), message
 
 
 def test_ids_out_of_range(att_raw, data_root, cache_root):
-  message = raises_one_line(ConfigError, data.load_splits, att_config(
-      data_root, cache_root, public_ids=(20, 40)))
+  message = raises_one_line(ConfigError, data.load_splits, att_config(data_root, cache_root, public_ids=(20, 40)))
   assert "data.public_ids" in message and "[40]" in message and "0..39" in message
 
 
@@ -550,10 +570,18 @@ def test_idx_builder_reads_any_mnist_format_files(tmp_path):
     got = sorted((im.tobytes(), int(l)) for im, l in zip(images, labels))
     want = sorted((im[..., None].tobytes(), int(l)) for im, l in zip(expected_images, expected_labels))
     assert got == want
-  mapping = (raw.description.split("identity numbers: ")[1])
+  mapping = raw.description.split("identity numbers: ")[1]
   assert open(mapping).read().splitlines()[:2] == ["label,name,train_images,test_images", "0,t-shirt,10,4"]
-  splits = data.load_splits(data.DataConfig(dataset="idx", data_dir=str(folder), cache_dir=str(tmp_path / "c"),
-                                            image_size=8, private_ids=(0, 1), public_ids=(2,)))
+  splits = data.load_splits(
+    data.DataConfig(
+      dataset="idx",
+      data_dir=str(folder),
+      cache_dir=str(tmp_path / "c"),
+      image_size=8,
+      private_ids=(0, 1),
+      public_ids=(2,),
+    )
+  )
   assert (len(splits.private_train), len(splits.private_test), len(splits.public)) == (20, 8, 10)
 
   other = tmp_path / "other"
@@ -572,7 +600,7 @@ def test_truncated_prepared_cache_is_rebuilt(tmp_path, capfd, monkeypatch):
   make_image_folder(root)
   first = sources.load_raw("image_folder", data_dir=root, cache_dir=cache, image_size=8, channels=1)
   (record,) = (cache / "tfds" / "image_folder").rglob("*.array_record*")
-  record.write_bytes(record.read_bytes()[:len(record.read_bytes()) // 2])
+  record.write_bytes(record.read_bytes()[: len(record.read_bytes()) // 2])
   # Before: RuntimeError: Invalid Riegeli/records file.
   again = sources.load_raw("image_folder", data_dir=root, cache_dir=cache, image_size=8, channels=1)
   np.testing.assert_array_equal(np.sort(again.splits["train"][1]), np.sort(first.splits["train"][1]))
@@ -586,9 +614,11 @@ def test_truncated_prepared_cache_is_rebuilt(tmp_path, capfd, monkeypatch):
 
   def gone(path, config):
     raise DataError(f"image_folder: cannot read image {path}")
+
   monkeypatch.setattr(builders, "load_image", gone)
-  message = raises_one_line(DataError, sources.load_raw, "image_folder", data_dir=root, cache_dir=cache,
-                            image_size=8, channels=1)
+  message = raises_one_line(
+    DataError, sources.load_raw, "image_folder", data_dir=root, cache_dir=cache, image_size=8, channels=1
+  )
   assert f"delete {prepared}" in message and "cannot read image" in message
   assert record.is_file() and len(list((cache / "tfds" / "image_folder").iterdir())) == 1
 
@@ -599,8 +629,7 @@ def test_identity_mapping_is_written_and_named(tmp_path):
   raw = sources.load_raw("image_folder", data_dir=root, cache_dir=tmp_path / "c", image_size=8)
   mapping = raw.description.split("identity numbers: ")[1]
   assert mapping.endswith("identities.csv")
-  assert open(mapping).read().splitlines() == [
-      "label,name,train_images", "0,alice,3", "1,bob,4", "2,carol,2"]
+  assert open(mapping).read().splitlines() == ["label,name,train_images", "0,alice,3", "1,bob,4", "2,carol,2"]
 
 
 def test_empty_public_split_names_public_ids(tmp_path):
@@ -609,8 +638,15 @@ def test_empty_public_split_names_public_ids(tmp_path):
 
   REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
   cfg = config_lib.load_config(REPO / "configs" / "gan.py:kind=gmi,data=mnist", [f"workdir={tmp_path / 'w'}"])
-  splits = data.load_splits(data.DataConfig(dataset="sklearn_digits", private_ids=(0, 1), public_ids=(),
-                                            image_size=cfg.gan.image_size, channels=cfg.gan.channels))
+  splits = data.load_splits(
+    data.DataConfig(
+      dataset="sklearn_digits",
+      private_ids=(0, 1),
+      public_ids=(),
+      image_size=cfg.gan.image_size,
+      channels=cfg.gan.channels,
+    )
+  )
   # Before: "batch_size: 320 is larger than the 0 examples of the split".
   message = raises_one_line(ConfigError, train_gan, cfg, splits=splits, progress=False)
   assert "data.public_ids" in message and "has 0" in message
@@ -633,8 +669,9 @@ def test_saved_data_config_keeps_the_targets_cache(tmp_path):
 def test_command_line_dirs_win_over_the_config(tmp_path, data_root, cache_root, monkeypatch, capfd):
   monkeypatch.setenv(sources.FLAG_DATA_DIR_ENV, str(data_root))
   monkeypatch.setenv(sources.FLAG_CACHE_DIR_ENV, str(cache_root))
-  splits = data.load_splits(data.DataConfig(data_dir=str(tmp_path / "nothing"), cache_dir=str(tmp_path / "c"),
-                                            download=False, max_per_class=5))
+  splits = data.load_splits(
+    data.DataConfig(data_dir=str(tmp_path / "nothing"), cache_dir=str(tmp_path / "c"), download=False, max_per_class=5)
+  )
   assert len(splits.public) == 25 and not (tmp_path / "c").exists()
   err = capfd.readouterr().err
   assert "--data-dir" in err and "overrides data.data_dir" in err

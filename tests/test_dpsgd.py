@@ -20,7 +20,10 @@ from jaxmi.train.step import NoDefense, RunFacts, make_train_step
 
 def test_aggregate_clips_each_example_sums_and_adds_noise_of_the_stated_scale():
   rng = np.random.default_rng(0)
-  grads = {"w": rng.normal(size=(5, 3, 2)) * [[[3.0]], [[0.1]], [[1.0]], [[5.0]], [[0.5]]], "b": rng.normal(size=(5, 4))}
+  grads = {
+    "w": rng.normal(size=(5, 3, 2)) * [[[3.0]], [[0.1]], [[1.0]], [[5.0]], [[0.5]]],
+    "b": rng.normal(size=(5, 4)),
+  }
   norms = np.sqrt(np.sum(grads["w"].reshape(5, -1) ** 2, 1) + np.sum(grads["b"] ** 2, 1))
   scale = np.minimum(1.0, 1.5 / norms)
   expected = {k: np.tensordot(scale, v, axes=1) / 5 for k, v in grads.items()}
@@ -51,8 +54,14 @@ def test_per_example_step_equals_the_batch_step_without_clipping_or_noise():
   def step_with(defense):
     facts = RunFacts(steps_per_epoch=1, total_steps=1, batch_size=6)
     tx = defense.optimizer(optax.sgd(0.1), variables["params"], facts)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats={},
-                       opt_state=tx.init(variables["params"]), defense_state={}, rng=jax.random.PRNGKey(2))
+    state = TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables["params"],
+      batch_stats={},
+      opt_state=tx.init(variables["params"]),
+      defense_state={},
+      rng=jax.random.PRNGKey(2),
+    )
     state = jax.tree.map(jnp.copy, state)  # the step donates its input
     return make_train_step(model, tx, defense)(state, batch)[0].params
 
@@ -78,18 +87,30 @@ def test_epsilon_matches_the_gaussian_mechanism_and_grows_with_steps():
   assert dp_epsilon(noise_multiplier=0.0, sampling_rate=0.01, steps=1, delta=delta) == float("inf")
 
 
-@pytest.mark.slow   # trains on real MNIST end to end
+@pytest.mark.slow  # trains on real MNIST end to end
 def test_dp_sgd_refuses_batchnorm_and_trains_group_norm_models_on_real_data(tmp_path, cache_root, data_root):
-  data = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4),
-                    public_ids=(5, 6, 7, 8, 9), max_per_class=400)
-  cfg = ClassifierConfig(name="dp", role="target", workdir=str(tmp_path / "dp"), data=data,
-                         model=ModelConfig(arch="cnn", width=8, feature_dim=32, norm="group"),
-                         optim=OptimConfig(name="sgd", learning_rate=0.1, momentum=0.9),
-                         train=TrainConfig(epochs=3, batch_size=50, log_every=10))
+  data = DataConfig(
+    dataset="mnist",
+    image_size=32,
+    channels=1,
+    private_ids=(0, 1, 2, 3, 4),
+    public_ids=(5, 6, 7, 8, 9),
+    max_per_class=400,
+  )
+  cfg = ClassifierConfig(
+    name="dp",
+    role="target",
+    workdir=str(tmp_path / "dp"),
+    data=data,
+    model=ModelConfig(arch="cnn", width=8, feature_dim=32, norm="group"),
+    optim=OptimConfig(name="sgd", learning_rate=0.1, momentum=0.9),
+    train=TrainConfig(epochs=3, batch_size=50, log_every=10),
+  )
   quiet = dict(progress=False, log=lambda *a: None)
   with pytest.raises(ConfigError, match="dp_sgd: model.norm must be 'group'"):
-    train_classifier(dataclasses.replace(cfg, model=ModelConfig(arch="cnn", width=8, feature_dim=32)),
-                     defense=DPSGD(), **quiet)
+    train_classifier(
+      dataclasses.replace(cfg, model=ModelConfig(arch="cnn", width=8, feature_dim=32)), defense=DPSGD(), **quiet
+    )
   assert not (tmp_path / "dp").exists()
   summary = train_classifier(cfg, splits=load_splits(data), defense=DPSGD(l2_clip=1.0, noise_multiplier=1.0), **quiet)
   # 2000 digits, sigma 1, 120 steps at q = 0.025: far above the 20% chance (measured 95.0%; 98.1% without DP).

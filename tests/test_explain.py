@@ -14,6 +14,7 @@ from jaxmi.nets import ClassifierOutput, ModelConfig, build_classifier, init_var
 
 class Linear(nn.Module):
   """logits = flatten(x) @ W + b: gradient = W[:, c], IG from 0 = x * W[:, c] exactly."""
+
   num_classes: int = 3
 
   @nn.compact
@@ -24,6 +25,7 @@ class Linear(nn.Module):
 
 class CAMNet(nn.Module):
   """conv -> A -> global average pool -> dense: Grad-CAM's weights are W[:, c] / (h w), so it equals CAM."""
+
   num_classes: int = 3
 
   @nn.compact
@@ -46,16 +48,24 @@ def test_gradient_smoothgrad_and_integrated_gradients_of_a_linear_model(images):
   per_class = lambda t: w[:, t].T.reshape(images.shape)
   with jax.default_matmul_precision("highest"):
     np.testing.assert_allclose(explain("grad", model, variables, images, targets), per_class(targets), rtol=1e-6)
-    np.testing.assert_allclose(explain("smoothgrad", model, variables, images, targets, jax.random.PRNGKey(3)),
-                               per_class(targets), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+      explain("smoothgrad", model, variables, images, targets, jax.random.PRNGKey(3)),
+      per_class(targets),
+      rtol=1e-5,
+      atol=1e-7,
+    )
     ig = explain("ig", model, variables, images, targets, steps=4)
     np.testing.assert_allclose(ig, np.asarray(images) * per_class(targets), rtol=1e-5, atol=1e-7)
     # Completeness: attributions sum to f(x) - f(0).
     logits = model.apply(variables, images).logits - model.apply(variables, jnp.zeros_like(images)).logits
     # A sum of 128 float32 terms that may nearly cancel: the error scales with the sum of |terms|, not the sum.
     terms = np.abs(np.asarray(images) * per_class(targets)).sum(axis=(1, 2, 3))
-    np.testing.assert_allclose(ig.sum(axis=(1, 2, 3)), np.asarray(logits)[np.arange(4), targets], rtol=0,
-                               atol=4 * images[0].size * np.finfo(np.float32).eps * terms.max())
+    np.testing.assert_allclose(
+      ig.sum(axis=(1, 2, 3)),
+      np.asarray(logits)[np.arange(4), targets],
+      rtol=0,
+      atol=4 * images[0].size * np.finfo(np.float32).eps * terms.max(),
+    )
     # No targets: the predicted class.
     predicted = np.argmax(np.asarray(model.apply(variables, images).logits), -1)
     np.testing.assert_allclose(explain("grad", model, variables, images), per_class(predicted), rtol=1e-6)
@@ -98,20 +108,22 @@ def test_lrp_z_plus_rule_matches_its_formula_and_conserves_relevance():
   wp = np.maximum(w, 0)
   z = a @ wp
   z = z + EPS * np.where(z >= 0, 1.0, -1.0)  # the usual stabiliser
-  expected = a * ((r / z) @ wp.T)   # R_i = a_i sum_j w+_ij R_j / sum_i' a_i' w+_i'j
+  expected = a * ((r / z) @ wp.T)  # R_i = a_i sum_j w+_ij R_j / sum_i' a_i' w+_i'j
   with jax.enable_x64(True):  # a formula test: the z+ denominators a @ w+ may be small, so compare in float64
     got = _redistribute(lambda x: x @ jnp.asarray(wp), jnp.asarray(a), jnp.asarray(r))
     assert got.dtype == jnp.float64
   np.testing.assert_allclose(got, expected, rtol=1e-10)
-  for cfg, shape in [(ModelConfig(arch="cnn", width=4, feature_dim=16), (16, 16, 1)),
-                     (ModelConfig(arch="vgg", vgg_layout="vgg_small", width_divisor=16), (16, 16, 1))]:
+  for cfg, shape in [
+    (ModelConfig(arch="cnn", width=4, feature_dim=16), (16, 16, 1)),
+    (ModelConfig(arch="vgg", vgg_layout="vgg_small", width_divisor=16), (16, 16, 1)),
+  ]:
     model = build_classifier(cfg, 4)
     variables = init_variables(model, jax.random.PRNGKey(0), shape)
     x = jax.random.uniform(jax.random.PRNGKey(1), (3, *shape))
     with jax.default_matmul_precision("highest"):
       logits = model.apply(variables, x).logits
       folded, _ = forward(layers_of(model, variables), x)
-      np.testing.assert_allclose(folded, logits, rtol=1e-4, atol=1e-5)   # BatchNorm folding is exact
+      np.testing.assert_allclose(folded, logits, rtol=1e-4, atol=1e-5)  # BatchNorm folding is exact
       targets = jnp.argmax(logits, -1)
       relevance = lrp(model, variables, x, targets)
     # Freshly initialised BN folds to zero biases, so z+ conserves relevance exactly: sum R = logit_target.
@@ -135,7 +147,7 @@ def test_explainer_compiles_once_and_postprocess_normalises_each_example_and_cha
     counting(variables, x)
   e = postprocess(explain("grad", model, variables, x))
   assert float(e.min()) == 0.0 and float(e.max()) == pytest.approx(1.0)
-  np.testing.assert_allclose(jnp.max(e, axis=(1, 2)), 1.0, rtol=1e-6)   # every example and channel spans [0, 1]
+  np.testing.assert_allclose(jnp.max(e, axis=(1, 2)), 1.0, rtol=1e-6)  # every example and channel spans [0, 1]
   np.testing.assert_allclose(jnp.min(e, axis=(1, 2)), 0.0, atol=1e-7)
   with pytest.raises(ValueError, match="explanation method: expected one of"):
     make_explainer("saliency", model)
@@ -156,7 +168,7 @@ def _known_cnn():
     name = path_name(path)
     if name.endswith("var"):
       return rng.uniform(0.5, 1.5, leaf.shape)
-    if name.endswith("scale"):   # one channel's scale may be negative: folding must flip its kernel
+    if name.endswith("scale"):  # one channel's scale may be negative: folding must flip its kernel
       return rng.uniform(-0.5, 1.5, leaf.shape)
     return rng.normal(0.0, 0.5, leaf.shape)
 
@@ -167,7 +179,7 @@ def _conv(x, w):
   """3x3 SAME cross-correlation, HWIO kernel."""
   h, wd = x.shape[1:3]
   xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return sum(xp[:, dy:dy + h, dx:dx + wd] @ w[dy, dx] for dy in range(3) for dx in range(3))
+  return sum(xp[:, dy : dy + h, dx : dx + wd] @ w[dy, dx] for dy in range(3) for dx in range(3))
 
 
 def _conv_input_grad(s, w, shape):
@@ -176,7 +188,7 @@ def _conv_input_grad(s, w, shape):
   gp = np.zeros((shape[0], h + 2, wd + 2, shape[3]))
   for dy in range(3):
     for dx in range(3):
-      gp[:, dy:dy + h, dx:dx + wd] += s @ w[dy, dx].T
+      gp[:, dy : dy + h, dx : dx + wd] += s @ w[dy, dx].T
   return gp[:, 1:-1, 1:-1]
 
 
@@ -199,11 +211,17 @@ def _by_hand(v, x):
   p, s = jax.tree.map(np.asarray, v["params"]), jax.tree.map(np.asarray, v["batch_stats"])
   scale = lambda name: p[name]["scale"] / np.sqrt(s[name]["var"] + BN_EPS)
   bn = lambda t, name: (t - s[name]["mean"]) * scale(name) + p[name]["bias"]
-  f = {"x": x, "k0": p["conv0"]["kernel"] * scale("bn0"), "k1": p["conv1"]["kernel"] * scale("bn1"),
-       "wf": p["fc_feat"]["kernel"] * scale("bn_feat"), "wh": p["head"]["fc"]["kernel"], "sf": scale("bn_feat")}
+  f = {
+    "x": x,
+    "k0": p["conv0"]["kernel"] * scale("bn0"),
+    "k1": p["conv1"]["kernel"] * scale("bn1"),
+    "wf": p["fc_feat"]["kernel"] * scale("bn_feat"),
+    "wh": p["head"]["fc"]["kernel"],
+    "sf": scale("bn_feat"),
+  }
   f["h0"] = np.maximum(bn(_conv(x, p["conv0"]["kernel"]), "bn0"), 0)
   f["p0"] = _windows(f["h0"]).max(-1)
-  f["a"] = np.maximum(bn(_conv(f["p0"], p["conv1"]["kernel"]), "bn1"), 0)      # the last conv's map, 4x4
+  f["a"] = np.maximum(bn(_conv(f["p0"], p["conv1"]["kernel"]), "bn1"), 0)  # the last conv's map, 4x4
   f["p1"] = _windows(f["a"]).max(-1)
   f["flat"] = f["p1"].reshape(len(x), -1)
   f["pre"] = bn(f["flat"] @ p["fc_feat"]["kernel"], "bn_feat")
@@ -214,8 +232,8 @@ def _by_hand(v, x):
 
 def _grad_last_conv(f, targets):
   """d logit_target / dA by hand; max-pool routes each window's gradient to its first maximum (TF's rule)."""
-  g = f["wh"][:, targets].T * (f["pre"] > 0) * f["sf"]     # through the head, ReLU and BatchNorm1d
-  g = (g @ (f["wf"] / f["sf"]).T).reshape(f["p1"].shape)   # through fc_feat (unfolded) and the flattening
+  g = f["wh"][:, targets].T * (f["pre"] > 0) * f["sf"]  # through the head, ReLU and BatchNorm1d
+  g = (g @ (f["wf"] / f["sf"]).T).reshape(f["p1"].shape)  # through fc_feat (unfolded) and the flattening
   win = _windows(f["a"])
   first = np.eye(4)[np.argmax(win, axis=-1)]
   return _unwindow(first * g[..., None])
@@ -227,16 +245,20 @@ def test_gnime_grad_cam_matches_its_formula_on_the_last_conv_before_pooling():
   with jax.enable_x64(True):
     f = _by_hand(v, x)
     np.testing.assert_allclose(model.apply(v, jnp.asarray(x)).logits, f["logits"], rtol=1e-10, atol=1e-12)
-    targets = np.argmax(f["logits"], -1)   # GNIME explains the max logit
+    targets = np.argmax(f["logits"], -1)  # GNIME explains the max logit
     g = _grad_last_conv(f, targets)
-    pooled = g.mean(axis=(0, 1, 2))        # channel weights averaged over batch AND positions
+    pooled = g.mean(axis=(0, 1, 2))  # channel weights averaged over batch AND positions
     expected = np.abs((pooled * f["a"]).mean(-1))
     got = explain("gradcam", model, v, jnp.asarray(x), jnp.asarray(targets), variant="gnime")
-    assert got.shape == (5, 4, 4)          # the conv's 4x4 map, not the pooled 2x2
+    assert got.shape == (5, 4, 4)  # the conv's 4x4 map, not the pooled 2x2
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
     standard = np.maximum(np.einsum("bhwc,bc->bhw", f["a"], g.mean(axis=(1, 2))), 0)
-    np.testing.assert_allclose(explain("gradcam", model, v, jnp.asarray(x), jnp.asarray(targets)), standard,
-                               rtol=1e-9, atol=1e-12 * standard.max())
+    np.testing.assert_allclose(
+      explain("gradcam", model, v, jnp.asarray(x), jnp.asarray(targets)),
+      standard,
+      rtol=1e-9,
+      atol=1e-12 * standard.max(),
+    )
     # A pooled block output instead (the former default's kind of map): hidden1 = maxpool(A).
     assert explain("gradcam", model, v, jnp.asarray(x), jnp.asarray(targets), layer=1).shape == (5, 2, 2)
 
@@ -244,7 +266,7 @@ def test_gnime_grad_cam_matches_its_formula_on_the_last_conv_before_pooling():
 def test_gnime_grad_cam_pools_channel_weights_over_the_real_examples_only():
   model, v = _known_cnn()
   x = np.random.default_rng(2).uniform(size=(3, 8, 8, 1))
-  padded = np.concatenate([x, np.zeros((2, 8, 8, 1))])   # a fixed-size batch's zero padding
+  padded = np.concatenate([x, np.zeros((2, 8, 8, 1))])  # a fixed-size batch's zero padding
   mask = np.array([1, 1, 1, 0, 0], np.float64)
   with jax.enable_x64(True):
     targets = jnp.asarray(np.argmax(_by_hand(v, padded)["logits"], -1))
@@ -252,8 +274,8 @@ def test_gnime_grad_cam_pools_channel_weights_over_the_real_examples_only():
     masked = explain("gradcam", model, v, jnp.asarray(padded), targets, variant="gnime", mask=jnp.asarray(mask))
     unmasked = explain("gradcam", model, v, jnp.asarray(padded), targets, variant="gnime")
     np.testing.assert_allclose(masked[:3], alone, rtol=1e-12, atol=1e-15)
-    assert not np.allclose(unmasked[:3], alone, rtol=1e-6)   # the fault: padding entered the weights
-    fn = make_explainer("gradcam", model, variant="gnime")   # the jitted form takes the mask too
+    assert not np.allclose(unmasked[:3], alone, rtol=1e-6)  # the fault: padding entered the weights
+    fn = make_explainer("gradcam", model, variant="gnime")  # the jitted form takes the mask too
     np.testing.assert_allclose(fn(v, jnp.asarray(padded), targets, None, jnp.asarray(mask))[:3], alone, rtol=1e-12)
 
 
@@ -276,11 +298,11 @@ def test_gnime_lrp_matches_the_reference_rules():
     def conv(a, w, r):
       return a * _conv_input_grad(r / (_conv(a, pos(w)) + eps), pos(w), a.shape)
 
-    r = f["logits"]                                             # the whole logit vector
+    r = f["logits"]  # the whole logit vector
     r = dense(f["feat"], f["wh"], r)
     r = dense(f["flat"], f["wf"], r).reshape(f["p1"].shape)
     r = conv(f["p0"], f["k1"], avg_pool(f["a"], r))
-    r = conv(np.ones_like(x), f["k0"], avg_pool(f["h0"], r))   # first layer: ones
+    r = conv(np.ones_like(x), f["k0"], avg_pool(f["h0"], r))  # first layer: ones
     targets = jnp.asarray(np.argmax(f["logits"], -1))
     got = explain("lrp", model, v, jnp.asarray(x), targets, variant="gnime")
     np.testing.assert_allclose(got, r, rtol=1e-9, atol=1e-12 * np.abs(r).max())

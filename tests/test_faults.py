@@ -38,8 +38,9 @@ quiet = lambda *a: None
 def _split(rng, n):
   # Two trivially separable classes: dark and bright 16x16 images.
   labels = np.arange(n, dtype=np.int32) % 2
-  images = np.where(labels[:, None, None, None] == 1, rng.integers(150, 256, (n, 16, 16, 1)),
-                    rng.integers(0, 100, (n, 16, 16, 1))).astype(np.uint8)
+  images = np.where(
+    labels[:, None, None, None] == 1, rng.integers(150, 256, (n, 16, 16, 1)), rng.integers(0, 100, (n, 16, 16, 1))
+  ).astype(np.uint8)
   return ArraySplit(images, labels, labels)
 
 
@@ -52,10 +53,23 @@ def splits():
 def tiny(workdir, *, lr=0.05, **train) -> ClassifierConfig:
   # 64 images / batch 16: 4 steps per epoch.
   return ClassifierConfig(
-      name="tiny", workdir=str(workdir), data=DataConfig(image_size=16, channels=1),
-      model=ModelConfig(arch="cnn", width=4, feature_dim=8), optim=OptimConfig(name="sgd", learning_rate=lr),
-      train=TrainConfig(**{"epochs": 2, "batch_size": 16, "eval_batch_size": 32, "log_every": 100,
-                           "checkpoint_every": 2, "keep_checkpoints": 1, **train}))
+    name="tiny",
+    workdir=str(workdir),
+    data=DataConfig(image_size=16, channels=1),
+    model=ModelConfig(arch="cnn", width=4, feature_dim=8),
+    optim=OptimConfig(name="sgd", learning_rate=lr),
+    train=TrainConfig(
+      **{
+        "epochs": 2,
+        "batch_size": 16,
+        "eval_batch_size": 32,
+        "log_every": 100,
+        "checkpoint_every": 2,
+        "keep_checkpoints": 1,
+        **train,
+      }
+    ),
+  )
 
 
 def finite(tree) -> bool:
@@ -65,6 +79,7 @@ def finite(tree) -> bool:
 @dataclasses.dataclass(frozen=True)
 class _DivergeAt(Defense):
   """From optimiser step ``at`` (0-based) on, the loss is NaN and so are the gradients."""
+
   name: str = "diverge"
   at: int = 5
 
@@ -91,13 +106,31 @@ def test_divergence_stops_naming_step_and_quantity_and_keeps_the_good_checkpoint
   assert not (tmp_path / "summary.json").exists()
 
 
-@pytest.mark.slow   # real MNIST through a CLI subprocess; the fast tier checks the same stop in-process (above)
+@pytest.mark.slow  # real MNIST through a CLI subprocess; the fast tier checks the same stop in-process (above)
 def test_cli_exits_2_on_divergence(tmp_path, cache_root, data_root):
-  r = subprocess.run([sys.executable, str(REPO / "bin" / "jaxmi"), "train-classifier", "--config",
-                      str(MNIST_TARGET), "--workdir", str(tmp_path / "w"), "--no-progress",
-                      "data.max_per_class=16", "model.width=4", "model.feature_dim=8",
-                      "train.batch_size=16", "train.epochs=1", "train.checkpoint_every=1", "optim.learning_rate=1e30"],
-                     capture_output=True, text=True, timeout=600, env=os.environ.copy())
+  r = subprocess.run(
+    [
+      sys.executable,
+      str(REPO / "bin" / "jaxmi"),
+      "train-classifier",
+      "--config",
+      str(MNIST_TARGET),
+      "--workdir",
+      str(tmp_path / "w"),
+      "--no-progress",
+      "data.max_per_class=16",
+      "model.width=4",
+      "model.feature_dim=8",
+      "train.batch_size=16",
+      "train.epochs=1",
+      "train.checkpoint_every=1",
+      "optim.learning_rate=1e30",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=os.environ.copy(),
+  )
   assert r.returncode == 2, r.stderr[-2000:]
   line = [l for l in r.stderr.splitlines() if l.startswith("jaxmi: error:")]
   assert len(line) == 1 and "[mnist_target] non-finite" in line[0] and "at step" in line[0], r.stderr[-2000:]
@@ -129,21 +162,29 @@ def test_a_nan_checkpoint_is_refused_on_load(tmp_path, splits):
 def _gan(workdir, **train):
   # Every GAN test here compiles the same program (only non-compiled fields differ), once per module.
   rng = np.random.default_rng(0)
-  split = ArraySplit(rng.integers(0, 256, (32, 32, 32, 1), dtype=np.uint8), np.zeros(32, np.int32),
-                     np.zeros(32, np.int32))
-  cfg = GANExperimentConfig(name="g", workdir=str(workdir), data=DataConfig(image_size=32, channels=1),
-                            gan=GANConfig(base_width=4, stages=3, channels=1),
-                            train=GANTrainConfig(**{"epochs": 1, "batch_size": 4, "n_critic": 2, "log_every": 4,
-                                                    "checkpoint_every": 1, **train}))
+  split = ArraySplit(
+    rng.integers(0, 256, (32, 32, 32, 1), dtype=np.uint8), np.zeros(32, np.int32), np.zeros(32, np.int32)
+  )
+  cfg = GANExperimentConfig(
+    name="g",
+    workdir=str(workdir),
+    data=DataConfig(image_size=32, channels=1),
+    gan=GANConfig(base_width=4, stages=3, channels=1),
+    train=GANTrainConfig(
+      **{"epochs": 1, "batch_size": 4, "n_critic": 2, "log_every": 4, "checkpoint_every": 1, **train}
+    ),
+  )
   return cfg, Splits(split, split, split, 1, 1, "synthetic")
 
 
 def test_gan_divergence_saves_nothing(tmp_path, monkeypatch):
   # Before: with checkpoint_every < log_every the NaN state was saved before any check saw it.
   import jaxmi.train.gan as gan_lib
+
   init = gan_lib.init_gan_state
-  diverged = lambda *a, **k: dataclasses.replace(init(*a, **k), d_params=jax.tree.map(
-      lambda x: jnp.full_like(x, jnp.nan), init(*a, **k).d_params))
+  diverged = lambda *a, **k: dataclasses.replace(
+    init(*a, **k), d_params=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), init(*a, **k).d_params)
+  )
   monkeypatch.setattr(gan_lib, "init_gan_state", diverged)  # a critic that has diverged
   cfg, splits = _gan(tmp_path)
   with pytest.raises(NonFiniteError, match=r"\[g\] non-finite .* at step 1; nothing saved"):
@@ -205,17 +246,33 @@ def test_second_writer_is_refused_and_a_killed_owner_releases(tmp_path):
   workdir = tmp_path / "w"
   with locked(workdir):
     assert (workdir / ".lock").read_text().strip() == str(os.getpid())
-    r = subprocess.run([sys.executable, str(REPO / "bin" / "jaxmi"), "train-classifier", "--config",
-                        str(MNIST_TARGET), "--workdir", str(workdir)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+      [
+        sys.executable,
+        str(REPO / "bin" / "jaxmi"),
+        "train-classifier",
+        "--config",
+        str(MNIST_TARGET),
+        "--workdir",
+        str(workdir),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [l for l in r.stderr.splitlines() if l.startswith("jaxmi: error:")]
     assert len(lines) == 1 and f"{workdir}: in use by another jaxmi process (pid {os.getpid()})" in lines[0], r.stderr
     assert sorted(p.name for p in workdir.iterdir()) == [".lock"]
   assert not workdir.exists()  # created for the lock, nothing written: removed again
   # kill -9 of the owner: the OS drops the lock.
-  holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(workdir)], stdout=subprocess.PIPE, text=True,
-                            cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLD, str(workdir)],
+    stdout=subprocess.PIPE,
+    text=True,
+    cwd=str(REPO),
+    env={**os.environ, "PYTHONPATH": str(REPO)},
+  )
   try:
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(WorkdirBusyError, match=f"pid {holder.pid}"):
@@ -257,19 +314,28 @@ def test_gan_resume_with_a_changed_config_is_refused(tmp_path):
   with pytest.raises(Interrupted):
     train_gan(cfg, splits=splits, progress=False, stop_at_step=2, log=quiet)
   with pytest.raises(ConfigError, match="train.gp_weight"):
-    train_gan(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gp_weight=1.0)), splits=splits,
-              progress=False, log=quiet)
+    train_gan(
+      dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gp_weight=1.0)),
+      splits=splits,
+      progress=False,
+      log=quiet,
+    )
 
 
 def test_gan_epochs_and_batch_size_are_validated_before_writing(tmp_path):
   # Before: epochs=0 wrote an untrained GAN; batch_size=-2 was reported as -10 (x n_critic).
   rng = np.random.default_rng(0)
-  split = ArraySplit(rng.integers(0, 256, (12, 32, 32, 1), dtype=np.uint8), np.zeros(12, np.int32),
-                     np.zeros(12, np.int32))
+  split = ArraySplit(
+    rng.integers(0, 256, (12, 32, 32, 1), dtype=np.uint8), np.zeros(12, np.int32), np.zeros(12, np.int32)
+  )
   splits = Splits(split, split, split, 1, 1, "synthetic")
-  base = GANExperimentConfig(name="g", workdir=str(tmp_path / "g"), data=DataConfig(image_size=32, channels=1),
-                             gan=GANConfig(base_width=4, stages=3, channels=1),
-                             train=GANTrainConfig(epochs=1, batch_size=4, n_critic=2))
+  base = GANExperimentConfig(
+    name="g",
+    workdir=str(tmp_path / "g"),
+    data=DataConfig(image_size=32, channels=1),
+    gan=GANConfig(base_width=4, stages=3, channels=1),
+    train=GANTrainConfig(epochs=1, batch_size=4, n_critic=2),
+  )
   with_train = lambda **kw: dataclasses.replace(base, train=dataclasses.replace(base.train, **kw))
   with pytest.raises(ConfigError, match="train.epochs: expected a positive integer, got 0"):
     train_gan(with_train(epochs=0), splits=splits, progress=False, log=quiet)
@@ -282,8 +348,11 @@ def test_gan_epochs_and_batch_size_are_validated_before_writing(tmp_path):
 
 def test_loading_a_mistyped_workdir_creates_nothing(tmp_path):
   # Before: Checkpointer(create=True) made <path>/checkpoints while failing to load.
-  with pytest.raises(CheckpointError, match=r"runs_typo: no trained target classifier here \(no checkpoints/\); "
-                                            r"train one with bin/jaxmi train-classifier"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"runs_typo: no trained target classifier here \(no checkpoints/\); "
+    r"train one with bin/jaxmi train-classifier",
+  ):
     load_classifier(tmp_path / "runs_typo", expect_role="target")
   with pytest.raises(CheckpointError, match="no trained GAN here.*train-gan"):
     load_gan(tmp_path / "gan_typo")
@@ -293,6 +362,7 @@ def test_loading_a_mistyped_workdir_creates_nothing(tmp_path):
 @dataclasses.dataclass(frozen=True)
 class _UnlearnAfter(Defense):
   """From step ``at`` on, the loss also pulls towards the wrong class: test accuracy collapses after its peak."""
+
   name: str = "unlearn"
   at: int = 24
 
@@ -304,8 +374,9 @@ class _UnlearnAfter(Defense):
 def test_best_test_release_keeps_the_best_epoch_and_resumes_exactly(tmp_path, splits):
   # 8 steps per epoch; the collapse starts in epoch 4 (measured: test acc 0.5, 1, 1, 0, 0).
   run = lambda name, **kw: tiny(tmp_path / name, lr=0.2, epochs=5, batch_size=8, log_every=8, **kw)
-  summary = train_classifier(run("best", release="best_test"), splits=splits, defense=_UnlearnAfter(), progress=False,
-                             log=quiet)
+  summary = train_classifier(
+    run("best", release="best_test"), splits=splits, defense=_UnlearnAfter(), progress=False, log=quiet
+  )
   tests = {l["epoch"]: l["test/acc"] for l in read_jsonl(tmp_path / "best" / "metrics.jsonl") if "test/acc" in l}
   best_epoch = int(max(tests, key=lambda e: (tests[e], -e)))
   assert tests[5.0] < tests[best_epoch]  # the fault this option exists for: the last epoch is worse
@@ -320,10 +391,13 @@ def test_best_test_release_keeps_the_best_epoch_and_resumes_exactly(tmp_path, sp
   # Resume exact: interrupted mid-epoch after the best epoch, the released model is the same.
   cut = run("cut", release="best_test")
   with pytest.raises(Interrupted):
-    train_classifier(cut, splits=splits, defense=_UnlearnAfter(), progress=False, stop_at_step=8 * best_epoch + 3,
-                     log=quiet)
-  assert train_classifier(cut, splits=splits, defense=_UnlearnAfter(), progress=False,
-                          log=quiet)["released_epoch"] == best_epoch
+    train_classifier(
+      cut, splits=splits, defense=_UnlearnAfter(), progress=False, stop_at_step=8 * best_epoch + 3, log=quiet
+    )
+  assert (
+    train_classifier(cut, splits=splits, defense=_UnlearnAfter(), progress=False, log=quiet)["released_epoch"]
+    == best_epoch
+  )
   for x, y in zip(jax.tree.leaves(released.variables), jax.tree.leaves(load_classifier(tmp_path / "cut").variables)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # The default releases the last epoch, and says so.

@@ -24,7 +24,7 @@ def torch_convtranspose(x, w, b):
       for ky in range(5):
         for kx in range(5):
           out[:, 2 * iy + ky, 2 * ix + kx, :] += x[:, iy, ix, :] @ w[:, :, ky, kx]
-  return out[:, 2:2 + 2 * h, 2:2 + 2 * wd, :] + b
+  return out[:, 2 : 2 + 2 * h, 2 : 2 + 2 * wd, :] + b
 
 
 @pytest.mark.parametrize("h, cin, cout", [(1, 3, 2), (4, 8, 5), (5, 2, 3)])
@@ -41,8 +41,12 @@ def test_subpixel_equals_transposed_conv_and_the_pytorch_definition(h, cin, cout
     np.testing.assert_allclose(sub, expected, rtol=1e-5, atol=1e-4)
     # Gradients agree too (the attacks differentiate through the generator).
     loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x, args[1], args[2])))
-    np.testing.assert_allclose(jax.grad(loss(gan_lib.convtranspose_subpixel))(args[0]),
-                               jax.grad(loss(gan_lib.convtranspose_reference))(args[0]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+      jax.grad(loss(gan_lib.convtranspose_subpixel))(args[0]),
+      jax.grad(loss(gan_lib.convtranspose_reference))(args[0]),
+      rtol=1e-4,
+      atol=1e-4,
+    )
   # A deliberately wrong (unflipped) kernel mapping is far off: the comparison discriminates.
   wrong = np.asarray(gan_lib.convtranspose_reference(args[0], jnp.flip(args[1], (2, 3)), args[2]))
   assert np.abs(wrong - expected).max() > 1e-2
@@ -57,8 +61,9 @@ def test_space_to_depth_equals_the_strided_conv_and_its_gradient(k):
   p = (k - 1) // 2
   with jax.default_matmul_precision("highest"):
     direct = lax.conv_general_dilated(x, w, (2, 2), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(gan_lib.conv_s2_space_to_depth(x, w, b), direct + b[None, None, None, :], rtol=1e-5,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+      gan_lib.conv_s2_space_to_depth(x, w, b), direct + b[None, None, None, :], rtol=1e-5, atol=1e-4
+    )
     g = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.tanh(f(x, w, b))), argnums=(0, 1))(x, w)
     for a, r in zip(g(gan_lib.conv_s2_space_to_depth), g(gan_lib.conv_s2_reference)):
       np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4)
@@ -92,8 +97,7 @@ def test_gradient_penalty_matches_per_example_gradients():
   params = critic.init(jax.random.PRNGKey(0), real)["params"]
   eps = jnp.asarray([0.1, 0.5, 0.9]).reshape(3, 1, 1, 1)
   x_hat = eps * real + (1 - eps) * fake
-  norms = [np.linalg.norm(jax.grad(lambda x: critic.apply({"params": params}, x[None])[0])(x_hat[i]))
-           for i in range(3)]
+  norms = [np.linalg.norm(jax.grad(lambda x: critic.apply({"params": params}, x[None])[0])(x_hat[i])) for i in range(3)]
   expected = np.mean((np.array(norms) - 1.0) ** 2)
   assert float(gradient_penalty(critic, params, real, fake, eps)) == pytest.approx(expected, rel=1e-4)
 
@@ -107,9 +111,14 @@ def _tiny_splits(n=96):
 
 def test_gan_training_resumes_exactly_and_loads(tmp_path):
   from jaxmi.data import DataConfig
-  cfg = GANExperimentConfig(name="g", workdir=str(tmp_path / "full"), data=DataConfig(image_size=32, channels=1),
-                            gan=GANConfig(base_width=4, stages=3, channels=1),
-                            train=GANTrainConfig(epochs=2, batch_size=8, n_critic=2, log_every=2, checkpoint_every=4))
+
+  cfg = GANExperimentConfig(
+    name="g",
+    workdir=str(tmp_path / "full"),
+    data=DataConfig(image_size=32, channels=1),
+    gan=GANConfig(base_width=4, stages=3, channels=1),
+    train=GANTrainConfig(epochs=2, batch_size=8, n_critic=2, log_every=2, checkpoint_every=4),
+  )
   splits = _tiny_splits()
   quiet = lambda *a: None
   train_gan(cfg, splits=splits, progress=False, log=quiet)

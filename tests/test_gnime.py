@@ -49,8 +49,11 @@ def batch():
   (a = 100), which float32 rounds differently on different CPUs."""
   rng = np.random.default_rng(0)
   with jax.enable_x64(True):
-    yield (jnp.asarray(rng.uniform(size=(3, 4, 4, 1)), jnp.float64), jnp.zeros((3, 2), jnp.float64),
-           jnp.asarray(rng.uniform(size=(3, 4, 4, 1)), jnp.float64))
+    yield (
+      jnp.asarray(rng.uniform(size=(3, 4, 4, 1)), jnp.float64),
+      jnp.zeros((3, 2), jnp.float64),
+      jnp.asarray(rng.uniform(size=(3, 4, 4, 1)), jnp.float64),
+    )
 
 
 def expected_losses(e, x, mu, sigma, a, w, v, same_space):
@@ -70,17 +73,21 @@ def expected_losses(e, x, mu, sigma, a, w, v, same_space):
 def test_minimax_losses_match_the_reference_formulas(batch, same_space):
   e, logits, x = batch
   nets = GNIMENets(Scale(), MeanImage())
-  noiser, inverter = nets.noiser.init(jax.random.PRNGKey(0), e, logits), nets.inverter.init(jax.random.PRNGKey(0), e,
-                                                                                             logits)
+  noiser, inverter = (
+    nets.noiser.init(jax.random.PRNGKey(0), e, logits),
+    nets.inverter.init(jax.random.PRNGKey(0), e, logits),
+  )
   n, i, parts = gnime_losses(nets, noiser, inverter, e, logits, x, 0.4, 0.3, 100.0, same_space)
   n_ref, i_ref = expected_losses(e, x, 0.4, 0.3, 100.0, 1.5, 2.0, same_space)
   assert n.dtype == jnp.float64
   assert float(n) == pytest.approx(n_ref, rel=1e-10) and float(i) == pytest.approx(i_ref, rel=1e-10)
   # The released explanation is clip(destandardised generator output, 0, 1).
-  np.testing.assert_allclose(release(nets, noiser, e, logits, 0.4, 0.3),
-                             np.clip(1.5 * (np.asarray(e) - 0.4) + 0.4, 0, 1), rtol=1e-6)
+  np.testing.assert_allclose(
+    release(nets, noiser, e, logits, 0.4, 0.3), np.clip(1.5 * (np.asarray(e) - 0.4) + 0.4, 0, 1), rtol=1e-6
+  )
   assert float(parts["explanation_mse"]) == pytest.approx(
-      np.mean((np.clip(1.5 * (np.asarray(e) - 0.4) + 0.4, 0, 1) - np.asarray(e)) ** 2), rel=1e-5)
+    np.mean((np.clip(1.5 * (np.asarray(e) - 0.4) + 0.4, 0, 1) - np.asarray(e)) ** 2), rel=1e-5
+  )
 
 
 def test_one_step_updates_both_players_from_the_same_batch_with_their_own_losses(batch):
@@ -89,15 +96,20 @@ def test_one_step_updates_both_players_from_the_same_batch_with_their_own_losses
   tx = optax.sgd(1e-3)
   init = lambda m: m.init(jax.random.PRNGKey(0), e, logits)
   from jaxmi.defenses.gnime import GNIMEState
+
   state = GNIMEState(init(nets.noiser), init(nets.inverter), tx.init(init(nets.noiser)), tx.init(init(nets.inverter)))
   new, metrics = make_gnime_step(nets, tx, 0.4, 0.3, 100.0, True)(state, e, logits, x)
   # Finite differences of the closed forms: the generator descends N_loss THROUGH the inverter,
   # the inverter descends I_loss with the released explanation as data.
   h = 1e-3
-  dn_dw = (expected_losses(e, x, .4, .3, 100., 1.5 + h, 2., True)[0] -
-           expected_losses(e, x, .4, .3, 100., 1.5 - h, 2., True)[0]) / (2 * h)
-  di_dv = (expected_losses(e, x, .4, .3, 100., 1.5, 2. + h, True)[1] -
-           expected_losses(e, x, .4, .3, 100., 1.5, 2. - h, True)[1]) / (2 * h)
+  dn_dw = (
+    expected_losses(e, x, 0.4, 0.3, 100.0, 1.5 + h, 2.0, True)[0]
+    - expected_losses(e, x, 0.4, 0.3, 100.0, 1.5 - h, 2.0, True)[0]
+  ) / (2 * h)
+  di_dv = (
+    expected_losses(e, x, 0.4, 0.3, 100.0, 1.5, 2.0 + h, True)[1]
+    - expected_losses(e, x, 0.4, 0.3, 100.0, 1.5, 2.0 - h, True)[1]
+  ) / (2 * h)
   # Compare the steps themselves (a tolerance on w ~ 1.5 would exceed the 1e-3 * gradient update); central
   # differences with h = 1e-3 are accurate to ~h^2 relative.
   assert (1.5 - float(new.noiser["params"]["w"])) / 1e-3 == pytest.approx(dn_dw, rel=1e-4)
@@ -120,7 +132,7 @@ def test_image_metrics_match_direct_computations():
     vals = []
     for i in range(6):
       for j in range(6):
-        pa, pb = a[n, i:i + 11, j:j + 11, 0].astype(np.float64), b[n, i:i + 11, j:j + 11, 0].astype(np.float64)
+        pa, pb = a[n, i : i + 11, j : j + 11, 0].astype(np.float64), b[n, i : i + 11, j : j + 11, 0].astype(np.float64)
         ma, mb = (win * pa).sum(), (win * pb).sum()
         va, vb = (win * pa * pa).sum() - ma**2, (win * pb * pb).sum() - mb**2
         cov = (win * pa * pb).sum() - ma * mb
@@ -146,36 +158,77 @@ def test_inverter_networks_map_any_explanation_size_to_the_image():
 # Kernel shapes of WSP-LAB/GNIME scripts/models.py, in Keras layer order (biases: the last dimension).
 # ExpMI(input_shape, output_shape, bottleneck_size=2048, with_conf=True, num_of_classes):
 REFERENCE_EXPMI = {
-    # MNIST grad/LRP: ExpMI((32,32,1), (32,32,1), num_of_classes=10), the attacker and GNIME's inverter
-    ((32, 32, 1), (32, 32, 1), 10): [
-        ("enc32", (3, 3, 1, 64)), ("enc16", (3, 3, 64, 128)), ("enc8", (3, 3, 128, 256)), ("enc4", (3, 3, 256, 512)),
-        ("enc_dense", (2048, 64)), ("bottleneck", (64 + 32 * 32 + 10, 512)),
-        ("dec4", (3, 3, 512 + 512, 256)), ("dec8", (3, 3, 256 + 256, 128)), ("dec16", (3, 3, 128 + 128, 64)),
-        ("out", (3, 3, 64 + 64, 1))],
-    # MNIST Grad-CAM inverter: ExpMI((16,16,1), (32,32,1)); no skip is left for the 32-px output
-    ((16, 16, 1), (32, 32, 1), 10): [
-        ("enc16", (3, 3, 1, 128)), ("enc8", (3, 3, 128, 256)), ("enc4", (3, 3, 256, 512)),
-        ("enc_dense", (2048, 64)), ("bottleneck", (64 + 16 * 16 + 10, 512)),
-        ("dec4", (3, 3, 1024, 256)), ("dec8", (3, 3, 512, 128)), ("dec16", (3, 3, 256, 64)), ("out", (3, 3, 64, 1))],
-    # GNIME's Grad-CAM noise generator: ExpMI((16,16,1), (16,16,1))
-    ((16, 16, 1), (16, 16, 1), 10): [
-        ("enc16", (3, 3, 1, 128)), ("enc8", (3, 3, 128, 256)), ("enc4", (3, 3, 256, 512)),
-        ("enc_dense", (2048, 64)), ("bottleneck", (64 + 16 * 16 + 10, 512)),
-        ("dec4", (3, 3, 1024, 256)), ("dec8", (3, 3, 512, 128)), ("out", (3, 3, 128 + 128, 1))],
-    # CelebA grad/LRP: ExpMI((128,128,3), (128,128,3), num_of_classes=1000)
-    ((128, 128, 3), (128, 128, 3), 1000): [
-        ("enc128", (3, 3, 3, 16)), ("enc64", (3, 3, 16, 32)), ("enc32", (3, 3, 32, 64)), ("enc16", (3, 3, 64, 128)),
-        ("enc8", (3, 3, 128, 256)), ("enc4", (3, 3, 256, 512)), ("enc_dense", (2048, 64)),
-        ("bottleneck", (64 + 128 * 128 * 3 + 1000, 512)), ("dec4", (3, 3, 1024, 256)), ("dec8", (3, 3, 512, 128)),
-        ("dec16", (3, 3, 256, 64)), ("dec32", (3, 3, 128, 32)), ("dec64", (3, 3, 64, 16)), ("out", (3, 3, 32, 3))],
+  # MNIST grad/LRP: ExpMI((32,32,1), (32,32,1), num_of_classes=10), the attacker and GNIME's inverter
+  ((32, 32, 1), (32, 32, 1), 10): [
+    ("enc32", (3, 3, 1, 64)),
+    ("enc16", (3, 3, 64, 128)),
+    ("enc8", (3, 3, 128, 256)),
+    ("enc4", (3, 3, 256, 512)),
+    ("enc_dense", (2048, 64)),
+    ("bottleneck", (64 + 32 * 32 + 10, 512)),
+    ("dec4", (3, 3, 512 + 512, 256)),
+    ("dec8", (3, 3, 256 + 256, 128)),
+    ("dec16", (3, 3, 128 + 128, 64)),
+    ("out", (3, 3, 64 + 64, 1)),
+  ],
+  # MNIST Grad-CAM inverter: ExpMI((16,16,1), (32,32,1)); no skip is left for the 32-px output
+  ((16, 16, 1), (32, 32, 1), 10): [
+    ("enc16", (3, 3, 1, 128)),
+    ("enc8", (3, 3, 128, 256)),
+    ("enc4", (3, 3, 256, 512)),
+    ("enc_dense", (2048, 64)),
+    ("bottleneck", (64 + 16 * 16 + 10, 512)),
+    ("dec4", (3, 3, 1024, 256)),
+    ("dec8", (3, 3, 512, 128)),
+    ("dec16", (3, 3, 256, 64)),
+    ("out", (3, 3, 64, 1)),
+  ],
+  # GNIME's Grad-CAM noise generator: ExpMI((16,16,1), (16,16,1))
+  ((16, 16, 1), (16, 16, 1), 10): [
+    ("enc16", (3, 3, 1, 128)),
+    ("enc8", (3, 3, 128, 256)),
+    ("enc4", (3, 3, 256, 512)),
+    ("enc_dense", (2048, 64)),
+    ("bottleneck", (64 + 16 * 16 + 10, 512)),
+    ("dec4", (3, 3, 1024, 256)),
+    ("dec8", (3, 3, 512, 128)),
+    ("out", (3, 3, 128 + 128, 1)),
+  ],
+  # CelebA grad/LRP: ExpMI((128,128,3), (128,128,3), num_of_classes=1000)
+  ((128, 128, 3), (128, 128, 3), 1000): [
+    ("enc128", (3, 3, 3, 16)),
+    ("enc64", (3, 3, 16, 32)),
+    ("enc32", (3, 3, 32, 64)),
+    ("enc16", (3, 3, 64, 128)),
+    ("enc8", (3, 3, 128, 256)),
+    ("enc4", (3, 3, 256, 512)),
+    ("enc_dense", (2048, 64)),
+    ("bottleneck", (64 + 128 * 128 * 3 + 1000, 512)),
+    ("dec4", (3, 3, 1024, 256)),
+    ("dec8", (3, 3, 512, 128)),
+    ("dec16", (3, 3, 256, 64)),
+    ("dec32", (3, 3, 128, 32)),
+    ("dec64", (3, 3, 64, 16)),
+    ("out", (3, 3, 32, 3)),
+  ],
 }
 REFERENCE_PREDMI = {
-    ((32, 32, 1), 10): [   # predmi_mnist (predmi_cifar10: the same with 3 output channels)
-        ("dense", (10, 1024)), ("dec4", (3, 3, 1024, 1024)), ("dec8", (3, 3, 1024, 512)), ("dec16", (3, 3, 512, 256)),
-        ("out", (3, 3, 256, 1))],
-    ((128, 128, 3), 1000): [   # predmi_celeba
-        ("dense", (1000, 1024)), ("dec4", (3, 3, 1024, 1024)), ("dec8", (3, 3, 1024, 512)),
-        ("dec16", (3, 3, 512, 256)), ("dec32", (3, 3, 256, 128)), ("dec64", (3, 3, 128, 64)), ("out", (3, 3, 64, 3))],
+  ((32, 32, 1), 10): [  # predmi_mnist (predmi_cifar10: the same with 3 output channels)
+    ("dense", (10, 1024)),
+    ("dec4", (3, 3, 1024, 1024)),
+    ("dec8", (3, 3, 1024, 512)),
+    ("dec16", (3, 3, 512, 256)),
+    ("out", (3, 3, 256, 1)),
+  ],
+  ((128, 128, 3), 1000): [  # predmi_celeba
+    ("dense", (1000, 1024)),
+    ("dec4", (3, 3, 1024, 1024)),
+    ("dec8", (3, 3, 1024, 512)),
+    ("dec16", (3, 3, 512, 256)),
+    ("dec32", (3, 3, 256, 128)),
+    ("dec64", (3, 3, 128, 64)),
+    ("out", (3, 3, 64, 3)),
+  ],
 }
 
 
@@ -192,8 +245,9 @@ def test_expmi_and_predmi_have_the_reference_layers_at_full_width_and_a_quarter_
     assert _kernels(ExpMI(out_shape[0], out_shape[-1]), *inputs) == dict(layers), (e_shape, out_shape)
     # width_divisor divides every layer's output channels but the 64-wide encoder dense and the image.
     quarter = _kernels(ExpMI(out_shape[0], out_shape[-1], width_divisor=4), *inputs)
-    assert {n: s[-1] for n, s in quarter.items()} == {n: s[-1] if n in ("enc_dense", "out") else s[-1] // 4
-                                                      for n, s in layers}
+    assert {n: s[-1] for n, s in quarter.items()} == {
+      n: s[-1] if n in ("enc_dense", "out") else s[-1] // 4 for n, s in layers
+    }
   for (out_shape, k), layers in REFERENCE_PREDMI.items():
     y = jnp.zeros((1, k))
     assert _kernels(PredMI(out_shape[0], out_shape[-1]), y) == dict(layers), out_shape
@@ -208,26 +262,51 @@ QUIET = dict(progress=False, log=lambda *a: None)
 def classifiers(tmp_path_factory, cache_root, data_root):
   """A tiny MNIST target and an independent evaluator, trained once for this module's pipeline tests."""
   root = tmp_path_factory.mktemp("gnime_classifiers")
-  data = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=tuple(range(10)), public_ids=(),
-                    test_fraction=0.5, max_per_class=80)
-  for name, role, arch in [("t", "target", ModelConfig(arch="cnn", width=8, feature_dim=32)),
-                           ("ev", "evaluation", ModelConfig(arch="resnet", width=8, blocks=(1,)))]:
-    train_classifier(ClassifierConfig(name=name, role=role, workdir=str(root / name), data=data, model=arch,
-                                      optim=OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9),
-                                      train=TrainConfig(epochs=4, batch_size=50)), **QUIET)
+  data = DataConfig(
+    dataset="mnist",
+    image_size=32,
+    channels=1,
+    private_ids=tuple(range(10)),
+    public_ids=(),
+    test_fraction=0.5,
+    max_per_class=80,
+  )
+  for name, role, arch in [
+    ("t", "target", ModelConfig(arch="cnn", width=8, feature_dim=32)),
+    ("ev", "evaluation", ModelConfig(arch="resnet", width=8, blocks=(1,))),
+  ]:
+    train_classifier(
+      ClassifierConfig(
+        name=name,
+        role=role,
+        workdir=str(root / name),
+        data=data,
+        model=arch,
+        optim=OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9),
+        train=TrainConfig(epochs=4, batch_size=50),
+      ),
+      **QUIET,
+    )
   return root / "t", root / "ev"
 
 
 def tiny_run(classifiers, workdir, *, gnime_lr=1e-3, attacker_lr=1e-3, **kw):
   return gnime_run.GNIMERunConfig(
-      name="g", workdir=str(workdir), target=str(classifiers[0]), evaluator=str(classifiers[1]), method="grad",
-      max_defender=100, max_attacker=100,
-      gnime=GNIMEConfig(epochs=2, batch_size=64, width_divisor=16, learning_rate=gnime_lr, checkpoint_every=1),
-      attacker=InverterConfig(epochs=2, batch_size=64, width_divisor=16, learning_rate=attacker_lr,
-                              checkpoint_every=1), rows=3, **kw)
+    name="g",
+    workdir=str(workdir),
+    target=str(classifiers[0]),
+    evaluator=str(classifiers[1]),
+    method="grad",
+    max_defender=100,
+    max_attacker=100,
+    gnime=GNIMEConfig(epochs=2, batch_size=64, width_divisor=16, learning_rate=gnime_lr, checkpoint_every=1),
+    attacker=InverterConfig(epochs=2, batch_size=64, width_divisor=16, learning_rate=attacker_lr, checkpoint_every=1),
+    rows=3,
+    **kw,
+  )
 
 
-@pytest.mark.slow   # the `classifiers` fixture trains on real MNIST; then the whole pipeline
+@pytest.mark.slow  # the `classifiers` fixture trains on real MNIST; then the whole pipeline
 def test_pipeline_trains_a_fresh_attacker_on_the_released_explanations(classifiers, tmp_path, monkeypatch):
   quiet = QUIET
   calls = []
@@ -235,22 +314,29 @@ def test_pipeline_trains_a_fresh_attacker_on_the_released_explanations(classifie
 
   def spy(kind, explanations, logits, images, cfg, **kw):
     module, params, info = real_train(kind, explanations, logits, images, cfg, **kw)
-    fresh = module.init(jax.random.PRNGKey(cfg.seed), *((logits[:2],) if kind == "predmi" else
-                                                       (explanations[:2], logits[:2])))
-    calls.append({"kind": kind, "explanations": np.asarray(explanations), "name": kw["name"], "fresh": fresh,
-                  "params": params})
+    fresh = module.init(
+      jax.random.PRNGKey(cfg.seed), *((logits[:2],) if kind == "predmi" else (explanations[:2], logits[:2]))
+    )
+    calls.append(
+      {"kind": kind, "explanations": np.asarray(explanations), "name": kw["name"], "fresh": fresh, "params": params}
+    )
     return module, params, info
 
   monkeypatch.setattr(gnime_run, "train_inverter", spy)
   cfg = tiny_run(classifiers, tmp_path / "g")
   results = gnime_run.run_gnime(cfg, **quiet)
-  assert [c["name"] for c in calls] == ["attacker vs none", "attacker vs rnd", "attacker vs gnime", "attacker vs predmi"]
+  assert [c["name"] for c in calls] == [
+    "attacker vs none",
+    "attacker vs rnd",
+    "attacker vs gnime",
+    "attacker vs predmi",
+  ]
   clean = calls[0]["explanations"]
   # The GNIME attacker learns from GNIME's releases (not the clean maps), RND's from budget-matched noise.
   budget = results["gnime_explanation_mse_budget"]
   assert not np.allclose(calls[2]["explanations"], clean)
   assert np.mean((calls[1]["explanations"] - clean) ** 2) == pytest.approx(budget, rel=0.15)
-  assert calls[2]["explanations"].min() >= 0 and calls[2]["explanations"].max() <= 1   # clipped release
+  assert calls[2]["explanations"].min() >= 0 and calls[2]["explanations"].max() <= 1  # clipped release
   # Each attacker starts from its own fresh initialisation and moves away from it.
   for c in calls:
     assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(c["fresh"]), jax.tree.leaves(c["params"])))
@@ -262,20 +348,20 @@ def test_pipeline_trains_a_fresh_attacker_on_the_released_explanations(classifie
     gnime_run.run_gnime(cfg, **quiet)
 
 
-@pytest.mark.slow   # uses the `classifiers` fixture (trained on real MNIST)
+@pytest.mark.slow  # uses the `classifiers` fixture (trained on real MNIST)
 def test_explanation_batches_are_padded_and_masked_so_gnime_grad_cam_pools_over_real_images_only(classifiers):
   clf = load_classifier(classifiers[0])
   images = np.random.default_rng(0).uniform(size=(7, 32, 32, 1)).astype(np.float32)
   # Batches of 4: the second holds 3 images and one padding row; it must equal those 3 explained alone.
   padded, logits = gnime_run.explanations_of(clf, images, "gradcam", "gnime", batch_size=4)
   alone, _ = gnime_run.explanations_of(clf, images[4:], "gradcam", "gnime", batch_size=3)
-  assert padded.shape == (7, 16, 16, 1)                    # the last conv's 16x16 map at 32 px (the reference's)
+  assert padded.shape == (7, 16, 16, 1)  # the last conv's 16x16 map at 32 px (the reference's)
   np.testing.assert_allclose(padded[4:], alone, rtol=1e-5, atol=1e-6)
   first, _ = gnime_run.explanations_of(clf, images[:4], "gradcam", "gnime", batch_size=4)
   np.testing.assert_allclose(padded[:4], first, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow   # six short pipeline runs
+@pytest.mark.slow  # six short pipeline runs
 def test_gnime_resumes_after_interruptions_and_matches_an_uninterrupted_run(classifiers, tmp_path):
   full = gnime_run.run_gnime(tiny_run(classifiers, tmp_path / "full"), **QUIET)
   cfg = tiny_run(classifiers, tmp_path / "cut")
@@ -289,6 +375,7 @@ def test_gnime_resumes_after_interruptions_and_matches_an_uninterrupted_run(clas
     def stop(stage, epoch):
       calls.append((stage, epoch))
       return (stage, epoch) == at
+
     return stop
 
   # Killed inside GNIME, inside an attacker, between two evaluations, and after an attacker finished.
@@ -303,38 +390,67 @@ def test_gnime_resumes_after_interruptions_and_matches_an_uninterrupted_run(clas
 
   assert runs[0] == [("gnime", 1)]
   # Each rerun continues where the last stopped: finished epochs, attackers and evaluations are not redone.
-  assert runs[1] == [("gnime", 2), ("attacker vs none", 1), ("attacker vs none", 2), ("evaluation vs none", 0),
-                     ("attacker vs rnd", 1)]
+  assert runs[1] == [
+    ("gnime", 2),
+    ("attacker vs none", 1),
+    ("attacker vs none", 2),
+    ("evaluation vs none", 0),
+    ("attacker vs rnd", 1),
+  ]
   assert runs[2] == [("attacker vs rnd", 2), ("evaluation vs rnd", 0)]
   assert runs[3] == [("attacker vs gnime", 1), ("attacker vs gnime", 2)]
-  assert runs[4] == [("evaluation vs gnime", 0), ("attacker vs predmi", 1), ("attacker vs predmi", 2),
-                     ("evaluation vs predmi", 0)]
+  assert runs[4] == [
+    ("evaluation vs gnime", 0),
+    ("attacker vs predmi", 1),
+    ("attacker vs predmi", 2),
+    ("evaluation vs predmi", 0),
+  ]
   assert resumed["reused_evaluations"] == ["none", "rnd"]
   for key in ("scenarios", "gnime_history", "gnime_explanation_mse_budget", "mu", "sigma"):
     assert resumed[key] == full[key], key
   assert (work / "rows.png").stat().st_size > 0
-  assert not (work / "state" / "gnime").exists()   # a finished run drops its training checkpoints
+  assert not (work / "state" / "gnime").exists()  # a finished run drops its training checkpoints
   assert (work / "results.csv").read_text() == (tmp_path / "full" / "results.csv").read_text()
 
 
 def test_a_diverging_attacker_or_gnime_raises_instead_of_reporting_and_saves_nothing(tmp_path):
   rng = np.random.default_rng(0)
-  e, y, x = (rng.uniform(size=(40, 8, 8, 1)).astype(np.float32), rng.normal(size=(40, 3)).astype(np.float32),
-             rng.uniform(size=(40, 8, 8, 1)).astype(np.float32))
+  e, y, x = (
+    rng.uniform(size=(40, 8, 8, 1)).astype(np.float32),
+    rng.normal(size=(40, 3)).astype(np.float32),
+    rng.uniform(size=(40, 8, 8, 1)).astype(np.float32),
+  )
   # Before: the attacker's NaN validation loss never beat +inf, so its random initial weights were
   # returned as the "best" and evaluated.
-  with pytest.raises(NonFiniteError, match=r"^\[attacker vs none\] non-finite train_mse at epoch 1 \(step \d+\); "
-                                           "nothing saved"):
-    expmi.train_inverter("expmi", e, y, x, InverterConfig(epochs=3, batch_size=8, width_divisor=16, learning_rate=1e10),
-                         name="attacker vs none", progress=False, ckpt_dir=tmp_path / "attacker")
+  with pytest.raises(
+    NonFiniteError,
+    match=r"^\[attacker vs none\] non-finite train_mse at epoch 1 \(step \d+\); "
+    "nothing saved",
+  ):
+    expmi.train_inverter(
+      "expmi",
+      e,
+      y,
+      x,
+      InverterConfig(epochs=3, batch_size=8, width_divisor=16, learning_rate=1e10),
+      name="attacker vs none",
+      progress=False,
+      ckpt_dir=tmp_path / "attacker",
+    )
   with pytest.raises(NonFiniteError, match=r"^\[gnime\] non-finite \w+ at epoch 1 \(step \d+\); nothing saved"):
-    train_gnime(e, y, x, GNIMEConfig(epochs=2, batch_size=8, width_divisor=16, learning_rate=1e10), progress=False,
-                ckpt_dir=tmp_path / "gnime")
+    train_gnime(
+      e,
+      y,
+      x,
+      GNIMEConfig(epochs=2, batch_size=8, width_divisor=16, learning_rate=1e10),
+      progress=False,
+      ckpt_dir=tmp_path / "gnime",
+    )
   for d in ("attacker", "gnime"):
-    assert not any(p.name.isdigit() for p in (tmp_path / d).glob("*")), d   # no checkpoint from that state
+    assert not any(p.name.isdigit() for p in (tmp_path / d).glob("*")), d  # no checkpoint from that state
 
 
-@pytest.mark.slow   # uses the `classifiers` fixture (trained on real MNIST)
+@pytest.mark.slow  # uses the `classifiers` fixture (trained on real MNIST)
 def test_a_diverging_gnime_stops_the_run_before_any_result(classifiers, tmp_path):
   # Before: GNIME's NaN generator released NaN explanations and the run reported a TCA next to NaN SSIM.
   cfg = tiny_run(classifiers, tmp_path / "g", gnime_lr=1e10)
@@ -347,19 +463,24 @@ def test_a_diverging_gnime_stops_the_run_before_any_result(classifiers, tmp_path
   assert all(step < bad_epoch for step in saved)
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("attacker.batch_size=0", "attacker.batch_size: expected an integer >= 1, got 0"),
     ("gnime.batch_size=0", "gnime.batch_size: expected an integer >= 1, got 0"),
     ("gnime.epochs=0", "gnime.epochs: expected an integer >= 1, got 0"),
     ("attacker.epochs=-1", "attacker.epochs: expected an integer >= 1, got -1"),
     ("explain_batch_size=0", "explain_batch_size: expected an integer >= 1, got 0"),
-])
+  ],
+)
 def test_bad_sizes_are_one_line_errors_before_any_work(tmp_path, capsys, override, message):
   # Before: batch_size=0 was a ZeroDivisionError after the explanations and GNIME's training.
   config = tmp_path / "gnime_cfg.py"
-  config.write_text("from jaxmi.experiments.gnime import GNIMERunConfig\n\n\ndef get_config():\n"
-                    f"  return GNIMERunConfig(workdir={str(tmp_path / 'run')!r}, target={str(tmp_path / 'no_t')!r}, "
-                    f"evaluator={str(tmp_path / 'no_ev')!r})\n")
+  config.write_text(
+    "from jaxmi.experiments.gnime import GNIMERunConfig\n\n\ndef get_config():\n"
+    f"  return GNIMERunConfig(workdir={str(tmp_path / 'run')!r}, target={str(tmp_path / 'no_t')!r}, "
+    f"evaluator={str(tmp_path / 'no_ev')!r})\n"
+  )
   assert cli.main(["gnime", "--config", str(config), override]) == 2
   assert capsys.readouterr().err.splitlines() == [f"jaxmi: error: {message}"]
   assert not (tmp_path / "run").exists()

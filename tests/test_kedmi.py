@@ -75,8 +75,9 @@ def test_discriminator_loss_is_soft_label_cross_entropy_plus_the_k_plus_1_term()
 def test_generator_loss_is_feature_matching_plus_summed_entropy():
   rng = np.random.default_rng(2)
   fake_feat, real_feat, logits = rng.normal(size=(5, 7)), rng.normal(size=(5, 7)), rng.normal(size=(5, 3))
-  loss, (matching, entropy) = kedmi_generator_loss(jnp.asarray(fake_feat), jnp.asarray(real_feat),
-                                                   jnp.asarray(logits), 1e-4)
+  loss, (matching, entropy) = kedmi_generator_loss(
+    jnp.asarray(fake_feat), jnp.asarray(real_feat), jnp.asarray(logits), 1e-4
+  )
   p = np.exp(log_softmax(logits))
   assert float(matching) == pytest.approx(float(np.mean(np.abs(fake_feat.mean(0) - real_feat.mean(0)))), rel=1e-5)
   assert float(entropy) == pytest.approx(float(-np.sum(p * np.log(p))), rel=1e-5)  # summed over the batch
@@ -131,10 +132,10 @@ def _toy_kedmi(num_classes):
   generator, disc = build_gan(gan_cfg, kind="kedmi", num_classes=num_classes)
   target = build_classifier(ModelConfig(arch="cnn", width=4, feature_dim=8), num_classes)
   variables = {
-      # jitted: eager initialisation runs op by op (~15 s of CPU in all)
-      "generator": jax.jit(generator.init)(jax.random.PRNGKey(0), jnp.zeros((2, 16))),
-      "critic": jax.jit(disc.init)(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 1))),
-      "targets": (init_variables(target, jax.random.PRNGKey(2), (32, 32, 1)),),
+    # jitted: eager initialisation runs op by op (~15 s of CPU in all)
+    "generator": jax.jit(generator.init)(jax.random.PRNGKey(0), jnp.zeros((2, 16))),
+    "critic": jax.jit(disc.init)(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 1))),
+    "targets": (init_variables(target, jax.random.PRNGKey(2), (32, 32, 1)),),
   }
   return AttackModels(generator, disc, (target,), ((32, 32, 1),)), variables
 
@@ -163,8 +164,9 @@ def test_kedmi_attack_prior_is_the_k_plus_1_discriminators_minus_log_p_real():
   """Item 24: the attack's prior term is -log P(real) = softplus(LSE(l)) - LSE(l) of the K+1 discriminator's
   logits l on G(z) (checked in float64 on a fixed latent), and the run really uses that discriminator."""
   models, variables = toy_kedmi()
-  cfg = InversionConfig(steps=4, restarts=1, optimizer="adam", learning_rate=0.05, draw_clamp=0.0, eval_draws=2,
-                        reference_batch=1)
+  cfg = InversionConfig(
+    steps=4, restarts=1, optimizer="adam", learning_rate=0.05, draw_clamp=0.0, eval_draws=2, reference_batch=1
+  )
   run = ExecutionConfig(log_every=2, unroll=2)
   inv = build_kedmi(models, 16, cfg, run)
   params = {"mu": 0.3 * jnp.ones(16), "logvar": jnp.zeros(16)}

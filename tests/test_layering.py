@@ -18,16 +18,16 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxmi"
 
 LAYERS = (
-    ("jaxmi", "jaxmi.errors"),  # the package root holds only the version; errors import nothing
-    ("jaxmi.config", "jaxmi.parallel", "jaxmi.records", "jaxmi.workdir"),  # utilities: import only jaxmi.errors
-    ("jaxmi.data",),
-    ("jaxmi.nets",),
-    ("jaxmi.train",),
-    ("jaxmi.attacks", "jaxmi.defenses", "jaxmi.explain"),  # the methods
-    ("jaxmi.metrics",),
-    ("jaxmi.experiments",),  # the drivers: validate, load, run, write
-    ("jaxmi.report", "jaxmi.demo"),
-    ("jaxmi.cli",),
+  ("jaxmi", "jaxmi.errors"),  # the package root holds only the version; errors import nothing
+  ("jaxmi.config", "jaxmi.parallel", "jaxmi.records", "jaxmi.workdir"),  # utilities: import only jaxmi.errors
+  ("jaxmi.data",),
+  ("jaxmi.nets",),
+  ("jaxmi.train",),
+  ("jaxmi.attacks", "jaxmi.defenses", "jaxmi.explain"),  # the methods
+  ("jaxmi.metrics",),
+  ("jaxmi.experiments",),  # the drivers: validate, load, run, write
+  ("jaxmi.report", "jaxmi.demo"),
+  ("jaxmi.cli",),
 )
 
 
@@ -70,7 +70,7 @@ def imports(package: Path) -> list[Import]:
       elif isinstance(node, ast.ImportFrom):
         if node.level:  # relative: from the importer's package, ``level - 1`` packages up
           base = name.split(".") if is_package else name.split(".")[:-1]
-          base = base[:len(base) - (node.level - 1)]
+          base = base[: len(base) - (node.level - 1)]
           module = ".".join(base + ([node.module] if node.module else []))
         else:
           module = node.module
@@ -113,15 +113,19 @@ def upward_imports(found: list[Import], layers=LAYERS) -> list[str]:
       continue  # reported by unplaced()
     (low, low_entry), (high, high_entry) = layer_of(imp.importer, layers), layer_of(imp.imported, layers)
     if high > low:
-      problems.append(f"{imp.where}: {imp.importer} (layer {low}, {low_entry}) imports {imp.imported} "
-                      f"(layer {high}, {high_entry}), a higher layer")
+      problems.append(
+        f"{imp.where}: {imp.importer} (layer {low}, {low_entry}) imports {imp.imported} "
+        f"(layer {high}, {high_entry}), a higher layer"
+      )
     elif high == low and low_entry != high_entry:
       between.setdefault((low_entry, high_entry), imp)
   for (a, b), imp in sorted(between.items()):
     if (b, a) in between and a < b:
       back = between[(b, a)]
-      problems.append(f"{imp.where}: {imp.importer} imports {imp.imported}, and {back.where}: {back.importer} "
-                      f"imports {back.imported}: {a} and {b} share a layer and may import each other one way only")
+      problems.append(
+        f"{imp.where}: {imp.importer} imports {imp.imported}, and {back.where}: {back.importer} "
+        f"imports {back.imported}: {a} and {b} share a layer and may import each other one way only"
+      )
   return problems
 
 
@@ -166,8 +170,13 @@ def cycles(found: list[Import]) -> list[str]:
         low[node] = min(low[node], index[child])
   problems = []
   for component in components:
-    inside = sorted({f"{imp.where} ({imp.importer} -> {imp.imported})" for imp in found
-                     if imp.importer in component and imp.imported in component})
+    inside = sorted(
+      {
+        f"{imp.where} ({imp.importer} -> {imp.imported})"
+        for imp in found
+        if imp.importer in component and imp.imported in component
+      }
+    )
     problems.append(f"cycle between {', '.join(sorted(component))}: " + "; ".join(inside))
   return problems
 
@@ -206,29 +215,52 @@ def _toy(tmp_path, files: dict[str, str]) -> Path:
 
 
 def test_an_upward_import_inside_a_function_is_named_by_file_and_line(tmp_path):
-  package = _toy(tmp_path, {"low.py": "import os\n\ndef f():\n  from toy.high import g\n  return g\n",
-                            "high.py": "from toy import low\n\ndef g():\n  pass\n"})
+  package = _toy(
+    tmp_path,
+    {
+      "low.py": "import os\n\ndef f():\n  from toy.high import g\n  return g\n",
+      "high.py": "from toy import low\n\ndef g():\n  pass\n",
+    },
+  )
   problems = upward_imports(imports(package), TOY_LAYERS)
-  assert len(problems) == 1 and problems[0].startswith("toy/low.py:4: toy.low (layer 1, toy.low) imports toy.high "
-                                                       "(layer 3, toy.high)"), problems
+  assert len(problems) == 1 and problems[0].startswith(
+    "toy/low.py:4: toy.low (layer 1, toy.low) imports toy.high (layer 3, toy.high)"
+  ), problems
 
 
 def test_from_package_import_submodule_is_an_import_of_the_submodule(tmp_path):
-  package = _toy(tmp_path, {"low/__init__.py": "from toy.low.a import x\n", "low/a.py": "x = 1\n",
-                            "low/b.py": "from toy.low import a\nfrom toy.low import x\nfrom . import a as same\n"})
+  package = _toy(
+    tmp_path,
+    {
+      "low/__init__.py": "from toy.low.a import x\n",
+      "low/a.py": "x = 1\n",
+      "low/b.py": "from toy.low import a\nfrom toy.low import x\nfrom . import a as same\n",
+    },
+  )
   found = {(imp.importer, imp.imported, imp.where) for imp in imports(package)}
-  assert found == {("toy.low", "toy.low.a", "toy/low/__init__.py:1"), ("toy.low.b", "toy.low.a", "toy/low/b.py:1"),
-                   ("toy.low.b", "toy.low", "toy/low/b.py:2"), ("toy.low.b", "toy.low.a", "toy/low/b.py:3")}
+  assert found == {
+    ("toy.low", "toy.low.a", "toy/low/__init__.py:1"),
+    ("toy.low.b", "toy.low.a", "toy/low/b.py:1"),
+    ("toy.low.b", "toy.low", "toy/low/b.py:2"),
+    ("toy.low.b", "toy.low.a", "toy/low/b.py:3"),
+  }
   # low/__init__ -> a and b -> low (the package): no cycle, as at run time.
   assert not cycles(imports(package))
 
 
 def test_a_cycle_hidden_in_a_function_is_found_and_each_import_named(tmp_path):
-  package = _toy(tmp_path, {"low/__init__.py": "from toy.low.a import x\n",
-                            "low/a.py": "x = 1\n\ndef f():\n  from toy.low import b\n",
-                            "low/b.py": "from toy.low.a import x\n"})
-  assert cycles(imports(package)) == ["cycle between toy.low.a, toy.low.b: toy/low/a.py:4 (toy.low.a -> toy.low.b); "
-                                      "toy/low/b.py:1 (toy.low.b -> toy.low.a)"]
+  package = _toy(
+    tmp_path,
+    {
+      "low/__init__.py": "from toy.low.a import x\n",
+      "low/a.py": "x = 1\n\ndef f():\n  from toy.low import b\n",
+      "low/b.py": "from toy.low.a import x\n",
+    },
+  )
+  assert cycles(imports(package)) == [
+    "cycle between toy.low.a, toy.low.b: toy/low/a.py:4 (toy.low.a -> toy.low.b); "
+    "toy/low/b.py:1 (toy.low.b -> toy.low.a)"
+  ]
 
 
 def test_packages_of_one_layer_may_import_each_other_one_way_only(tmp_path):
@@ -236,8 +268,10 @@ def test_packages_of_one_layer_may_import_each_other_one_way_only(tmp_path):
   assert not upward_imports(imports(_toy(tmp_path / "a", one_way)), TOY_LAYERS)
   both_ways = {**one_way, "right.py": "def f():\n  import toy.left\n"}
   problems = upward_imports(imports(_toy(tmp_path / "b", both_ways)), TOY_LAYERS)
-  assert problems == ["toy/left.py:1: toy.left imports toy.right, and toy/right.py:2: toy.right imports toy.left: "
-                      "toy.left and toy.right share a layer and may import each other one way only"]
+  assert problems == [
+    "toy/left.py:1: toy.left imports toy.right, and toy/right.py:2: toy.right imports toy.left: "
+    "toy.left and toy.right share a layer and may import each other one way only"
+  ]
 
 
 def test_a_module_outside_every_layer_is_reported(tmp_path):

@@ -20,9 +20,12 @@ from jaxmi.train.step import AugmentConfig, augment, make_train_step
 
 
 def forward(logits, features):
-  return Forward(image=jnp.zeros((2, 2, 1)), critic_score=jnp.zeros(()),
-                 target_logits=tuple(jnp.asarray(l, jnp.float32) for l in logits),
-                 target_features=tuple(jnp.asarray(f, jnp.float32) for f in features))
+  return Forward(
+    image=jnp.zeros((2, 2, 1)),
+    critic_score=jnp.zeros(()),
+    target_logits=tuple(jnp.asarray(l, jnp.float32) for l in logits),
+    target_features=tuple(jnp.asarray(f, jnp.float32) for f in features),
+  )
 
 
 def test_logit_loss_is_the_negative_logit_averaged_over_attacked_models():
@@ -30,8 +33,9 @@ def test_logit_loss_is_the_negative_logit_averaged_over_attacked_models():
   term = IdentityTerm(weight=100.0, loss="logit")
   assert float(term(f, jnp.asarray(1))) == pytest.approx(-(5.0 + 3.0) / 2)
   ce = IdentityTerm(loss="ce")
-  expected = np.mean([-jax.nn.log_softmax(jnp.asarray([1.0, 5.0, -2.0]))[2],
-                      -jax.nn.log_softmax(jnp.asarray([0.5, 3.0, 9.0]))[2]])
+  expected = np.mean(
+    [-jax.nn.log_softmax(jnp.asarray([1.0, 5.0, -2.0]))[2], -jax.nn.log_softmax(jnp.asarray([0.5, 3.0, 9.0]))[2]]
+  )
   assert float(ce(f, jnp.asarray(2))) == pytest.approx(float(expected), rel=1e-6)
 
 
@@ -62,8 +66,11 @@ def test_distillation_loss_is_kl_to_the_teacher():
     np.testing.assert_allclose(got, expected, rtol=1e-10)
     assert np.allclose(Distillation().task_loss(jnp.asarray(teacher), jnp.asarray(teacher)), 0.0, atol=1e-15)
     # Temperature: KL of the tempered distributions, times T^2.
-    np.testing.assert_allclose(Distillation(temperature=t).task_loss(jnp.asarray(student), jnp.asarray(teacher)),
-                               t**2 * np.sum(p_t * np.log(p_t / q_t), -1), rtol=1e-10)
+    np.testing.assert_allclose(
+      Distillation(temperature=t).task_loss(jnp.asarray(student), jnp.asarray(teacher)),
+      t**2 * np.sum(p_t * np.log(p_t / q_t), -1),
+      rtol=1e-10,
+    )
 
 
 class _Teacher(nn.Module):
@@ -89,8 +96,14 @@ def test_distillation_step_labels_the_augmented_batch_with_the_teacher():
   assert config_lib.to_dict(defense) == {"name": "distillation", "temperature": 1.0, "teacher_workdir": "teacher"}
   aug = AugmentConfig(hflip=True, max_shift=3)
   tx = optax.sgd(0.0)
-  state = TrainState(step=jnp.asarray(3, jnp.int32), params=variables["params"], batch_stats=variables["batch_stats"],
-                     opt_state=tx.init(variables["params"]), defense_state={}, rng=jax.random.PRNGKey(2))
+  state = TrainState(
+    step=jnp.asarray(3, jnp.int32),
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(variables["params"]),
+    defense_state={},
+    rng=jax.random.PRNGKey(2),
+  )
   images = jax.random.uniform(jax.random.PRNGKey(3), (16, *image_shape))
   batch = {"image": images, "label": jnp.zeros(16, jnp.int32)}  # hard labels: unused by the loss
   _, metrics = make_train_step(student, tx, defense, aug)(jax.tree.map(jnp.copy, state), batch)
@@ -107,26 +120,43 @@ def test_distillation_step_labels_the_augmented_batch_with_the_teacher():
   assert abs(on_clean - on_augmented) > 100 * 1e-4 * on_augmented, (on_clean, on_augmented)
 
 
-@pytest.mark.slow   # trains a target and a student on real MNIST
+@pytest.mark.slow  # trains a target and a student on real MNIST
 def test_distill_prepares_data_where_the_config_says(tmp_path, cache_root, data_root, monkeypatch):
   """data.cache_dir (and data_dir) of the distill config win over the defaults the teacher's saved config holds."""
   from jaxmi.data import DataConfig, load_splits
   from jaxmi.train import OptimConfig, TrainConfig, train_classifier
   from jaxmi.train import distill as distill_lib
 
-  data = DataConfig(dataset="mnist", image_size=16, channels=1, private_ids=(0, 1, 2), public_ids=(5, 6, 7),
-                    max_per_class=40)
+  data = DataConfig(
+    dataset="mnist", image_size=16, channels=1, private_ids=(0, 1, 2), public_ids=(5, 6, 7), max_per_class=40
+  )
   model = ModelConfig(arch="cnn", width=4, feature_dim=8)
   train = TrainConfig(epochs=1, batch_size=20, log_every=2)
   quiet = dict(progress=False, log=lambda *a: None)
-  train_classifier(ClassifierConfig(name="t", role="target", workdir=str(tmp_path / "t"), data=data, model=model,
-                                    optim=OptimConfig(learning_rate=0.05), train=train), **quiet)
+  train_classifier(
+    ClassifierConfig(
+      name="t",
+      role="target",
+      workdir=str(tmp_path / "t"),
+      data=data,
+      model=model,
+      optim=OptimConfig(learning_rate=0.05),
+      train=train,
+    ),
+    **quiet,
+  )
   seen = []
   monkeypatch.setattr(distill_lib, "load_splits", lambda cfg: seen.append(cfg) or load_splits(data))
   own = dataclasses.replace(data, cache_dir=str(tmp_path / "own_cache"), data_dir=str(data_root / "mnist"))
-  student = ClassifierConfig(name="s", role="surrogate", workdir=str(tmp_path / "s"), data=own, model=model,
-                             optim=OptimConfig(learning_rate=0.05),
-                             train=dataclasses.replace(train, augment=AugmentConfig(hflip=True, max_shift=2)))
+  student = ClassifierConfig(
+    name="s",
+    role="surrogate",
+    workdir=str(tmp_path / "s"),
+    data=own,
+    model=model,
+    optim=OptimConfig(learning_rate=0.05),
+    train=dataclasses.replace(train, augment=AugmentConfig(hflip=True, max_shift=2)),
+  )
   summary = distill_lib.distill_surrogate(student, str(tmp_path / "t"), **quiet)
   assert [(c.cache_dir, c.data_dir) for c in seen] == [(own.cache_dir, own.data_dir)]
   assert dataclasses.replace(seen[0], cache_dir=None, data_dir=None) == data

@@ -34,23 +34,33 @@ class LinearEvaluator(nn.Module):
 
 
 def evaluator():
-  return SimpleNamespace(module=LinearEvaluator(), variables={"params": {"a": 2.0 * jnp.eye(8)}},
-                         image_shape=(2, 4, 1), num_classes=NUM_CLASSES)
+  return SimpleNamespace(
+    module=LinearEvaluator(),
+    variables={"params": {"a": 2.0 * jnp.eye(8)}},
+    image_shape=(2, 4, 1),
+    num_classes=NUM_CLASSES,
+  )
 
 
 # Identity 0 attacks class 2, identity 1 class 5; 3 restarts each. Pixels 0..6 are the logits / 2, pixel 7 an extra
 # feature. Where the attacked class ranks is noted per row.
-RECON = np.array([
-    [[0.125, 0.25, 0.875, 0.5, 0.0625, 0.375, 0.1875, 0.5],       # class 2 ranks 1st
-     [0.75, 0.625, 0.5, 0.25, 0.125, 0.0625, 0.375, 0.25],        # 3rd: top-5, not top-1
-     [0.5, 0.4375, 0.0, 0.625, 0.75, 0.25, 0.375, 0.875]],        # 7th: neither
-    [[0.5, 0.625, 0.75, 0.375, 0.875, 0.0625, 0.25, 0.125],       # class 5 ranks 7th
-     [0.25, 0.125, 0.375, 0.0625, 0.5, 0.9375, 0.1875, 0.625],    # 1st
-     [0.375, 0.25, 0.125, 0.5, 0.1875, 0.6875, 0.875, 0.0]],      # 2nd
-])
+RECON = np.array(
+  [
+    [
+      [0.125, 0.25, 0.875, 0.5, 0.0625, 0.375, 0.1875, 0.5],  # class 2 ranks 1st
+      [0.75, 0.625, 0.5, 0.25, 0.125, 0.0625, 0.375, 0.25],  # 3rd: top-5, not top-1
+      [0.5, 0.4375, 0.0, 0.625, 0.75, 0.25, 0.375, 0.875],
+    ],  # 7th: neither
+    [
+      [0.5, 0.625, 0.75, 0.375, 0.875, 0.0625, 0.25, 0.125],  # class 5 ranks 7th
+      [0.25, 0.125, 0.375, 0.0625, 0.5, 0.9375, 0.1875, 0.625],  # 1st
+      [0.375, 0.25, 0.125, 0.5, 0.1875, 0.6875, 0.875, 0.0],
+    ],  # 2nd
+  ]
+)
 TOP1 = np.array([[1, 0, 0], [0, 1, 0]], bool)
 TOP5 = np.array([[1, 1, 0], [0, 1, 1]], bool)
-BEST = np.array([2, 1])                                  # the selection the attack made
+BEST = np.array([2, 1])  # the selection the attack made
 CONFIDENCE = np.array([[0.9, 0.2, 0.4], [0.1, 0.6, 0.8]])  # argmax differs from BEST for identity 1: BEST must be used
 
 
@@ -70,9 +80,14 @@ def private_set():
 def result(recon=RECON, best=BEST, confidence=CONFIDENCE):
   num_ids, restarts = recon.shape[:2]
   return InversionResult(
-      labels=np.array([2, 5])[:num_ids], latents=np.zeros((num_ids, restarts, 4), np.float32),
-      images=recon.reshape(num_ids, restarts, 2, 4, 1).astype(np.float32), target_confidence=confidence,
-      best_restart=best, loss_curve=np.zeros(1), loss_parts={})
+    labels=np.array([2, 5])[:num_ids],
+    latents=np.zeros((num_ids, restarts, 4), np.float32),
+    images=recon.reshape(num_ids, restarts, 2, 4, 1).astype(np.float32),
+    target_confidence=confidence,
+    best_restart=best,
+    loss_curve=np.zeros(1),
+    loss_parts={},
+  )
 
 
 def expected_knn(recon, labels, priv_images, priv_labels):
@@ -104,8 +119,8 @@ def test_evaluate_inversion_matches_hand_computed_metrics(monkeypatch):
   # Over all restarts: per-restart acc@1 [1/2, 1/2, 0], acc@5 [1/2, 1, 1/2]; sample std (ddof=1) sqrt(1/12) for
   # both (ddof=0 would give sqrt(1/18)).
   assert m["acc1_all_restarts_mean"] == pytest.approx(1 / 3) and m["acc5_all_restarts_mean"] == pytest.approx(2 / 3)
-  assert m["acc1_all_restarts_std"] == pytest.approx(np.std([0.5, 0.5, 0.0], ddof=1)) == pytest.approx(12 ** -0.5)
-  assert m["acc5_all_restarts_std"] == pytest.approx(12 ** -0.5)
+  assert m["acc1_all_restarts_std"] == pytest.approx(np.std([0.5, 0.5, 0.0], ddof=1)) == pytest.approx(12**-0.5)
+  assert m["acc5_all_restarts_std"] == pytest.approx(12**-0.5)
   assert m["any_restart_acc"] == pytest.approx(1.0)
   np.testing.assert_array_equal(m["eval_predictions"], np.argmax(RECON[..., :NUM_CLASSES], -1))
 
@@ -127,7 +142,7 @@ def test_evaluate_inversion_matches_hand_computed_metrics(monkeypatch):
 
   # FID inputs: evaluation features of all 6 reconstructions (identity-major) vs the attacked identities' private
   # images (not the decoys of classes 0 and 3).
-  (rec_feats, priv_feats), = fid_inputs
+  ((rec_feats, priv_feats),) = fid_inputs
   np.testing.assert_allclose(rec_feats, 2.0 * RECON.reshape(6, 8), atol=1e-6)
   np.testing.assert_allclose(priv_feats, 2.0 * priv_images.reshape(-1, 8)[attacked] / 255.0, atol=1e-6)
   assert m["feature_fid"] == 1.5 and m["fid_feature_space"] == "evaluation-model features"
@@ -141,14 +156,16 @@ def test_evaluate_inversion_custom_fid_features_get_the_same_images():
   np.testing.assert_array_equal(seen[0].reshape(6, 8), RECON.astype(np.float32).reshape(6, 8))
   np.testing.assert_array_equal(seen[1], priv_images[np.isin(priv_labels, [2, 5])])
   assert m["fid_feature_space"] == "custom features"
-  assert m["feature_fid"] == pytest.approx(metrics.frechet_distance(seen[0].reshape(6, 8)[:, :2],
-                                                                    seen[1].reshape(-1, 8)[:, :2].astype(np.float64)))
+  assert m["feature_fid"] == pytest.approx(
+    metrics.frechet_distance(seen[0].reshape(6, 8)[:, :2], seen[1].reshape(-1, 8)[:, :2].astype(np.float64))
+  )
 
 
 def test_std_over_one_restart_is_absent_not_nan():
   priv_images, priv_labels = private_set()
-  m = metrics.evaluate_inversion(result(RECON[:, :1], np.array([0, 0]), CONFIDENCE[:, :1]), evaluator(),
-                                 priv_images, priv_labels)
+  m = metrics.evaluate_inversion(
+    result(RECON[:, :1], np.array([0, 0]), CONFIDENCE[:, :1]), evaluator(), priv_images, priv_labels
+  )
   assert m["acc1_all_restarts_std"] is None and m["acc5_all_restarts_std"] is None
   assert m["acc1_all_restarts_mean"] == pytest.approx(0.5)
   assert metrics.sample_std([0.2, 0.4, 0.3]) == pytest.approx(0.1)
@@ -157,8 +174,9 @@ def test_std_over_one_restart_is_absent_not_nan():
 
 def test_frechet_distance_hand_computed():
   # 1-D: N(1, 2) vs N(3, 4) (sample variances): (1-3)^2 + 2 + 4 - 2 sqrt(8).
-  assert metrics.frechet_distance(np.array([[0.0], [2.0]]), np.array([[1.0], [3.0], [5.0]])) == \
-      pytest.approx(4 + 6 - 2 * np.sqrt(8))
+  assert metrics.frechet_distance(np.array([[0.0], [2.0]]), np.array([[1.0], [3.0], [5.0]])) == pytest.approx(
+    4 + 6 - 2 * np.sqrt(8)
+  )
   # 2-D: the points (+-1, +-2) have cov diag(4/3, 16/3); swapped and shifted by (1, 1): diag(16/3, 4/3), so
   # sqrt(s1 s2) = 8/3 I and FID = 2 + 20/3 + 20/3 - 2 * 16/3 = 2 + 8/3.
   a = np.array([[-1.0, -2.0], [1.0, 2.0], [-1.0, 2.0], [1.0, -2.0]])

@@ -7,16 +7,23 @@ from jaxmi.nets import ModelConfig, build_classifier, init_variables, shape_sign
 from jaxmi.errors import ConfigError
 
 SMALL = {
-    "cnn": ModelConfig(arch="cnn", width=8, feature_dim=32),
-    "resnet": ModelConfig(arch="resnet", width=8, blocks=(1, 1, 1)),
-    "vgg": ModelConfig(arch="vgg", vgg_layout="vgg16", width_divisor=16),
+  "cnn": ModelConfig(arch="cnn", width=8, feature_dim=32),
+  "resnet": ModelConfig(arch="resnet", width=8, blocks=(1, 1, 1)),
+  "vgg": ModelConfig(arch="vgg", vgg_layout="vgg16", width_divisor=16),
 }
 
 
 # The real-size nets (AT&T's 112 px ResNet, VGG at 64 px) take ~12 s of compiling each: the slow tier.
-@pytest.mark.parametrize("arch, size, channels", [
-    ("cnn", 28, 1), ("cnn", 32, 3), ("resnet", 32, 1), pytest.param("resnet", 112, 3, marks=pytest.mark.slow),
-    pytest.param("vgg", 64, 3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "arch, size, channels",
+  [
+    ("cnn", 28, 1),
+    ("cnn", 32, 3),
+    ("resnet", 32, 1),
+    pytest.param("resnet", 112, 3, marks=pytest.mark.slow),
+    pytest.param("vgg", 64, 3, marks=pytest.mark.slow),
+  ],
+)
 def test_outputs_logits_features_and_hidden(arch, size, channels):
   model = build_classifier(SMALL[arch], num_classes=7)
   variables = init_variables(model, jax.random.PRNGKey(0), (size, size, channels))
@@ -72,10 +79,13 @@ def test_reshape_max_pool_equals_flax_max_pool_and_its_gradient():
   """The classifiers' pooling (a reshape + max, fast to differentiate on XLA:CPU) is nn.max_pool."""
   import flax.linen as nn
   from jaxmi.nets.classifiers import max_pool_2x2
+
   for shape in ((2, 8, 8, 3), (2, 7, 9, 4)):  # odd sizes: VALID pooling drops the last row/column
     x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous values: no ties
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
     w = jax.random.normal(jax.random.PRNGKey(1), max_pool_2x2(x).shape)
-    grads = [jax.grad(lambda x: jnp.sum(w * pool(x)))(x) for pool in (max_pool_2x2, lambda x: nn.max_pool(x, (2, 2), (2, 2)))]
+    grads = [
+      jax.grad(lambda x: jnp.sum(w * pool(x)))(x) for pool in (max_pool_2x2, lambda x: nn.max_pool(x, (2, 2), (2, 2)))
+    ]
     np.testing.assert_array_equal(grads[0], grads[1])
     assert np.count_nonzero(grads[0]) == w.size  # one maximum per window receives the gradient

@@ -61,15 +61,19 @@ print("RESULT" + json.dumps(out))
 """
 
 
-@pytest.mark.slow   # a fresh process with 8 simulated devices compiles every program anew (~30 s of CPU)
+@pytest.mark.slow  # a fresh process with 8 simulated devices compiles every program anew (~30 s of CPU)
 def test_eight_devices_compute_what_one_device_computes():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+  )
   proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.split("RESULT")[-1])
   assert out["mesh"] == [1, 8]
-  assert out["chunk"] == [15, 16, 8]          # chunks are whole multiples of the device count
+  assert out["chunk"] == [15, 16, 8]  # chunks are whole multiples of the device count
   assert out["compilations"] == [1, 1, 1, 0]  # one compilation each, also across chunks; none for a second run
   # Each latent is an independent problem: sharding may only change float rounding.
   assert max(out["latents_diff"]) <= out["latents_tol"] and out["images_diff"] <= out["images_tol"]
@@ -91,7 +95,7 @@ def with_contrast(variables):
   return {**variables, "generator": {**variables["generator"], "params": params}}
 
 
-@pytest.mark.slow   # compiles the toy attack's gradient and run twice more, in bfloat16 (~20 s of CPU)
+@pytest.mark.slow  # compiles the toy attack's gradient and run twice more, in bfloat16 (~20 s of CPU)
 def test_bfloat16_compute_stays_close_to_float32_and_keeps_float32_latents():
   models, variables = toy_models()
   variables = with_contrast(variables)
@@ -99,11 +103,12 @@ def test_bfloat16_compute_stays_close_to_float32_and_keeps_float32_latents():
   low = build_gmi(models, 100, CFG, dataclasses.replace(RUN, compute_dtype="bfloat16"))
   z = jnp.clip(jax.random.normal(jax.random.PRNGKey(5), (10, 100)), -1, 1)
   labels, key = jnp.arange(10) % 5, jax.random.PRNGKey(0)
-  grad = lambda inv: jax.jit(jax.vmap(jax.grad(lambda p, y, v: inv.loss(p, y, key, v, inv.terms)[0]),
-                                      in_axes=(0, 0, None)))
+  grad = lambda inv: jax.jit(
+    jax.vmap(jax.grad(lambda p, y, v: inv.loss(p, y, key, v, inv.terms)[0]), in_axes=(0, 0, None))
+  )
   grads = [np.asarray(grad(inv)(z, labels, cast_floats(variables, inv.dtype))) for inv in (exact, low)]
   cosine = np.sum(grads[0] * grads[1], 1) / np.linalg.norm(grads[0], axis=1) / np.linalg.norm(grads[1], axis=1)
-  assert np.all(cosine < 1 - 1e-6), cosine            # the networks really ran in bfloat16
+  assert np.all(cosine < 1 - 1e-6), cosine  # the networks really ran in bfloat16
   assert cosine.min() > 0.9 and cosine.mean() > 0.96, cosine  # measured: 0.96-0.995
   a, b = exact.run(variables, LABELS), low.run(variables, LABELS)
   assert b.latent_params.dtype == np.float32 and b.images.dtype == np.float32  # latents and images stay float32

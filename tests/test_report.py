@@ -14,31 +14,50 @@ from jaxmi import config as config_lib
 from jaxmi.attacks import ExecutionConfig, InversionConfig
 from jaxmi.experiments.attack import AttackConfig
 
-KEDMI = dict(attack="kedmi", gan="runs/gan_kedmi", inversion=dict(optimizer="adam", restarts=1, eval_draws=5,
-                                                                    draw_clamp=0.0))
+KEDMI = dict(
+  attack="kedmi", gan="runs/gan_kedmi", inversion=dict(optimizer="adam", restarts=1, eval_draws=5, draw_clamp=0.0)
+)
 LOMMA = dict(surrogates=("runs/surrogate",), inversion=dict(identity_loss="logit", feature_reg_weight=100.0))
 
 
 def write_target(root, target, defense, natural, privacy=None):
   (root / target).mkdir(parents=True)
-  summary = {"defense": defense, "natural_accuracy": natural, "config": {"model": {"head": "linear"}},
-             "defense_config": {"name": defense, "beta": 0.01} if defense != "none" else {"name": "none"}}
+  summary = {
+    "defense": defense,
+    "natural_accuracy": natural,
+    "config": {"model": {"head": "linear"}},
+    "defense_config": {"name": defense, "beta": 0.01} if defense != "none" else {"name": "none"},
+  }
   if privacy:
     summary["privacy"] = privacy
   (root / target / "summary.json").write_text(json.dumps(summary))
 
 
-def write_attack(root, workdir, target, acc1, acc5=1.0, knn=2.0, selected=None, seed=0, attack=None, baseline=None,
-                 **metrics):
+def write_attack(
+  root, workdir, target, acc1, acc5=1.0, knn=2.0, selected=None, seed=0, attack=None, baseline=None, **metrics
+):
   """A results.json as run.py writes it: metrics, the target path and the full attack config."""
   attack = attack or {}
   inversion = dataclasses.replace(InversionConfig(seed=seed), **attack.get("inversion", {}))
-  cfg = AttackConfig(name=workdir, workdir=str(root / workdir), target=str(root / target), inversion=inversion,
-                     **{k: v for k, v in attack.items() if k != "inversion"})
-  result = {"name": workdir, "attack": cfg.attack, "acc1": acc1 if selected is None else selected,
-            "acc1_all_restarts_mean": acc1, "acc5_all_restarts_mean": acc5, "knn_dist_all_restarts": knn,
-            "target": cfg.target, "gan_kind": "kedmi" if cfg.attack == "kedmi" else "gmi",
-            "config": config_lib.to_dict(cfg), **metrics}
+  cfg = AttackConfig(
+    name=workdir,
+    workdir=str(root / workdir),
+    target=str(root / target),
+    inversion=inversion,
+    **{k: v for k, v in attack.items() if k != "inversion"},
+  )
+  result = {
+    "name": workdir,
+    "attack": cfg.attack,
+    "acc1": acc1 if selected is None else selected,
+    "acc1_all_restarts_mean": acc1,
+    "acc5_all_restarts_mean": acc5,
+    "knn_dist_all_restarts": knn,
+    "target": cfg.target,
+    "gan_kind": "kedmi" if cfg.attack == "kedmi" else "gmi",
+    "config": config_lib.to_dict(cfg),
+    **metrics,
+  }
   if baseline is not None:
     result["prior_baseline"] = baseline
   (root / workdir).mkdir()
@@ -48,8 +67,10 @@ def write_attack(root, workdir, target, acc1, acc5=1.0, knn=2.0, selected=None, 
 
 def write_run(root, target, defense, natural, seeds_acc1, privacy=None):
   write_target(root, target, defense, natural, privacy)
-  return [write_attack(root, f"attack_{target}_{seed}", target, acc, knn=2.0 + seed, seed=seed)
-          for seed, acc in enumerate(seeds_acc1)]
+  return [
+    write_attack(root, f"attack_{target}_{seed}", target, acc, knn=2.0 + seed, seed=seed)
+    for seed, acc in enumerate(seeds_acc1)
+  ]
 
 
 def report(tmp_path, dirs, capsys):
@@ -59,8 +80,9 @@ def report(tmp_path, dirs, capsys):
 
 
 def test_report_groups_seeds_per_target_and_writes_table_csv_and_plot(tmp_path, capsys):
-  dirs = write_run(tmp_path, "none", "none", 0.99, [0.6, 0.8]) + \
-      write_run(tmp_path, "mid", "mid", 0.97, [0.2, 0.4, 0.3], privacy={"epsilon": 3.5})
+  dirs = write_run(tmp_path, "none", "none", 0.99, [0.6, 0.8]) + write_run(
+    tmp_path, "mid", "mid", 0.97, [0.2, 0.4, 0.3], privacy={"epsilon": 3.5}
+  )
   printed, err, rows = report(tmp_path, dirs, capsys)
   # Sample std over seeds (ddof=1): std(0.2, 0.4, 0.3) = 0.1, not ddof=0's 0.082.
   assert "| gmi | mid | beta=0.01, ε=3.5 | 97.0% | 30.0% ± 10.0 |" in printed
@@ -81,10 +103,14 @@ def test_one_seed_has_no_std_and_std_zero_is_shown(tmp_path, capsys):
   exactly 0 over seeds is printed as "± 0.0" instead of disappearing like a missing one."""
   write_target(tmp_path, "none", "none", 0.998)
   write_target(tmp_path, "bido", "bido", 0.995)
-  dirs = [write_attack(tmp_path, f"none_{s}", "none", 0.64, knn=k, selected=sel, seed=s)
-          for s, (k, sel) in enumerate([(2.0, 0.8), (2.1, 0.8), (2.05, 0.6)])]
-  dirs += [write_attack(tmp_path, f"bido_{s}", "bido", acc, knn=k, selected=0.6, seed=s)
-           for s, (acc, k) in enumerate([(0.56, 1.7), (0.64, 1.72), (0.60, 1.71)])]
+  dirs = [
+    write_attack(tmp_path, f"none_{s}", "none", 0.64, knn=k, selected=sel, seed=s)
+    for s, (k, sel) in enumerate([(2.0, 0.8), (2.1, 0.8), (2.05, 0.6)])
+  ]
+  dirs += [
+    write_attack(tmp_path, f"bido_{s}", "bido", acc, knn=k, selected=0.6, seed=s)
+    for s, (acc, k) in enumerate([(0.56, 1.7), (0.64, 1.72), (0.60, 1.71)])
+  ]
   dirs += [write_attack(tmp_path, "bido_single", "bido", 0.5, attack=dict(inversion=dict(steps=10)))]
   printed, err, rows = report(tmp_path, dirs, capsys)
   none, bido, single = rows
@@ -110,15 +136,25 @@ def test_different_attacks_on_one_target_are_separate_rows(tmp_path, capsys):
   """Item 20: GMI, GMI+LOMMA and KEDMI on one target used to merge into one row of 'seeds'. How a run ran (devices,
   batch, precision, seed) does not split a row; what it is (attack, prior, surrogates, loss, lr) does."""
   write_target(tmp_path, "none", "none", 0.99)
-  dirs = [write_attack(tmp_path, "gmi_0", "none", 0.6, seed=0),
-          write_attack(tmp_path, "gmi_1", "none", 0.8, seed=1,
-                       attack=dict(execution=ExecutionConfig(devices=2, max_batch=64, compute_dtype="bfloat16",
-                                                             unroll=5, remat=True, log_every=10,
-                                                             memory_budget_gb=1.0))),
-          write_attack(tmp_path, "lomma_0", "none", 0.9, seed=0, attack=LOMMA),
-          write_attack(tmp_path, "kedmi_0", "none", 0.3, seed=0, attack=KEDMI),
-          write_attack(tmp_path, "kedmi_1", "none", 0.5, seed=1, attack=KEDMI),
-          write_attack(tmp_path, "gmi_lr", "none", 0.1, attack=dict(inversion=dict(learning_rate=0.05)))]
+  dirs = [
+    write_attack(tmp_path, "gmi_0", "none", 0.6, seed=0),
+    write_attack(
+      tmp_path,
+      "gmi_1",
+      "none",
+      0.8,
+      seed=1,
+      attack=dict(
+        execution=ExecutionConfig(
+          devices=2, max_batch=64, compute_dtype="bfloat16", unroll=5, remat=True, log_every=10, memory_budget_gb=1.0
+        )
+      ),
+    ),
+    write_attack(tmp_path, "lomma_0", "none", 0.9, seed=0, attack=LOMMA),
+    write_attack(tmp_path, "kedmi_0", "none", 0.3, seed=0, attack=KEDMI),
+    write_attack(tmp_path, "kedmi_1", "none", 0.5, seed=1, attack=KEDMI),
+    write_attack(tmp_path, "gmi_lr", "none", 0.1, attack=dict(inversion=dict(learning_rate=0.05))),
+  ]
   printed, err, rows = report(tmp_path, dirs, capsys)
   assert [(r["attack"], r["seeds"]) for r in rows] == [("gmi", "2"), ("gmi+lomma", "1"), ("kedmi", "2"), ("gmi", "1")]
   assert [float(r["attack_acc1"]) for r in rows] == pytest.approx([0.7, 0.9, 0.4, 0.1])
@@ -137,10 +173,12 @@ def test_different_attacks_on_one_target_are_separate_rows(tmp_path, capsys):
 def test_non_finite_numbers_written_by_jaxmi_are_reported_as_such(tmp_path, capsys):
   """Item 18: records.write_json stores NaN as the string "nan"; the report crashed on it."""
   write_target(tmp_path, "none", "none", 0.99, privacy={"epsilon": "inf"})
-  dirs = [write_attack(tmp_path, "ok", "none", 0.6, seed=0),
-          write_attack(tmp_path, "bad", "none", 0.8, seed=1, knn="nan"),
-          write_attack(tmp_path, "bad2", "none", "nan", seed=2, baseline={"acc1_all_restarts_mean": "-inf"}),
-          write_attack(tmp_path, "kedmi", "none", 0.5, attack=KEDMI)]  # another row of the same target
+  dirs = [
+    write_attack(tmp_path, "ok", "none", 0.6, seed=0),
+    write_attack(tmp_path, "bad", "none", 0.8, seed=1, knn="nan"),
+    write_attack(tmp_path, "bad2", "none", "nan", seed=2, baseline={"acc1_all_restarts_mean": "-inf"}),
+    write_attack(tmp_path, "kedmi", "none", 0.5, attack=KEDMI),
+  ]  # another row of the same target
   printed, err, rows = report(tmp_path, dirs, capsys)
   assert [r["attack"] for r in rows] == ["gmi", "kedmi"]
   assert rows[0]["knn_dist"] == "nan" and rows[0]["attack_acc1"] == "nan" and rows[0]["epsilon"] == "inf"
@@ -148,8 +186,11 @@ def test_non_finite_numbers_written_by_jaxmi_are_reported_as_such(tmp_path, caps
   lines = err.splitlines()
   assert len(lines) == 4  # one per file with a non-finite number (summary.json once), one for missing baselines
   assert any("bad/results.json: non-finite knn_dist_all_restarts=nan" in line for line in lines)
-  assert any("bad2/results.json: non-finite acc1=nan, acc1_all_restarts_mean=nan, "
-             "prior_baseline.acc1_all_restarts_mean=-inf" in line for line in lines)
+  assert any(
+    "bad2/results.json: non-finite acc1=nan, acc1_all_restarts_mean=nan, "
+    "prior_baseline.acc1_all_restarts_mean=-inf" in line
+    for line in lines
+  )
   assert any("none/summary.json: non-finite privacy.epsilon=inf" in line for line in lines)
   assert any("2 of 3 runs have no prior_baseline" in line for line in lines)
   # Anything else that is not a number is a one-line error naming the file and the field.
@@ -163,11 +204,18 @@ def test_prior_baseline_is_shown_next_to_the_attack(tmp_path, capsys):
   without prior_baseline."""
   write_target(tmp_path, "none", "none", 0.99)
   write_target(tmp_path, "old", "mid", 0.98)
-  base = lambda a1, a5: {"acc1": a1, "acc1_all_restarts_mean": a1, "acc5_all_restarts_mean": a5,
-                         "knn_dist_all_restarts": 9.0, "acc1_all_restarts_std": None}
-  dirs = [write_attack(tmp_path, "n0", "none", 0.6, acc5=0.9, seed=0, baseline=base(0.2, 0.5)),
-          write_attack(tmp_path, "n1", "none", 0.8, acc5=1.0, seed=1, baseline=base(0.3, 0.6)),
-          write_attack(tmp_path, "o0", "old", 0.5, seed=0)]
+  base = lambda a1, a5: {
+    "acc1": a1,
+    "acc1_all_restarts_mean": a1,
+    "acc5_all_restarts_mean": a5,
+    "knn_dist_all_restarts": 9.0,
+    "acc1_all_restarts_std": None,
+  }
+  dirs = [
+    write_attack(tmp_path, "n0", "none", 0.6, acc5=0.9, seed=0, baseline=base(0.2, 0.5)),
+    write_attack(tmp_path, "n1", "none", 0.8, acc5=1.0, seed=1, baseline=base(0.3, 0.6)),
+    write_attack(tmp_path, "o0", "old", 0.5, seed=0),
+  ]
   printed, err, rows = report(tmp_path, dirs, capsys)
   new, old = rows
   assert float(new["baseline_acc1"]) == pytest.approx(0.25) and float(new["baseline_acc5"]) == pytest.approx(0.55)
@@ -184,8 +232,10 @@ def test_prior_baseline_is_shown_next_to_the_attack(tmp_path, capsys):
 def test_a_defense_whose_schedule_never_started_is_labelled_so(tmp_path, capsys):
   """An NLS run too short for its ramp is plain training: its row must not read as 'nls alpha=-0.05' alone."""
   dirs = []
-  for target, effective in (("nls_short", {"alpha_reached": 0.0, "active_steps": 0}),
-                            ("nls_long", {"alpha_reached": -0.05, "active_steps": 40})):
+  for target, effective in (
+    ("nls_short", {"alpha_reached": 0.0, "active_steps": 0}),
+    ("nls_long", {"alpha_reached": -0.05, "active_steps": 40}),
+  ):
     write_target(tmp_path, target, "nls", 0.99)
     path = tmp_path / target / "summary.json"
     summary = json.loads(path.read_text())

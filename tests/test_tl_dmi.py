@@ -20,16 +20,23 @@ from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, load_classif
 from jaxmi.train.state import TrainState
 from jaxmi.train.step import RunFacts, make_train_step
 
-DATA = DataConfig(dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9),
-                  max_per_class=200)
+DATA = DataConfig(
+  dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9), max_per_class=200
+)
 MODEL = ModelConfig(arch="cnn", width=8, feature_dim=32)
 QUIET = dict(progress=False, log=lambda *a: None)
 
 
 def target_config(tmp_path, name="target", epochs=2) -> ClassifierConfig:
-  return ClassifierConfig(name=name, role="target", workdir=str(tmp_path / name), data=DATA, model=MODEL,
-                          optim=OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-3),
-                          train=TrainConfig(epochs=epochs, batch_size=50, log_every=5))
+  return ClassifierConfig(
+    name=name,
+    role="target",
+    workdir=str(tmp_path / name),
+    data=DATA,
+    model=MODEL,
+    optim=OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-3),
+    train=TrainConfig(epochs=epochs, batch_size=50, log_every=5),
+  )
 
 
 def test_layers_follow_the_forward_pass_not_dict_order():
@@ -42,8 +49,13 @@ def test_layers_follow_the_forward_pass_not_dict_order():
   # The CNN's bn_feat normalises its dense feature layer's output: it stays with fc_feat.
   assert layer_groups(build_classifier(MODEL, 5), (32, 32, 1))[2] == ("fc_feat", "bn_feat")
   resnet = build_classifier(ModelConfig(arch="resnet", width=8, blocks=(1, 2)), 3)
-  assert layer_groups(resnet, (32, 32, 1)) == (("stem", "stem_bn"), ("stage0_block0",), ("stage1_block0",),
-                                               ("stage1_block1",), ("head",))
+  assert layer_groups(resnet, (32, 32, 1)) == (
+    ("stem", "stem_bn"),
+    ("stage0_block0",),
+    ("stage1_block0",),
+    ("stage1_block1",),
+    ("head",),
+  )
   with pytest.raises(ConfigError, match="defense.frozen_layers: this model has 3 layers before its head"):
     TransferLearning(frozen_layers=4).layers(RunFacts(1, 1, module=build_classifier(MODEL, 5), image_shape=(32, 32, 1)))
 
@@ -57,8 +69,14 @@ def test_freezing_every_vgg_conv_still_trains_the_bn1d_before_the_head():
   frozen = defense.frozen(facts)
   assert frozen == {"conv0", "bn0", "conv1", "bn1", "conv2", "bn2"}
   tx = defense.optimizer(optax.sgd(0.1), variables["params"], facts)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats=variables["batch_stats"],
-                     opt_state=tx.init(variables["params"]), defense_state={}, rng=jax.random.PRNGKey(1))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(variables["params"]),
+    defense_state={},
+    rng=jax.random.PRNGKey(1),
+  )
   batch = {"image": jax.random.uniform(jax.random.PRNGKey(2), (8, 32, 32, 1)), "label": jnp.arange(8) % 3}
   before = jax.device_get(variables)
   after, _ = make_train_step(model, tx, defense, facts=facts)(jax.tree.map(jnp.copy, state), batch)
@@ -70,7 +88,7 @@ def test_freezing_every_vgg_conv_still_trains_the_bn1d_before_the_head():
   assert not np.array_equal(after["head"]["fc"]["kernel"], before["params"]["head"]["fc"]["kernel"])
 
 
-@pytest.mark.slow   # trains on real MNIST end to end
+@pytest.mark.slow  # trains on real MNIST end to end
 def test_frozen_layers_keep_parameters_and_statistics_while_the_rest_trains(tmp_path, cache_root, data_root):
   splits = load_splits(DATA)
   public = public_pretraining(target_config(tmp_path), name="public", workdir=str(tmp_path / "public"))
@@ -106,7 +124,7 @@ def test_frozen_layers_keep_parameters_and_statistics_while_the_rest_trains(tmp_
   assert not (tmp_path / "no_init").exists()
 
 
-@pytest.mark.slow   # trains on real MNIST end to end
+@pytest.mark.slow  # trains on real MNIST end to end
 def test_defend_command_pretrains_on_public_data_then_fine_tunes(tmp_path, cache_root, data_root, monkeypatch):
   target = target_config(tmp_path, "defended", epochs=1)
   pretrain = public_pretraining(target, name="pre", workdir=str(tmp_path / "pre"), epochs=1)
@@ -121,7 +139,7 @@ def test_defend_command_pretrains_on_public_data_then_fine_tunes(tmp_path, cache
   assert summary["defense_config"]["frozen_layers"] == 1 and np.isfinite(summary["natural_accuracy"])
 
 
-@pytest.mark.slow   # trains on real MNIST first
+@pytest.mark.slow  # trains on real MNIST first
 def test_fisher_of_the_head_matches_its_closed_form(tmp_path, cache_root, data_root, capsys):
   cfg = target_config(tmp_path, "fisher_model", epochs=1)
   train_classifier(cfg, **QUIET)
@@ -139,8 +157,21 @@ def test_fisher_of_the_head_matches_its_closed_form(tmp_path, cache_root, data_r
   assert rows["head"]["params"] == 32 * 5 + 5
   assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
   # The command prints the table and writes JSON + PNG.
-  assert cli.main(["fisher", str(tmp_path / "fisher_model"), "--split", "private_test", "--examples", "64",
-                   "--out", str(tmp_path / "f")]) == 0
+  assert (
+    cli.main(
+      [
+        "fisher",
+        str(tmp_path / "fisher_model"),
+        "--split",
+        "private_test",
+        "--examples",
+        "64",
+        "--out",
+        str(tmp_path / "f"),
+      ]
+    )
+    == 0
+  )
   assert "fc_feat" in capsys.readouterr().out
   assert (tmp_path / "f.png").stat().st_size > 0 and len(json.loads((tmp_path / "f.json").read_text())["layers"]) == 4
 
@@ -152,8 +183,10 @@ def test_fine_tuning_with_a_fresh_head_also_starts_a_fresh_vgg_bn1d(monkeypatch)
 
   from jaxmi.train import classifier as classifier_lib
 
-  for model, shape, fresh in ((VGG(3, layout=(4, "M", 8, "M")), (16, 16, 1), {"head", "bn_feat"}),
-                              (build_classifier(MODEL, 3), (32, 32, 1), {"head"})):
+  for model, shape, fresh in (
+    (VGG(3, layout=(4, "M", 8, "M")), (16, 16, 1), {"head", "bn_feat"}),
+    (build_classifier(MODEL, 3), (32, 32, 1), {"head"}),
+  ):
     pretrained = init_variables(model, jax.random.PRNGKey(1), shape)
     pretrained = jax.tree.map(lambda a: a + 0.5, pretrained)  # BN scales/statistics differ from a fresh init too
     monkeypatch.setattr(classifier_lib, "load_classifier", lambda _: SimpleNamespace(variables=pretrained))

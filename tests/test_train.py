@@ -11,13 +11,22 @@ import pytest
 from jaxmi.data import DataConfig, load_splits, train_batches
 from jaxmi.errors import CheckpointError, Interrupted
 from jaxmi.nets import ModelConfig, build_classifier, init_variables
-from jaxmi.train import (ClassifierConfig, Defense, OptimConfig, TrainConfig, TrainState, load_classifier,
-                         make_train_step, train_classifier)
+from jaxmi.train import (
+  ClassifierConfig,
+  Defense,
+  OptimConfig,
+  TrainConfig,
+  TrainState,
+  load_classifier,
+  make_train_step,
+  train_classifier,
+)
 from jaxmi.records import read_jsonl
 
 PRIVATE = (0, 1, 2, 3, 4)
-SMALL_MNIST = DataConfig(dataset="mnist", image_size=28, channels=1, private_ids=PRIVATE, public_ids=(5, 6, 7, 8, 9),
-                         max_per_class=200)
+SMALL_MNIST = DataConfig(
+  dataset="mnist", image_size=28, channels=1, private_ids=PRIVATE, public_ids=(5, 6, 7, 8, 9), max_per_class=200
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +36,20 @@ def mnist_small(cache_root, data_root):
 
 def small_config(workdir, **train) -> ClassifierConfig:
   return ClassifierConfig(
-      name="t", workdir=str(workdir), data=SMALL_MNIST, model=ModelConfig(arch="cnn", width=8, feature_dim=32),
-      optim=OptimConfig(name="sgd", learning_rate=0.05, schedule="cosine"),
-      train=TrainConfig(**{"epochs": 2, "batch_size": 50, "log_every": 5, "checkpoint_every": 7, **train}))
+    name="t",
+    workdir=str(workdir),
+    data=SMALL_MNIST,
+    model=ModelConfig(arch="cnn", width=8, feature_dim=32),
+    optim=OptimConfig(name="sgd", learning_rate=0.05, schedule="cosine"),
+    train=TrainConfig(**{"epochs": 2, "batch_size": 50, "log_every": 5, "checkpoint_every": 7, **train}),
+  )
 
 
 def quiet(*args):
   pass
 
 
-@pytest.mark.slow   # trains on real MNIST end to end
+@pytest.mark.slow  # trains on real MNIST end to end
 def test_target_learns_the_private_digits(tmp_path, mnist_small):
   summary = train_classifier(small_config(tmp_path, epochs=3), splits=mnist_small, progress=False, log=quiet)
   # 1000 training images, 60 steps: chance is 20%; a working pipeline is far above it.
@@ -48,7 +61,7 @@ def test_target_learns_the_private_digits(tmp_path, mnist_small):
   assert (tmp_path / "curves.png").stat().st_size > 1000 and (tmp_path / "summary.json").exists()
 
 
-@pytest.mark.slow   # two real-MNIST trainings; the fast tier resumes on synthetic data (test_faults.py)
+@pytest.mark.slow  # two real-MNIST trainings; the fast tier resumes on synthetic data (test_faults.py)
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, mnist_small):
   full = small_config(tmp_path / "full")
   interrupted = small_config(tmp_path / "resumed")
@@ -64,20 +77,21 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, mnist_smal
   for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # Metrics written before the interruption are kept, not overwritten.
-  assert read_jsonl(tmp_path / "resumed" / "metrics.jsonl")[:len(lines_before)] == lines_before
+  assert read_jsonl(tmp_path / "resumed" / "metrics.jsonl")[: len(lines_before)] == lines_before
 
 
-@pytest.mark.slow   # the resume test's guard, on real MNIST
+@pytest.mark.slow  # the resume test's guard, on real MNIST
 def test_a_different_seed_gives_different_parameters(tmp_path, mnist_small):
   # Guards the resume test against passing trivially (e.g. nothing trained at all).
   train_classifier(small_config(tmp_path / "a", epochs=1), splits=mnist_small, progress=False, log=quiet)
   train_classifier(small_config(tmp_path / "b", epochs=1, seed=3), splits=mnist_small, progress=False, log=quiet)
   a, b = load_classifier(tmp_path / "a"), load_classifier(tmp_path / "b")
-  assert not np.array_equal(np.asarray(a.variables["params"]["head"]["fc"]["kernel"]),
-                            np.asarray(b.variables["params"]["head"]["fc"]["kernel"]))
+  assert not np.array_equal(
+    np.asarray(a.variables["params"]["head"]["fc"]["kernel"]), np.asarray(b.variables["params"]["head"]["fc"]["kernel"])
+  )
 
 
-@pytest.mark.slow   # a real-MNIST training first
+@pytest.mark.slow  # a real-MNIST training first
 def test_checkpoint_of_another_architecture_is_refused_and_kept(tmp_path, mnist_small):
   train_classifier(small_config(tmp_path, epochs=1), splits=mnist_small, progress=False, log=quiet)
   before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
@@ -97,8 +111,14 @@ def test_train_step_compiles_once_and_never_again(mnist_small):
   model = build_classifier(ModelConfig(arch="cnn", width=8, feature_dim=32), 5)
   tx = optax.sgd(0.01, momentum=0.9)
   variables = init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], batch_stats=variables["batch_stats"],
-                     opt_state=tx.init(variables["params"]), defense_state={}, rng=jax.random.PRNGKey(1))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(variables["params"]),
+    defense_state={},
+    rng=jax.random.PRNGKey(1),
+  )
   step = make_train_step(model, tx)
   batches = train_batches(mnist_small.private_train, 32, seed=0)
   for _ in range(5):
@@ -111,6 +131,7 @@ def test_train_step_compiles_once_and_never_again(mnist_small):
 @dataclasses.dataclass(frozen=True)
 class _WeightPenalty(Defense):
   """A toy defense exercising the hook: an L2 penalty on the head."""
+
   name: str = "l2_head"
   weight: float = 10.0
 
@@ -124,11 +145,20 @@ def test_defense_protocol_is_abstract_or_final():
   from jaxmi.defenses import BiDO, DPSGD, MID, ConfidenceAdaptation, NegativeLabelSmoothing, TransferLearning
   from jaxmi.train.distill import Distillation
   from jaxmi.train.step import NoDefense
+
   with pytest.raises(TypeError, match="Defense is abstract"):
     Defense()
   assert NoDefense().name == "none" and _WeightPenalty().name == "l2_head"  # an abstract class's subclass is fine
-  for final in (NoDefense, BiDO, DPSGD, MID, ConfidenceAdaptation, NegativeLabelSmoothing, TransferLearning,
-                Distillation):
+  for final in (
+    NoDefense,
+    BiDO,
+    DPSGD,
+    MID,
+    ConfidenceAdaptation,
+    NegativeLabelSmoothing,
+    TransferLearning,
+    Distillation,
+  ):
     with pytest.raises(TypeError, match=f"{final.__name__} is final"):
       type("Sub", (final,), {})
   # What the step asks of a defense is declared on the class, not probed.
@@ -137,8 +167,13 @@ def test_defense_protocol_is_abstract_or_final():
 
 def test_defense_hook_adds_its_term(tmp_path, mnist_small):
   plain = train_classifier(small_config(tmp_path / "plain", epochs=1), splits=mnist_small, progress=False, log=quiet)
-  defended = train_classifier(small_config(tmp_path / "defended", epochs=1), splits=mnist_small,
-                              defense=_WeightPenalty(), progress=False, log=quiet)
+  defended = train_classifier(
+    small_config(tmp_path / "defended", epochs=1),
+    splits=mnist_small,
+    defense=_WeightPenalty(),
+    progress=False,
+    log=quiet,
+  )
   assert defended["defense"] == "l2_head" and plain["defense"] == "none"
   norm = lambda w: float(jnp.sum(load_classifier(w).variables["params"]["head"]["fc"]["kernel"] ** 2))
   assert norm(tmp_path / "defended") < 0.2 * norm(tmp_path / "plain")

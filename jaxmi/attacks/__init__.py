@@ -6,8 +6,15 @@ builds its objective: ``gmi``, ``kedmi``, and ``lomma`` on top of either. The dr
 writes results is ``jaxmi.experiments.attack``.
 """
 
-from jaxmi.attacks.engine import (AttackModels, ExecutionConfig, InversionConfig, InversionResult, Inverter, Objective,
-                                  RunStats)
+from jaxmi.attacks.engine import (
+  AttackModels,
+  ExecutionConfig,
+  InversionConfig,
+  InversionResult,
+  Inverter,
+  Objective,
+  RunStats,
+)
 from jaxmi.attacks.gmi import PointLatent, build_gmi
 from jaxmi.attacks.kedmi import DistributionalLatent, build_kedmi
 from jaxmi.attacks.lomma import FeatureRegTerm, lomma_terms, public_feature_reg
@@ -17,7 +24,24 @@ from jaxmi.attacks.terms import Forward, IdentityTerm, Latent, LossTerm, PriorTe
 ATTACKS = {"gmi": build_gmi, "kedmi": build_kedmi}
 
 __all__ = [
-    "ATTACKS", "AttackModels", "DistributionalLatent", "ExecutionConfig", "FeatureRegTerm", "Forward", "IdentityTerm",
-    "InversionConfig", "InversionResult", "Inverter", "Latent", "LossTerm", "Objective", "PointLatent", "PriorTerm",
-    "RunStats", "build_gmi", "build_kedmi", "lomma_terms", "public_feature_reg",
+  "ATTACKS",
+  "AttackModels",
+  "DistributionalLatent",
+  "ExecutionConfig",
+  "FeatureRegTerm",
+  "Forward",
+  "IdentityTerm",
+  "InversionConfig",
+  "InversionResult",
+  "Inverter",
+  "Latent",
+  "LossTerm",
+  "Objective",
+  "PointLatent",
+  "PriorTerm",
+  "RunStats",
+  "build_gmi",
+  "build_kedmi",
+  "lomma_terms",
+  "public_feature_reg",
 ]

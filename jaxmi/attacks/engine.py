@@ -65,22 +65,25 @@ SELECT_BY = ("logit", "probability")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class InversionConfig:
   """What is optimised: the attack's latents, objective, optimiser and restarts (``AttackConfig.inversion``)."""
+
   steps: int = 1500
   restarts: int = 5
   optimizer: typing.Literal["nesterov", "adam"] = "nesterov"  # nesterov (GMI) | adam (KEDMI)
   learning_rate: float = 0.02
   momentum: float = 0.9
-  z_clip: float = 1.0              # GMI: z is clipped to [-c, c] after every update (and so evaluated); 0 = never
-  draw_clamp: float = 0.0          # KEDMI: each sampled z is clamped to [-c, c] before the generator, in training
-                                   # and evaluation (LOMMA's KEDMI path: 1); 0 = never (KEDMI's own setting)
-  eval_draws: int = 5              # KEDMI: images drawn per learned distribution for evaluation
-  init_logvar: float = 1.0         # KEDMI: initial log-variance of each distribution (its mean starts at 0)
-  prior_weight: float = 1.0        # weight of the prior: -D(G(z)) (WGAN critic) or -log P(real) (KEDMI)
-  identity_weight: float = 100.0   # lambda of the identity term
+  z_clip: float = 1.0  # GMI: z is clipped to [-c, c] after every update (and so evaluated); 0 = never
+  draw_clamp: float = 0.0  # KEDMI: each sampled z is clamped to [-c, c] before the generator, in training
+  # and evaluation (LOMMA's KEDMI path: 1); 0 = never (KEDMI's own setting)
+  eval_draws: int = 5  # KEDMI: images drawn per learned distribution for evaluation
+  init_logvar: float = 1.0  # KEDMI: initial log-variance of each distribution (its mean starts at 0)
+  prior_weight: float = 1.0  # weight of the prior: -D(G(z)) (WGAN critic) or -log P(real) (KEDMI)
+  identity_weight: float = 100.0  # lambda of the identity term
   identity_loss: typing.Literal["ce", "logit"] = "ce"  # ce (GMI) | logit (LOMMA: negative target logit)
   feature_reg_weight: float = 0.0  # LOMMA: weight of mean (phi_T(x) - p_reg)^2 (identity_weight * lam = 100)
-  p_reg: typing.Literal["global", "per_class"] = "global"  # global: one public-feature mean (official); per_class: by target prediction
-  reference_batch: int = 60        # per-latent losses / this = the reference's batch-mean gradient scale
+  p_reg: typing.Literal["global", "per_class"] = (
+    "global"  # global: one public-feature mean (official); per_class: by target prediction
+  )
+  reference_batch: int = 60  # per-latent losses / this = the reference's batch-mean gradient scale
   # Restart kept per identity: "logit" = highest raw target logit of the attacked class, the reference's
   # score[i, y_i] (GMI's official attack.py); "probability" = highest softmax probability, which also rewards
   # lowering the other classes' logits and saturates at 1, so confident restarts tie.
@@ -99,15 +102,18 @@ class InversionConfig:
 class ExecutionConfig:
   """How an inversion runs (``AttackConfig.execution``): none of these changes the problem solved, only the
   rounding of its arithmetic (bfloat16 the most)."""
-  max_batch: int = 4096            # latents per compiled chunk (all devices together); 0 = as many as fit the budget
-  memory_budget_gb: float = 0.0    # max_batch 0: memory per device for a chunk; 0 = 90% of free device memory
-  devices: int = 0                 # latents are sharded over this many devices; 0 = all (every host's)
-  compute_dtype: typing.Literal["float32", "bfloat16"] = "float32"  # for the networks; latents, optimiser state, losses stay float32
-  remat: bool = False              # recompute each network's forward in the backward pass (keeps only its input)
-  unroll: int = 0                  # steps per compiled call, fully unrolled; 0 = auto: 10 on CPU, else a rolled
-                                   # loop over each log interval (one call per interval, one step's memory)
-  log_every: int = 100             # steps between host transfers of the loss (progress, loss curve)
-  checkpoint_every: int = 500      # steps between saved chunk states (latents + optimiser state); 0 = never
+
+  max_batch: int = 4096  # latents per compiled chunk (all devices together); 0 = as many as fit the budget
+  memory_budget_gb: float = 0.0  # max_batch 0: memory per device for a chunk; 0 = 90% of free device memory
+  devices: int = 0  # latents are sharded over this many devices; 0 = all (every host's)
+  compute_dtype: typing.Literal["float32", "bfloat16"] = (
+    "float32"  # for the networks; latents, optimiser state, losses stay float32
+  )
+  remat: bool = False  # recompute each network's forward in the backward pass (keeps only its input)
+  unroll: int = 0  # steps per compiled call, fully unrolled; 0 = auto: 10 on CPU, else a rolled
+  # loop over each log interval (one call per interval, one step's memory)
+  log_every: int = 100  # steps between host transfers of the loss (progress, loss curve)
+  checkpoint_every: int = 500  # steps between saved chunk states (latents + optimiser state); 0 = never
 
   def validate(self) -> None:
     if self.checkpoint_every < 0:
@@ -119,33 +125,37 @@ class ExecutionConfig:
     if self.max_batch < 0 or self.memory_budget_gb < 0:
       raise ConfigError("execution.max_batch / memory_budget_gb: expected >= 0 (max_batch 0 = fit the memory budget)")
     if self.compute_dtype not in COMPUTE_DTYPES:
-      raise ConfigError(f"execution.compute_dtype: unknown '{self.compute_dtype}'; expected one of "
-                        f"{', '.join(COMPUTE_DTYPES)}")
+      raise ConfigError(
+        f"execution.compute_dtype: unknown '{self.compute_dtype}'; expected one of {', '.join(COMPUTE_DTYPES)}"
+      )
 
 
 class Objective(NamedTuple):
   """What a method module builds: one latent's parametrisation, the loss terms and the optimiser over it."""
+
   latent: Latent
-  terms: tuple[LossTerm, ...]      # pytrees, summed in this order
+  terms: tuple[LossTerm, ...]  # pytrees, summed in this order
   tx: optax.GradientTransformation
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackModels:
   """Static network definitions; their variables travel separately as a pytree argument."""
+
   generator: Any
   critic: Any | None
-  targets: tuple                   # Linen classifier modules; the first is the target itself
-  target_shapes: tuple             # each target's input (H, W, C)
+  targets: tuple  # Linen classifier modules; the first is the target itself
+  target_shapes: tuple  # each target's input (H, W, C)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunStats:
   """How one ``Inverter.run`` went (not what it found): results.json reports these."""
-  compilations: int                # new compilations of the step program in this run (1 at first, then 0)
-  steps_run: int                   # optimisation steps computed (a resumed run skips the saved ones)
-  devices: int                     # devices the latents were sharded over
-  chunk_size: int                  # latents per chunk (all devices together)
+
+  compilations: int  # new compilations of the step program in this run (1 at first, then 0)
+  steps_run: int  # optimisation steps computed (a resumed run skips the saved ones)
+  devices: int  # devices the latents were sharded over
+  chunk_size: int  # latents per chunk (all devices together)
 
 
 def cast_floats(tree, dtype):
@@ -171,12 +181,13 @@ def plan(run: ExecutionConfig, steps: int, platform: str) -> tuple[int, int, boo
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Where each latent sits: latent (identity i, restart r) is row i * restarts + r, padded to whole chunks."""
-  labels: np.ndarray               # [I] attacked classes
-  pairs: list                      # per row: (identity index, restart); padding rows repeat (0, 0)
-  chunk: int                       # latents per chunk
-  flat_labels: np.ndarray          # [padded] attacked class per row
-  mask: np.ndarray                 # [padded] 1 for real latents, 0 for padding
-  keys: np.ndarray                 # [padded, 2] fold_in(fold_in(PRNGKey(seed), i), r) per row
+
+  labels: np.ndarray  # [I] attacked classes
+  pairs: list  # per row: (identity index, restart); padding rows repeat (0, 0)
+  chunk: int  # latents per chunk
+  flat_labels: np.ndarray  # [padded] attacked class per row
+  mask: np.ndarray  # [padded] 1 for real latents, 0 for padding
+  keys: np.ndarray  # [padded, 2] fold_in(fold_in(PRNGKey(seed), i), r) per row
 
   @classmethod
   def of(cls, labels: np.ndarray, restarts: int, seed: int, chunk: int) -> "Layout":
@@ -189,8 +200,11 @@ class Layout:
     root = jax.random.PRNGKey(seed)
     pairs = [(i, r) for i in range(len(labels)) for r in range(restarts)]
     pairs += [(0, 0)] * (padded - total)
-    keys = np.asarray(jax.vmap(lambda ir: jax.random.fold_in(jax.random.fold_in(root, ir[0]), ir[1]))(
-        jnp.asarray(np.array(pairs, np.uint32))))
+    keys = np.asarray(
+      jax.vmap(lambda ir: jax.random.fold_in(jax.random.fold_in(root, ir[0]), ir[1]))(
+        jnp.asarray(np.array(pairs, np.uint32))
+      )
+    )
     return cls(labels, pairs, chunk, flat_labels, mask, keys)
 
   @property
@@ -212,14 +226,15 @@ def bad_rows(tree, chunk: int) -> np.ndarray:
   return ~np.all([np.isfinite(x).all(1) for x in leaves], axis=0)
 
 
-def select_restarts(labels, outs, flat_labels, *, restarts: int, draws: int, select_by: str,
-                    **fields) -> "InversionResult":
+def select_restarts(
+  labels, outs, flat_labels, *, restarts: int, draws: int, select_by: str, **fields
+) -> "InversionResult":
   """An ``InversionResult`` from per-chunk (z, images, logits); per identity the reconstruction with the
   highest target logit (``select_by="logit"``) or probability of the attacked class is selected."""
   num_ids = len(labels)
   total = num_ids * restarts
   per_id = restarts * draws  # reconstructions per identity: restart-major, then draws
-  z, images, logits = (np.concatenate([o[i] for o in outs])[:total * draws] for i in range(3))
+  z, images, logits = (np.concatenate([o[i] for o in outs])[: total * draws] for i in range(3))
   attacked = np.repeat(flat_labels[:total], draws)
   probs = np.asarray(jax.nn.softmax(logits, -1))
   conf = probs[np.arange(total * draws), attacked].reshape(num_ids, per_id)
@@ -228,16 +243,23 @@ def select_restarts(labels, outs, flat_labels, *, restarts: int, draws: int, sel
   fields.setdefault("loss_curve", np.zeros(0, np.float32))
   fields.setdefault("loss_parts", {})
   return InversionResult(
-      labels=labels, latents=z.reshape(num_ids, per_id, *z.shape[1:]),
-      images=images.reshape(num_ids, per_id, *images.shape[1:]), target_confidence=conf,
-      best_restart=best, target_logit=target_logit, draws=draws, **fields)
+    labels=labels,
+    latents=z.reshape(num_ids, per_id, *z.shape[1:]),
+    images=images.reshape(num_ids, per_id, *images.shape[1:]),
+    target_confidence=conf,
+    best_restart=best,
+    target_logit=target_logit,
+    draws=draws,
+    **fields,
+  )
 
 
 class Inverter:
   """Compiles an ``Objective``'s step program once and runs any number of identities through it."""
 
-  def __init__(self, models: AttackModels, objective: Objective, cfg: InversionConfig,
-               run: ExecutionConfig = ExecutionConfig()):
+  def __init__(
+    self, models: AttackModels, objective: Objective, cfg: InversionConfig, run: ExecutionConfig = ExecutionConfig()
+  ):
     cfg.validate()
     run.validate()
     self.models, self.cfg, self.execution = models, cfg, run
@@ -304,7 +326,8 @@ class Inverter:
       params, opt_state, step = carry
       step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
       (_, parts), grads = jax.vmap(jax.value_and_grad(self.loss, has_aux=True), in_axes=(0, 0, 0, None, None))(
-          params, labels, step_keys, variables, terms)
+        params, labels, step_keys, variables, terms
+      )
       updates, opt_state = self.tx.update(grads, opt_state, params)
       params = jax.vmap(self.latent.project)(optax.apply_updates(params, updates))
       weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
@@ -355,8 +378,16 @@ class Inverter:
       keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=row)
       vec = lambda dtype: jax.ShapeDtypeStruct((n,), dtype, sharding=row)
       # Lowered and compiled ahead of time: not an entry of the jit cache, so not counted as a compilation.
-      compiled = self.segment.lower(self._abstract_carry(n, mesh), compute_vars, compute_terms, vec(jnp.int32), keys,
-                                    vec(jnp.float32), num_steps=block, rolled=rolled).compile()
+      compiled = self.segment.lower(
+        self._abstract_carry(n, mesh),
+        compute_vars,
+        compute_terms,
+        vec(jnp.int32),
+        keys,
+        vec(jnp.float32),
+        num_steps=block,
+        rolled=rolled,
+      ).compile()
       return parallel.program_bytes(compiled)
 
     small, large = 4 * n_dev, 8 * n_dev
@@ -366,8 +397,9 @@ class Inverter:
     return max(n_dev, int((budget - fixed) / per_latent) // n_dev * n_dev)
 
   # -- host driver ---------------------------------------------------------------------------
-  def run(self, variables: dict, labels: Sequence[int], *, progress=None, state=None,
-          stop_at_step: int | None = None) -> "InversionResult | None":
+  def run(
+    self, variables: dict, labels: Sequence[int], *, progress=None, state=None, stop_at_step: int | None = None
+  ) -> "InversionResult | None":
     """Inverts each class in ``labels`` (target class indices) with ``inversion.restarts`` restarts.
 
     Args:
@@ -410,8 +442,16 @@ class Inverter:
     lay = Layout.of(labels, restarts, cfg.seed, chunk)
     num_chunks, flat_labels, mask, keys, where = lay.num_chunks, lay.flat_labels, lay.mask, lay.keys, lay.where
     if state is not None:
-      state.bind_layout({"latents per chunk": chunk, "chunks": num_chunks, "devices": mesh.size,
-                         "steps per call": block, "log interval": seg, "rolled": rolled})
+      state.bind_layout(
+        {
+          "latents per chunk": chunk,
+          "chunks": num_chunks,
+          "devices": mesh.size,
+          "steps per call": block,
+          "log interval": seg,
+          "rolled": rolled,
+        }
+      )
     abstract = jax.tree.leaves(self._abstract_carry(chunk, mesh))
     param_def = jax.tree.structure(self._abstract_carry(chunk, mesh)[0])
     bad_rows_of = lambda tree: bad_rows(tree, chunk)
@@ -441,19 +481,26 @@ class Inverter:
           outs.append(tuple(saved[k] for k in ("out_z", "out_images", "out_logits")))
           params_out.append(jax.tree.unflatten(param_def, [saved[f"param_{k}"] for k in range(param_def.num_leaves)]))
           continue
-        carry = jax.tree.unflatten(jax.tree.structure(carry), [
-            parallel.put(saved[f"carry_{k}"], a.sharding) for k, a in enumerate(abstract)])
+        carry = jax.tree.unflatten(
+          jax.tree.structure(carry), [parallel.put(saved[f"carry_{k}"], a.sharding) for k, a in enumerate(abstract)]
+        )
 
       def save(done_flag: bool, extra: dict) -> None:
-        arrays = {"step": np.int64(done), "done": np.bool_(done_flag), "history": history[c, :done],
-                  **{"hist_" + k: v[c, :done] for k, v in history_parts.items()}, **extra}
+        arrays = {
+          "step": np.int64(done),
+          "done": np.bool_(done_flag),
+          "history": history[c, :done],
+          **{"hist_" + k: v[c, :done] for k, v in history_parts.items()},
+          **extra,
+        }
         state.save(c, arrays)
 
-      for n in segments[done // seg:]:
+      for n in segments[done // seg :]:
         blocks = []
         for _ in range(n // block):
-          carry, parts = self.segment(carry, compute_vars, compute_terms, chunk_labels, chunk_keys, chunk_mask,
-                                      num_steps=block, rolled=rolled)
+          carry, parts = self.segment(
+            carry, compute_vars, compute_terms, chunk_labels, chunk_keys, chunk_mask, num_steps=block, rolled=rolled
+          )
           blocks.append(parts)
         # once per segment (the log interval): the losses of its steps leave the device
         parts = parallel.to_host(jax.tree.map(lambda *b: jnp.concatenate(b), *blocks))
@@ -463,8 +510,8 @@ class Inverter:
             bad = bad_rows_of(parallel.to_host(carry[0]))
             raise NonFiniteError(f"non-finite {k} loss at step {step}{where(c, bad)}")
         for k, v in parts.items():
-          history_parts.setdefault(k, np.zeros((num_chunks, cfg.steps), np.float32))[c, done:done + n] = v
-        history[c, done:done + n] = sum(parts.values())
+          history_parts.setdefault(k, np.zeros((num_chunks, cfg.steps), np.float32))[c, done : done + n] = v
+        history[c, done : done + n] = sum(parts.values())
         done += n
         steps_run += n
         if progress is not None:
@@ -487,38 +534,58 @@ class Inverter:
       outs.append(out)
       params_out.append(params)
       if state is not None:
-        save(True, {"out_z": out[0], "out_images": out[1], "out_logits": out[2],
-                    **{f"param_{k}": x for k, x in enumerate(jax.tree.leaves(params))}})
+        save(
+          True,
+          {
+            "out_z": out[0],
+            "out_images": out[1],
+            "out_logits": out[2],
+            **{f"param_{k}": x for k, x in enumerate(jax.tree.leaves(params))},
+          },
+        )
     weights = mask.reshape(num_chunks, chunk).sum(1)
     mean_curve = lambda h: (h * weights[:, None]).sum(0) / weights.sum()
-    latent_params = jax.tree.map(lambda *xs: np.concatenate(xs)[:total].reshape(num_ids, restarts, *xs[0].shape[1:]),
-                                 *params_out)
+    latent_params = jax.tree.map(
+      lambda *xs: np.concatenate(xs)[:total].reshape(num_ids, restarts, *xs[0].shape[1:]), *params_out
+    )
     select = dict(restarts=restarts, draws=self.latent.draws, select_by=cfg.select_by)
     baseline = select_restarts(labels, base_outs, flat_labels, **select)
-    stats = RunStats(compilations=self.segment._cache_size() - compiled_before, steps_run=steps_run,
-                     devices=mesh.size, chunk_size=chunk)
-    return select_restarts(labels, outs, flat_labels, **select, loss_curve=mean_curve(history),
-                           loss_parts={k: mean_curve(v) for k, v in history_parts.items()},
-                           latent_params=latent_params, baseline=baseline, stats=stats)
+    stats = RunStats(
+      compilations=self.segment._cache_size() - compiled_before,
+      steps_run=steps_run,
+      devices=mesh.size,
+      chunk_size=chunk,
+    )
+    return select_restarts(
+      labels,
+      outs,
+      flat_labels,
+      **select,
+      loss_curve=mean_curve(history),
+      loss_parts={k: mean_curve(v) for k, v in history_parts.items()},
+      latent_params=latent_params,
+      baseline=baseline,
+      stats=stats,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class InversionResult:
   """Reconstructions per identity: R = restarts x draws (GMI: 5 restarts x 1; KEDMI: 1 x 5 draws)."""
-  labels: np.ndarray               # [I] attacked target classes
-  latents: np.ndarray              # [I, R, z_dim] the latents of the evaluated images
-  images: np.ndarray               # [I, R, H, W, C] reconstructions in [0, 1]
-  target_confidence: np.ndarray    # [I, R] target softmax probability of the attacked class
-  best_restart: np.ndarray         # [I] the selected reconstruction (``InversionConfig.select_by``)
-  loss_curve: np.ndarray           # [steps] mean total loss over latents
-  loss_parts: dict                 # name -> [steps] mean weighted term
-  latent_params: Any = None        # optimised parameters, leaves [I, restarts, ...] (z, or KEDMI's mu/logvar)
-  draws: int = 1                   # images drawn per optimised latent
+
+  labels: np.ndarray  # [I] attacked target classes
+  latents: np.ndarray  # [I, R, z_dim] the latents of the evaluated images
+  images: np.ndarray  # [I, R, H, W, C] reconstructions in [0, 1]
+  target_confidence: np.ndarray  # [I, R] target softmax probability of the attacked class
+  best_restart: np.ndarray  # [I] the selected reconstruction (``InversionConfig.select_by``)
+  loss_curve: np.ndarray  # [steps] mean total loss over latents
+  loss_parts: dict  # name -> [steps] mean weighted term
+  latent_params: Any = None  # optimised parameters, leaves [I, restarts, ...] (z, or KEDMI's mu/logvar)
+  draws: int = 1  # images drawn per optimised latent
   target_logit: np.ndarray | None = None  # [I, R] the target's raw logit of the attacked class
-  baseline: Any = None             # InversionResult of the initial (un-optimised) latents: the prior baseline
-  stats: RunStats | None = None    # how the run went (compilations, steps run, devices, chunk size)
+  baseline: Any = None  # InversionResult of the initial (un-optimised) latents: the prior baseline
+  stats: RunStats | None = None  # how the run went (compilations, steps run, devices, chunk size)
 
   @property
   def best_images(self) -> np.ndarray:
     return self.images[np.arange(len(self.labels)), self.best_restart]
-

@@ -37,14 +37,14 @@ from jaxmi.train.state import all_finite, first_nonfinite_leaf
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class InverterConfig:
-  epochs: int = 30                  # reference: up to 300 with early stopping (patience 10)
+  epochs: int = 30  # reference: up to 300 with early stopping (patience 10)
   batch_size: int = 128
   learning_rate: float = 1e-4
-  b1: float = 0.9                   # PredMI uses 0.5
+  b1: float = 0.9  # PredMI uses 0.5
   patience: int = 10
   validation_fraction: float = 0.2
-  width_divisor: int = 4            # ExpMI/PredMI channel divisor (1 = the reference's widths)
-  checkpoint_every: int = 10        # epochs between checkpoints (with a checkpoint directory)
+  width_divisor: int = 4  # ExpMI/PredMI channel divisor (1 = the reference's widths)
+  checkpoint_every: int = 10  # epochs between checkpoints (with a checkpoint directory)
   seed: int = 0
 
 
@@ -76,15 +76,16 @@ def _inputs(kind, explanations, logits):
 
 # --- shared by the epoch loops of ExpMI/PredMI and GNIME: NaN checks, checkpoints, stopping -----------
 
-StopHook = Callable[[str, int], bool]   # (stage, epochs done) -> stop now, after saving (resume tests)
+StopHook = Callable[[str, int], bool]  # (stage, epochs done) -> stop now, after saving (resume tests)
 
 
 def nonfinite_error(stage: str, what: str, epoch: int, step: int) -> NonFiniteError:
   return NonFiniteError(f"[{stage}] non-finite {what} at epoch {epoch} (step {step}); nothing saved from that state")
 
 
-def check_epoch(stage: str, epoch: int, first_step: int, per_step: dict, state_ok: bool, state: Any,
-                at_end: dict | None = None) -> dict:
+def check_epoch(
+  stage: str, epoch: int, first_step: int, per_step: dict, state_ok: bool, state: Any, at_end: dict | None = None
+) -> dict:
   """Raises NonFiniteError naming the first NaN/inf: a step's metric, then a state leaf, then an end-of-epoch
   value (``at_end``, e.g. the validation loss); else returns the epoch's mean metrics and ``at_end``."""
   per_step = {k: np.asarray(v, np.float64) for k, v in per_step.items()}
@@ -136,13 +137,24 @@ class EpochCheckpoints:
       self.ckpt.save(epoch, state(), meta(), force=done or stop)
     if stop:
       where = f"checkpoint saved in {self.ckpt.directory}" if self.ckpt is not None else "no checkpoint directory"
-      raise KeyboardInterrupt(f"interrupted in {self.stage} after epoch {epoch}; {where}; "
-                              "run the same command again to resume")
+      raise KeyboardInterrupt(
+        f"interrupted in {self.stage} after epoch {epoch}; {where}; run the same command again to resume"
+      )
 
 
-def fit_mse(apply: Callable, params: Any, inputs: tuple, targets, cfg: InverterConfig, *, name: str,
-            progress: bool = True, ckpt_dir=None, arch: dict | None = None, stop: StopHook | None = None
-            ) -> tuple[Any, dict]:
+def fit_mse(
+  apply: Callable,
+  params: Any,
+  inputs: tuple,
+  targets,
+  cfg: InverterConfig,
+  *,
+  name: str,
+  progress: bool = True,
+  ckpt_dir=None,
+  arch: dict | None = None,
+  stop: StopHook | None = None,
+) -> tuple[Any, dict]:
   """Trains ``apply(params, *inputs) -> targets`` with MSE; returns the best parameters and a history.
 
   With ``ckpt_dir`` the state (parameters, Adam state, best parameters so far, early-stopping
@@ -181,8 +193,12 @@ def fit_mse(apply: Callable, params: Any, inputs: tuple, targets, cfg: InverterC
 
   opt_state = tx.init(params)
   best, best_loss, since_best, history, start = jax.device_get(params), np.inf, 0, [], 0
-  meta = {"kind": "inverter", "arch": {"name": name, **(arch or {})}, "signature": shape_signature(params),
-          "config": config_lib.to_dict(cfg)}
+  meta = {
+    "kind": "inverter",
+    "arch": {"name": name, **(arch or {})},
+    "signature": shape_signature(params),
+    "config": config_lib.to_dict(cfg),
+  }
   checkpoints = EpochCheckpoints(ckpt_dir, cfg.checkpoint_every, name, stop)
   with checkpoints:
     if checkpoints.latest() is not None:
@@ -191,18 +207,28 @@ def fit_mse(apply: Callable, params: Any, inputs: tuple, targets, cfg: InverterC
       history, best_loss, since_best = saved_meta["history"], float(saved_meta["best_loss"]), saved_meta["since_best"]
       start = len(history)
       if saved_meta["done"]:
-        return jax.tree.map(jnp.asarray, best), {"history": history, "best_val_mse": best_loss,
-                                                 "epochs_run": len(history)}
+        return jax.tree.map(jnp.asarray, best), {
+          "history": history,
+          "best_val_mse": best_loss,
+          "epochs_run": len(history),
+        }
     bar = tqdm(range(start, cfg.epochs), desc=name, disable=not progress, leave=False)
     for e in bar:
-      perm = jnp.asarray(np.random.default_rng((cfg.seed, e)).permutation(len(train_idx))[:steps * batch])
+      perm = jnp.asarray(np.random.default_rng((cfg.seed, e)).permutation(len(train_idx))[: steps * batch])
       losses = []
       for i in range(steps):
-        params, opt_state, loss = step(params, opt_state, perm[i * batch:(i + 1) * batch], train_in, train_y)
+        params, opt_state, loss = step(params, opt_state, perm[i * batch : (i + 1) * batch], train_in, train_y)
         losses.append(loss)
       losses, (vl, finite) = jax.device_get((jnp.stack(losses), val_and_finite(params, val_in, val_y)))
-      mean = check_epoch(name, e + 1, e * steps + 1, {"train_mse": losses}, bool(finite), params,
-                         {"validation MSE": vl} if n_val else None)
+      mean = check_epoch(
+        name,
+        e + 1,
+        e * steps + 1,
+        {"train_mse": losses},
+        bool(finite),
+        params,
+        {"validation MSE": vl} if n_val else None,
+      )
       vl = mean.get("validation MSE", mean["train_mse"])
       history.append({"epoch": e + 1, "train_mse": mean["train_mse"], "val_mse": vl})
       bar.set_postfix(train=f"{mean['train_mse']:.4f}", val=f"{vl:.4f}")
@@ -211,16 +237,29 @@ def fit_mse(apply: Callable, params: Any, inputs: tuple, targets, cfg: InverterC
       else:
         since_best += 1
       done = since_best >= cfg.patience or e + 1 == cfg.epochs
-      checkpoints.end_epoch(e + 1, lambda: {"params": params, "opt_state": opt_state, "best": best},
-                            lambda: {**meta, "history": history, "best_loss": best_loss, "since_best": since_best,
-                                     "done": done}, done)
+      checkpoints.end_epoch(
+        e + 1,
+        lambda: {"params": params, "opt_state": opt_state, "best": best},
+        lambda: {**meta, "history": history, "best_loss": best_loss, "since_best": since_best, "done": done},
+        done,
+      )
       if done:
         break
   return jax.tree.map(jnp.asarray, best), {"history": history, "best_val_mse": best_loss, "epochs_run": len(history)}
 
 
-def train_inverter(kind: str, explanations, logits, images, cfg: InverterConfig, *, name: str = "inverter",
-                   progress: bool = True, ckpt_dir=None, stop: StopHook | None = None):
+def train_inverter(
+  kind: str,
+  explanations,
+  logits,
+  images,
+  cfg: InverterConfig,
+  *,
+  name: str = "inverter",
+  progress: bool = True,
+  ckpt_dir=None,
+  stop: StopHook | None = None,
+):
   """A FRESH inverter (new random initialisation) trained on (explanations, logits) -> images.
 
   ``ckpt_dir``: checkpoint there and resume from it (see ``fit_mse``); ``stop`` ends the run
@@ -229,10 +268,15 @@ def train_inverter(kind: str, explanations, logits, images, cfg: InverterConfig,
   module = build_inverter(kind, images.shape[1:], cfg.width_divisor)
   inputs = _inputs(kind, explanations, logits)
   params = module.init(jax.random.PRNGKey(cfg.seed), *(jnp.asarray(a[:2]) for a in inputs))
-  arch = {"kind": kind, "image_shape": list(images.shape[1:]), "width_divisor": cfg.width_divisor,
-          "inputs": [list(np.shape(a)[1:]) for a in inputs]}
-  params, info = fit_mse(module.apply, params, inputs, images, cfg, name=name, progress=progress, ckpt_dir=ckpt_dir,
-                         arch=arch, stop=stop)
+  arch = {
+    "kind": kind,
+    "image_shape": list(images.shape[1:]),
+    "width_divisor": cfg.width_divisor,
+    "inputs": [list(np.shape(a)[1:]) for a in inputs],
+  }
+  params, info = fit_mse(
+    module.apply, params, inputs, images, cfg, name=name, progress=progress, ckpt_dir=ckpt_dir, arch=arch, stop=stop
+  )
   return module, params, info
 
 

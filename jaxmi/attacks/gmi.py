@@ -31,6 +31,7 @@ from jaxmi.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class PointLatent:
   """One z per latent: z0 ~ N(0, I), optimised directly, clipped to [-clip, clip] after each update (0: never)."""
+
   z_dim: int
   clip: float = 1.0
   draws: int = 1
@@ -48,11 +49,17 @@ class PointLatent:
     return self.project(params)[None]
 
 
-def build_gmi(models: AttackModels, z_dim: int, cfg: InversionConfig, run: ExecutionConfig = ExecutionConfig(),
-              extra_terms: tuple = ()) -> Inverter:
+def build_gmi(
+  models: AttackModels,
+  z_dim: int,
+  cfg: InversionConfig,
+  run: ExecutionConfig = ExecutionConfig(),
+  extra_terms: tuple = (),
+) -> Inverter:
   """GMI's inverter: a clipped point latent, prior + identity (+ ``extra_terms``, e.g. LOMMA's), Nesterov SGD."""
   if cfg.draw_clamp:
-    raise ConfigError(f"inversion.draw_clamp: {cfg.draw_clamp} clamps KEDMI's sampled z; GMI bounds z with "
-                      "inversion.z_clip")
+    raise ConfigError(
+      f"inversion.draw_clamp: {cfg.draw_clamp} clamps KEDMI's sampled z; GMI bounds z with inversion.z_clip"
+    )
   objective = Objective(PointLatent(z_dim, cfg.z_clip), (*prior_and_identity(cfg), *extra_terms), optimizer(cfg))
   return Inverter(models, objective, cfg, run)

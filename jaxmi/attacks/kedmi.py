@@ -45,6 +45,7 @@ class DistributionalLatent:
   z = mu + eps * exp(logvar / 2). ``clamp`` > 0 clamps the sampled z to [-clamp, clamp] before the generator.
   Evaluation draws ``draws`` z per distribution, clamped the same way as in training.
   """
+
   z_dim: int
   clamp: float = 0.0
   init_logvar: float = 1.0
@@ -52,7 +53,10 @@ class DistributionalLatent:
 
   def init(self, key: jax.Array) -> dict:
     # Explicit dtypes: a weakly typed start would change type after one update and force a retrace.
-    return {"mu": jnp.zeros((self.z_dim,), jnp.float32), "logvar": jnp.full((self.z_dim,), self.init_logvar, jnp.float32)}
+    return {
+      "mu": jnp.zeros((self.z_dim,), jnp.float32),
+      "logvar": jnp.full((self.z_dim,), self.init_logvar, jnp.float32),
+    }
 
   def _draw(self, params: dict, eps: jax.Array) -> jax.Array:
     """eps: [..., z_dim] standard normal."""
@@ -70,8 +74,13 @@ class DistributionalLatent:
     return self._draw(params, jax.random.normal(key, (self.draws, self.z_dim)))
 
 
-def build_kedmi(models: AttackModels, z_dim: int, cfg: InversionConfig, run: ExecutionConfig = ExecutionConfig(),
-                extra_terms: tuple = ()) -> Inverter:
+def build_kedmi(
+  models: AttackModels,
+  z_dim: int,
+  cfg: InversionConfig,
+  run: ExecutionConfig = ExecutionConfig(),
+  extra_terms: tuple = (),
+) -> Inverter:
   """KEDMI's inverter: a learned Gaussian per identity, prior + identity (+ ``extra_terms``), ``cfg.optimizer``
   (Adam in KEDMI's configs). ``inversion.z_clip`` is GMI's and not used here."""
   latent = DistributionalLatent(z_dim, clamp=cfg.draw_clamp, init_logvar=cfg.init_logvar, draws=cfg.eval_draws)

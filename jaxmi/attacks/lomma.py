@@ -42,6 +42,7 @@ class FeatureRegTerm:
   labels for the public data) or per-class means [num_classes, D]; an array, so an argument of the compiled
   program (a pytree leaf), not a constant in it.
   """
+
   p_reg: jax.Array
   weight: float = dataclasses.field(default=1.0, metadata={"static": True})
   name: str = dataclasses.field(default="feature_reg", metadata={"static": True})

@@ -89,9 +89,11 @@ class AttackState:
     for path in self._files():
       f = self._read(path)
       if f is not None and str(f["layout_fp"]) != self.layout_fp:
-          raise ConfigError(f"{self.directory}: was saved with another chunk layout ({f['layout_text']}); this run "
-                            f"has {self.layout_text}; rerun with the same execution.max_batch/devices/unroll, "
-                            "or pass --overwrite to start over")
+        raise ConfigError(
+          f"{self.directory}: was saved with another chunk layout ({f['layout_text']}); this run "
+          f"has {self.layout_text}; rerun with the same execution.max_batch/devices/unroll, "
+          "or pass --overwrite to start over"
+        )
 
   def load(self, chunk: int) -> dict | None:
     path = self.directory / f"chunk_{chunk:05d}.npz"

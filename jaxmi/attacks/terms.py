@@ -25,10 +25,11 @@ from jaxmi.errors import ConfigError
 
 class Forward(NamedTuple):
   """What loss terms see for one latent."""
-  image: jax.Array                 # [H, W, C] the generated image
-  critic_score: jax.Array          # scalar realism s(G(z)): D(G(z)) or KEDMI's log P(real); 0 without a critic
-  target_logits: tuple             # per attacked model (the target first): [num_classes]
-  target_features: tuple           # per attacked model: [feature_dim]
+
+  image: jax.Array  # [H, W, C] the generated image
+  critic_score: jax.Array  # scalar realism s(G(z)): D(G(z)) or KEDMI's log P(real); 0 without a critic
+  target_logits: tuple  # per attacked model (the target first): [num_classes]
+  target_features: tuple  # per attacked model: [feature_dim]
 
 
 class Latent(Protocol):
@@ -36,7 +37,8 @@ class Latent(Protocol):
 
   ``params`` is any pytree of per-latent arrays; the engine ``vmap``s every method over latents.
   """
-  draws: int                       # images evaluated per optimised latent
+
+  draws: int  # images evaluated per optimised latent
 
   def init(self, key: jax.Array) -> Any:
     """The initial parameters of one latent."""
@@ -53,9 +55,10 @@ class Latent(Protocol):
 
 class LossTerm(Protocol):
   """One weighted term of the objective of a latent; the engine minimises sum(weight * term) / reference_batch."""
-  name: str                        # key of the term in the loss history
+
+  name: str  # key of the term in the loss history
   weight: float
-  needs_critic: ClassVar[bool]     # whether the term reads ``Forward.critic_score``
+  needs_critic: ClassVar[bool]  # whether the term reads ``Forward.critic_score``
 
   def __call__(self, f: Forward, label: jax.Array) -> jax.Array:
     """The unweighted scalar loss of one latent attacking class ``label``."""
@@ -66,6 +69,7 @@ class LossTerm(Protocol):
 class PriorTerm:
   """The GAN prior: minus the critic's realism score, -D(G(z)) for GMI's WGAN critic and
   -log sigmoid(LSE(l(G(z)))) = softplus(LSE) - LSE for KEDMI's discriminator."""
+
   weight: float = dataclasses.field(default=1.0, metadata={"static": True})
   name: str = dataclasses.field(default="prior", metadata={"static": True})
   needs_critic: ClassVar[bool] = True
@@ -81,6 +85,7 @@ class IdentityTerm:
 
   ``ce``: cross-entropy (GMI, KEDMI); ``logit``: the negative raw logit of the attacked class (LOMMA).
   """
+
   weight: float = dataclasses.field(default=100.0, metadata={"static": True})
   loss: str = dataclasses.field(default="ce", metadata={"static": True})
   name: str = dataclasses.field(default="identity", metadata={"static": True})

@@ -23,7 +23,15 @@ from jaxmi.data.splits import load_splits
 from jaxmi.data.splits import Splits
 
 __all__ = [
-    "ArraySplit", "DATASETS", "DataConfig", "RawDataset", "Splits",
-    "eval_batches", "load_raw", "load_splits", "prepare", "steps_per_epoch",
-    "train_batches",
+  "ArraySplit",
+  "DATASETS",
+  "DataConfig",
+  "RawDataset",
+  "Splits",
+  "eval_batches",
+  "load_raw",
+  "load_splits",
+  "prepare",
+  "steps_per_epoch",
+  "train_batches",
 ]

@@ -33,12 +33,14 @@ from jaxmi.errors import DataError
 
 # Tried in order; tests and offline mirrors may replace these (file:// works).
 MNIST_MIRRORS = [
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+  "https://storage.googleapis.com/cvdf-datasets/mnist/",
+  "https://ossci-datasets.s3.amazonaws.com/mnist/",
 ]
 ATT_FACES_URLS = [
-    "https://www.cl.cam.ac.uk/research/dtg/attarchive/pub/data/att_faces.zip",
+  "https://www.cl.cam.ac.uk/research/dtg/attarchive/pub/data/att_faces.zip",
 ]
+
+
 @functools.lru_cache(maxsize=None)
 def image_suffixes() -> frozenset[str]:
   """Extensions of every format Pillow can read (jpg, png, gif, bmp, pgm, tif, webp, ...)."""
@@ -62,18 +64,18 @@ def is_image_file(path: Path) -> bool:
 
 
 def _image_features(shape: tuple[int, int, int], **extra):
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       # Raw bytes: the default encoding widens every pixel to an int64 list,
       # 8x larger on disk and several times slower to read back.
-      "image": tfds.features.Tensor(shape=shape, dtype=np.uint8,
-                                    encoding=tfds.features.Encoding.BYTES),
+      "image": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
       "label": tfds.features.Tensor(shape=(), dtype=np.int64),
       **extra,
-  })
+    }
+  )
 
 
-class _RawFilesBuilder(tfds.core.GeneratorBasedBuilder,
-                       skip_registration=True):
+class _RawFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A builder that prepares from raw files in `raw_dir`, downloading if told.
 
   Downloads go into `raw_dir` when it is writable, else into `fallback_dir`
@@ -82,8 +84,7 @@ class _RawFilesBuilder(tfds.core.GeneratorBasedBuilder,
 
   VERSION = tfds.core.Version("1.0.0")
 
-  def __init__(self, *, raw_dir: Path, fallback_dir: Path, download: bool,
-               urls: Sequence[str] | None = None, **kwargs):
+  def __init__(self, *, raw_dir: Path, fallback_dir: Path, download: bool, urls: Sequence[str] | None = None, **kwargs):
     self.raw_dir = Path(raw_dir)
     self.fallback_dir = Path(fallback_dir)
     self.download = download
@@ -107,11 +108,11 @@ class Mnist(_RawFilesBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="MNIST handwritten digits, 28x28 grey, labels 0-9.",
-        features=_image_features((28, 28, 1)),
-        homepage="http://yann.lecun.com/exdb/mnist/",
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description="MNIST handwritten digits, 28x28 grey, labels 0-9.",
+      features=_image_features((28, 28, 1)),
+      homepage="http://yann.lecun.com/exdb/mnist/",
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _locate(self, name: str) -> Path:
@@ -120,8 +121,7 @@ class Mnist(_RawFilesBuilder):
       if (folder / name).is_file():
         return folder / name
     missing = self.raw_dir / name
-    hint = (f"mnist: {missing} is missing; put the four MNIST IDX .gz files in "
-            f"{self.raw_dir} or set JAXMI_DATA_DIR")
+    hint = f"mnist: {missing} is missing; put the four MNIST IDX .gz files in {self.raw_dir} or set JAXMI_DATA_DIR"
     if not self.download:
       raise DataError(f"{hint} (downloads are off: download=False)")
     dest = self._download_target() / name
@@ -135,8 +135,7 @@ class Mnist(_RawFilesBuilder):
       return formats.mnist_md5_problem(name, data)
 
     try:
-      download_lib.fetch([m.rstrip("/") + "/" + name for m in mirrors], dest,
-                         check)
+      download_lib.fetch([m.rstrip("/") + "/" + name for m in mirrors], dest, check)
     except DataError as e:
       raise DataError(f"{hint} (tried download: {e})") from None
     return dest
@@ -144,14 +143,13 @@ class Mnist(_RawFilesBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # Downloads are ours: TFDS's manager has no checksum hook.
     paths = {name: self._locate(name) for name in formats.MNIST_FILES}
-    self.info.metadata["source"] = " and ".join(
-        sorted({str(p.parent) for p in paths.values()}))
+    self.info.metadata["source"] = " and ".join(sorted({str(p.parent) for p in paths.values()}))
     splits = {}
     for split in formats.MNIST_SPLIT_FILES:
       images, labels = formats.read_mnist_split(paths, split)
       splits[split] = self._generate_examples(
-          (i, {"image": image, "label": label})
-          for i, (image, label) in enumerate(zip(images, labels)))
+        (i, {"image": image, "label": label}) for i, (image, label) in enumerate(zip(images, labels))
+      )
     return splits
 
 
@@ -162,11 +160,11 @@ class AttFaces(_RawFilesBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="AT&T (ORL) Database of Faces: 40 people x 10 images.",
-        features=_image_features((112, 92, 1)),
-        homepage="https://cam-orl.co.uk/facedatabase.html",
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description="AT&T (ORL) Database of Faces: 40 people x 10 images.",
+      features=_image_features((112, 92, 1)),
+      homepage="https://cam-orl.co.uk/facedatabase.html",
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _find_raw(self) -> Path:
@@ -174,8 +172,10 @@ class AttFaces(_RawFilesBuilder):
     for folder in (self.raw_dir, self.fallback_dir):
       if (folder / first).is_file():
         return folder
-    hint = (f"att_faces: {self.raw_dir / first} is missing; put the AT&T files "
-            f"sN/M.pgm in {self.raw_dir} or set JAXMI_DATA_DIR")
+    hint = (
+      f"att_faces: {self.raw_dir / first} is missing; put the AT&T files "
+      f"sN/M.pgm in {self.raw_dir} or set JAXMI_DATA_DIR"
+    )
     if not self.download:
       raise DataError(f"{hint} (downloads are off: download=False)")
     target = self._download_target()
@@ -195,8 +195,10 @@ class AttFaces(_RawFilesBuilder):
       except (zipfile.BadZipFile, OSError) as e:
         return f"not a readable zip file ({download_lib.one_line(e)})"
       if actual != formats.ATT_FACES_MANIFEST_SHA256:
-        return (f"{formats.att_faces_changed(_att_zip_members(path))} differ from the original AT&T files "
-                f"(manifest sha256 {actual}, expected {formats.ATT_FACES_MANIFEST_SHA256})")
+        return (
+          f"{formats.att_faces_changed(_att_zip_members(path))} differ from the original AT&T files "
+          f"(manifest sha256 {actual}, expected {formats.ATT_FACES_MANIFEST_SHA256})"
+        )
       return None
 
     urls = ATT_FACES_URLS if self.urls is None else self.urls
@@ -207,8 +209,7 @@ class AttFaces(_RawFilesBuilder):
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Each image is renamed into place whole, so a crash mid-way leaves
         # only complete files and the manifest check catches the rest.
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part",
-                                   dir=dest.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         try:
           with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -223,9 +224,11 @@ class AttFaces(_RawFilesBuilder):
     raw_dir = self._find_raw()
     images, labels = formats.read_att_faces(raw_dir)
     self.info.metadata["source"] = str(raw_dir)
-    return {"train": self._generate_examples(
-        (i, {"image": image, "label": label})
-        for i, (image, label) in enumerate(zip(images, labels)))}
+    return {
+      "train": self._generate_examples(
+        (i, {"image": image, "label": label}) for i, (image, label) in enumerate(zip(images, labels))
+      )
+    }
 
 
 def _att_zip_members(zip_path: Path) -> dict[str, bytes]:
@@ -256,25 +259,25 @@ def scan_image_folder(root: Path) -> list[tuple[str, list[Path]]]:
   with one note giving their count.
   """
   if not root.is_dir():
-    raise DataError(f"image_folder: {root} is not a folder; expected "
-                    "root/<identity>/<image> (any format Pillow reads)")
+    raise DataError(f"image_folder: {root} is not a folder; expected root/<identity>/<image> (any format Pillow reads)")
   identities, skipped = [], []
-  for folder in sorted(p for p in root.iterdir()
-                       if p.is_dir() and not p.name.startswith(".")):
+  for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
     files = []
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
       (files if is_image_file(path) else skipped).append(path)
     if not files:
       # Skipping it would silently shift every later identity's label.
-      raise DataError(f"image_folder: {folder} has no images (of any format Pillow reads); "
-                      "remove it or add images")
+      raise DataError(f"image_folder: {folder} has no images (of any format Pillow reads); remove it or add images")
     identities.append((folder.name, files))
   if not identities:
-    raise DataError(f"image_folder: {root} has no identity folders; expected "
-                    "root/<identity>/<image> (any format Pillow reads)")
+    raise DataError(
+      f"image_folder: {root} has no identity folders; expected root/<identity>/<image> (any format Pillow reads)"
+    )
   if skipped:
-    download_lib.note(f"image_folder: skipped {len(skipped)} file(s) in {root} that are not images "
-                      f"Pillow reads, e.g. {skipped[0].relative_to(root)}")
+    download_lib.note(
+      f"image_folder: skipped {len(skipped)} file(s) in {root} that are not images "
+      f"Pillow reads, e.g. {skipped[0].relative_to(root)}"
+    )
   return identities
 
 
@@ -288,8 +291,7 @@ def image_folder_key(root: Path, identities, config_fields: tuple) -> str:
   for _, files in identities:
     for path in files:
       stat = path.stat()
-      digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0"
-                    f"{stat.st_mtime_ns}\n".encode())
+      digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
   return digest.hexdigest()[:16]
 
 
@@ -300,15 +302,15 @@ def load_image(path: Path, config: ImageFolderConfig) -> np.ndarray:
       image = ImageOps.exif_transpose(image)
       image = to_8bit(image).convert("L" if config.channels == 1 else "RGB")
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise DataError(f"image_folder: cannot read image {path} "
-                    f"({download_lib.one_line(e)})") from None
+    raise DataError(f"image_folder: cannot read image {path} ({download_lib.one_line(e)})") from None
   width, height = image.size
   if config.crop:
     top, left, crop_h, crop_w = config.crop
     if top + crop_h > height or left + crop_w > width:
       raise DataError(
-          f"image_folder: crop (top, left, height, width)={tuple(config.crop)} "
-          f"does not fit {path}, which is {width}x{height} (w x h)")
+        f"image_folder: crop (top, left, height, width)={tuple(config.crop)} "
+        f"does not fit {path}, which is {width}x{height} (w x h)"
+      )
   else:
     side = min(width, height)
     top, left, crop_h, crop_w = (height - side) // 2, (width - side) // 2, side, side
@@ -359,8 +361,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   name = "image_folder"
   VERSION = tfds.core.Version("1.0.0")
 
-  def __init__(self, *, root: Path, identities, config: ImageFolderConfig,
-               **kwargs):
+  def __init__(self, *, root: Path, identities, config: ImageFolderConfig, **kwargs):
     self.root = Path(root)
     self.identities = identities
     _init_with_custom_config(self, config, kwargs)
@@ -368,12 +369,10 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Images in root/<identity>/<image>, one class per folder.",
-        features=_image_features(
-            (config.height, config.width, config.channels),
-            file=tfds.features.Text()),
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description="Images in root/<identity>/<image>, one class per folder.",
+      features=_image_features((config.height, config.width, config.channels), file=tfds.features.Text()),
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager):
@@ -383,15 +382,14 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self):
-    labelled = [(label, path) for label, (_, files) in enumerate(self.identities)
-                for path in files]
+    labelled = [(label, path) for label, (_, files) in enumerate(self.identities) for path in files]
     config = self.builder_config
     # PIL releases the GIL while decoding and resizing, so threads help; the
     # chunks bound how many decoded images wait for the writer.
     chunk = 512
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
       for start in range(0, len(labelled), chunk):
-        part = labelled[start:start + chunk]
+        part = labelled[start : start + chunk]
         images = pool.map(lambda item: load_image(item[1], config), part)
         for (label, path), image in zip(part, images):
           rel = path.relative_to(self.root).as_posix()
@@ -413,16 +411,16 @@ def find_idx_files(root: Path) -> dict[str, tuple[Path, Path]]:
   """split -> (images, labels): the standard MNIST file names in `root`, each plain or .gz."""
   wanted = " ".join(n for split in ("train", "test") for n in formats.idx_file_names(split))
   if not root.is_dir():
-    raise DataError(f"idx: {root} is not a folder; expected the MNIST-format files {wanted} "
-                    "(each may end in .gz) in it")
+    raise DataError(
+      f"idx: {root} is not a folder; expected the MNIST-format files {wanted} (each may end in .gz) in it"
+    )
   found = {}
   for split in ("train", "test"):
     pair = []
     for name in formats.idx_file_names(split):
       path = next((p for p in (root / name, root / f"{name}.gz") if p.is_file()), None)
       if path is None:
-        raise DataError(f"idx: {root / name} (or .gz) is missing; expected the MNIST-format files {wanted} "
-                        f"in {root}")
+        raise DataError(f"idx: {root / name} (or .gz) is missing; expected the MNIST-format files {wanted} in {root}")
       pair.append(path)
     found[split] = tuple(pair)
   return found
@@ -461,10 +459,10 @@ class Idx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="MNIST-format IDX images and labels (train and t10k files).",
-        features=_image_features((config.height, config.width, 1)),
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description="MNIST-format IDX images and labels (train and t10k files).",
+      features=_image_features((config.height, config.width, 1)),
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager):
@@ -473,28 +471,34 @@ class Idx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     arrays = {split: formats.read_idx_split(paths, "idx") for split, paths in self.files.items()}
     for split, (images, _) in arrays.items():
       if images.shape[1:3] != (config.height, config.width):
-        raise DataError(f"idx: {self.files[split][0]} holds {images.shape[1]}x{images.shape[2]} images, but the "
-                        f"train images are {config.height}x{config.width}")
+        raise DataError(
+          f"idx: {self.files[split][0]} holds {images.shape[1]}x{images.shape[2]} images, but the "
+          f"train images are {config.height}x{config.width}"
+        )
     num_classes = int(max(labels.max(initial=-1) for _, labels in arrays.values())) + 1
     names = [str(k) for k in range(num_classes)]
     names_file = self.root / IDX_CLASS_NAMES
     if names_file.is_file():
       names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
       if len(names) < num_classes:
-        raise DataError(f"idx: {names_file} names {len(names)} classes but the labels go up to {num_classes - 1}; "
-                        "expected one name per line for every label")
+        raise DataError(
+          f"idx: {names_file} names {len(names)} classes but the labels go up to {num_classes - 1}; "
+          "expected one name per line for every label"
+        )
     self.info.metadata["source"] = str(self.root.resolve())
     self.info.metadata["class_names"] = names
-    return {split: self._generate_examples(
-        (i, {"image": image, "label": label}) for i, (image, label) in enumerate(zip(images, labels)))
-            for split, (images, labels) in arrays.items()}
+    return {
+      split: self._generate_examples(
+        (i, {"image": image, "label": label}) for i, (image, label) in enumerate(zip(images, labels))
+      )
+      for split, (images, labels) in arrays.items()
+    }
 
   def _generate_examples(self, examples):
     yield from examples
 
 
-def read_split(builder: tfds.core.DatasetBuilder,
-               split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_split(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarray, np.ndarray]:
   """All (images, labels) of a prepared split as numpy arrays."""
   source = builder.as_data_source(split=split)
   # One batched read is far faster than indexing example by example.
@@ -504,16 +508,15 @@ def read_split(builder: tfds.core.DatasetBuilder,
   return images, labels
 
 
-def download_and_prepare(builder: tfds.core.DatasetBuilder,
-                         download_dir: Path) -> None:
+def download_and_prepare(builder: tfds.core.DatasetBuilder, download_dir: Path) -> None:
   """Prepares `builder` once; a prepared folder is reused as it is."""
   if os.environ.get(download_lib.PROGRESS_ENV, "1") not in ("", "1"):
     tfds.disable_progress_bar()
   try:
     builder.download_and_prepare(
-        download_dir=download_dir,
-        # TFDS would otherwise look up its own hosted copy on the network.
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+      download_dir=download_dir,
+      # TFDS would otherwise look up its own hosted copy on the network.
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False),
     )
   except OSError:
     # Another process may have finished the same prepare first, making our

@@ -44,8 +44,7 @@ def is_writable_dir(path: Path) -> bool:
     return False
 
 
-def fetch(urls: Sequence[str], dest: Path, check: Check, *,
-          timeout: float = TIMEOUT_S) -> None:
+def fetch(urls: Sequence[str], dest: Path, check: Check, *, timeout: float = TIMEOUT_S) -> None:
   """Downloads the first of `urls` that passes `check` to `dest`.
 
   Each try goes to a temp file beside `dest` that is renamed only once it
@@ -57,12 +56,10 @@ def fetch(urls: Sequence[str], dest: Path, check: Check, *,
   dest.parent.mkdir(parents=True, exist_ok=True)
   failures = []
   for url in urls:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part",
-                                    dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
-      with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
-          url, timeout=timeout) as response:
+      with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
         shutil.copyfileobj(response, out, 1 << 20)
       problem = check(tmp)
       if problem is None:

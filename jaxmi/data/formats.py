@@ -14,22 +14,21 @@ from jaxmi.errors import DataError
 # The official MNIST files and the MD5 of their *uncompressed* bytes, which is
 # what LeCun's page publishes (the .gz bytes differ between mirrors).
 MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+  "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+  "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+  "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+  "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
 }
 MNIST_SPLIT_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+  "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 
 # sha256 over the sorted "sN/M.pgm\0<sha256 of the file>\n" lines of the 400
 # AT&T images (see att_faces_manifest), computed from the original files.
-ATT_FACES_MANIFEST_SHA256 = (
-    "9972801133ec8ba8b06221a0f2c7c087c2e2a8d99a5fdd0ddfbf90beb82d5ac3")
+ATT_FACES_MANIFEST_SHA256 = "9972801133ec8ba8b06221a0f2c7c087c2e2a8d99a5fdd0ddfbf90beb82d5ac3"
 ATT_FACES_IDENTITIES = 40
 ATT_FACES_SHOTS = 10
 ATT_FACES_SHAPE = (112, 92)
@@ -45,8 +44,8 @@ def gunzip(path: Path, dataset: str = "mnist") -> bytes:
     raise DataError(f"{dataset}: {path} is missing") from None
   except (EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise DataError(
-        f"{dataset}: {path} is truncated or not a gzip file ({one_line(e)}); "
-        "delete it and download it again") from None
+      f"{dataset}: {path} is truncated or not a gzip file ({one_line(e)}); delete it and download it again"
+    ) from None
   except OSError as e:  # After BadGzipFile, which is an OSError too.
     raise DataError(f"{dataset}: cannot read {path} ({one_line(e)})") from None
 
@@ -78,24 +77,25 @@ def parse_idx(data: bytes, path: Path, *, images: bool, dataset: str = "mnist") 
   ndim = 3 if images else 1
   header_size = 4 + 4 * ndim
   if len(data) < header_size:
-    raise DataError(f"{dataset}: {path} is truncated: {len(data)} bytes is shorter "
-                    f"than the IDX header")
+    raise DataError(f"{dataset}: {path} is truncated: {len(data)} bytes is shorter than the IDX header")
   found = int.from_bytes(data[:4], "big")
   if found != magic:
-    raise DataError(f"{dataset}: {path}: IDX magic number is {found:#010x}, expected "
-                    f"{magic:#010x} (unsigned bytes, {ndim} dimensions); is it the right "
-                    f"{'images' if images else 'labels'} file?")
-  dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    raise DataError(
+      f"{dataset}: {path}: IDX magic number is {found:#010x}, expected "
+      f"{magic:#010x} (unsigned bytes, {ndim} dimensions); is it the right "
+      f"{'images' if images else 'labels'} file?"
+    )
+  dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
   expected_size = header_size + int(np.prod(dims))
   if len(data) != expected_size:
-    raise DataError(f"{dataset}: {path} holds {len(data)} bytes, expected {expected_size} "
-                    f"for an IDX file of shape {tuple(dims)}")
+    raise DataError(
+      f"{dataset}: {path} holds {len(data)} bytes, expected {expected_size} for an IDX file of shape {tuple(dims)}"
+    )
   array = np.frombuffer(data, np.uint8, offset=header_size).reshape(dims)
   return array[..., None] if images else array
 
 
-def read_mnist_split(paths: dict[str, Path],
-                     split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_mnist_split(paths: dict[str, Path], split: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads and verifies one MNIST split: (uint8 [N,28,28,1], int64 [N]).
 
   `paths` maps each official file name to where it is.
@@ -106,13 +106,15 @@ def read_mnist_split(paths: dict[str, Path],
     data = gunzip(paths[name])
     problem = mnist_md5_problem(name, data)
     if problem:
-      raise DataError(f"mnist: {paths[name]}: {problem}; delete it so it is "
-                      "downloaded again, or replace it with the official file")
+      raise DataError(
+        f"mnist: {paths[name]}: {problem}; delete it so it is downloaded again, or replace it with the official file"
+      )
     arrays.append(parse_idx(data, paths[name], images=is_images))
   images, labels = arrays
   if len(images) != len(labels):
-    raise DataError(f"mnist: {paths[image_name]} has {len(images)} images but "
-                    f"{paths[label_name]} has {len(labels)} labels")
+    raise DataError(
+      f"mnist: {paths[image_name]} has {len(images)} images but {paths[label_name]} has {len(labels)} labels"
+    )
   return images, labels.astype(np.int64)
 
 
@@ -137,13 +139,13 @@ def parse_pgm(data: bytes, path: Path) -> np.ndarray:
   # to end of line, then exactly one whitespace byte before the pixels.
   tokens, pos = [], 0
   while len(tokens) < 4:
-    while pos < len(data) and (data[pos:pos + 1].isspace() or data[pos] == 35):
+    while pos < len(data) and (data[pos : pos + 1].isspace() or data[pos] == 35):
       if data[pos] == 35:  # '#'
         end = data.find(b"\n", pos)
         pos = len(data) if end < 0 else end
       pos += 1
     start = pos
-    while pos < len(data) and not data[pos:pos + 1].isspace():
+    while pos < len(data) and not data[pos : pos + 1].isspace():
       pos += 1
     if start == pos:
       raise DataError(f"att_faces: {path} is truncated inside its PGM header")
@@ -156,10 +158,9 @@ def parse_pgm(data: bytes, path: Path) -> np.ndarray:
     raise DataError(f"att_faces: {path} has a malformed PGM header") from None
   if not 0 < maxval < 256:
     raise DataError(f"att_faces: {path} has PGM maxval {maxval}, expected 8-bit (<= 255)")
-  pixels = data[pos + 1:pos + 1 + width * height]
+  pixels = data[pos + 1 : pos + 1 + width * height]
   if len(pixels) != width * height:
-    raise DataError(f"att_faces: {path} is truncated: {len(pixels)} of "
-                    f"{width * height} pixel bytes")
+    raise DataError(f"att_faces: {path} is truncated: {len(pixels)} of {width * height} pixel bytes")
   return np.frombuffer(pixels, np.uint8).reshape(height, width)
 
 
@@ -176,8 +177,11 @@ def att_faces_changed(files: dict[str, bytes], show: int = 5) -> str:
   from jaxmi.data.att_faces_hashes import ATT_FACES_SHA256_PREFIXES  # pylint: disable=g-import-not-at-top
 
   expected = "".join(ATT_FACES_SHA256_PREFIXES)
-  changed = [rel for k, rel in enumerate(att_faces_names())
-             if hashlib.sha256(files.get(rel, b"")).hexdigest()[:16] != expected[16 * k:16 * (k + 1)]]
+  changed = [
+    rel
+    for k, rel in enumerate(att_faces_names())
+    if hashlib.sha256(files.get(rel, b"")).hexdigest()[:16] != expected[16 * k : 16 * (k + 1)]
+  ]
   if not changed:
     return "the files"  # Only a name outside sN/M.pgm could do this; the manifest still differs.
   listed = ", ".join(changed[:show]) + (", ..." if len(changed) > show else "")
@@ -186,8 +190,7 @@ def att_faces_changed(files: dict[str, bytes], show: int = 5) -> str:
 
 def att_faces_names() -> list[str]:
   """The 400 relative paths sN/M.pgm of the AT&T database."""
-  return [f"s{n}/{m}.pgm" for n in range(1, ATT_FACES_IDENTITIES + 1)
-          for m in range(1, ATT_FACES_SHOTS + 1)]
+  return [f"s{n}/{m}.pgm" for n in range(1, ATT_FACES_IDENTITIES + 1) for m in range(1, ATT_FACES_SHOTS + 1)]
 
 
 def read_att_faces(raw_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -198,23 +201,22 @@ def read_att_faces(raw_dir: Path) -> tuple[np.ndarray, np.ndarray]:
       files[rel] = (raw_dir / rel).read_bytes()
     except FileNotFoundError:
       raise DataError(
-          f"att_faces: {raw_dir / rel} is missing; expected the 400 files "
-          f"sN/M.pgm (N=1..40, M=1..10) in {raw_dir}") from None
+        f"att_faces: {raw_dir / rel} is missing; expected the 400 files sN/M.pgm (N=1..40, M=1..10) in {raw_dir}"
+      ) from None
     except OSError as e:
-      raise DataError(f"att_faces: cannot read {raw_dir / rel} "
-                      f"({one_line(e)})") from None
+      raise DataError(f"att_faces: cannot read {raw_dir / rel} ({one_line(e)})") from None
   actual = att_faces_manifest(files)
   if actual != ATT_FACES_MANIFEST_SHA256:
     raise DataError(
-        f"att_faces: {att_faces_changed(files)} in {raw_dir} differ from the original AT&T "
-        f"files (manifest sha256 {actual}, expected {ATT_FACES_MANIFEST_SHA256}); "
-        "replace them with the original files")
+      f"att_faces: {att_faces_changed(files)} in {raw_dir} differ from the original AT&T "
+      f"files (manifest sha256 {actual}, expected {ATT_FACES_MANIFEST_SHA256}); "
+      "replace them with the original files"
+    )
   images, labels = [], []
   for rel, data in files.items():
     image = parse_pgm(data, raw_dir / rel)
     if image.shape != ATT_FACES_SHAPE:
-      raise DataError(f"att_faces: {raw_dir / rel} is {image.shape[1]}x"
-                      f"{image.shape[0]}, expected 92x112")
+      raise DataError(f"att_faces: {raw_dir / rel} is {image.shape[1]}x{image.shape[0]}, expected 92x112")
     images.append(image)
     labels.append(int(ATT_FACES_FILE.search(rel).group(2)) - 1)
   return np.stack(images)[..., None], np.asarray(labels, np.int64)

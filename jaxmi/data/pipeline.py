@@ -28,16 +28,18 @@ def steps_per_epoch(n: int, batch_size: int, *, split: str = "") -> int:
   if batch_size < 1:
     raise ConfigError(f"batch_size: {batch_size} must be >= 1")
   if n == 0:
-    raise ConfigError(f"{split or 'split'}: the split is empty (0 examples), so there is nothing to train on; "
-                      "list identities that have images")
+    raise ConfigError(
+      f"{split or 'split'}: the split is empty (0 examples), so there is nothing to train on; "
+      "list identities that have images"
+    )
   if n < batch_size:
-    raise ConfigError(f"batch_size: {batch_size} is larger than the {n} "
-                      "examples of the split, so no full batch fits; lower it")
+    raise ConfigError(
+      f"batch_size: {batch_size} is larger than the {n} examples of the split, so no full batch fits; lower it"
+    )
   return n // batch_size
 
 
-def train_batch_indices(n: int, batch_size: int, seed: int,
-                        start_step: int = 0) -> Iterator[np.ndarray]:
+def train_batch_indices(n: int, batch_size: int, seed: int, start_step: int = 0) -> Iterator[np.ndarray]:
   """Indices of each training batch from global step `start_step` on.
 
   Epoch e is np.random.default_rng([seed, e]).permutation(n) cut into full
@@ -51,13 +53,13 @@ def train_batch_indices(n: int, batch_size: int, seed: int,
   while True:
     order = np.random.default_rng([seed, epoch]).permutation(n)
     for k in range(position, spe):
-      yield order[k * batch_size:(k + 1) * batch_size]
+      yield order[k * batch_size : (k + 1) * batch_size]
     epoch, position = epoch + 1, 0
 
 
-def train_batches(split: ArraySplit, batch_size: int, seed: int,
-                  start_step: int = 0, *, sharding=None,
-                  prefetch: int = 2) -> Iterator[Batch]:
+def train_batches(
+  split: ArraySplit, batch_size: int, seed: int, start_step: int = 0, *, sharding=None, prefetch: int = 2
+) -> Iterator[Batch]:
   """Endless {"image": uint8 [B,H,W,C], "label": int32 [B]} on device.
 
   Args:
@@ -78,16 +80,14 @@ def train_batches(split: ArraySplit, batch_size: int, seed: int,
     raise ConfigError(f"start_step: {start_step} must be >= 0")
 
   def produce():
-    for indices in train_batch_indices(len(split), batch_size, seed,
-                                       start_step):
+    for indices in train_batch_indices(len(split), batch_size, seed, start_step):
       batch = {"image": split.images[indices], "label": split.labels[indices]}
       yield jax.device_put(batch, sharding)
 
   return _prefetched(produce(), prefetch)
 
 
-def eval_batches(split: ArraySplit, batch_size: int, *, sharding=None,
-                 prefetch: int = 2) -> Iterator[Batch]:
+def eval_batches(split: ArraySplit, batch_size: int, *, sharding=None, prefetch: int = 2) -> Iterator[Batch]:
   """One in-order pass: {"image", "label", "mask"}, all of batch_size rows.
 
   The last batch is padded with zero rows whose float32 mask is 0, so every
@@ -112,9 +112,9 @@ def eval_batches(split: ArraySplit, batch_size: int, *, sharding=None,
       pad = batch_size - real
       rows = slice(start, start + real)
       batch = {
-          "image": _pad(split.images[rows], pad),
-          "label": _pad(split.labels[rows], pad),
-          "mask": _pad(np.ones(real, np.float32), pad),
+        "image": _pad(split.images[rows], pad),
+        "label": _pad(split.labels[rows], pad),
+        "mask": _pad(np.ones(real, np.float32), pad),
       }
       yield jax.device_put(batch, sharding)
 

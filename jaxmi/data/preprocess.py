@@ -27,22 +27,20 @@ def resize_matrix(size_in: int, size_out: int) -> np.ndarray:
 
 def check_crop_form(crop: tuple[int, ...]) -> None:
   if len(crop) != 4 or min(crop) < 0 or crop[2] < 1 or crop[3] < 1:
-    raise ConfigError(f"data.crop: {tuple(crop)} must be () or (top, left, "
-                      "height, width) with height, width >= 1")
+    raise ConfigError(f"data.crop: {tuple(crop)} must be () or (top, left, height, width) with height, width >= 1")
 
 
-def check_crop(crop: tuple[int, ...], height: int, width: int,
-               dataset: str) -> None:
+def check_crop(crop: tuple[int, ...], height: int, width: int, dataset: str) -> None:
   """Raises unless crop is well formed and fits height x width images."""
   check_crop_form(crop)
   top, left, crop_h, crop_w = crop
   if top + crop_h > height or left + crop_w > width:
-    raise ConfigError(f"data.crop: {tuple(crop)} does not fit the {height}x"
-                      f"{width} (h x w) images of {dataset}")
+    raise ConfigError(f"data.crop: {tuple(crop)} does not fit the {height}x{width} (h x w) images of {dataset}")
 
 
-def preprocess(images: np.ndarray, *, image_size: int, channels: int,
-               crop: tuple[int, ...] = (), dataset: str = "dataset") -> np.ndarray:
+def preprocess(
+  images: np.ndarray, *, image_size: int, channels: int, crop: tuple[int, ...] = (), dataset: str = "dataset"
+) -> np.ndarray:
   """Crops, converts channels and resizes uint8 [N,H,W,C] to [N,S,S,channels].
 
   `crop` is (top, left, height, width); () takes the centre square of
@@ -56,7 +54,7 @@ def preprocess(images: np.ndarray, *, image_size: int, channels: int,
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     height = width = side
-  images = images[:, top:top + height, left:left + width]
+  images = images[:, top : top + height, left : left + width]
   if in_channels == channels and height == width == image_size:
     return np.ascontiguousarray(images)
   if in_channels == 1 and channels == 3 and height == width == image_size:
@@ -65,7 +63,7 @@ def preprocess(images: np.ndarray, *, image_size: int, channels: int,
   cols = resize_matrix(width, image_size)
   out = np.empty((len(images), image_size, image_size, channels), np.uint8)
   for start in range(0, len(images), _CHUNK):
-    chunk = images[start:start + _CHUNK].astype(np.float32)
+    chunk = images[start : start + _CHUNK].astype(np.float32)
     if in_channels == 3 and channels == 1:
       chunk = chunk @ _LUMA[:, None]
     # Channels first, so both resizes are batched BLAS matrix products.
@@ -73,5 +71,5 @@ def preprocess(images: np.ndarray, *, image_size: int, channels: int,
     chunk = chunk.transpose(0, 2, 3, 1)
     if chunk.shape[-1] != channels:
       chunk = np.repeat(chunk, channels, axis=-1)
-    out[start:start + _CHUNK] = np.clip(np.rint(chunk), 0, 255)
+    out[start : start + _CHUNK] = np.clip(np.rint(chunk), 0, 255)
   return out

@@ -18,8 +18,7 @@ from jaxmi.errors import JaxmiError
 DatasetName = typing.Literal["mnist", "att_faces", "image_folder", "idx", "sklearn_digits"]
 DATASETS = typing.get_args(DatasetName)
 # Datasets with an official held-out split named "test".
-HAS_TEST_SPLIT = {"mnist": True, "att_faces": False, "image_folder": False, "idx": True,
-                  "sklearn_digits": False}
+HAS_TEST_SPLIT = {"mnist": True, "att_faces": False, "image_folder": False, "idx": True, "sklearn_digits": False}
 # Set by the command line's --data-dir / --cache-dir: flags win over a config's data.data_dir /
 # data.cache_dir (they are the more specific, local choice), which win over $JAXMI_DATA_DIR /
 # $JAXMI_CACHE_DIR. --data-dir D means D/<dataset>, as $JAXMI_DATA_DIR does.
@@ -38,8 +37,7 @@ def resolve_raw_dir(dataset: str, data_dir: str | os.PathLike | None = None) -> 
 
 def resolve_cache_dir(cache: str | os.PathLike | None = None) -> Path:
   """cache, else $JAXMI_CACHE_DIR, else ~/.cache/jaxmi."""
-  return Path(cache or os.environ.get("JAXMI_CACHE_DIR")
-              or "~/.cache/jaxmi").expanduser().absolute()
+  return Path(cache or os.environ.get("JAXMI_CACHE_DIR") or "~/.cache/jaxmi").expanduser().absolute()
 
 
 def command_line_dirs(dataset: str, data_dir, cache_dir) -> tuple:
@@ -76,13 +74,20 @@ class RawDataset:
 
 def check_dataset_name(dataset: str) -> None:
   if dataset not in DATASETS:
-    raise DataError(f"data.dataset: unknown dataset {dataset!r}; expected one "
-                    f"of {', '.join(DATASETS)}")
+    raise DataError(f"data.dataset: unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
 
 
-def prepare(dataset: str, *, data_dir=None, cache_dir=None,
-            download: bool = True, image_size: int = 32, channels: int = 1,
-            crop: tuple[int, ...] = (), urls=None) -> str:
+def prepare(
+  dataset: str,
+  *,
+  data_dir=None,
+  cache_dir=None,
+  download: bool = True,
+  image_size: int = 32,
+  channels: int = 1,
+  crop: tuple[int, ...] = (),
+  urls=None,
+) -> str:
   """Downloads (if missing and allowed), verifies and prepares `dataset`.
 
   Already prepared data is reused as it is; a damaged prepared folder is
@@ -106,13 +111,29 @@ def prepare(dataset: str, *, data_dir=None, cache_dir=None,
   """
   # Loading checks that the prepared files read back (rebuilding them if damaged) and writes
   # the identity mapping.
-  return load_raw(dataset, data_dir=data_dir, cache_dir=cache_dir, download=download,
-                  image_size=image_size, channels=channels, crop=crop, urls=urls).description
+  return load_raw(
+    dataset,
+    data_dir=data_dir,
+    cache_dir=cache_dir,
+    download=download,
+    image_size=image_size,
+    channels=channels,
+    crop=crop,
+    urls=urls,
+  ).description
 
 
-def load_raw(dataset: str, *, data_dir=None, cache_dir=None,
-             download: bool = True, image_size: int = 32, channels: int = 1,
-             crop: tuple[int, ...] = (), urls=None) -> RawDataset:
+def load_raw(
+  dataset: str,
+  *,
+  data_dir=None,
+  cache_dir=None,
+  download: bool = True,
+  image_size: int = 32,
+  channels: int = 1,
+  crop: tuple[int, ...] = (),
+  urls=None,
+) -> RawDataset:
   """Loads all of `dataset` into memory, preparing it first if needed.
 
   Args:
@@ -144,8 +165,7 @@ def load_raw(dataset: str, *, data_dir=None, cache_dir=None,
     class_names = tuple(builder.info.metadata["class_names"])
   mapping = _write_identities(Path(builder.data_dir), class_names, splits)
   where = f"; identity numbers: {mapping}" if mapping else ""
-  return RawDataset(name=dataset, splits=splits, class_names=class_names,
-                    description=_describe(builder) + where)
+  return RawDataset(name=dataset, splits=splits, class_names=class_names, description=_describe(builder) + where)
 
 
 def _read_all(builder) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -172,8 +192,10 @@ def _rebuild(builder, error: Exception, build):
     if not path.exists():
       os.replace(aside / path.name, path)
     shutil.rmtree(aside, ignore_errors=True)
-    raise DataError(f"{path}: prepared dataset is damaged ({one_line(error)}) and could not be prepared again "
-                    f"({one_line(e)}); delete {path} and make the raw files available") from None
+    raise DataError(
+      f"{path}: prepared dataset is damaged ({one_line(error)}) and could not be prepared again "
+      f"({one_line(e)}); delete {path} and make the raw files available"
+    ) from None
   shutil.rmtree(aside, ignore_errors=True)
   return builder, splits
 
@@ -204,8 +226,7 @@ def _write_identities(folder: Path, class_names, splits) -> Path | None:
   return path
 
 
-def _prepared_builder(dataset, data_dir, cache, download, image_size, channels,
-                      crop, urls):
+def _prepared_builder(dataset, data_dir, cache, download, image_size, channels, crop, urls):
   check_dataset_name(dataset)
   # Imported here so that sklearn_digits works without TFDS installed.
   from jaxmi.data import builders  # pylint: disable=g-import-not-at-top
@@ -219,8 +240,7 @@ def _prepared_builder(dataset, data_dir, cache, download, image_size, channels,
     builder = _idx_builder(raw, prepared)
   else:
     cls = builders.Mnist if dataset == "mnist" else builders.AttFaces
-    builder = cls(raw_dir=raw, fallback_dir=downloads / dataset,
-                  download=download, urls=urls, data_dir=prepared)
+    builder = cls(raw_dir=raw, fallback_dir=downloads / dataset, download=download, urls=urls, data_dir=prepared)
   builders.download_and_prepare(builder, downloads)
   return builder
 
@@ -230,18 +250,21 @@ def _describe(builder) -> str:
   return f"{builder.name} from {source} (prepared in {builder.data_dir})"
 
 
-def _image_folder_builder(root: Path, prepared: Path, image_size: int,
-                          channels: int, crop: tuple[int, ...]):
+def _image_folder_builder(root: Path, prepared: Path, image_size: int, channels: int, crop: tuple[int, ...]):
   from jaxmi.data import builders  # pylint: disable=g-import-not-at-top
 
   identities = builders.scan_image_folder(root)
   fields = (image_size, image_size, channels, tuple(crop))
   key = builders.image_folder_key(root, identities, fields)
   config = builders.ImageFolderConfig(
-      name=key, height=image_size, width=image_size, channels=channels,
-      crop=tuple(crop), description=f"{root.resolve()} at {fields}")
-  return builders.ImageFolder(root=root, identities=identities, config=config,
-                              data_dir=prepared)
+    name=key,
+    height=image_size,
+    width=image_size,
+    channels=channels,
+    crop=tuple(crop),
+    description=f"{root.resolve()} at {fields}",
+  )
+  return builders.ImageFolder(root=root, identities=identities, config=config, data_dir=prepared)
 
 
 def _idx_builder(root: Path, prepared: Path):
@@ -265,6 +288,8 @@ def _load_sklearn_digits() -> RawDataset:
   images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int64)
   return RawDataset(
-      name="sklearn_digits", splits={"train": (images, labels)},
-      class_names=tuple(str(d) for d in range(10)),
-      description="sklearn_digits from scikit-learn's bundled copy (in memory)")
+    name="sklearn_digits",
+    splits={"train": (images, labels)},
+    class_names=tuple(str(d) for d in range(10)),
+    description="sklearn_digits from scikit-learn's bundled copy (in memory)",
+  )

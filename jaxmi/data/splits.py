@@ -83,28 +83,25 @@ def validate(cfg: DataConfig) -> None:
   if cfg.crop:
     preprocess_lib.check_crop_form(tuple(cfg.crop))
   if not 0.0 <= cfg.test_fraction < 1.0:
-    raise ConfigError(f"data.test_fraction: {cfg.test_fraction} must be in "
-                      "[0, 1)")
+    raise ConfigError(f"data.test_fraction: {cfg.test_fraction} must be in [0, 1)")
   if cfg.max_per_class < 0:
-    raise ConfigError(f"data.max_per_class: {cfg.max_per_class} must be >= 0 "
-                      "(0 = no cap)")
+    raise ConfigError(f"data.max_per_class: {cfg.max_per_class} must be >= 0 (0 = no cap)")
   if cfg.split_seed < 0:
     raise ConfigError(f"data.split_seed: {cfg.split_seed} must be >= 0")
   for field in ("private_ids", "public_ids"):
     ids = tuple(getattr(cfg, field))
     # No public identities is valid for a model trained on one set only (TL-DMI's public pretraining).
     if not ids and field == "private_ids":
-      raise ConfigError(f"data.{field}: empty; list at least one identity "
-                        "(an original label of the dataset)")
+      raise ConfigError(f"data.{field}: empty; list at least one identity (an original label of the dataset)")
     if ids and min(ids) < 0:
       raise ConfigError(f"data.{field}: {ids} has a negative identity")
     if len(set(ids)) != len(ids):
       raise ConfigError(f"data.{field}: {ids} lists an identity twice")
   overlap = sorted(set(cfg.private_ids) & set(cfg.public_ids))
   if overlap:
-    raise ConfigError(f"data.private_ids and data.public_ids overlap in "
-                      f"{overlap}; private and public identities must be "
-                      "disjoint")
+    raise ConfigError(
+      f"data.private_ids and data.public_ids overlap in {overlap}; private and public identities must be disjoint"
+    )
 
 
 def _check_ids_in_range(cfg: DataConfig, num_classes: int) -> None:
@@ -112,12 +109,10 @@ def _check_ids_in_range(cfg: DataConfig, num_classes: int) -> None:
     bad = [i for i in getattr(cfg, field) if not 0 <= i < num_classes]
     if bad:
       hint = " (AT&T folder sN is identity N-1)" if cfg.dataset == "att_faces" else ""
-      raise ConfigError(f"data.{field}: {bad} out of range; {cfg.dataset} has "
-                        f"identities 0..{num_classes - 1}{hint}")
+      raise ConfigError(f"data.{field}: {bad} out of range; {cfg.dataset} has identities 0..{num_classes - 1}{hint}")
 
 
-def _shuffled_per_identity(labels: np.ndarray, identity: int, seed: int,
-                           stream: int, cap: int) -> np.ndarray:
+def _shuffled_per_identity(labels: np.ndarray, identity: int, seed: int, stream: int, cap: int) -> np.ndarray:
   """Indices of `identity` in a seeded order, at most `cap` (0 = all).
 
   Each identity gets its own generator, so its selection does not change when
@@ -128,8 +123,9 @@ def _shuffled_per_identity(labels: np.ndarray, identity: int, seed: int,
   return indices[:cap] if cap else indices
 
 
-def select_indices(cfg: DataConfig, labels: dict[str, np.ndarray],
-                   has_test_split: bool) -> dict[str, tuple[str, np.ndarray]]:
+def select_indices(
+  cfg: DataConfig, labels: dict[str, np.ndarray], has_test_split: bool
+) -> dict[str, tuple[str, np.ndarray]]:
   """Chooses examples: role -> (source split, sorted indices into it).
 
   Roles are private_train, private_test and public. Deterministic given
@@ -141,29 +137,27 @@ def select_indices(cfg: DataConfig, labels: dict[str, np.ndarray],
   fraction = cfg.test_fraction or DEFAULT_TEST_FRACTION
   private_train, private_test, public = [], [], []
   for identity in cfg.private_ids:
-    pool = _shuffled_per_identity(train, identity, cfg.split_seed, 0,
-                                  cfg.max_per_class)
+    pool = _shuffled_per_identity(train, identity, cfg.split_seed, 0, cfg.max_per_class)
     if use_official_test:
       private_train.append(pool)
-      private_test.append(_shuffled_per_identity(
-          labels["test"], identity, cfg.split_seed, 1, cfg.max_per_class))
+      private_test.append(_shuffled_per_identity(labels["test"], identity, cfg.split_seed, 1, cfg.max_per_class))
       continue
     if len(pool) < 2:
       raise ConfigError(
-          f"data.private_ids: identity {identity} has {len(pool)} image(s) in "
-          f"{cfg.dataset}; holding out a test image needs at least 2 "
-          "(check data.max_per_class)")
+        f"data.private_ids: identity {identity} has {len(pool)} image(s) in "
+        f"{cfg.dataset}; holding out a test image needs at least 2 "
+        "(check data.max_per_class)"
+      )
     num_test = min(max(1, round(fraction * len(pool))), len(pool) - 1)
     private_test.append(pool[:num_test])
     private_train.append(pool[num_test:])
   for identity in cfg.public_ids:
-    public.append(_shuffled_per_identity(train, identity, cfg.split_seed, 2,
-                                         cfg.max_per_class))
+    public.append(_shuffled_per_identity(train, identity, cfg.split_seed, 2, cfg.max_per_class))
   test_source = "test" if use_official_test else "train"
   return {
-      "private_train": ("train", np.sort(np.concatenate(private_train))),
-      "private_test": (test_source, np.sort(np.concatenate(private_test))),
-      "public": ("train", np.sort(np.concatenate(public)) if public else np.zeros(0, np.int64)),
+    "private_train": ("train", np.sort(np.concatenate(private_train))),
+    "private_test": (test_source, np.sort(np.concatenate(private_test))),
+    "public": ("train", np.sort(np.concatenate(public)) if public else np.zeros(0, np.int64)),
   }
 
 
@@ -181,9 +175,14 @@ def load_splits(cfg: DataConfig) -> Splits:
   validate(cfg)
   data_dir, cache_dir = sources.command_line_dirs(cfg.dataset, cfg.data_dir, cfg.cache_dir)
   raw = sources.load_raw(
-      cfg.dataset, data_dir=data_dir, cache_dir=cache_dir,
-      download=cfg.download, image_size=cfg.image_size, channels=cfg.channels,
-      crop=tuple(cfg.crop))
+    cfg.dataset,
+    data_dir=data_dir,
+    cache_dir=cache_dir,
+    download=cfg.download,
+    image_size=cfg.image_size,
+    channels=cfg.channels,
+    crop=tuple(cfg.crop),
+  )
   _check_ids_in_range(cfg, raw.num_classes)
   labels = {name: split[1] for name, split in raw.splits.items()}
   chosen = select_indices(cfg, labels, sources.HAS_TEST_SPLIT[cfg.dataset])
@@ -197,15 +196,18 @@ def load_splits(cfg: DataConfig) -> Splits:
     remap = np.full(raw.num_classes, -1, np.int32)
     remap[list(ids)] = np.arange(len(ids), dtype=np.int32)
     return ArraySplit(
-        images=preprocess_lib.preprocess(
-            images[indices], image_size=cfg.image_size, channels=cfg.channels,
-            crop=crop, dataset=cfg.dataset),
-        labels=remap[identities], identities=identities)
+      images=preprocess_lib.preprocess(
+        images[indices], image_size=cfg.image_size, channels=cfg.channels, crop=crop, dataset=cfg.dataset
+      ),
+      labels=remap[identities],
+      identities=identities,
+    )
 
   return Splits(
-      private_train=build("private_train", cfg.private_ids),
-      private_test=build("private_test", cfg.private_ids),
-      public=build("public", cfg.public_ids),
-      num_private_classes=len(cfg.private_ids),
-      num_public_classes=len(cfg.public_ids),
-      description=raw.description)
+    private_train=build("private_train", cfg.private_ids),
+    private_test=build("private_test", cfg.private_ids),
+    public=build("public", cfg.public_ids),
+    num_private_classes=len(cfg.private_ids),
+    num_public_classes=len(cfg.public_ids),
+    description=raw.description,
+  )

@@ -7,6 +7,22 @@ from jaxmi.defenses.calor import ConfidenceAdaptation, inverse_focal_loss
 from jaxmi.defenses.mid import MID, vib_kl
 from jaxmi.defenses.nls import NegativeLabelSmoothing, nls_alpha
 
-__all__ = ["BiDO", "ConfidenceAdaptation", "DPSGD", "MID", "NegativeLabelSmoothing", "TransferLearning",
-           "clip_and_sum", "dp_epsilon", "layer_groups", "noisy_mean", "coco", "gaussian_gram", "inverse_focal_loss",
-           "linear_gram", "nls_alpha", "normalized_hsic", "vib_kl"]
+__all__ = [
+  "BiDO",
+  "ConfidenceAdaptation",
+  "DPSGD",
+  "MID",
+  "NegativeLabelSmoothing",
+  "TransferLearning",
+  "clip_and_sum",
+  "dp_epsilon",
+  "layer_groups",
+  "noisy_mean",
+  "coco",
+  "gaussian_gram",
+  "inverse_focal_loss",
+  "linear_gram",
+  "nls_alpha",
+  "normalized_hsic",
+  "vib_kl",
+]

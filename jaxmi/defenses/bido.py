@@ -80,11 +80,11 @@ MEASURES = {"hsic": normalized_hsic, "coco": coco}
 @dataclasses.dataclass(frozen=True)
 class BiDO(Defense):
   name: str = "bido"
-  measure: typing.Literal["hsic", "coco"] = "hsic"    # hsic: normalised HSIC; coco: COCO (MEASURES)
-  lambda_x: float = 0.05           # weight of d(X, Z_j): input dependence, penalised
-  lambda_y: float = 0.5            # weight of d(Y, Z_j): label dependence, rewarded
-  sigma: float = 5.0               # Gaussian bandwidth (times sqrt of the feature dimension)
-  label_kernel: typing.Literal["linear", "gaussian"] = "linear"    # linear: the official default
+  measure: typing.Literal["hsic", "coco"] = "hsic"  # hsic: normalised HSIC; coco: COCO (MEASURES)
+  lambda_x: float = 0.05  # weight of d(X, Z_j): input dependence, penalised
+  lambda_y: float = 0.5  # weight of d(Y, Z_j): label dependence, rewarded
+  sigma: float = 5.0  # Gaussian bandwidth (times sqrt of the feature dimension)
+  label_kernel: typing.Literal["linear", "gaussian"] = "linear"  # linear: the official default
 
   def __post_init__(self):
     if self.measure not in MEASURES:
@@ -95,8 +95,9 @@ class BiDO(Defense):
   def dependence(self, k_a: jax.Array, k_b: jax.Array) -> jax.Array:
     return MEASURES[self.measure](k_a, k_b)
 
-  def regularizer(self, out: ClassifierOutput, labels: jax.Array, *, images: jax.Array, params: Any,
-                  step: jax.Array, facts: RunFacts):
+  def regularizer(
+    self, out: ClassifierOutput, labels: jax.Array, *, images: jax.Array, params: Any, step: jax.Array, facts: RunFacts
+  ):
     # Y one-hot over the classifier's outputs (soft labels [B, K] are used as they are).
     y = labels if labels.ndim == 2 else jax.nn.one_hot(labels, out.logits.shape[-1])
     k_x = gaussian_gram(images, self.sigma)

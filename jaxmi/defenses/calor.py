@@ -27,8 +27,9 @@ import jax.numpy as jnp
 from jaxmi.train.step import Defense
 
 
-def inverse_focal_loss(logits: jax.Array, labels: jax.Array, gamma: float = 8.0, alpha: float = 0.25,
-                       label_smoothing: float = 0.0) -> jax.Array:
+def inverse_focal_loss(
+  logits: jax.Array, labels: jax.Array, gamma: float = 8.0, alpha: float = 0.25, label_smoothing: float = 0.0
+) -> jax.Array:
   """Per-example alpha * p_t^gamma * log p_t (+ label smoothing), shape [B]."""
   log_p = jax.nn.log_softmax(logits)
   log_pt = jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]

@@ -47,7 +47,7 @@ def clip_and_sum(per_example, l2_clip: float):
 
 
 class DPAggregateState(NamedTuple):
-  key: jax.Array   # raw uint32 key: checkpoints as a plain array
+  key: jax.Array  # raw uint32 key: checkpoints as a plain array
 
 
 def noisy_mean(stddev: float, batch_size: int, seed: int = 0) -> optax.GradientTransformation:
@@ -89,22 +89,25 @@ def dp_epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int, del
 @dataclasses.dataclass(frozen=True)
 class DPSGD(Defense):
   name: str = "dp_sgd"
-  l2_clip: float = 1.0              # C: per-example gradient norm bound
-  noise_multiplier: float = 1.0     # sigma: noise std / C (the reference's 0.01 gives no meaningful epsilon)
-  delta: float = 1e-5               # the delta of the reported (epsilon, delta)
-  seed: int = 0                     # of the noise key (kept in the optimiser state)
+  l2_clip: float = 1.0  # C: per-example gradient norm bound
+  noise_multiplier: float = 1.0  # sigma: noise std / C (the reference's 0.01 gives no meaningful epsilon)
+  delta: float = 1e-5  # the delta of the reported (epsilon, delta)
+  seed: int = 0  # of the noise key (kept in the optimiser state)
 
   per_example_grads: ClassVar[bool] = True
 
   def check(self, cfg, facts: RunFacts) -> None:
     if cfg.model.norm != "group":
-      raise ConfigError("dp_sgd: model.norm must be 'group': BatchNorm's batch statistics mix examples, so "
-                        "per-example gradients (and their clipping) would not bound one example's influence")
+      raise ConfigError(
+        "dp_sgd: model.norm must be 'group': BatchNorm's batch statistics mix examples, so "
+        "per-example gradients (and their clipping) would not bound one example's influence"
+      )
     if cfg.model.head == "vib":
       raise ConfigError("dp_sgd: combine it with a linear or low_rank head, not vib")
     if self.l2_clip <= 0 or self.noise_multiplier < 0:
-      raise ConfigError(f"dp_sgd: expected l2_clip > 0 and noise_multiplier >= 0, got {self.l2_clip}, "
-                        f"{self.noise_multiplier}")
+      raise ConfigError(
+        f"dp_sgd: expected l2_clip > 0 and noise_multiplier >= 0, got {self.l2_clip}, {self.noise_multiplier}"
+      )
 
   def aggregate_grads(self, per_example):
     return clip_and_sum(per_example, self.l2_clip)
@@ -117,6 +120,14 @@ class DPSGD(Defense):
   def report(self, facts: RunFacts, steps: int) -> dict:
     rate = min(facts.batch_size / max(facts.num_examples, 1), 1.0)
     eps = dp_epsilon(noise_multiplier=self.noise_multiplier, sampling_rate=rate, steps=steps, delta=self.delta)
-    return {"privacy": {"epsilon": eps, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
-                        "l2_clip": self.l2_clip, "steps": steps, "sampling_rate": rate,
-                        "accountant": "RDP (dp_accounting), Poisson sampling assumed"}}
+    return {
+      "privacy": {
+        "epsilon": eps,
+        "delta": self.delta,
+        "noise_multiplier": self.noise_multiplier,
+        "l2_clip": self.l2_clip,
+        "steps": steps,
+        "sampling_rate": rate,
+        "accountant": "RDP (dp_accounting), Poisson sampling assumed",
+      }
+    }

@@ -41,13 +41,13 @@ from jaxmi.train.state import all_finite
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GNIMEConfig:
-  a: float = 100.0                  # weight of the inverter's error in the generator's loss
-  epochs: int = 30                  # reference: 500
-  batch_size: int = 128             # reference: 1024 (MNIST), 128 (CelebA)
-  learning_rate: float = 1e-4       # Adam, both networks
-  same_space: bool = True           # False: the reference's standardised-clean / raw-perturbed inputs
+  a: float = 100.0  # weight of the inverter's error in the generator's loss
+  epochs: int = 30  # reference: 500
+  batch_size: int = 128  # reference: 1024 (MNIST), 128 (CelebA)
+  learning_rate: float = 1e-4  # Adam, both networks
+  same_space: bool = True  # False: the reference's standardised-clean / raw-perturbed inputs
   width_divisor: int = 4
-  checkpoint_every: int = 10        # epochs between checkpoints (with a checkpoint directory)
+  checkpoint_every: int = 10  # epochs between checkpoints (with a checkpoint directory)
   seed: int = 0
 
 
@@ -75,8 +75,10 @@ class GNIMENets(NamedTuple):
 
 
 def build_nets(explanation_shape, image_shape, width_divisor: int) -> GNIMENets:
-  return GNIMENets(ExpMI(explanation_shape[0], explanation_shape[-1], width_divisor=width_divisor),
-                   ExpMI(image_shape[0], image_shape[-1], width_divisor=width_divisor))
+  return GNIMENets(
+    ExpMI(explanation_shape[0], explanation_shape[-1], width_divisor=width_divisor),
+    ExpMI(image_shape[0], image_shape[-1], width_divisor=width_divisor),
+  )
 
 
 def release(nets: GNIMENets, noiser_params, explanations, logits, mu, sigma):
@@ -85,8 +87,9 @@ def release(nets: GNIMENets, noiser_params, explanations, logits, mu, sigma):
   return jnp.clip(perturbed * sigma + mu, 0.0, 1.0)
 
 
-def gnime_losses(nets: GNIMENets, noiser_params, inverter_params, explanations, logits, images, mu, sigma, a,
-                 same_space: bool = True):
+def gnime_losses(
+  nets: GNIMENets, noiser_params, inverter_params, explanations, logits, images, mu, sigma, a, same_space: bool = True
+):
   """(N_loss, I_loss, parts) on one batch."""
   standardised = (explanations - mu) / sigma
   perturbed_std = nets.noiser.apply(noiser_params, standardised, logits)
@@ -97,8 +100,12 @@ def gnime_losses(nets: GNIMENets, noiser_params, inverter_params, explanations, 
   fidelity = jnp.mean(jnp.square(perturbed_std - standardised))
   inversion = jnp.mean(jnp.square(from_released - images))
   clean_inversion = jnp.mean(jnp.square(from_clean - images))
-  parts = {"explanation_mse_std": fidelity, "inversion_mse_released": inversion, "inversion_mse_clean": clean_inversion,
-           "explanation_mse": jnp.mean(jnp.square(released - explanations))}
+  parts = {
+    "explanation_mse_std": fidelity,
+    "inversion_mse_released": inversion,
+    "inversion_mse_clean": clean_inversion,
+    "explanation_mse": jnp.mean(jnp.square(released - explanations)),
+  }
   return fidelity - a * inversion, inversion + clean_inversion, parts
 
 
@@ -116,22 +123,28 @@ def make_gnime_step(nets: GNIMENets, tx, mu: float, sigma: float, a: float, same
     # One shared forward pass, two backward passes (the reference's two GradientTapes): each player
     # differentiates only its own loss with respect to only its own parameters.
     losses = lambda p, q: (lambda n, i, parts: ((n, i), parts))(
-        *gnime_losses(nets, p, q, e, logits, x, mu, sigma, a, same_space))
+      *gnime_losses(nets, p, q, e, logits, x, mu, sigma, a, same_space)
+    )
     (n_loss, i_loss), vjp, parts = jax.vjp(losses, state.noiser, state.inverter, has_aux=True)
     one, zero = jnp.ones_like(n_loss), jnp.zeros_like(n_loss)
     n_grads = vjp((one, zero))[0]
     i_grads = vjp((zero, one))[1]
     n_updates, noiser_opt = tx.update(n_grads, state.noiser_opt, state.noiser)
     i_updates, inverter_opt = tx.update(i_grads, state.inverter_opt, state.inverter)
-    new = GNIMEState(optax.apply_updates(state.noiser, n_updates), optax.apply_updates(state.inverter, i_updates),
-                     noiser_opt, inverter_opt)
+    new = GNIMEState(
+      optax.apply_updates(state.noiser, n_updates),
+      optax.apply_updates(state.inverter, i_updates),
+      noiser_opt,
+      inverter_opt,
+    )
     return new, {"noiser_loss": n_loss, "inverter_loss": i_loss, **parts}
 
   return step
 
 
-def train_gnime(explanations, logits, images, cfg: GNIMEConfig, *, progress: bool = True, ckpt_dir=None,
-                stop: StopHook | None = None):
+def train_gnime(
+  explanations, logits, images, cfg: GNIMEConfig, *, progress: bool = True, ckpt_dir=None, stop: StopHook | None = None
+):
   """Trains GNIME on the defender's data; returns (nets, state, μ, σ, history).
 
   With ``ckpt_dir`` both players' parameters and Adam states are checkpointed every
@@ -157,10 +170,21 @@ def train_gnime(explanations, logits, images, cfg: GNIMEConfig, *, progress: boo
   def batch_step(state, idx, e, y, x):
     return step(state, e[idx], y[idx], x[idx])
 
-  arch = {"kind": "gnime", "explanation_shape": list(explanations.shape[1:]), "image_shape": list(images.shape[1:]),
-          "num_classes": int(logits.shape[-1]), "width_divisor": cfg.width_divisor}
-  meta = {"kind": "gnime", "arch": arch, "signature": shape_signature(state._asdict()),
-          "config": config_lib.to_dict(cfg), "mu": mu, "sigma": sigma}
+  arch = {
+    "kind": "gnime",
+    "explanation_shape": list(explanations.shape[1:]),
+    "image_shape": list(images.shape[1:]),
+    "num_classes": int(logits.shape[-1]),
+    "width_divisor": cfg.width_divisor,
+  }
+  meta = {
+    "kind": "gnime",
+    "arch": arch,
+    "signature": shape_signature(state._asdict()),
+    "config": config_lib.to_dict(cfg),
+    "mu": mu,
+    "sigma": sigma,
+  }
   history = []
   checkpoints = EpochCheckpoints(ckpt_dir, cfg.checkpoint_every, "gnime", stop)
   with checkpoints:
@@ -169,10 +193,10 @@ def train_gnime(explanations, logits, images, cfg: GNIMEConfig, *, progress: boo
       state, history = GNIMEState(**saved), saved_meta["history"]
     bar = tqdm(range(len(history), cfg.epochs), desc="gnime", disable=not progress, leave=False)
     for e in bar:
-      perm = jnp.asarray(np.random.default_rng((cfg.seed, e)).permutation(n)[:steps * batch])
+      perm = jnp.asarray(np.random.default_rng((cfg.seed, e)).permutation(n)[: steps * batch])
       metrics = []
       for i in range(steps):
-        state, m = batch_step(state, perm[i * batch:(i + 1) * batch], explanations, logits, images)
+        state, m = batch_step(state, perm[i * batch : (i + 1) * batch], explanations, logits, images)
         metrics.append(m)
       # Every step's metrics and "all parameters finite" in one host transfer per epoch.
       per_step, finite = jax.device_get((jax.tree.map(lambda *v: jnp.stack(v), *metrics), all_finite(state)))

@@ -42,7 +42,7 @@ def nls_alpha(epoch, alpha: float, epochs: int):
 class NegativeLabelSmoothing(Defense):
   name: str = "nls"
   alpha: float = -0.05
-  schedule: bool = True            # the reference schedule; False = alpha from the first step
+  schedule: bool = True  # the reference schedule; False = alpha from the first step
 
   def __post_init__(self):
     if self.alpha >= 1.0:
@@ -57,15 +57,21 @@ class NegativeLabelSmoothing(Defense):
   def warning(self, epochs: int) -> str:
     if not self.schedule or self.alpha == 0 or any(float(nls_alpha(e, self.alpha, epochs)) for e in range(epochs)):
       return ""
-    return (f"defense nls: alpha stays 0 for all {epochs} epoch(s) (the schedule starts at epoch {epochs / 2:g}), so "
-            "this run trains plain cross-entropy; train for at least 2 epochs or set defense.schedule=False")
+    return (
+      f"defense nls: alpha stays 0 for all {epochs} epoch(s) (the schedule starts at epoch {epochs / 2:g}), so "
+      "this run trains plain cross-entropy; train for at least 2 epochs or set defense.schedule=False"
+    )
 
   def report(self, facts: RunFacts, steps: int) -> dict:
     """What the schedule actually applied: a run too short for it is no defense, whatever alpha says."""
     alphas = np.asarray(jax.vmap(lambda s: self.current_alpha(s, facts))(jnp.arange(steps))) if steps else np.zeros(0)
     # str(float32) is its shortest round-trip decimal: -0.05, not -0.05000000074505806.
-    return {"effective": {"alpha_reached": float(str(alphas[-1])) if steps else 0.0,
-                          "active_steps": int(np.count_nonzero(alphas))}}
+    return {
+      "effective": {
+        "alpha_reached": float(str(alphas[-1])) if steps else 0.0,
+        "active_steps": int(np.count_nonzero(alphas)),
+      }
+    }
 
   def regularizer(self, out, labels, *, images, params, step, facts):
     alpha_t = self.current_alpha(step, facts)

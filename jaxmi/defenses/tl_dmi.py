@@ -66,8 +66,9 @@ def layer_groups(module, image_shape: tuple[int, int, int]) -> tuple[tuple[str, 
   for name in called:
     if name not in params or name == HEAD:
       continue
-    has_weights = any(getattr(p[-1], "key", None) == "kernel" for p, _ in jax.tree_util.tree_flatten_with_path(
-        params[name])[0])
+    has_weights = any(
+      getattr(p[-1], "key", None) == "kernel" for p, _ in jax.tree_util.tree_flatten_with_path(params[name])[0]
+    )
     if has_weights or not groups:
       groups.append([name])
     elif input_rank[name] == input_rank[groups[-1][0]]:  # normalises the output of the weight layer before it
@@ -82,10 +83,15 @@ def layer_groups(module, image_shape: tuple[int, int, int]) -> tuple[tuple[str, 
 def _frozen_bn_interceptor(frozen: frozenset[str]):
   def run_in_inference_mode(next_fun, args, kwargs, context):
     module = context.module
-    if (isinstance(module, nn.BatchNorm) and context.method_name == "__call__" and module.path
-        and module.path[0] in frozen):
+    if (
+      isinstance(module, nn.BatchNorm)
+      and context.method_name == "__call__"
+      and module.path
+      and module.path[0] in frozen
+    ):
       kwargs = {**kwargs, "use_running_average": True}
     return next_fun(*args, **kwargs)
+
   return run_in_inference_mode
 
 
@@ -97,16 +103,18 @@ _cached_layer_groups = functools.lru_cache(maxsize=4)(layer_groups)
 @dataclasses.dataclass(frozen=True)
 class TransferLearning(Defense):
   name: str = "tl_dmi"
-  frozen_layers: int = 8            # k: the first k layers keep their pretrained values; -1 = all but the head
-  freeze_statistics: bool = True    # False: frozen layers' BN statistics adapt to private data (official code)
+  frozen_layers: int = 8  # k: the first k layers keep their pretrained values; -1 = all but the head
+  freeze_statistics: bool = True  # False: frozen layers' BN statistics adapt to private data (official code)
 
   def layers(self, facts: RunFacts) -> tuple[tuple[str, ...], ...]:
     """The model's layer groups, head last (``layer_groups``); ConfigError when ``frozen_layers`` does not fit."""
     layers = _cached_layer_groups(facts.module, tuple(facts.image_shape))
     trainable_body = len(layers) - 1  # the head always trains
     if self.frozen_layers > trainable_body or self.frozen_layers < -1:
-      raise ConfigError(f"defense.frozen_layers: this model has {trainable_body} layers before its head; expected "
-                        f"0..{trainable_body} (or -1 for all of them), got {self.frozen_layers}")
+      raise ConfigError(
+        f"defense.frozen_layers: this model has {trainable_body} layers before its head; expected "
+        f"0..{trainable_body} (or -1 for all of them), got {self.frozen_layers}"
+      )
     return layers
 
   def frozen(self, facts: RunFacts) -> frozenset[str]:
@@ -122,7 +130,9 @@ class TransferLearning(Defense):
 
   def optimizer(self, tx: optax.GradientTransformation, params, facts: RunFacts) -> optax.GradientTransformation:
     frozen = self.frozen(facts)
-    labels = {name: jax.tree.map(lambda _: "frozen" if name in frozen else "train", sub) for name, sub in params.items()}
+    labels = {
+      name: jax.tree.map(lambda _: "frozen" if name in frozen else "train", sub) for name, sub in params.items()
+    }
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
   def interceptor(self, facts: RunFacts):
@@ -131,5 +141,7 @@ class TransferLearning(Defense):
 
   def report(self, facts: RunFacts, steps: int) -> dict:
     layers, frozen = self.layers(facts), self.frozen(facts)
-    return {"frozen_layers": [list(g) for g in layers[:-1] if g[0] in frozen],
-            "trained_layers": [list(g) for g in layers if g[0] not in frozen]}
+    return {
+      "frozen_layers": [list(g) for g in layers[:-1] if g[0] in frozen],
+      "trained_layers": [list(g) for g in layers if g[0] not in frozen],
+    }

@@ -45,25 +45,25 @@ class AttackConfig:
   name: str = "attack"
   attack: typing.Literal["gmi", "kedmi"] = "gmi"
   workdir: str = "runs/attack"
-  target: str = "runs/mnist_target"       # workdir of the trained target classifier
-  evaluator: str = "runs/mnist_eval"      # workdir of the independent evaluation model
-  gan: str = "runs/gan_mnist"             # workdir of the GAN prior (trained on public data)
-  identities: tuple[int, ...] = ()        # target classes to attack; () = all of them
-  surrogates: tuple[str, ...] = ()        # LOMMA: workdirs of surrogates distilled from the target
-  p_reg_images: int = 5000                # LOMMA: public images for p_reg (the official code uses ~5,050)
+  target: str = "runs/mnist_target"  # workdir of the trained target classifier
+  evaluator: str = "runs/mnist_eval"  # workdir of the independent evaluation model
+  gan: str = "runs/gan_mnist"  # workdir of the GAN prior (trained on public data)
+  identities: tuple[int, ...] = ()  # target classes to attack; () = all of them
+  surrogates: tuple[str, ...] = ()  # LOMMA: workdirs of surrogates distilled from the target
+  p_reg_images: int = 5000  # LOMMA: public images for p_reg (the official code uses ~5,050)
   inversion: InversionConfig = InversionConfig()  # what is optimised (the method)
   execution: ExecutionConfig = ExecutionConfig()  # how it runs (devices, chunks, dtype, logging, checkpoints)
 
 
 # role -> (what the message calls it, the command that makes it)
 ROLES = {
-    "target": ("target", "bin/jaxmi train-classifier --config configs/classifier.py:role=target,data=mnist "
-                         "(or bin/jaxmi defend)"),
-    "evaluation": ("evaluation model",
-                   "bin/jaxmi train-classifier --config configs/classifier.py:role=eval,data=mnist"),
-    "gan": ("GAN prior",
-            "bin/jaxmi train-gan --config configs/gan.py:kind=gmi,data=mnist (kind=kedmi for KEDMI's GAN)"),
-    "surrogate": ("surrogate", "bin/jaxmi distill --config configs/surrogate.py:data=mnist"),
+  "target": (
+    "target",
+    "bin/jaxmi train-classifier --config configs/classifier.py:role=target,data=mnist (or bin/jaxmi defend)",
+  ),
+  "evaluation": ("evaluation model", "bin/jaxmi train-classifier --config configs/classifier.py:role=eval,data=mnist"),
+  "gan": ("GAN prior", "bin/jaxmi train-gan --config configs/gan.py:kind=gmi,data=mnist (kind=kedmi for KEDMI's GAN)"),
+  "surrogate": ("surrogate", "bin/jaxmi distill --config configs/surrogate.py:data=mnist"),
 }
 
 
@@ -71,8 +71,10 @@ def _load(role: str, field: str, workdir: str, loader):
   """``loader()`` for the model in ``workdir``; a missing one is refused naming its role and the command
   that trains it, before anything (not even ``<workdir>/checkpoints``) is created."""
   name, command = ROLES[role]
-  missing = (f"{field}: {workdir}: no trained {name} found (no checkpoint found in {Path(workdir) / 'checkpoints'}); "
-             f"make it first with {command} --workdir {workdir}")
+  missing = (
+    f"{field}: {workdir}: no trained {name} found (no checkpoint found in {Path(workdir) / 'checkpoints'}); "
+    f"make it first with {command} --workdir {workdir}"
+  )
   ckpt_dir = Path(workdir) / "checkpoints"
   if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
     raise CheckpointError(missing)
@@ -97,8 +99,15 @@ def config_fingerprint(cfg: AttackConfig, variables: dict, terms: tuple = ()) ->
   return fingerprint(saved, variables, terms)
 
 
-def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: bool = True, overwrite: bool = False,
-               log=print, stop_at_step: int | None = None) -> dict | None:
+def run_attack(
+  cfg: AttackConfig,
+  *,
+  splits: Splits | None = None,
+  progress: bool = True,
+  overwrite: bool = False,
+  log=print,
+  stop_at_step: int | None = None,
+) -> dict | None:
   """Runs the attack ``cfg`` and writes its outputs to ``cfg.workdir``.
 
   Args:
@@ -129,51 +138,71 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   cfg.inversion.validate()
   cfg.execution.validate()
   target = _load("target", "target", cfg.target, lambda: load_classifier(cfg.target, expect_role="target"))
-  evaluator = _load("evaluation", "evaluator", cfg.evaluator,
-                    lambda: load_classifier(cfg.evaluator, expect_role="evaluation"))
+  evaluator = _load(
+    "evaluation", "evaluator", cfg.evaluator, lambda: load_classifier(cfg.evaluator, expect_role="evaluation")
+  )
   gan = _load("gan", "gan", cfg.gan, lambda: load_gan(cfg.gan))
   if evaluator.num_classes != target.num_classes:
-    raise ConfigError(f"evaluator: {cfg.evaluator} has {evaluator.num_classes} classes but the target has "
-                      f"{target.num_classes}; the evaluation model must be trained on the target's private identities")
+    raise ConfigError(
+      f"evaluator: {cfg.evaluator} has {evaluator.num_classes} classes but the target has "
+      f"{target.num_classes}; the evaluation model must be trained on the target's private identities"
+    )
   labels = tuple(cfg.identities) or tuple(range(target.num_classes))
   bad = [i for i in labels if not 0 <= i < target.num_classes]
   if bad:
-    raise ConfigError(f"identities: {bad} out of range; the target {cfg.target} has classes 0..{target.num_classes - 1}")
+    raise ConfigError(
+      f"identities: {bad} out of range; the target {cfg.target} has classes 0..{target.num_classes - 1}"
+    )
 
-  surrogates = [_load("surrogate", "surrogates", w, lambda w=w: load_classifier(w, expect_role="surrogate"))
-                for w in cfg.surrogates]
+  surrogates = [
+    _load("surrogate", "surrogates", w, lambda w=w: load_classifier(w, expect_role="surrogate")) for w in cfg.surrogates
+  ]
   for path, s in zip(cfg.surrogates, surrogates):
     if s.num_classes != target.num_classes:
       raise ConfigError(f"surrogates: {path} has {s.num_classes} classes but the target has {target.num_classes}")
   splits = splits if splits is not None else load_splits(target.config.data)
   attacked = [target, *surrogates]  # equal weights: the identity term averages over them
-  models = AttackModels(generator=gan.generator, critic=gan.critic, targets=tuple(m.module for m in attacked),
-                        target_shapes=tuple(m.image_shape for m in attacked))
-  variables = {"generator": gan.g_variables, "critic": gan.d_variables,
-               "targets": tuple(m.variables for m in attacked)}
+  models = AttackModels(
+    generator=gan.generator,
+    critic=gan.critic,
+    targets=tuple(m.module for m in attacked),
+    target_shapes=tuple(m.image_shape for m in attacked),
+  )
+  variables = {"generator": gan.g_variables, "critic": gan.d_variables, "targets": tuple(m.variables for m in attacked)}
   public = None
   if cfg.inversion.feature_reg_weight:
-    public = splits.public.images[:max(cfg.p_reg_images, 0)]
+    public = splits.public.images[: max(cfg.p_reg_images, 0)]
     if len(public) == 0:
-      where = ("p_reg_images: expected a positive number of public images" if cfg.p_reg_images <= 0 else
-               f"data.public_ids: the target's public split ({target.config.data.dataset}, public_ids "
-               f"{tuple(target.config.data.public_ids)}) has no images")
-      raise ConfigError(f"{where}; LOMMA's feature regulariser (inversion.feature_reg_weight "
-                        f"{cfg.inversion.feature_reg_weight}) needs public images for p_reg "
-                        "(or set inversion.feature_reg_weight=0)")
+      where = (
+        "p_reg_images: expected a positive number of public images"
+        if cfg.p_reg_images <= 0
+        else f"data.public_ids: the target's public split ({target.config.data.dataset}, public_ids "
+        f"{tuple(target.config.data.public_ids)}) has no images"
+      )
+      raise ConfigError(
+        f"{where}; LOMMA's feature regulariser (inversion.feature_reg_weight "
+        f"{cfg.inversion.feature_reg_weight}) needs public images for p_reg "
+        "(or set inversion.feature_reg_weight=0)"
+      )
   lomma = lomma_terms(cfg.inversion, target, public)  # LOMMA's feature regulariser, if weighted
   inverter = ATTACKS[cfg.attack](models, gan.config.z_dim, cfg.inversion, cfg.execution, lomma)
 
   state = None
   if cfg.execution.checkpoint_every:
-    state = AttackState(workdir / "attack_state", config_fingerprint(cfg, variables, inverter.terms),
-                        cfg.execution.checkpoint_every, write=writer)
+    state = AttackState(
+      workdir / "attack_state",
+      config_fingerprint(cfg, variables, inverter.terms),
+      cfg.execution.checkpoint_every,
+      write=writer,
+    )
     foreign = state.foreign()
     if foreign is not None:
       if not overwrite:
-        raise ConfigError(f"{state.directory}: holds the saved state of an attack with another config or other "
-                          f"models (fingerprint {foreign}, this run {state.config_fp}); rerun the same command, "
-                          "choose another --workdir, or pass --overwrite to start over")
+        raise ConfigError(
+          f"{state.directory}: holds the saved state of an attack with another config or other "
+          f"models (fingerprint {foreign}, this run {state.config_fp}); rerun the same command, "
+          "choose another --workdir, or pass --overwrite to start over"
+        )
       log(f"[{cfg.name}] --overwrite: discarding {state.directory} (another config or other models)")
       if writer:
         state.clear()
@@ -183,22 +212,35 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
   total_latents = len(labels) * cfg.inversion.restarts
   chunk_text = f"at most {cfg.execution.max_batch}" if cfg.execution.max_batch else "memory-fitted"
   prior = {"gmi": "WGAN critic -D(G(z))", "kedmi": "KEDMI K+1 discriminator -log P(real)"}.get(gan.kind, gan.kind)
-  log(f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
-      f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over {cfg.execution.devices or jax.device_count()} device(s), "
-      f"{cfg.execution.compute_dtype}; prior: {prior} of {cfg.gan} (weight {cfg.inversion.prior_weight}); "
-      f"attacking {len(attacked)} model(s); restarts selected by target {cfg.inversion.select_by}")
+  log(
+    f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
+    f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over {cfg.execution.devices or jax.device_count()} device(s), "
+    f"{cfg.execution.compute_dtype}; prior: {prior} of {cfg.gan} (weight {cfg.inversion.prior_weight}); "
+    f"attacking {len(attacked)} model(s); restarts selected by target {cfg.inversion.select_by}"
+  )
   if cfg.attack == "kedmi" and gan.kind != "kedmi":
     # A legitimate ablation (KEDMI's distributional latent with GMI's prior), but never a silent one.
-    log(f"[{cfg.name}] warning: KEDMI expects its inversion-specific GAN with the K+1 discriminator "
-        f"(bin/jaxmi train-gan --kind kedmi); {cfg.gan} is a '{gan.kind}' GAN, so the prior is its {prior}")
+    log(
+      f"[{cfg.name}] warning: KEDMI expects its inversion-specific GAN with the K+1 discriminator "
+      f"(bin/jaxmi train-gan --kind kedmi); {cfg.gan} is a '{gan.kind}' GAN, so the prior is its {prior}"
+    )
 
   bar = None
   if progress:
     from tqdm.auto import tqdm
-    bar = tqdm(total=total_latents * cfg.inversion.steps, desc=cfg.name, unit=" latent-steps", unit_scale=True,
-               dynamic_ncols=True)
-  update = None if bar is None else (lambda n, parts: (bar.update(n), bar.set_postfix(
-      {k: f"{v:.3f}" for k, v in parts.items()})))
+
+    bar = tqdm(
+      total=total_latents * cfg.inversion.steps,
+      desc=cfg.name,
+      unit=" latent-steps",
+      unit_scale=True,
+      dynamic_ncols=True,
+    )
+  update = (
+    None
+    if bar is None
+    else (lambda n, parts: (bar.update(n), bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})))
+  )
   t0 = time.time()
   try:
     result = inverter.run(variables, labels, progress=update, state=state, stop_at_step=stop_at_step)
@@ -213,21 +255,33 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
     return None
   collapse = draw_collapse(result, cfg.inversion.draw_clamp)
   if collapse is not None and collapse > 0.5:
-    log(f"[{cfg.name}] warning: the {result.draws} draws per distribution coincide in {100 * collapse:.0f}% of the "
-        f"latent dimensions: mu moved beyond the clamp inversion.draw_clamp={cfg.inversion.draw_clamp}, so clamped "
-        "draws are (nearly) the same image; see jaxmi.attacks.kedmi")
+    log(
+      f"[{cfg.name}] warning: the {result.draws} draws per distribution coincide in {100 * collapse:.0f}% of the "
+      f"latent dimensions: mu moved beyond the clamp inversion.draw_clamp={cfg.inversion.draw_clamp}, so clamped "
+      "draws are (nearly) the same image; see jaxmi.attacks.kedmi"
+    )
 
   metrics = evaluate_inversion(result, evaluator, splits.private_train.images, splits.private_train.labels)
   base = evaluate_inversion(result.baseline, evaluator, splits.private_train.images, splits.private_train.labels)
   scalar = lambda m: {k: v for k, v in m.items() if k not in ("per_identity", "eval_predictions")}
   summary = {
-      "name": cfg.name, "attack": cfg.attack, **scalar(metrics), "prior_baseline": scalar(base),
-      "attack_seconds": round(seconds, 2), "latent_steps_per_second": round(total_latents * cfg.inversion.steps / seconds, 1),
-      "optimisation_steps_run": result.stats.steps_run,
-      "compilations": result.stats.compilations, "devices": result.stats.devices, "chunk_size": result.stats.chunk_size,
-      "target": str(cfg.target), "evaluator": str(cfg.evaluator), "gan": str(cfg.gan),
-      "gan_kind": gan.kind, "draws_per_latent": result.draws, "select_by": cfg.inversion.select_by,
-      "config": config_lib.to_dict(cfg),
+    "name": cfg.name,
+    "attack": cfg.attack,
+    **scalar(metrics),
+    "prior_baseline": scalar(base),
+    "attack_seconds": round(seconds, 2),
+    "latent_steps_per_second": round(total_latents * cfg.inversion.steps / seconds, 1),
+    "optimisation_steps_run": result.stats.steps_run,
+    "compilations": result.stats.compilations,
+    "devices": result.stats.devices,
+    "chunk_size": result.stats.chunk_size,
+    "target": str(cfg.target),
+    "evaluator": str(cfg.evaluator),
+    "gan": str(cfg.gan),
+    "gan_kind": gan.kind,
+    "draws_per_latent": result.draws,
+    "select_by": cfg.inversion.select_by,
+    "config": config_lib.to_dict(cfg),
   }
   if not writer:
     return summary
@@ -238,20 +292,34 @@ def run_attack(cfg: AttackConfig, *, splits: Splits | None = None, progress: boo
     leaves, _ = jax.tree_util.tree_flatten_with_path(result.latent_params)
     params = {"param_" + (path_name(path, "_") or "z"): v for path, v in leaves}
   tmp = workdir / "latents.tmp.npz"
-  np.savez_compressed(tmp, latents=result.latents, labels=result.labels, target_confidence=result.target_confidence,
-                      target_logit=result.target_logit, best_restart=result.best_restart,
-                      baseline_latents=result.baseline.latents, baseline_best_restart=result.baseline.best_restart,
-                      **params)
+  np.savez_compressed(
+    tmp,
+    latents=result.latents,
+    labels=result.labels,
+    target_confidence=result.target_confidence,
+    target_logit=result.target_logit,
+    best_restart=result.best_restart,
+    baseline_latents=result.baseline.latents,
+    baseline_best_restart=result.baseline.best_restart,
+    **params,
+  )
   os.replace(tmp, workdir / "latents.npz")
-  rows = [{**row, **{f"baseline_{k}": v for k, v in brow.items() if k != "label"}}
-          for row, brow in zip(metrics["per_identity"], base["per_identity"])]
+  rows = [
+    {**row, **{f"baseline_{k}": v for k, v in brow.items() if k != "label"}}
+    for row, brow in zip(metrics["per_identity"], base["per_identity"])
+  ]
   with open(workdir / "per_identity.csv.tmp", "w", newline="") as f:
     writer_csv = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer_csv.writeheader()
     writer_csv.writerows(rows)
   os.replace(workdir / "per_identity.csv.tmp", workdir / "per_identity.csv")
-  pair_grid(result, splits.private_train.images, splits.private_train.labels, workdir / "grid.png",
-            eval_predictions=metrics["eval_predictions"])
+  pair_grid(
+    result,
+    splits.private_train.images,
+    splits.private_train.labels,
+    workdir / "grid.png",
+    eval_predictions=metrics["eval_predictions"],
+  )
   records.plot_loss_parts(result.loss_parts, workdir / "loss.png", f"{cfg.name}: loss terms (mean over latents)")
   records.write_json(workdir / "results.json", summary)
   if state is not None:
@@ -277,8 +345,10 @@ def _pct(v) -> str:
 def format_summary(s: dict) -> str:
   b = s.get("prior_baseline", {})
   vs = lambda key, fmt=_pct: f"{fmt(s[key])}" + (f" (prior baseline {fmt(b[key])})" if key in b else "")
-  return (f"[{s['name']}] attack acc@1 {vs('acc1')}% (chance {100 * s['chance_acc1']:.1f}%), "
-          f"acc@5 {vs('acc5')}% (selected); over all reconstructions acc@1 "
-          f"{vs('acc1_all_restarts_mean')} +/- {_pct(s['acc1_all_restarts_std'])}%, acc@5 "
-          f"{vs('acc5_all_restarts_mean')}%, KNN dist {vs('knn_dist_all_restarts', lambda v: f'{v:.2f}')}; "
-          f"feature-FID {vs('feature_fid', lambda v: f'{v:.2f}')}, {s['attack_seconds']:.1f}s")
+  return (
+    f"[{s['name']}] attack acc@1 {vs('acc1')}% (chance {100 * s['chance_acc1']:.1f}%), "
+    f"acc@5 {vs('acc5')}% (selected); over all reconstructions acc@1 "
+    f"{vs('acc1_all_restarts_mean')} +/- {_pct(s['acc1_all_restarts_std'])}%, acc@5 "
+    f"{vs('acc5_all_restarts_mean')}%, KNN dist {vs('knn_dist_all_restarts', lambda v: f'{v:.2f}')}; "
+    f"feature-FID {vs('feature_fid', lambda v: f'{v:.2f}')}, {s['attack_seconds']:.1f}s"
+  )

@@ -18,8 +18,8 @@ from jaxmi.train.step import Defense, NoDefense
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DefendConfig:
-  target: ClassifierConfig                  # the defended target: its workdir receives checkpoints and summary.json
-  defense: Defense = NoDefense()            # one of jaxmi.defenses (NoDefense() = no defense)
+  target: ClassifierConfig  # the defended target: its workdir receives checkpoints and summary.json
+  defense: Defense = NoDefense()  # one of jaxmi.defenses (NoDefense() = no defense)
   # A first stage the defended target starts from: TL-DMI's pretraining on the PUBLIC identities
   # (pretrain_on="public": the head is re-initialised), or CALoR's low-rank model trained with
   # cross-entropy on the private data before confidence adaptation (pretrain_on="private").
@@ -48,12 +48,18 @@ def defend(cfg: DefendConfig, *, progress: bool = True, allow_config_change: boo
     if cfg.pretrain_on not in ("public", "private"):
       raise ConfigError(f"pretrain_on: expected 'public' or 'private', got '{cfg.pretrain_on}'")
     public = cfg.pretrain_on == "public"
-    if public and cfg.pretrain.data.dataset == target.data.dataset and \
-        set(cfg.pretrain.data.private_ids) & set(target.data.private_ids):
-      raise ConfigError("pretrain.data.private_ids: the pretraining identities overlap the target's private "
-                        "identities; pretrain_on='public' must use public data only")
+    if (
+      public
+      and cfg.pretrain.data.dataset == target.data.dataset
+      and set(cfg.pretrain.data.private_ids) & set(target.data.private_ids)
+    ):
+      raise ConfigError(
+        "pretrain.data.private_ids: the pretraining identities overlap the target's private "
+        "identities; pretrain_on='public' must use public data only"
+      )
     log(f"[{cfg.pretrain.name}] first stage on the {cfg.pretrain_on} identities")
     train_classifier(cfg.pretrain, progress=progress, allow_config_change=allow_config_change, log=log)
     target = dataclasses.replace(target, init_from=target.init_from or cfg.pretrain.workdir, init_head=not public)
-  return train_classifier(target, defense=cfg.defense, progress=progress, allow_config_change=allow_config_change,
-                          log=log)
+  return train_classifier(
+    target, defense=cfg.defense, progress=progress, allow_config_change=allow_config_change, log=log
+  )

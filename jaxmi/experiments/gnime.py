@@ -57,19 +57,19 @@ SCENARIOS = ("none", "rnd", "gnime", "predmi")
 class GNIMERunConfig:
   name: str = "gnime"
   workdir: str = "runs/gnime"
-  target: str = ""                  # workdir of the explained classifier (trained on the defender's half)
-  evaluator: str = ""               # workdir of an independently trained classifier (TCA)
-  method: str = "grad"              # one of jaxmi.explain.METHODS
-  variant: str = "standard"         # gradcam / lrp: "gnime" reproduces the reference's definitions
+  target: str = ""  # workdir of the explained classifier (trained on the defender's half)
+  evaluator: str = ""  # workdir of an independently trained classifier (TCA)
+  method: str = "grad"  # one of jaxmi.explain.METHODS
+  variant: str = "standard"  # gradcam / lrp: "gnime" reproduces the reference's definitions
   gradcam_layer: str = "last_conv"  # gradcam: the reference's last conv before pooling, or "last_pool"
-  explain_batch_size: int = 256     # explanation batches; GNIME's Grad-CAM pools its weights over each (reference: 256)
-  max_defender: int = 0             # cap on the defender's images (0 = all)
-  max_attacker: int = 0             # cap on the attacker's images (0 = all)
-  query_fraction: float = 0.2       # defender images held out from GNIME training as queries
+  explain_batch_size: int = 256  # explanation batches; GNIME's Grad-CAM pools its weights over each (reference: 256)
+  max_defender: int = 0  # cap on the defender's images (0 = all)
+  max_attacker: int = 0  # cap on the attacker's images (0 = all)
+  query_fraction: float = 0.2  # defender images held out from GNIME training as queries
   gnime: GNIMEConfig = GNIMEConfig()
   attacker: InverterConfig = InverterConfig()
-  predmi_b1: float = 0.5            # PredMI's Adam beta1 (reference)
-  rows: int = 8                     # examples shown in rows.png
+  predmi_b1: float = 0.5  # PredMI's Adam beta1 (reference)
+  rows: int = 8  # examples shown in rows.png
   seed: int = 0
 
 
@@ -115,24 +115,28 @@ def explanations_of(clf, images, method: str, variant: str, layer: str = "last_c
   def released(variables, x, targets, mask):
     e = postprocess(explainer(variables, x, targets, None, mask))
     return e[..., None] if e.ndim == 3 else e
-  real = np.ones(len(images), np.float32)   # batched_apply pads it with zeros
-  return batched_apply(released, clf.variables, (images, np.argmax(logits, -1).astype(np.int32), real),
-                       batch_size), logits
+
+  real = np.ones(len(images), np.float32)  # batched_apply pads it with zeros
+  return batched_apply(
+    released, clf.variables, (images, np.argmax(logits, -1).astype(np.int32), real), batch_size
+  ), logits
 
 
 def _require_finite(stage: str, what: str, *arrays) -> None:
   for a in arrays:
     if not np.all(np.isfinite(a)):
       raise NonFiniteError(f"[{stage}] non-finite {what}; nothing saved from that state")
+
+
 def _scores(recon, images, labels, evaluator, target) -> dict:
   recon_j, images_j = jnp.asarray(recon), jnp.asarray(images)
   predict = lambda clf: np.argmax(classifier_outputs(clf, recon)[0], -1)
   return {
-      "image_mse": float(jnp.mean(image_metrics.mse(recon_j, images_j))),
-      "psnr": float(jnp.mean(image_metrics.psnr(recon_j, images_j))),
-      "ssim": float(jnp.mean(image_metrics.ssim(recon_j, images_j))),
-      "tca": float(np.mean(predict(evaluator) == labels)),
-      "target_acc_on_reconstructions": float(np.mean(predict(target) == labels)),
+    "image_mse": float(jnp.mean(image_metrics.mse(recon_j, images_j))),
+    "psnr": float(jnp.mean(image_metrics.psnr(recon_j, images_j))),
+    "ssim": float(jnp.mean(image_metrics.ssim(recon_j, images_j))),
+    "tca": float(np.mean(predict(evaluator) == labels)),
+    "target_acc_on_reconstructions": float(np.mean(predict(target) == labels)),
   }
 
 
@@ -140,18 +144,28 @@ def _fidelity(clean, released) -> dict:
   if released is None:
     return {"explanation_mse": None, "explanation_spearman": None}
   c, r = jnp.asarray(clean), jnp.asarray(released)
-  return {"explanation_mse": float(jnp.mean(jnp.square(c - r))),
-          "explanation_spearman": float(jnp.mean(image_metrics.spearman(c, r)))}
+  return {
+    "explanation_mse": float(jnp.mean(jnp.square(c - r))),
+    "explanation_spearman": float(jnp.mean(image_metrics.spearman(c, r))),
+  }
 
 
 def _rows_png(path, images, clean, released, recon, n: int, title: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  columns = [("image", images), ("explanation", clean), ("GNIME explanation", released["gnime"]),
-             ("RND explanation", released["rnd"]), ("ExpMI, no defense", recon["none"]),
-             ("ExpMI vs RND", recon["rnd"]), ("ExpMI vs GNIME", recon["gnime"]), ("PredMI", recon["predmi"])]
+  columns = [
+    ("image", images),
+    ("explanation", clean),
+    ("GNIME explanation", released["gnime"]),
+    ("RND explanation", released["rnd"]),
+    ("ExpMI, no defense", recon["none"]),
+    ("ExpMI vs RND", recon["rnd"]),
+    ("ExpMI vs GNIME", recon["gnime"]),
+    ("PredMI", recon["predmi"]),
+  ]
   n = min(n, images.shape[0])
   if n == 0:
     return
@@ -160,8 +174,12 @@ def _rows_png(path, images, clean, released, recon, n: int, title: str) -> None:
     for i in range(n):
       ax = axes[i, j]
       img = np.asarray(arr[i])
-      ax.imshow(img[..., 0] if img.shape[-1] == 1 else np.clip(img, 0, 1), cmap="gray" if img.shape[-1] == 1 else None,
-                vmin=0, vmax=1)
+      ax.imshow(
+        img[..., 0] if img.shape[-1] == 1 else np.clip(img, 0, 1),
+        cmap="gray" if img.shape[-1] == 1 else None,
+        vmin=0,
+        vmax=1,
+      )
       ax.set_xticks([])
       ax.set_yticks([])
       if i == 0:
@@ -214,12 +232,20 @@ class _Stages:
     def npz(tmp):
       with open(tmp, "wb") as f:
         np.savez(f, reconstructions=rows)
+
     _write_atomic(self.dir / f"eval_{scenario}.npz", npz)
     records.write_json(self.dir / f"eval_{scenario}.json", scores)
 
 
-def run_gnime(cfg: GNIMERunConfig, *, progress: bool = True, overwrite: bool = False,
-              allow_config_change: bool = False, log=print, stop: StopHook | None = None) -> dict:
+def run_gnime(
+  cfg: GNIMERunConfig,
+  *,
+  progress: bool = True,
+  overwrite: bool = False,
+  allow_config_change: bool = False,
+  log=print,
+  stop: StopHook | None = None,
+) -> dict:
   """Trains GNIME and its adaptive attackers, or continues an interrupted run of the same config.
 
   Finished stages are not redone: GNIME's and each attacker's training resume from their newest
@@ -247,8 +273,10 @@ def run_gnime(cfg: GNIMERunConfig, *, progress: bool = True, overwrite: bool = F
   if saved is not None:
     for role in ("target", "evaluator"):
       if saved["models"][role] != models[role]:
-        raise ConfigError(f"{getattr(cfg, role)}: the {role} classifier changed since this workdir's unfinished run "
-                          "started; pass --overwrite to start over")
+        raise ConfigError(
+          f"{getattr(cfg, role)}: the {role} classifier changed since this workdir's unfinished run "
+          "started; pass --overwrite to start over"
+        )
   splits = load_splits(target.config.data)
   cap = lambda split, n: (split.images[:n], split.labels[:n]) if n else (split.images, split.labels)
   def_images, def_labels = cap(splits.private_train, cfg.max_defender)
@@ -257,33 +285,50 @@ def run_gnime(cfg: GNIMERunConfig, *, progress: bool = True, overwrite: bool = F
   def_images, att_images = to_float(def_images), to_float(att_images)
   n_query = max(int(round(cfg.query_fraction * len(def_images))), 1)
   if len(def_images) - n_query < 1 or len(att_images) < 2:
-    raise DataError(f"{cfg.target}: its data give {len(def_images)} defender images ({n_query} queries) and "
-                    f"{len(att_images)} attacker images; GNIME needs >= 1 defender image besides the queries and "
-                    "the attacker >= 2 (check max_defender, max_attacker, query_fraction)")
-  if overwrite:   # everything loaded: only now replace the previous run's outputs
+    raise DataError(
+      f"{cfg.target}: its data give {len(def_images)} defender images ({n_query} queries) and "
+      f"{len(att_images)} attacker images; GNIME needs >= 1 defender image besides the queries and "
+      "the attacker >= 2 (check max_defender, max_attacker, query_fraction)"
+    )
+  if overwrite:  # everything loaded: only now replace the previous run's outputs
     for name in ("results.json", "results.csv", "rows.png"):
       (workdir / name).unlink(missing_ok=True)
     shutil.rmtree(stages.dir, ignore_errors=True)
-  records.write_json(stages.dir / "config.json", {"config": config if saved is None else saved["config"],
-                                                 "models": models})
+  records.write_json(
+    stages.dir / "config.json", {"config": config if saved is None else saved["config"], "models": models}
+  )
   order = np.random.default_rng(cfg.seed).permutation(len(def_images))
   query_idx, gnime_idx = np.sort(order[:n_query]), np.sort(order[n_query:])
-  log(f"[{cfg.name}] {cfg.method} explanations of {target.config.name}: GNIME trains on {len(gnime_idx)} defender "
-      f"images, the attacker on {len(att_images)} of its own; {n_query} queries are inverted"
-      + (f" (resuming {stages.dir})" if saved is not None else ""))
+  log(
+    f"[{cfg.name}] {cfg.method} explanations of {target.config.name}: GNIME trains on {len(gnime_idx)} defender "
+    f"images, the attacker on {len(att_images)} of its own; {n_query} queries are inverted"
+    + (f" (resuming {stages.dir})" if saved is not None else "")
+  )
 
-  explain = lambda images: explanations_of(target, images, cfg.method, cfg.variant, cfg.gradcam_layer,
-                                           cfg.explain_batch_size)
+  explain = lambda images: explanations_of(
+    target, images, cfg.method, cfg.variant, cfg.gradcam_layer, cfg.explain_batch_size
+  )
   def_e, def_logits = explain(def_images)
   att_e, att_logits = explain(att_images)
-  _require_finite("explanations", f"{cfg.method} explanations or logits of {cfg.target}", def_e, def_logits, att_e,
-                  att_logits)
-  q_images, q_labels, q_e, q_logits = (def_images[query_idx], np.asarray(def_labels)[query_idx], def_e[query_idx],
-                                       def_logits[query_idx])
+  _require_finite(
+    "explanations", f"{cfg.method} explanations or logits of {cfg.target}", def_e, def_logits, att_e, att_logits
+  )
+  q_images, q_labels, q_e, q_logits = (
+    def_images[query_idx],
+    np.asarray(def_labels)[query_idx],
+    def_e[query_idx],
+    def_logits[query_idx],
+  )
 
-  nets, state, mu, sigma, gnime_history = train_gnime(def_e[gnime_idx], def_logits[gnime_idx],
-                                                      def_images[gnime_idx], cfg.gnime, progress=progress,
-                                                      ckpt_dir=stages.checkpoints("gnime"), stop=stop)
+  nets, state, mu, sigma, gnime_history = train_gnime(
+    def_e[gnime_idx],
+    def_logits[gnime_idx],
+    def_images[gnime_idx],
+    cfg.gnime,
+    progress=progress,
+    ckpt_dir=stages.checkpoints("gnime"),
+    stop=stop,
+  )
   released_fn = jax.jit(lambda p, e, y: release(nets, p, e, y, mu, sigma))
   gnime_release = lambda e, y: batched_apply(released_fn, state.noiser, (e, y), 250)
   released = {"none": (att_e, q_e), "gnime": (gnime_release(att_e, att_logits), gnime_release(q_e, q_logits))}
@@ -293,10 +338,20 @@ def run_gnime(cfg: GNIMERunConfig, *, progress: bool = True, overwrite: bool = F
   rnd = lambda e: (e + np.sqrt(budget) * noise.standard_normal(e.shape)).astype(np.float32)  # unclipped
   released["rnd"] = (rnd(att_e), rnd(q_e))
 
-  results = {"name": cfg.name, "method": cfg.method, "variant": cfg.variant, "target": cfg.target,
-             "evaluator": cfg.evaluator, "gnime_explanation_mse_budget": budget, "mu": mu, "sigma": sigma,
-             "queries": n_query, "attacker_images": len(att_images), "defender_images": len(gnime_idx),
-             "scenarios": {}}
+  results = {
+    "name": cfg.name,
+    "method": cfg.method,
+    "variant": cfg.variant,
+    "target": cfg.target,
+    "evaluator": cfg.evaluator,
+    "gnime_explanation_mse_budget": budget,
+    "mu": mu,
+    "sigma": sigma,
+    "queries": n_query,
+    "attacker_images": len(att_images),
+    "defender_images": len(gnime_idx),
+    "scenarios": {},
+  }
   recon_rows, reused = {}, []
   for scenario in SCENARIOS:
     done = stages.evaluation(scenario)
@@ -307,46 +362,76 @@ def run_gnime(cfg: GNIMERunConfig, *, progress: bool = True, overwrite: bool = F
     kind = "predmi" if scenario == "predmi" else "expmi"
     train_e, query_e = released.get(scenario, (att_e, q_e))
     inv_cfg = cfg.attacker if kind == "expmi" else dataclasses.replace(cfg.attacker, b1=cfg.predmi_b1)
-    module, params, info = train_inverter(kind, train_e, att_logits, att_images, inv_cfg,
-                                          name=f"attacker vs {scenario}", progress=progress,
-                                          ckpt_dir=stages.checkpoints(f"attacker_{scenario}"), stop=stop)
+    module, params, info = train_inverter(
+      kind,
+      train_e,
+      att_logits,
+      att_images,
+      inv_cfg,
+      name=f"attacker vs {scenario}",
+      progress=progress,
+      ckpt_dir=stages.checkpoints(f"attacker_{scenario}"),
+      stop=stop,
+    )
     recon = reconstruct(module, params, kind, query_e, q_logits)
     _require_finite(f"attacker vs {scenario}", "reconstructions", recon)
-    scores = {**_scores(recon, q_images, q_labels, evaluator, target),
-              **_fidelity(q_e, None if scenario in ("none", "predmi") else query_e),
-              "attacker_epochs": info["epochs_run"], "attacker_best_val_mse": info["best_val_mse"]}
+    scores = {
+      **_scores(recon, q_images, q_labels, evaluator, target),
+      **_fidelity(q_e, None if scenario in ("none", "predmi") else query_e),
+      "attacker_epochs": info["epochs_run"],
+      "attacker_best_val_mse": info["best_val_mse"],
+    }
     bad = [k for k, v in scores.items() if isinstance(v, float) and not np.isfinite(v)]
     if bad:
       raise NonFiniteError(f"[evaluation vs {scenario}] non-finite {bad[0]}; nothing saved from that state")
-    stages.save_evaluation(scenario, scores, recon[:cfg.rows])
-    results["scenarios"][scenario], recon_rows[scenario] = scores, recon[:cfg.rows]
+    stages.save_evaluation(scenario, scores, recon[: cfg.rows])
+    results["scenarios"][scenario], recon_rows[scenario] = scores, recon[: cfg.rows]
     if stop is not None and stop(f"evaluation vs {scenario}", 0):
-      raise KeyboardInterrupt(f"interrupted after the evaluation vs {scenario}; saved in {stages.dir}; "
-                              "run the same command again to resume")
+      raise KeyboardInterrupt(
+        f"interrupted after the evaluation vs {scenario}; saved in {stages.dir}; run the same command again to resume"
+      )
   for scenario in SCENARIOS:
     scores = results["scenarios"][scenario]
-    log(f"[{cfg.name}] {scenario:>6}: TCA {100 * scores['tca']:.1f}%  SSIM {scores['ssim']:.3f}  "
-        f"MSE {scores['image_mse']:.4f}" + (f"  explanation MSE {scores['explanation_mse']:.4f}"
-                                            if scores["explanation_mse"] is not None else "")
-        + ("  (finished earlier)" if scenario in reused else ""))
+    log(
+      f"[{cfg.name}] {scenario:>6}: TCA {100 * scores['tca']:.1f}%  SSIM {scores['ssim']:.3f}  "
+      f"MSE {scores['image_mse']:.4f}"
+      + (f"  explanation MSE {scores['explanation_mse']:.4f}" if scores["explanation_mse"] is not None else "")
+      + ("  (finished earlier)" if scenario in reused else "")
+    )
   results["seconds_this_run"] = round(time.time() - t0, 1)
   results["reused_evaluations"] = reused
   results["config"] = config
   results["gnime_history"] = gnime_history
   # Results last: a kill before this point leaves a workdir the same command resumes.
-  _rows_png(workdir / "rows.png", q_images, q_e, {k: v[1] for k, v in released.items()}, recon_rows, cfg.rows,
-            f"{cfg.name}: {cfg.method} explanations, GNIME a={cfg.gnime.a}")
+  _rows_png(
+    workdir / "rows.png",
+    q_images,
+    q_e,
+    {k: v[1] for k, v in released.items()},
+    recon_rows,
+    cfg.rows,
+    f"{cfg.name}: {cfg.method} explanations, GNIME a={cfg.gnime.a}",
+  )
 
   def csv(tmp):
-    keys = ["tca", "ssim", "psnr", "image_mse", "explanation_mse", "explanation_spearman",
-            "target_acc_on_reconstructions"]
+    keys = [
+      "tca",
+      "ssim",
+      "psnr",
+      "image_mse",
+      "explanation_mse",
+      "explanation_spearman",
+      "target_acc_on_reconstructions",
+    ]
     with open(tmp, "w") as f:
       f.write("scenario," + ",".join(keys) + "\n")
       for s, sc in results["scenarios"].items():
         f.write(s + "," + ",".join("" if sc[k] is None else f"{sc[k]:.6g}" for k in keys) + "\n")
+
   _write_atomic(workdir / "results.csv", csv)
   records.write_json(workdir / "results.json", results)
-  stages.drop_checkpoints()   # a finished run is never resumed (a rerun needs --overwrite)
-  log(f"[{cfg.name}] results in {workdir} (results.json, results.csv, rows.png), {results['seconds_this_run']} s "
-      "this run")
+  stages.drop_checkpoints()  # a finished run is never resumed (a rerun needs --overwrite)
+  log(
+    f"[{cfg.name}] results in {workdir} (results.json, results.csv, rows.png), {results['seconds_this_run']} s this run"
+  )
   return results

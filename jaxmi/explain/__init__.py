@@ -86,5 +86,18 @@ def postprocess(attributions):
   return (e - lo) / jnp.maximum(hi - lo, 1e-12)
 
 
-__all__ = ["METHODS", "explain", "feature_map", "grad_cam", "gradient", "integrated_gradients", "lrp", "make_explainer",
-           "postprocess", "predicted", "smoothgrad", "spatial_layer", "target_logits"]
+__all__ = [
+  "METHODS",
+  "explain",
+  "feature_map",
+  "grad_cam",
+  "gradient",
+  "integrated_gradients",
+  "lrp",
+  "make_explainer",
+  "postprocess",
+  "predicted",
+  "smoothgrad",
+  "spatial_layer",
+  "target_logits",
+]

@@ -120,8 +120,17 @@ def feature_map(module, variables, images, targets, layer: str | int = "last_con
   return _hidden(module, variables, images, targets, layer)
 
 
-def grad_cam(module, variables, images, targets, *, layer: str | int = "last_conv", variant: str = "standard",
-             mask=None, size: tuple[int, int] | None = None):
+def grad_cam(
+  module,
+  variables,
+  images,
+  targets,
+  *,
+  layer: str | int = "last_conv",
+  variant: str = "standard",
+  mask=None,
+  size: tuple[int, int] | None = None,
+):
   """Class activation maps [B, h, w] (or [B, *size]); ``mask`` [B] marks the real rows of a padded batch.
 
   Args:

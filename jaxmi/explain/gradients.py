@@ -24,8 +24,9 @@ def gradient(module, variables, images, targets):
   return jax.grad(lambda x: jnp.sum(target_logits(module, variables, x, targets)))(images)
 
 
-def smoothgrad(module, variables, images, targets, key, *, samples: int = 25, noise_level: float = 0.15,
-               squared: bool = False):
+def smoothgrad(
+  module, variables, images, targets, key, *, samples: int = 25, noise_level: float = 0.15, squared: bool = False
+):
   """Mean gradient over Gaussian-perturbed copies; std = noise_level * (max - min) per image.
 
   Smilkov, Thorat, Kim, Viegas & Wattenberg, "SmoothGrad: removing noise by adding noise", arXiv:1706.03825, 2017.
@@ -41,8 +42,9 @@ def smoothgrad(module, variables, images, targets, key, *, samples: int = 25, no
   Returns:
     Attributions of the images' shape.
   """
-  spread = noise_level * (jnp.max(images, axis=(1, 2, 3), keepdims=True) - jnp.min(images, axis=(1, 2, 3),
-                                                                                    keepdims=True))
+  spread = noise_level * (
+    jnp.max(images, axis=(1, 2, 3), keepdims=True) - jnp.min(images, axis=(1, 2, 3), keepdims=True)
+  )
 
   def one(k):
     noisy = images + spread * jax.random.normal(k, images.shape, images.dtype)

@@ -40,7 +40,7 @@ BN_EPS = 1e-5
 
 
 class Layer(NamedTuple):
-  kind: str                 # linear | relu | maxpool | flatten
+  kind: str  # linear | relu | maxpool | flatten
   kernel: jax.Array | None = None
   bias: jax.Array | None = None
 

@@ -55,8 +55,14 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
   return np.any(topk == labels[..., None], axis=-1)
 
 
-def evaluate_inversion(result: InversionResult, evaluator, private_images: np.ndarray, private_labels: np.ndarray,
-                       *, feature_fn: Callable | None = None) -> dict:
+def evaluate_inversion(
+  result: InversionResult,
+  evaluator,
+  private_images: np.ndarray,
+  private_labels: np.ndarray,
+  *,
+  feature_fn: Callable | None = None,
+) -> dict:
   """Metrics of ``result`` judged by ``evaluator`` against the private training images.
 
   ``private_images``/``private_labels``: the target's private training split (labels are target
@@ -79,9 +85,9 @@ def evaluate_inversion(result: InversionResult, evaluator, private_images: np.nd
   knn = np.zeros(num_ids * restarts)
   for i, label in enumerate(result.labels):
     same = priv_feats[priv_labels == label]
-    rec = feats[i * restarts:(i + 1) * restarts]
-    d2 = np.sum(rec ** 2, 1)[:, None] + np.sum(same ** 2, 1)[None, :] - 2 * rec @ same.T
-    knn[i * restarts:(i + 1) * restarts] = np.maximum(d2.min(axis=1), 0.0)
+    rec = feats[i * restarts : (i + 1) * restarts]
+    d2 = np.sum(rec**2, 1)[:, None] + np.sum(same**2, 1)[None, :] - 2 * rec @ same.T
+    knn[i * restarts : (i + 1) * restarts] = np.maximum(d2.min(axis=1), 0.0)
   knn = knn.reshape(num_ids, restarts)
 
   if feature_fn is None:
@@ -92,26 +98,47 @@ def evaluate_inversion(result: InversionResult, evaluator, private_images: np.nd
   predictions = np.argmax(logits, -1).reshape(num_ids, restarts)
   per_restart_acc5 = top5.mean(axis=0)
   return {
-      "identities": int(num_ids), "restarts": int(restarts), "chance_acc1": 1.0 / evaluator.num_classes,
-      "acc1": float(top1[rows, best].mean()), "acc5": float(top5[rows, best].mean()),
-      "acc1_all_restarts_mean": float(per_restart_acc1.mean()), "acc1_all_restarts_std": sample_std(per_restart_acc1),
-      "acc5_all_restarts_mean": float(per_restart_acc5.mean()), "acc5_all_restarts_std": sample_std(per_restart_acc5),
-      "any_restart_acc": float(top1.any(axis=1).mean()),
-      "knn_dist": float(knn[rows, best].mean()), "knn_dist_all_restarts": float(knn.mean()),
-      "feature_fid": frechet_distance(fid_rec, fid_priv), "fid_feature_space": fid_space,
-      "target_confidence": float(result.target_confidence[rows, best].mean()),
-      "evaluator_private_train_acc": float(topk_correct(priv_logits, priv_labels, 1).mean()),
-      "eval_predictions": predictions,
-      "per_identity": [
-          {"label": int(result.labels[i]), "best_restart": int(best[i]),
-           "target_confidence": float(result.target_confidence[i, best[i]]),
-           "eval_prediction": int(np.argmax(logits[i * restarts + best[i]])), "correct": bool(top1[i, best[i]]),
-           "knn_dist": float(knn[i, best[i]])} for i in range(num_ids)],
+    "identities": int(num_ids),
+    "restarts": int(restarts),
+    "chance_acc1": 1.0 / evaluator.num_classes,
+    "acc1": float(top1[rows, best].mean()),
+    "acc5": float(top5[rows, best].mean()),
+    "acc1_all_restarts_mean": float(per_restart_acc1.mean()),
+    "acc1_all_restarts_std": sample_std(per_restart_acc1),
+    "acc5_all_restarts_mean": float(per_restart_acc5.mean()),
+    "acc5_all_restarts_std": sample_std(per_restart_acc5),
+    "any_restart_acc": float(top1.any(axis=1).mean()),
+    "knn_dist": float(knn[rows, best].mean()),
+    "knn_dist_all_restarts": float(knn.mean()),
+    "feature_fid": frechet_distance(fid_rec, fid_priv),
+    "fid_feature_space": fid_space,
+    "target_confidence": float(result.target_confidence[rows, best].mean()),
+    "evaluator_private_train_acc": float(topk_correct(priv_logits, priv_labels, 1).mean()),
+    "eval_predictions": predictions,
+    "per_identity": [
+      {
+        "label": int(result.labels[i]),
+        "best_restart": int(best[i]),
+        "target_confidence": float(result.target_confidence[i, best[i]]),
+        "eval_prediction": int(np.argmax(logits[i * restarts + best[i]])),
+        "correct": bool(top1[i, best[i]]),
+        "knn_dist": float(knn[i, best[i]]),
+      }
+      for i in range(num_ids)
+    ],
   }
 
 
-def pair_grid(result: InversionResult, private_images: np.ndarray, private_labels: np.ndarray, path, *,
-              eval_predictions: np.ndarray | None = None, max_rows: int = 40, per_row: int = 5) -> list:
+def pair_grid(
+  result: InversionResult,
+  private_images: np.ndarray,
+  private_labels: np.ndarray,
+  path,
+  *,
+  eval_predictions: np.ndarray | None = None,
+  max_rows: int = 40,
+  per_row: int = 5,
+) -> list:
   """PNG: per identity, a real private image, the selected reconstruction, then other restarts
   (at most ``per_row`` reconstructions: GMI's 5 restarts or KEDMI's 5 draws all fit). Returns the
   reconstruction indices shown per row.
@@ -120,6 +147,7 @@ def pair_grid(result: InversionResult, private_images: np.ndarray, private_label
   evaluation model's verdict, so the figure can be read without the JSON.
   """
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -137,7 +165,7 @@ def pair_grid(result: InversionResult, private_images: np.ndarray, private_label
     show(axes[i, 0], np.asarray(resize_to(jnp.asarray(real), result.images.shape[2:])))
     axes[i, 0].set_title(f"private id {label}", fontsize=7)
     best = int(result.best_restart[i])
-    order = [best] + [r for r in range(restarts) if r != best][:ncol - 2]
+    order = [best] + [r for r in range(restarts) if r != best][: ncol - 2]
     shown.append(order)
     for j, r in enumerate(order, start=1):
       show(axes[i, j], result.images[i, r])
@@ -146,8 +174,9 @@ def pair_grid(result: InversionResult, private_images: np.ndarray, private_label
       if eval_predictions is not None:
         pred = int(eval_predictions[i, r])
         title += f", E: {pred} " + ("ok" if pred == label else "x")
-      axes[i, j].set_title(title, fontsize=6, color="black" if eval_predictions is None or
-                           eval_predictions[i, r] == label else "firebrick")
+      axes[i, j].set_title(
+        title, fontsize=6, color="black" if eval_predictions is None or eval_predictions[i, r] == label else "firebrick"
+      )
   for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])

@@ -28,8 +28,9 @@ from jaxmi.train.step import to_float
 LABELS = ("true", "sampled")
 
 
-def layer_fisher(clf, split: ArraySplit, *, max_examples: int = 512, batch_size: int = 64, labels: str = "true",
-                 seed: int = 0) -> list[dict]:
+def layer_fisher(
+  clf, split: ArraySplit, *, max_examples: int = 512, batch_size: int = 64, labels: str = "true", seed: int = 0
+) -> list[dict]:
   """The diagonal Fisher of ``clf``'s parameters, summarised per TL-DMI layer.
 
   Args:
@@ -56,11 +57,13 @@ def layer_fisher(clf, split: ArraySplit, *, max_examples: int = 512, batch_size:
       def log_likelihood(params, y):
         logits = module.apply({**variables, "params": params}, x[None], train=False).logits[0]
         return -optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
       if labels == "sampled":
         logits = module.apply(variables, x[None], train=False).logits[0]
         y = jax.random.categorical(k, logits)
       g = jax.grad(log_likelihood)(variables["params"], y)
       return jax.tree.map(lambda a: m * jnp.square(a), g)
+
     keys = jax.random.split(key, images.shape[0])
     return jax.tree.map(lambda a: jnp.sum(a, 0), jax.vmap(one)(to_float(images), targets, mask, keys))
 
@@ -76,8 +79,9 @@ def layer_fisher(clf, split: ArraySplit, *, max_examples: int = 512, batch_size:
     leaves = [leaf for name in group for leaf in jax.tree.leaves(fisher[name])]
     count = int(sum(leaf.size for leaf in leaves))
     summed = float(sum(leaf.sum() for leaf in leaves))
-    rows.append({"layer": group[0], "modules": list(group), "params": count, "mean": summed / max(count, 1),
-                 "total": summed})
+    rows.append(
+      {"layer": group[0], "modules": list(group), "params": count, "mean": summed / max(count, 1), "total": summed}
+    )
   grand = sum(r["total"] for r in rows) or 1.0
   for r in rows:
     r["share"] = r["total"] / grand
@@ -95,6 +99,7 @@ def format_table(rows: list[dict]) -> str:
 def plot_fisher(rows: list[dict], path, title: str) -> None:
   """Bar charts of the mean F (log scale) and each layer's share, saved to ``path``."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

@@ -25,7 +25,7 @@ def psnr(a, b, max_val: float = 1.0):
 
 def _gaussian_window(size: int, sigma: float):
   x = jnp.arange(size, dtype=jnp.float32) - (size - 1) / 2
-  g = jnp.exp(-x**2 / (2 * sigma**2))
+  g = jnp.exp(-(x**2) / (2 * sigma**2))
   return g / jnp.sum(g)
 
 
@@ -35,8 +35,9 @@ def _filter(x, window):
   size = window.shape[0]
   rows = jnp.tile(window.reshape(size, 1, 1, 1), (1, 1, 1, c))
   cols = jnp.tile(window.reshape(1, size, 1, 1), (1, 1, 1, c))
-  conv = lambda v, k: jax.lax.conv_general_dilated(v, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                                   feature_group_count=c)
+  conv = lambda v, k: jax.lax.conv_general_dilated(
+    v, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
+  )
   return conv(conv(x, rows), cols)
 
 
@@ -65,7 +66,9 @@ def spearman(a, b):
     def one(row):
       s = jnp.sort(row)
       return (jnp.searchsorted(s, row, "left") + jnp.searchsorted(s, row, "right") - 1).astype(jnp.float32) / 2
+
     return jax.vmap(one)(v)
+
   ra, rb = rank(flat(a)), rank(flat(b))
   ra, rb = ra - jnp.mean(ra, -1, keepdims=True), rb - jnp.mean(rb, -1, keepdims=True)
   return jnp.sum(ra * rb, -1) / jnp.sqrt(jnp.sum(ra**2, -1) * jnp.sum(rb**2, -1) + 1e-12)

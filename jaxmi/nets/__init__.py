@@ -13,29 +13,41 @@ import jax
 import jax.numpy as jnp
 
 from jaxmi.errors import ConfigError
-from jaxmi.nets.classifiers import (ACTIVATIONS, NORMS, VGG, VGG16_LAYOUT, ClassifierOutput, LinearHead, LowRankHead, ResNet,
-                                    SmallCNN, VIBHead, vib_statistics)
+from jaxmi.nets.classifiers import (
+  ACTIVATIONS,
+  NORMS,
+  VGG,
+  VGG16_LAYOUT,
+  ClassifierOutput,
+  LinearHead,
+  LowRankHead,
+  ResNet,
+  SmallCNN,
+  VIBHead,
+  vib_statistics,
+)
 
 VGG_LAYOUTS = {
-    "vgg16": VGG16_LAYOUT,
-    # Three pooling stages: the VGG family at MNIST/32-px scale.
-    "vgg_small": (64, 64, "M", 128, 128, "M", 256, 256, "M"),
+  "vgg16": VGG16_LAYOUT,
+  # Three pooling stages: the VGG family at MNIST/32-px scale.
+  "vgg_small": (64, 64, "M", 128, 128, "M", 256, 256, "M"),
 }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   """A classifier's architecture and head (``build_classifier``); the ``model`` field of a classifier config."""
+
   arch: typing.Literal["cnn", "resnet", "vgg"] = "cnn"
-  width: int = 32                            # base channels (cnn, resnet)
-  feature_dim: int = 128                     # penultimate size (cnn)
-  blocks: tuple[int, ...] = (2, 2, 2, 2)     # basic blocks per stage (resnet)
+  width: int = 32  # base channels (cnn, resnet)
+  feature_dim: int = 128  # penultimate size (cnn)
+  blocks: tuple[int, ...] = (2, 2, 2, 2)  # basic blocks per stage (resnet)
   vgg_layout: typing.Literal["vgg16", "vgg_small"] = "vgg16"  # a key of VGG_LAYOUTS (vgg)
-  width_divisor: int = 1                     # divides every VGG stage width (vgg)
+  width_divisor: int = 1  # divides every VGG stage width (vgg)
   head: typing.Literal["linear", "low_rank", "vib"] = "linear"  # low_rank: CALoR; vib: MID
-  head_rank: int = 40                        # low_rank: bottleneck width r
-  head_activation: str = "tanh"              # low_rank: activation after Linear(d, r)
-  vib_dim: int = 0                           # vib: latent size k (0 = feature_dim / 2)
+  head_rank: int = 40  # low_rank: bottleneck width r
+  head_activation: str = "tanh"  # low_rank: activation after Linear(d, r)
+  vib_dim: int = 0  # vib: latent size k (0 = feature_dim / 2)
   norm: typing.Literal["batch", "group"] = "batch"  # group: per-example statistics (DP-SGD)
 
 
@@ -49,8 +61,9 @@ def build_head(cfg: ModelConfig, num_classes: int):
     raise ConfigError(f"model.head: unknown head '{cfg.head}'; expected one of {', '.join(HEADS)}")
   if cfg.head == "low_rank":
     if cfg.head_activation not in ACTIVATIONS:
-      raise ConfigError(f"model.head_activation: unknown '{cfg.head_activation}'; expected one of "
-                        f"{', '.join(ACTIVATIONS)}")
+      raise ConfigError(
+        f"model.head_activation: unknown '{cfg.head_activation}'; expected one of {', '.join(ACTIVATIONS)}"
+      )
     return LowRankHead(num_classes, rank=cfg.head_rank, activation=cfg.head_activation, norm=cfg.norm)
   if cfg.head == "vib":
     return VIBHead(num_classes, dim=cfg.vib_dim)
@@ -76,9 +89,12 @@ def build_classifier(cfg: ModelConfig, num_classes: int):
     return ResNet(num_classes, width=cfg.width, blocks=tuple(cfg.blocks), head=head, norm=cfg.norm)
   if cfg.arch == "vgg":
     if cfg.vgg_layout not in VGG_LAYOUTS:
-      raise ConfigError(f"model.vgg_layout: unknown layout '{cfg.vgg_layout}'; expected one of {', '.join(VGG_LAYOUTS)}")
-    return VGG(num_classes, layout=VGG_LAYOUTS[cfg.vgg_layout], width_divisor=cfg.width_divisor, head=head,
-               norm=cfg.norm)
+      raise ConfigError(
+        f"model.vgg_layout: unknown layout '{cfg.vgg_layout}'; expected one of {', '.join(VGG_LAYOUTS)}"
+      )
+    return VGG(
+      num_classes, layout=VGG_LAYOUTS[cfg.vgg_layout], width_divisor=cfg.width_divisor, head=head, norm=cfg.norm
+    )
   raise ConfigError(f"model.arch: unknown architecture '{cfg.arch}'; expected one of {', '.join(ARCHS)}")
 
 
@@ -113,7 +129,18 @@ def _key(k) -> str:
 
 
 __all__ = [
-    "ARCHS", "ClassifierOutput", "LinearHead", "LowRankHead", "ModelConfig", "ResNet", "SmallCNN", "VGG", "VIBHead",
-    "vib_statistics",
-    "build_classifier", "init_variables", "path_name", "shape_signature",
+  "ARCHS",
+  "ClassifierOutput",
+  "LinearHead",
+  "LowRankHead",
+  "ModelConfig",
+  "ResNet",
+  "SmallCNN",
+  "VGG",
+  "VIBHead",
+  "vib_statistics",
+  "build_classifier",
+  "init_variables",
+  "path_name",
+  "shape_signature",
 ]

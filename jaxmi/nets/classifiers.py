@@ -31,15 +31,17 @@ VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 
 class Posterior(NamedTuple):
   """A stochastic head's Gaussian code N(mu, sigma^2), each [B, k] (the VIB head's: MID's KL reads it)."""
+
   mu: Any
   sigma: Any
 
 
 class ClassifierOutput(NamedTuple):
   """What every classifier's forward pass returns."""
-  logits: Any     # [B, num_classes]
-  features: Any   # [B, feature_dim] penultimate representation
-  hidden: tuple   # block outputs, shallow to deep, each [B, ...]
+
+  logits: Any  # [B, num_classes]
+  features: Any  # [B, feature_dim] penultimate representation
+  hidden: tuple  # block outputs, shallow to deep, each [B, ...]
   posterior: Posterior | None = None  # the head's code when it has one (VIB), else None
 
 
@@ -81,12 +83,13 @@ def max_pool_2x2(x):
   whose gradient the ReLU stops anyway.
   """
   n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]  # VALID pooling drops an odd last row/column
+  x = x[:, : h // 2 * 2, : w // 2 * 2]  # VALID pooling drops an odd last row/column
   return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
 class LinearHead(nn.Module):
   """The default head: Dense(num_classes) on the features; ``train`` is unused (heads share one signature)."""
+
   num_classes: int
 
   @nn.compact
@@ -94,8 +97,14 @@ class LinearHead(nn.Module):
     return nn.Dense(self.num_classes, name="fc")(features)
 
 
-ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu, "relu6": nn.relu6, "sigmoid": nn.sigmoid,
-               "leaky_relu": nn.leaky_relu, "none": lambda x: x}
+ACTIVATIONS = {
+  "tanh": jnp.tanh,
+  "relu": nn.relu,
+  "relu6": nn.relu6,
+  "sigmoid": nn.sigmoid,
+  "leaky_relu": nn.leaky_relu,
+  "none": lambda x: x,
+}
 
 
 class LowRankHead(nn.Module):
@@ -107,6 +116,7 @@ class LowRankHead(nn.Module):
   The r-dimensional bottleneck (r = 40-50, tanh) filters the feature directions an inversion
   attack can exploit; the saturating activation also damps the attack's gradients.
   """
+
   num_classes: int
   rank: int = 40
   activation: str = "tanh"
@@ -134,8 +144,9 @@ class VIBHead(nn.Module):
   released model is deterministic (the reference also samples at test time). Returns (logits,
   Posterior(mu, sigma)): the classifier's output carries mu and sigma, for MID's KL term.
   """
+
   num_classes: int
-  dim: int = 0                     # k; 0 = half the feature dimension
+  dim: int = 0  # k; 0 = half the feature dimension
 
   @nn.compact
   def __call__(self, features, train: bool = False):
@@ -156,6 +167,7 @@ class SmallCNN(nn.Module):
   Called as ``module.apply(variables, images, train=...)``: images [B, H, W, C] floats in [0, 1]; ``train`` selects
   batch statistics (and updates them when ``batch_stats`` is mutable). Returns a ``ClassifierOutput``.
   """
+
   num_classes: int
   width: int = 32
   feature_dim: int = 128
@@ -204,6 +216,7 @@ class ResNet(nn.Module):
   Called as ``module.apply(variables, images, train=...)``: images [B, H, W, C] floats in [0, 1]; ``train`` selects
   batch statistics (and updates them when ``batch_stats`` is mutable). Returns a ``ClassifierOutput``.
   """
+
   num_classes: int
   width: int = 64
   blocks: Sequence[int] = (2, 2, 2, 2)
@@ -213,8 +226,9 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False) -> ClassifierOutput:
     large = x.shape[1] > 32
-    x = nn.Conv(self.width, (3, 3), (2, 2) if large else (1, 1), padding=((1, 1), (1, 1)), use_bias=False,
-                name="stem")(x)
+    x = nn.Conv(self.width, (3, 3), (2, 2) if large else (1, 1), padding=((1, 1), (1, 1)), use_bias=False, name="stem")(
+      x
+    )
     x = nn.relu(_norm(x, train, self.norm, "stem_bn"))
     hidden = []
     for stage, n in enumerate(self.blocks):
@@ -234,6 +248,7 @@ class VGG(nn.Module):
   Called as ``module.apply(variables, images, train=...)``: images [B, H, W, C] floats in [0, 1]; ``train`` selects
   batch statistics (and updates them when ``batch_stats`` is mutable). Returns a ``ClassifierOutput``.
   """
+
   num_classes: int
   layout: Sequence[Any] = VGG16_LAYOUT
   width_divisor: int = 1

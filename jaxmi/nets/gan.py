@@ -80,7 +80,7 @@ def space_to_depth_kernel(w, padding: int):
   taps = -(-(size + front) // 2)
   back = 2 * taps - size - front
   padded = jnp.pad(w, ((front, back), (front, back), (0, 0), (0, 0)))  # [2T, 2T, Cin, Cout]
-  v = padded.reshape(taps, 2, taps, 2, cin, cout)                         # [jy, py, jx, px, Cin, Cout]
+  v = padded.reshape(taps, 2, taps, 2, cin, cout)  # [jy, py, jx, px, Cin, Cout]
   return v.transpose(0, 2, 1, 3, 4, 5).reshape(taps, taps, 4 * cin, cout)
 
 
@@ -92,7 +92,9 @@ def _s2d_padding(size: int, padding: int) -> tuple[int, int]:
 def conv_s2_reference(x, w, b):
   """KxK stride-2 conv with padding (K-1)/2 (PyTorch ``Conv2d(k, s=2, p=(k-1)//2)``), HWIO weights."""
   pad = (w.shape[0] - 1) // 2
-  return lax.conv_general_dilated(x, w, (2, 2), ((pad, pad), (pad, pad)), dimension_numbers=_DN) + b[None, None, None, :]
+  return (
+    lax.conv_general_dilated(x, w, (2, 2), ((pad, pad), (pad, pad)), dimension_numbers=_DN) + b[None, None, None, :]
+  )
 
 
 def conv_s2_space_to_depth(x, w, b):
@@ -114,6 +116,7 @@ class DownConv(nn.Module):
   the direct form, which XLA:CPU runs ~8x slower than the forward pass; the space-to-depth form
   is a stride-1 conv whose gradients are stride-1 convs too.
   """
+
   features: int
   downsample: str = "space_to_depth"
   kernel_size: int = 5
@@ -128,6 +131,7 @@ class DownConv(nn.Module):
 
 class UpConv(nn.Module):
   """Stride-2 5x5 transposed conv that doubles H and W, with weights in PyTorch layout."""
+
   features: int
   use_bias: bool = False
   upsample: str = "subpixel"
@@ -146,8 +150,8 @@ class UpConv(nn.Module):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GANConfig:
   z_dim: int = 100
-  base_width: int = 64        # d: the last hidden stage's channels; the first has d * 2**(stages-1)
-  stages: int = 4             # upsampling stages after 4x4: 4 -> 64 px, 3 -> 32 px
+  base_width: int = 64  # d: the last hidden stage's channels; the first has d * 2**(stages-1)
+  stages: int = 4  # upsampling stages after 4x4: 4 -> 64 px, 3 -> 32 px
   channels: int = 3
   upsample: str = "subpixel"  # subpixel | transpose (same weights)
 
@@ -179,6 +183,7 @@ class Generator(nn.Module):
 
 class InstanceNorm(nn.Module):
   """Per-example, per-channel normalisation with affine parameters (PyTorch InstanceNorm2d(affine=True))."""
+
   epsilon: float = 1e-5
 
   @nn.compact
@@ -196,8 +201,9 @@ class InstanceNorm(nn.Module):
 
 class Critic(nn.Module):
   """WGAN-GP critic; also used as the prior term -D(G(z)) in the attacks."""
+
   base_width: int = 64
-  stages: int = 4             # stride-2 stages down to 4x4: 4 for 64 px, 3 for 32 px
+  stages: int = 4  # stride-2 stages down to 4x4: 4 for 64 px, 3 for 32 px
   downsample: str = "space_to_depth"  # space_to_depth | direct (same weights)
 
   @nn.compact
@@ -223,6 +229,7 @@ class MinibatchDiscrimination(nn.Module):
   4096-d features so large that o is ~0 unless two examples nearly coincide. With a batch of
   one (how the attack engine applies the prior, per latent) o is exactly 0.
   """
+
   kernels: int = 64
   kernel_dim: int = 50
 
@@ -250,9 +257,10 @@ class KEDMIDiscriminator(nn.Module):
   Enriched Distributional Model Inversion Attacks", ICCV 2021 (official code: SCccc21/Knowledge-
   Enriched-DMI, ``k+1_gan.py``, ``MinibatchDiscriminator``).
   """
+
   num_classes: int
   base_width: int = 64
-  stages: int = 4             # 4 for 64 px (three 5x5 + one 3x3 stage), 3 for 32 px
+  stages: int = 4  # 4 for 64 px (three 5x5 + one 3x3 stage), 3 for 32 px
   mbd_kernels: int = 64
   mbd_kernel_dim: int = 50
   downsample: str = "space_to_depth"

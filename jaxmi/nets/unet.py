@@ -36,9 +36,9 @@ def _upsample(x, factor: int):
 
 
 class ExpMI(nn.Module):
-  out_size: int                 # output side (square)
+  out_size: int  # output side (square)
   out_channels: int
-  with_logits: bool = True      # False: the explanation alone
+  with_logits: bool = True  # False: the explanation alone
   width_divisor: int = 1
 
   def _ch(self, n: int) -> int:
@@ -46,7 +46,7 @@ class ExpMI(nn.Module):
 
   @nn.compact
   def __call__(self, explanation, logits=None):
-    x = explanation if explanation.ndim == 4 else explanation[..., None]   # Grad-CAM maps: [B, h, w]
+    x = explanation if explanation.ndim == 4 else explanation[..., None]  # Grad-CAM maps: [B, h, w]
     raw = x.reshape(x.shape[0], -1)
     skips = {}
     k = x.shape[1]
@@ -83,6 +83,7 @@ class PredMI(nn.Module):
   The reference's ``predmi_mnist``/``predmi_cifar10`` (32 px: 1024, 512, 256 channels at 4, 8, 16 px)
   and ``predmi_celeba`` (128 px: then 128, 64 at 32, 64 px) follow 4096/k at every side k.
   """
+
   out_size: int
   out_channels: int
   width_divisor: int = 1

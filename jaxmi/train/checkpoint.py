@@ -94,8 +94,10 @@ class Checkpointer:
       return f"no {CHECKSUM_FILE} (the save did not complete)"
     if step not in self._reported:
       self._reported.add(step)
-      print(f"jaxmi: note: {step_dir} was written without a checksum (an older jaxmi); loading it unverified",
-            file=sys.stderr)
+      print(
+        f"jaxmi: note: {step_dir} was written without a checksum (an older jaxmi); loading it unverified",
+        file=sys.stderr,
+      )
     return None
 
   def _write_checksum(self, step: int) -> None:
@@ -120,8 +122,7 @@ class Checkpointer:
         for bad, bad_why in skipped:
           if bad not in self._reported:
             self._reported.add(bad)
-            print(f"jaxmi: {self.directory}/{bad} is corrupt ({bad_why}); falling back to step {step}",
-                  file=sys.stderr)
+            print(f"jaxmi: {self.directory}/{bad} is corrupt ({bad_why}); falling back to step {step}", file=sys.stderr)
         return step
       skipped.append((step, why))
     if skipped:
@@ -147,9 +148,13 @@ class Checkpointer:
     if step in self._manager.all_steps():  # a corrupt copy of this step: replace it
       self._manager.delete(step)
       self._problems.pop(step, None)
-    saved = self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            meta=ocp.args.JsonSave({**meta, "integrity": INTEGRITY})),
-                               force=force)
+    saved = self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**meta, "integrity": INTEGRITY})
+      ),
+      force=force,
+    )
     if saved:
       self._manager.wait_until_finished()
       self._write_checksum(step)
@@ -166,8 +171,10 @@ class Checkpointer:
     try:
       return self._read_meta(step)
     except Exception as e:
-      raise CheckpointError(f"{self.directory}: step {step} has no readable metadata ({type(e).__name__}); "
-                            "expected a checkpoint written by jaxmi") from e
+      raise CheckpointError(
+        f"{self.directory}: step {step} has no readable metadata ({type(e).__name__}); "
+        "expected a checkpoint written by jaxmi"
+      ) from e
 
   def restore(self, abstract_state: Any, expected_meta: dict, step: int | None = None) -> Any:
     """Restores into the structure of ``abstract_state`` (None: as saved) after checking integrity and meta.
@@ -192,8 +199,9 @@ class Checkpointer:
     try:
       return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
     except Exception as e:
-      raise CheckpointError(f"{self.directory}/{step}: could not be restored ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]})") from e
+      raise CheckpointError(
+        f"{self.directory}/{step}: could not be restored ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+      ) from e
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -208,18 +216,27 @@ def check_compatible(found: dict, expected: dict, where: str) -> None:
   if found.get("kind") != expected.get("kind"):
     raise CheckpointError(f"{where}: holds a '{found.get('kind')}' checkpoint; expected '{expected.get('kind')}'")
   if found.get("arch") != expected.get("arch"):
-    raise CheckpointError(f"{where}: holds a checkpoint of architecture {describe(found.get('arch'))}; "
-                          f"the config expects {describe(expected.get('arch'))}; use another --workdir "
-                          "or the matching config")
+    raise CheckpointError(
+      f"{where}: holds a checkpoint of architecture {describe(found.get('arch'))}; "
+      f"the config expects {describe(expected.get('arch'))}; use another --workdir "
+      "or the matching config"
+    )
   got, want = found.get("signature", {}), expected.get("signature", {})
   if got != want:
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     changed = sorted(k for k in set(got) & set(want) if got[k] != want[k])
-    detail = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra else
-              f"{changed[0]} has shape {got[changed[0]]}, expected {want[changed[0]]}")
-    raise CheckpointError(f"{where}: parameters do not match the configured model ({detail}; "
-                          f"{len(missing)} missing, {len(extra)} unexpected, {len(changed)} reshaped)")
+    detail = (
+      f"missing {missing[0]}"
+      if missing
+      else f"unexpected {extra[0]}"
+      if extra
+      else f"{changed[0]} has shape {got[changed[0]]}, expected {want[changed[0]]}"
+    )
+    raise CheckpointError(
+      f"{where}: parameters do not match the configured model ({detail}; "
+      f"{len(missing)} missing, {len(extra)} unexpected, {len(changed)} reshaped)"
+    )
 
 
 def describe(arch: Any) -> str:

@@ -33,12 +33,13 @@ from jaxmi.train.step import AugmentConfig, Defense, NoDefense, RunFacts, make_e
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
   """How a classifier trains: length, batches, seed, logging, checkpoints, augmentation, which epoch is released."""
+
   epochs: int = 10
   batch_size: int = 64
   eval_batch_size: int = 500
   seed: int = 0
-  log_every: int = 50               # steps between metric flushes (the only host syncs)
-  checkpoint_every: int = 500       # steps
+  log_every: int = 50  # steps between metric flushes (the only host syncs)
+  checkpoint_every: int = 500  # steps
   keep_checkpoints: int = 3
   augment: AugmentConfig = AugmentConfig()
   # Which parameters the workdir releases (what load_classifier, evaluate and the attacks use):
@@ -56,28 +57,40 @@ ROLES = ("target", "evaluation", "surrogate")
 RELEASES = ("last", "best_test")
 
 # Config fields that may change between a run and its resumption: they do not change what is trained.
-RESUMABLE_CHANGES = ("name", "workdir", "init_from", "train.epochs", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "data.data_dir", "data.cache_dir", "data.download")
+RESUMABLE_CHANGES = (
+  "name",
+  "workdir",
+  "init_from",
+  "train.epochs",
+  "train.log_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "data.data_dir",
+  "data.cache_dir",
+  "data.download",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ClassifierConfig:
   """``bin/jaxmi train``: one classifier (its role, data, model, optimiser and training) and where it is written."""
+
   name: str = "classifier"
-  role: str = "target"              # one of ROLES: recorded so later stages pick the right model
+  role: str = "target"  # one of ROLES: recorded so later stages pick the right model
   workdir: str = "runs/classifier"
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
-  init_from: str = ""               # workdir of a trained classifier of the same architecture to start from
-                                    # (CALoR's fine-tuning stage, TL-DMI); "" = random initialisation
-  init_head: bool = True            # False: keep a fresh head (the init_from model was trained on other classes)
+  init_from: str = ""  # workdir of a trained classifier of the same architecture to start from
+  # (CALoR's fine-tuning stage, TL-DMI); "" = random initialisation
+  init_head: bool = True  # False: keep a fresh head (the init_from model was trained on other classes)
 
 
 @dataclasses.dataclass(frozen=True)
 class Classifier:
   """A trained classifier ready for jitted use: ``module.apply(variables, x)``."""
+
   module: Any
   variables: dict
   config: ClassifierConfig
@@ -122,6 +135,7 @@ def _validate(cfg: ClassifierConfig) -> None:
 def changed_fields(saved: dict, current: dict, defaults: dict, resumable: tuple[str, ...]) -> list[str]:
   """Dotted config fields that differ, ignoring ``resumable`` ones and fields added since the checkpoint
   was written that still hold their default."""
+
   def lookup(d, key):
     for part in key.split("."):
       if not isinstance(d, dict) or part not in d:
@@ -147,15 +161,19 @@ def refuse_config_change(name: str, where: str, changed: list[str], allow: bool,
     return
   fields = ", ".join(changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
   if not allow:
-    raise ConfigError(f"{where}: the config differs from the checkpoint's in {fields}; resume with the same "
-                      "values, use another --workdir, or pass --allow-config-change")
+    raise ConfigError(
+      f"{where}: the config differs from the checkpoint's in {fields}; resume with the same "
+      "values, use another --workdir, or pass --allow-config-change"
+    )
   log(f"[{name}] resuming with a changed config (--allow-config-change): {fields}")
 
 
 def check_restored_finite(state: Any, where: str) -> None:
   if not bool(jax.device_get(all_finite(state))):
-    raise CheckpointError(f"{where}: holds non-finite values ({first_nonfinite_leaf(state)}); it was written by a "
-                          "run that diverged: delete it and train again")
+    raise CheckpointError(
+      f"{where}: holds non-finite values ({first_nonfinite_leaf(state)}); it was written by a "
+      "run that diverged: delete it and train again"
+    )
 
 
 def evaluate(eval_step, variables: dict, split, batch_size: int) -> dict:
@@ -179,9 +197,16 @@ def evaluate(eval_step, variables: dict, split, batch_size: int) -> dict:
   return {"acc": totals["correct"] / n, "acc5": totals["correct5"] / n, "loss": totals["loss"] / n, "count": int(n)}
 
 
-def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, defense: Defense = NoDefense(),
-                     progress: bool = True, stop_at_step: int | None = None, allow_config_change: bool = False,
-                     log=print) -> dict:
+def train_classifier(
+  cfg: ClassifierConfig,
+  *,
+  splits: Splits | None = None,
+  defense: Defense = NoDefense(),
+  progress: bool = True,
+  stop_at_step: int | None = None,
+  allow_config_change: bool = False,
+  log=print,
+) -> dict:
   """Trains (or resumes) ``cfg`` and returns the summary written to ``<workdir>/summary.json``.
 
   ``stop_at_step`` ends the run early as an interruption would (after saving), for resume tests.
@@ -207,15 +232,23 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   train_split, test_split = splits.private_train, splits.private_test
   num_classes = splits.num_private_classes
   image_shape = tuple(train_split.images.shape[1:])
-  log(f"[{cfg.name}] data: {splits.description}; {len(train_split)} train / {len(test_split)} test images, "
-      f"{num_classes} classes, {image_shape}")
+  log(
+    f"[{cfg.name}] data: {splits.description}; {len(train_split)} train / {len(test_split)} test images, "
+    f"{num_classes} classes, {image_shape}"
+  )
 
   module = build_classifier(cfg.model, num_classes)
   spe = steps_per_epoch(len(train_split), cfg.train.batch_size)
   total_steps = spe * cfg.train.epochs
   # What the defense may need to know about this run: an argument of its hooks, never part of its config.
-  facts = RunFacts(steps_per_epoch=spe, total_steps=total_steps, batch_size=cfg.train.batch_size,
-                   num_examples=len(train_split), module=module, image_shape=image_shape)
+  facts = RunFacts(
+    steps_per_epoch=spe,
+    total_steps=total_steps,
+    batch_size=cfg.train.batch_size,
+    num_examples=len(train_split),
+    module=module,
+    image_shape=image_shape,
+  )
   defense.check(cfg, facts)
   tx = make_optimizer(cfg.optim, spe, total_steps)
 
@@ -226,20 +259,29 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
     variables = _start_from(cfg, variables, num_classes)
     log(f"[{cfg.name}] starting from the weights in {cfg.init_from}" + ("" if cfg.init_head else " (fresh head)"))
   tx = defense.optimizer(tx, variables["params"], facts)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                     batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-                     defense_state={}, rng=state_rng)
-  meta = {"kind": "classifier", "defense": defense.name, "defense_config": config_lib.to_dict(defense), "arch": arch_meta(cfg.model, num_classes, image_shape),
-          "signature": shape_signature(variables), "config": config_lib.to_dict(cfg)}
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(variables["params"]),
+    defense_state={},
+    rng=state_rng,
+  )
+  meta = {
+    "kind": "classifier",
+    "defense": defense.name,
+    "defense_config": config_lib.to_dict(defense),
+    "arch": arch_meta(cfg.model, num_classes, image_shape),
+    "signature": shape_signature(variables),
+    "config": config_lib.to_dict(cfg),
+  }
 
-  ckpt = Checkpointer(workdir / "checkpoints", every_steps=cfg.train.checkpoint_every,
-                      keep=cfg.train.keep_checkpoints)
+  ckpt = Checkpointer(workdir / "checkpoints", every_steps=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
     saved = ckpt.meta(start)
     check_compatible(saved, meta, f"{ckpt.directory}/{start}")  # another model: say that, not which fields differ
-    changed = changed_fields(saved["config"], meta["config"], config_lib.to_dict(ClassifierConfig()),
-                             RESUMABLE_CHANGES)
+    changed = changed_fields(saved["config"], meta["config"], config_lib.to_dict(ClassifierConfig()), RESUMABLE_CHANGES)
     # Only fields the defense still has: older checkpoints also recorded run facts there (steps_per_epoch, layers).
     settings = lambda m: {k: v for k, v in m.get("defense_config", {}).items() if k in meta["defense_config"]}
     defense_of = lambda m: {"defense": {"name": m.get("defense"), **settings(m)}}
@@ -273,11 +315,24 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
   batches = train_batches(train_split, cfg.train.batch_size, cfg.train.seed, start_step=start)
   t0 = time.time()
   try:
-    result = run_steps(state, name=cfg.name, step_fn=train_step, next_input=lambda: next(batches), start=start,
-                       total=total_steps, steps_per_epoch=spe, ckpt=ckpt, meta=meta,
-                       writer=records.JsonlWriter(workdir / "metrics.jsonl"), log_every=cfg.train.log_every,
-                       metric_prefix="train/", epoch_end=epoch_end, progress=progress, stop_at_step=stop_at_step,
-                       postfix_keys=("train/loss", "train/acc", "test/acc"))
+    result = run_steps(
+      state,
+      name=cfg.name,
+      step_fn=train_step,
+      next_input=lambda: next(batches),
+      start=start,
+      total=total_steps,
+      steps_per_epoch=spe,
+      ckpt=ckpt,
+      meta=meta,
+      writer=records.JsonlWriter(workdir / "metrics.jsonl"),
+      log_every=cfg.train.log_every,
+      metric_prefix="train/",
+      epoch_end=epoch_end,
+      progress=progress,
+      stop_at_step=stop_at_step,
+      postfix_keys=("train/loss", "train/acc", "test/acc"),
+    )
   finally:
     batches.close()
     if best_ckpt is not None:
@@ -289,8 +344,12 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
 
   # A run that was already complete trained no step this time, so nothing is cached.
   test = last_test.get(step) or evaluate(eval_step, state.variables, test_split, cfg.train.eval_batch_size)
-  released = {"released": cfg.train.release, "released_step": step, "released_epoch": step // spe,
-              "last_epoch_accuracy": test["acc"]}
+  released = {
+    "released": cfg.train.release,
+    "released_step": step,
+    "released_epoch": step // spe,
+    "last_epoch_accuracy": test["acc"],
+  }
   variables = state.variables
   if best_ckpt is not None:
     best_ckpt = Checkpointer(workdir / "best", create=False)
@@ -299,27 +358,46 @@ def train_classifier(cfg: ClassifierConfig, *, splits: Splits | None = None, def
     best_ckpt.close()
     variables = {"params": best_state["params"], "batch_stats": best_state["batch_stats"]}
     test = evaluate(eval_step, variables, test_split, cfg.train.eval_batch_size)
-    released.update(released_step=best_meta["step"], released_epoch=best_meta["epoch"],
-                    released_checkpoint=str(best_ckpt.directory))
+    released.update(
+      released_step=best_meta["step"], released_epoch=best_meta["epoch"], released_checkpoint=str(best_ckpt.directory)
+    )
   train_eval = evaluate(eval_step, variables, train_split, cfg.train.eval_batch_size)
   summary = {
-      "name": cfg.name, "role": cfg.role, "defense": defense.name, "defense_config": config_lib.to_dict(defense),
-      **defense.report(facts, step),
-      "natural_accuracy": test["acc"], "natural_accuracy_top5": test["acc5"], "test_loss": test["loss"], **released,
-      "train_accuracy": train_eval["acc"], "test_images": test["count"], "train_images": len(train_split),
-      "num_classes": num_classes, "steps": step, "epochs": cfg.train.epochs,
-      "train_seconds_this_run": round(elapsed, 2), "resumed_from_step": start,
-      "data": splits.description, "checkpoints": str(ckpt.directory), "config": config_lib.to_dict(cfg),
+    "name": cfg.name,
+    "role": cfg.role,
+    "defense": defense.name,
+    "defense_config": config_lib.to_dict(defense),
+    **defense.report(facts, step),
+    "natural_accuracy": test["acc"],
+    "natural_accuracy_top5": test["acc5"],
+    "test_loss": test["loss"],
+    **released,
+    "train_accuracy": train_eval["acc"],
+    "test_images": test["count"],
+    "train_images": len(train_split),
+    "num_classes": num_classes,
+    "steps": step,
+    "epochs": cfg.train.epochs,
+    "train_seconds_this_run": round(elapsed, 2),
+    "resumed_from_step": start,
+    "data": splits.description,
+    "checkpoints": str(ckpt.directory),
+    "config": config_lib.to_dict(cfg),
   }
-  records.plot_curves(records.read_jsonl(workdir / "metrics.jsonl"), workdir / "curves.png",
-                      f"{cfg.name}: test top-1 {100 * test['acc']:.2f}%")
+  records.plot_curves(
+    records.read_jsonl(workdir / "metrics.jsonl"),
+    workdir / "curves.png",
+    f"{cfg.name}: test top-1 {100 * test['acc']:.2f}%",
+  )
   records.write_json(workdir / "summary.json", summary)  # last: a kill before it leaves a run that resumes
   measured = "test-split agreement with the target" if cfg.role == "surrogate" else "natural (private test) accuracy"
   if cfg.train.release == "best_test":
     measured += f" of the best test epoch ({released['released_epoch']})"
-  log(f"[{cfg.name}] {measured} {100 * test['acc']:.2f}% (top-5 {100 * test['acc5']:.2f}%), "
-      f"train accuracy {100 * train_eval['acc']:.2f}%, {step} steps, {elapsed:.1f}s this run; "
-      f"results in {workdir}")
+  log(
+    f"[{cfg.name}] {measured} {100 * test['acc']:.2f}% (top-5 {100 * test['acc5']:.2f}%), "
+    f"train accuracy {100 * train_eval['acc']:.2f}%, {step} steps, {elapsed:.1f}s this run; "
+    f"results in {workdir}"
+  )
   return summary
 
 
@@ -332,17 +410,24 @@ def _start_from(cfg: ClassifierConfig, variables: dict, num_classes: int) -> dic
     # and the reference (TL-DMI) always trains a fresh one. The CNN's bn_feat follows its fc_feat and is kept.
     fresh = {"head"} | ({"bn_feat"} if "fc_feat" not in variables["params"] else set())
     keep_fresh = lambda col: {k: variables[col][k] for k in fresh if k in variables[col]}
-    loaded = {col: {**{k: v for k, v in tree.items() if k not in fresh}, **keep_fresh(col)}
-              for col, tree in loaded.items()}
+    loaded = {
+      col: {**{k: v for k, v in tree.items() if k not in fresh}, **keep_fresh(col)} for col, tree in loaded.items()
+    }
   if shape_signature(loaded) != shape_signature(variables):
-    raise ConfigError(f"init_from: {cfg.init_from} holds a {start_from.config.model.arch} model whose parameters "
-                      f"do not match model {cfg.model.arch} with {num_classes} classes; it must be the same "
-                      "architecture" + (" and head" if cfg.init_head else ""))
+    raise ConfigError(
+      f"init_from: {cfg.init_from} holds a {start_from.config.model.arch} model whose parameters "
+      f"do not match model {cfg.model.arch} with {num_classes} classes; it must be the same "
+      "architecture" + (" and head" if cfg.init_head else "")
+    )
   return loaded
 
 
-MAKES_ROLE = {None: ("classifier", "train-classifier"), "target": ("target classifier", "train-classifier"),
-              "evaluation": ("evaluation classifier", "train-classifier"), "surrogate": ("surrogate", "distill")}
+MAKES_ROLE = {
+  None: ("classifier", "train-classifier"),
+  "target": ("target classifier", "train-classifier"),
+  "evaluation": ("evaluation classifier", "train-classifier"),
+  "surrogate": ("surrogate", "distill"),
+}
 
 
 def released_checkpointer(workdir: str | Path, *, expect_role: str | None = None) -> Checkpointer:
@@ -389,6 +474,12 @@ def load_classifier(workdir: str | Path, *, expect_role: str | None = None) -> C
   ckpt.close()
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   check_restored_finite(variables, f"{ckpt.directory}/{step}")
-  cfg = config_lib.replace(ClassifierConfig(), name=saved["name"], role=saved["role"], workdir=str(workdir),
-                           model=model_cfg, data=saved_data_config(saved["data"]))
+  cfg = config_lib.replace(
+    ClassifierConfig(),
+    name=saved["name"],
+    role=saved["role"],
+    workdir=str(workdir),
+    model=model_cfg,
+    data=saved_data_config(saved["data"]),
+  )
   return Classifier(module, variables, cfg, arch["num_classes"], image_shape)

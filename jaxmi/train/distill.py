@@ -35,9 +35,10 @@ from jaxmi.train.step import Defense, make_eval_step
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SurrogateConfig:
   """``bin/jaxmi distill``: which target to imitate and the student to train (role 'surrogate')."""
-  teacher: str = "runs/mnist_target"      # workdir of the trained target
+
+  teacher: str = "runs/mnist_target"  # workdir of the trained target
   temperature: float = 1.0
-  holdout_fraction: float = 0.1           # public images held out to measure agreement
+  holdout_fraction: float = 0.1  # public images held out to measure agreement
   student: ClassifierConfig = ClassifierConfig(role="surrogate")
 
 
@@ -50,6 +51,7 @@ class Distillation(Defense):
   training batch (``targets``); the teacher is kept off the dataclass fields, so the recorded
   config holds only ``name``, ``temperature`` and ``teacher_workdir``.
   """
+
   name: str = "distillation"
   temperature: float = 1.0
   teacher_workdir: str = ""
@@ -92,8 +94,14 @@ def teacher_splits(teacher, splits: Splits, holdout_fraction: float, seed: int) 
   hold, train = order[:num_hold], order[num_hold:]
   train_split = ArraySplit(public.images[train], top1[train], public.identities[train])
   hold_split = ArraySplit(public.images[hold], top1[hold], public.identities[hold])
-  return Splits(train_split, hold_split, public, teacher.num_classes, splits.num_public_classes,
-                f"public split of {splits.description}, labelled by the target")
+  return Splits(
+    train_split,
+    hold_split,
+    public,
+    teacher.num_classes,
+    splits.num_public_classes,
+    f"public split of {splits.description}, labelled by the target",
+  )
 
 
 def student_data_config(student: DataConfig, teacher: DataConfig) -> DataConfig:
@@ -103,14 +111,23 @@ def student_data_config(student: DataConfig, teacher: DataConfig) -> DataConfig:
   ``cache_dir`` in the distill config must win, or the images are prepared again in the default cache.
   """
   default = DataConfig()
-  local = {k: getattr(student, k) for k in ("data_dir", "cache_dir", "download")
-           if getattr(student, k) != getattr(default, k)}
+  local = {
+    k: getattr(student, k) for k in ("data_dir", "cache_dir", "download") if getattr(student, k) != getattr(default, k)
+  }
   return dataclasses.replace(teacher, **local)
 
 
-def distill_surrogate(cfg: ClassifierConfig, teacher_workdir: str, *, temperature: float = 1.0,
-                      holdout_fraction: float = 0.1, splits: Splits | None = None, progress: bool = True,
-                      allow_config_change: bool = False, log=print) -> dict:
+def distill_surrogate(
+  cfg: ClassifierConfig,
+  teacher_workdir: str,
+  *,
+  temperature: float = 1.0,
+  holdout_fraction: float = 0.1,
+  splits: Splits | None = None,
+  progress: bool = True,
+  allow_config_change: bool = False,
+  log=print,
+) -> dict:
   """Trains ``cfg.model`` as a surrogate of the target in ``teacher_workdir``; returns its summary.
 
   The summary's ``public_agreement`` is top-1 agreement with the target on held-out public
@@ -123,23 +140,39 @@ def distill_surrogate(cfg: ClassifierConfig, teacher_workdir: str, *, temperatur
   # The surrogate sees exactly the attacker's public split of the teacher's dataset; a student
   # data config that names another split would silently train on something else, so refuse it.
   if cfg.data != DataConfig():
-    differ = [k for k in config_lib.diff(config_lib.to_dict(cfg.data), config_lib.to_dict(teacher.config.data))
-              if k not in ("data_dir", "cache_dir", "download")]
+    differ = [
+      k
+      for k in config_lib.diff(config_lib.to_dict(cfg.data), config_lib.to_dict(teacher.config.data))
+      if k not in ("data_dir", "cache_dir", "download")
+    ]
     if differ:
-      raise ConfigError(f"student.data: {', '.join('data.' + k for k in differ)} differ from the target's data config "
-                        f"in {teacher_workdir}; a surrogate trains on the target's public split, so leave them unset "
-                        "or equal to the target's")
+      raise ConfigError(
+        f"student.data: {', '.join('data.' + k for k in differ)} differ from the target's data config "
+        f"in {teacher_workdir}; a surrogate trains on the target's public split, so leave them unset "
+        "or equal to the target's"
+      )
   data = student_data_config(cfg.data, teacher.config.data)
   splits = splits if splits is not None else load_splits(data)
   cfg = dataclasses.replace(cfg, data=data)
-  summary = train_classifier(cfg, splits=teacher_splits(teacher, splits, holdout_fraction, cfg.train.seed),
-                             defense=Distillation.of(teacher, temperature), progress=progress,
-                             allow_config_change=allow_config_change, log=log)
+  summary = train_classifier(
+    cfg,
+    splits=teacher_splits(teacher, splits, holdout_fraction, cfg.train.seed),
+    defense=Distillation.of(teacher, temperature),
+    progress=progress,
+    allow_config_change=allow_config_change,
+    log=log,
+  )
   student = load_classifier(cfg.workdir, expect_role="surrogate")
   private = evaluate(make_eval_step(student.module), student.variables, splits.private_test, cfg.train.eval_batch_size)
-  summary = {**summary, "public_agreement": summary["natural_accuracy"], "natural_accuracy": private["acc"],
-             "teacher": str(teacher_workdir)}
+  summary = {
+    **summary,
+    "public_agreement": summary["natural_accuracy"],
+    "natural_accuracy": private["acc"],
+    "teacher": str(teacher_workdir),
+  }
   records.write_json(f"{cfg.workdir}/summary.json", summary)
-  log(f"[{cfg.name}] agreement with the target on held-out public images {100 * summary['public_agreement']:.2f}%, "
-      f"private test accuracy {100 * private['acc']:.2f}%")
+  log(
+    f"[{cfg.name}] agreement with the target on held-out public images {100 * summary['public_agreement']:.2f}%, "
+    f"private test accuracy {100 * private['acc']:.2f}%"
+  )
   return summary

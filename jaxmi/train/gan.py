@@ -59,11 +59,11 @@ class GANTrainConfig:
   beta1: float = 0.5
   beta2: float = 0.999
   seed: int = 0
-  log_every: int = 20               # generator steps between metric flushes
-  checkpoint_every: int = 200       # generator steps
+  log_every: int = 20  # generator steps between metric flushes
+  checkpoint_every: int = 200  # generator steps
   keep_checkpoints: int = 3
-  sample_count: int = 64            # images in each epoch's sample grid
-  entropy_weight: float = 1e-4      # KEDMI: weight of the generator's summed entropy term
+  sample_count: int = 64  # images in each epoch's sample grid
+  entropy_weight: float = 1e-4  # KEDMI: weight of the generator's summed entropy term
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,10 +71,10 @@ class GANExperimentConfig:
   name: str = "gan"
   kind: typing.Literal["gmi", "kedmi"] = "gmi"  # gmi (WGAN-GP) | kedmi (inversion-specific, needs the target)
   workdir: str = "runs/gan"
-  target: str = ""                  # kedmi: workdir of the target whose soft labels train the discriminator
+  target: str = ""  # kedmi: workdir of the target whose soft labels train the discriminator
   data: DataConfig = DataConfig()
   gan: GANConfig = GANConfig()
-  critic_width: int = 0             # 0: same as gan.base_width
+  critic_width: int = 0  # 0: same as gan.base_width
   train: GANTrainConfig = GANTrainConfig()
 
 
@@ -128,9 +128,11 @@ def _alternating_update(state: GANState, d_tx, g_tx, d_loss_fn, g_loss_fn, d_bat
   # Unrolled: XLA:CPU runs these convolutions ~13x slower inside a while loop (measured
   # 20 s vs 1.6 s per step); n_critic is small, so unrolling costs little compile time.
   (d_params, d_opt, g_stats), d_metrics = jax.lax.scan(
-      disc_update, (state.d_params, state.d_opt, state.g_stats), (d_batches, keys[:-1]), unroll=True)
-  g_grads, (g_stats, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(state.g_params, g_stats, d_params, g_batch,
-                                                                     keys[-1])
+    disc_update, (state.d_params, state.d_opt, state.g_stats), (d_batches, keys[:-1]), unroll=True
+  )
+  g_grads, (g_stats, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(
+    state.g_params, g_stats, d_params, g_batch, keys[-1]
+  )
   updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
   g_params = optax.apply_updates(state.g_params, updates)
   metrics = {**g_metrics, **{k: jnp.mean(v) for k, v in d_metrics.items()}}
@@ -193,10 +195,13 @@ def make_kedmi_step(generator, disc, target, target_shape, g_tx, d_tx, cfg: GANT
     apply = lambda x: disc.apply({"params": d_params}, x)[1]
     l_lab, l_unl, l_fake = apply(labelled), apply(unlabelled), apply(jax.lax.stop_gradient(fake))
     label_loss, unlabel_loss = kedmi_discriminator_loss(l_lab, soft, l_unl, l_fake)
-    metrics = {"label_loss": label_loss, "unlabel_loss": unlabel_loss,
-               "agreement": jnp.mean(jnp.argmax(l_lab, -1) == jnp.argmax(soft, -1)),
-               "p_real": jnp.mean(jax.nn.sigmoid(jax.nn.logsumexp(l_unl, -1))),
-               "p_real_fake": jnp.mean(jax.nn.sigmoid(jax.nn.logsumexp(l_fake, -1)))}
+    metrics = {
+      "label_loss": label_loss,
+      "unlabel_loss": unlabel_loss,
+      "agreement": jnp.mean(jnp.argmax(l_lab, -1) == jnp.argmax(soft, -1)),
+      "p_real": jnp.mean(jax.nn.sigmoid(jax.nn.logsumexp(l_unl, -1))),
+      "p_real_fake": jnp.mean(jax.nn.sigmoid(jax.nn.logsumexp(l_fake, -1))),
+    }
     return label_loss + unlabel_loss, (g_stats, metrics)
 
   def g_loss_fn(g_params, g_stats, d_params, unlabelled2, rng):
@@ -213,8 +218,9 @@ def make_kedmi_step(generator, disc, target, target_shape, g_tx, d_tx, cfg: GANT
     flat = labelled.reshape(-1, *labelled.shape[2:])
     soft = jax.nn.softmax(target.apply(target_variables, resize_to(flat, target_shape), train=False).logits)
     soft = jax.lax.stop_gradient(soft).reshape(*labelled.shape[:2], -1)
-    return _alternating_update(state, d_tx, g_tx, d_loss_fn, g_loss_fn, (labelled, soft, unlabelled),
-                               to_float(unlabelled2), cfg.n_critic)
+    return _alternating_update(
+      state, d_tx, g_tx, d_loss_fn, g_loss_fn, (labelled, soft, unlabelled), to_float(unlabelled2), cfg.n_critic
+    )
 
   return train_step
 
@@ -224,39 +230,74 @@ def init_gan_state(generator, critic, g_tx, d_tx, gan_cfg: GANConfig, seed: int)
   g_vars = jax.jit(lambda r: generator.init(r, jnp.zeros((2, gan_cfg.z_dim))))(g_rng)
   size = gan_cfg.image_size
   d_vars = jax.jit(lambda r: critic.init(r, jnp.zeros((2, size, size, gan_cfg.channels))))(d_rng)
-  return GANState(jnp.zeros((), jnp.int32), g_vars["params"], g_vars["batch_stats"], d_vars["params"],
-                  g_tx.init(g_vars["params"]), d_tx.init(d_vars["params"]), state_rng)
+  return GANState(
+    jnp.zeros((), jnp.int32),
+    g_vars["params"],
+    g_vars["batch_stats"],
+    d_vars["params"],
+    g_tx.init(g_vars["params"]),
+    d_tx.init(d_vars["params"]),
+    state_rng,
+  )
 
 
 def gan_meta(cfg: GANExperimentConfig, state: GANState, num_classes: int = 0) -> dict:
-  return {"kind": "gan", "gan_kind": cfg.kind, "num_classes": num_classes,
-          "arch": {**config_lib.to_dict(cfg.gan), "critic_width": cfg.critic_width or cfg.gan.base_width},
-          "signature": shape_signature({"g": state.g_params, "d": state.d_params}),
-          "config": config_lib.to_dict(cfg)}
+  return {
+    "kind": "gan",
+    "gan_kind": cfg.kind,
+    "num_classes": num_classes,
+    "arch": {**config_lib.to_dict(cfg.gan), "critic_width": cfg.critic_width or cfg.gan.base_width},
+    "signature": shape_signature({"g": state.g_params, "d": state.d_params}),
+    "config": config_lib.to_dict(cfg),
+  }
 
 
 # Config fields that may change between a run and its resumption: they do not change what is trained.
-RESUMABLE_CHANGES = ("name", "workdir", "target", "train.epochs", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.sample_count", "data.data_dir", "data.cache_dir", "data.download")
+RESUMABLE_CHANGES = (
+  "name",
+  "workdir",
+  "target",
+  "train.epochs",
+  "train.log_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "train.sample_count",
+  "data.data_dir",
+  "data.cache_dir",
+  "data.download",
+)
 
 
 def _validate_config(cfg: GANExperimentConfig) -> None:
   """Checks that need no data: run before any data is prepared."""
   t = cfg.train
-  for field in ("epochs", "batch_size", "n_critic", "log_every", "checkpoint_every", "keep_checkpoints",
-                "sample_count"):
+  for field in (
+    "epochs",
+    "batch_size",
+    "n_critic",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "sample_count",
+  ):
     if getattr(t, field) < 1:
-      raise ConfigError(f"train.{field}: expected a positive integer, got {getattr(t, field)}"
-                        + ("; epochs=0 would write an untrained GAN" if field == "epochs" else ""))
+      raise ConfigError(
+        f"train.{field}: expected a positive integer, got {getattr(t, field)}"
+        + ("; epochs=0 would write an untrained GAN" if field == "epochs" else "")
+      )
   if cfg.kind not in GAN_KINDS:
     raise ConfigError(f"kind: unknown GAN kind '{cfg.kind}'; expected one of {', '.join(GAN_KINDS)}")
   if cfg.kind == "kedmi" and not cfg.target:
-    raise ConfigError("target: a KEDMI GAN learns the target's soft labels on public images; set target to the "
-                      "target classifier's workdir")
+    raise ConfigError(
+      "target: a KEDMI GAN learns the target's soft labels on public images; set target to the "
+      "target classifier's workdir"
+    )
   if cfg.data.image_size != cfg.gan.image_size or cfg.data.channels != cfg.gan.channels:
-    raise ConfigError(f"gan: generates {cfg.gan.image_size}x{cfg.gan.image_size}x{cfg.gan.channels} images but "
-                      f"data is {cfg.data.image_size}x{cfg.data.image_size}x{cfg.data.channels}; "
-                      "set gan.stages/gan.channels or data.image_size/data.channels to match")
+    raise ConfigError(
+      f"gan: generates {cfg.gan.image_size}x{cfg.gan.image_size}x{cfg.gan.channels} images but "
+      f"data is {cfg.data.image_size}x{cfg.data.image_size}x{cfg.data.channels}; "
+      "set gan.stages/gan.channels or data.image_size/data.channels to match"
+    )
 
 
 def _validate(cfg: GANExperimentConfig, splits: Splits) -> None:
@@ -266,13 +307,22 @@ def _validate(cfg: GANExperimentConfig, splits: Splits) -> None:
   factor, formula = (t.n_critic, "train.n_critic") if cfg.kind == "gmi" else (t.n_critic + 1, "(train.n_critic + 1)")
   per_step = t.batch_size * factor
   if per_step > len(splits.public):
-    raise ConfigError(f"train.batch_size x {formula} = {t.batch_size} x {factor} = {per_step} public images "
-                      f"per generator step, but the public split (data.public_ids) has {len(splits.public)}; "
-                      "lower train.batch_size or train.n_critic")
+    raise ConfigError(
+      f"train.batch_size x {formula} = {t.batch_size} x {factor} = {per_step} public images "
+      f"per generator step, but the public split (data.public_ids) has {len(splits.public)}; "
+      "lower train.batch_size or train.n_critic"
+    )
 
 
-def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progress: bool = True,
-              stop_at_step: int | None = None, allow_config_change: bool = False, log=print) -> dict:
+def train_gan(
+  cfg: GANExperimentConfig,
+  *,
+  splits: Splits | None = None,
+  progress: bool = True,
+  stop_at_step: int | None = None,
+  allow_config_change: bool = False,
+  log=print,
+) -> dict:
   """Trains the GAN prior on ``splits.public`` (never the private data); resumes if checkpoints exist.
 
   As for classifiers: resuming under a changed config is refused unless ``allow_config_change``,
@@ -296,17 +346,23 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
   images_per_step = t.batch_size * t.n_critic
   spe = steps_per_epoch(len(public), images_per_step, split="data.public_ids")
   total = spe * t.epochs
-  what = ("WGAN-GP" if cfg.kind == "gmi" else
-          f"KEDMI GAN (discriminator learns the soft labels of target {cfg.target}, {num_classes} classes)")
-  log(f"[{cfg.name}] {what} on the public split: {len(public)} images {public.images.shape[1:]}, "
-      f"{spe} generator steps/epoch x {t.epochs} epochs ({t.n_critic} discriminator steps each)")
+  what = (
+    "WGAN-GP"
+    if cfg.kind == "gmi"
+    else f"KEDMI GAN (discriminator learns the soft labels of target {cfg.target}, {num_classes} classes)"
+  )
+  log(
+    f"[{cfg.name}] {what} on the public split: {len(public)} images {public.images.shape[1:]}, "
+    f"{spe} generator steps/epoch x {t.epochs} epochs ({t.n_critic} discriminator steps each)"
+  )
 
   ckpt = Checkpointer(workdir / "checkpoints", every_steps=t.checkpoint_every, keep=t.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
     check_compatible(ckpt.meta(start), meta, f"{ckpt.directory}/{start}")
-    changed = changed_fields(ckpt.meta(start)["config"], meta["config"], config_lib.to_dict(GANExperimentConfig()),
-                             RESUMABLE_CHANGES)
+    changed = changed_fields(
+      ckpt.meta(start)["config"], meta["config"], config_lib.to_dict(GANExperimentConfig()), RESUMABLE_CHANGES
+    )
     refuse_config_change(cfg.name, f"{ckpt.directory}/{start}", changed, allow_config_change, log)
     state = GANState.from_dict(ckpt.restore(state.as_dict(), meta, start))
     check_restored_finite(state.as_dict(), f"{ckpt.directory}/{start}")
@@ -318,8 +374,9 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
 
   def epoch_end(state, step):
     if step % spe == 0:
-      records.save_grid(sample(state.generator_variables, fixed_z),
-                        workdir / "samples" / f"epoch_{step // spe:03d}.png", scale=2)
+      records.save_grid(
+        sample(state.generator_variables, fixed_z), workdir / "samples" / f"epoch_{step // spe:03d}.png", scale=2
+      )
     return {}
 
   batches = train_batches(public, images_per_step, t.seed, start_step=start)
@@ -342,11 +399,25 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
 
   t0 = time.time()
   try:
-    result = run_steps(state, name=cfg.name, step_fn=step_fn, next_input=next_input, start=start, total=total,
-                       steps_per_epoch=spe, ckpt=ckpt, meta=meta, writer=records.JsonlWriter(workdir / "metrics.jsonl"),
-                       log_every=t.log_every, epoch_end=epoch_end, progress=progress, stop_at_step=stop_at_step,
-                       postfix_keys=("wasserstein", "gp", "g_loss") if cfg.kind == "gmi" else
-                       ("label_loss", "unlabel_loss", "agreement", "g_loss"))
+    result = run_steps(
+      state,
+      name=cfg.name,
+      step_fn=step_fn,
+      next_input=next_input,
+      start=start,
+      total=total,
+      steps_per_epoch=spe,
+      ckpt=ckpt,
+      meta=meta,
+      writer=records.JsonlWriter(workdir / "metrics.jsonl"),
+      log_every=t.log_every,
+      epoch_end=epoch_end,
+      progress=progress,
+      stop_at_step=stop_at_step,
+      postfix_keys=("wasserstein", "gp", "g_loss")
+      if cfg.kind == "gmi"
+      else ("label_loss", "unlabel_loss", "agreement", "g_loss"),
+    )
   finally:
     for stream in streams:
       stream.close()
@@ -354,20 +425,31 @@ def train_gan(cfg: GANExperimentConfig, *, splits: Splits | None = None, progres
     raise Interrupted(interrupted_message(result.step, ckpt), result.step)
   state, step = result.state, result.step
   records.save_grid(sample(state.generator_variables, fixed_z), workdir / "samples.png", scale=2)
-  summary = {"name": cfg.name, "kind": cfg.kind, "generator_steps": step, "epochs": t.epochs,
-             "public_images": len(public), "train_seconds_this_run": round(time.time() - t0, 2),
-             "resumed_from_step": start, "data": splits.description, "config": config_lib.to_dict(cfg)}
+  summary = {
+    "name": cfg.name,
+    "kind": cfg.kind,
+    "generator_steps": step,
+    "epochs": t.epochs,
+    "public_images": len(public),
+    "train_seconds_this_run": round(time.time() - t0, 2),
+    "resumed_from_step": start,
+    "data": splits.description,
+    "config": config_lib.to_dict(cfg),
+  }
   records.write_json(workdir / "summary.json", summary)
-  log(f"[{cfg.name}] {step} generator steps, {summary['train_seconds_this_run']:.1f}s this run; "
-      f"samples in {workdir / 'samples.png'}")
+  log(
+    f"[{cfg.name}] {step} generator steps, {summary['train_seconds_this_run']:.1f}s this run; "
+    f"samples in {workdir / 'samples.png'}"
+  )
   return summary
 
 
 @dataclasses.dataclass(frozen=True)
 class GAN:
   """A trained GAN prior: generator (eval mode) and critic, with their variables."""
+
   generator: Any
-  critic: Any                       # Critic (gmi) or KEDMIDiscriminator (kedmi); both have realism(x)
+  critic: Any  # Critic (gmi) or KEDMIDiscriminator (kedmi); both have realism(x)
   g_variables: dict
   d_variables: dict
   config: GANConfig
@@ -382,8 +464,9 @@ def load_gan(workdir: str | Path) -> GAN:
   step = ckpt.latest_step()
   meta = ckpt.meta(step)
   if meta.get("kind") != "gan":
-    raise CheckpointError(f"{ckpt.directory}: holds a '{meta.get('kind')}' checkpoint; expected a GAN "
-                          "(train one with bin/jaxmi train-gan)")
+    raise CheckpointError(
+      f"{ckpt.directory}: holds a '{meta.get('kind')}' checkpoint; expected a GAN (train one with bin/jaxmi train-gan)"
+    )
   arch = dict(meta["arch"])
   critic_width = arch.pop("critic_width")
   gan_cfg = GANConfig(**arch)
@@ -394,5 +477,11 @@ def load_gan(workdir: str | Path) -> GAN:
   state = ckpt.restore(None, expected, step)
   ckpt.close()
   check_restored_finite({k: state[k] for k in ("g_params", "g_stats", "d_params")}, f"{ckpt.directory}/{step}")
-  return GAN(generator, critic, {"params": state["g_params"], "batch_stats": state["g_stats"]},
-             {"params": state["d_params"]}, gan_cfg, kind)
+  return GAN(
+    generator,
+    critic,
+    {"params": state["g_params"], "batch_stats": state["g_stats"]},
+    {"params": state["d_params"]},
+    gan_cfg,
+    kind,
+  )

@@ -34,7 +34,7 @@ def batched_apply(fn: Callable, variables, images, batch_size: int = 256):
   for start in range(0, n, batch_size):
     chunks = []
     for a in arrays:
-      chunk = np.asarray(a[start:start + batch_size])
+      chunk = np.asarray(a[start : start + batch_size])
       pad = batch_size - len(chunk)
       chunks.append(np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk)
     outs.append(jax.device_get(fn(variables, *(jnp.asarray(c) for c in chunks))))

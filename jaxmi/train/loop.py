@@ -33,14 +33,15 @@ from jaxmi.train.state import all_finite, first_nonfinite_leaf
 class LoopResult:
   state: Any
   step: int
-  stopped_early: bool              # by Ctrl-C or stop_at_step, after saving a checkpoint
-  by_user: bool                    # Ctrl-C
+  stopped_early: bool  # by Ctrl-C or stop_at_step, after saving a checkpoint
+  by_user: bool  # Ctrl-C
 
 
 def progress_bar(enabled: bool, total: int, initial: int, name: str):
   if not enabled:
     return None
   from tqdm.auto import tqdm
+
   return tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True)
 
 
@@ -64,17 +65,32 @@ def _first_bad_metric(pending: list[dict], first_step: int, prefix: str) -> tupl
   return None
 
 
-def run_steps(state: Any, *, name: str, step_fn: Callable, next_input: Callable, start: int, total: int,
-              steps_per_epoch: int, ckpt: Checkpointer, meta: dict, writer: records.JsonlWriter, log_every: int,
-              metric_prefix: str = "", epoch_end: Callable[[Any, int], dict] | None = None,
-              progress: bool = True, stop_at_step: int | None = None, postfix_keys: tuple = ()) -> LoopResult:
+def run_steps(
+  state: Any,
+  *,
+  name: str,
+  step_fn: Callable,
+  next_input: Callable,
+  start: int,
+  total: int,
+  steps_per_epoch: int,
+  ckpt: Checkpointer,
+  meta: dict,
+  writer: records.JsonlWriter,
+  log_every: int,
+  metric_prefix: str = "",
+  epoch_end: Callable[[Any, int], dict] | None = None,
+  progress: bool = True,
+  stop_at_step: int | None = None,
+  postfix_keys: tuple = (),
+) -> LoopResult:
   """Runs ``state, metrics = step_fn(state, next_input())`` from ``start`` to ``total``.
 
   Raises NonFiniteError (one line: step and quantity) as soon as a check sees NaN/inf.
   """
   bar = progress_bar(progress, total, start, name)
-  pending: list[dict] = []         # device metrics of the steps since the last host check
-  flag = jnp.array(True)           # device: every metric in ``pending`` is finite
+  pending: list[dict] = []  # device metrics of the steps since the last host check
+  flag = jnp.array(True)  # device: every metric in ``pending`` is finite
   step = start
 
   def fail_if_bad(fetched: list[dict], state_ok: bool) -> None:

@@ -13,16 +13,17 @@ from jaxmi.errors import ConfigError
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimConfig:
   """The optimiser and its learning-rate schedule (schedules in epochs; ``make_optimizer`` turns them into steps)."""
+
   name: typing.Literal["sgd", "adam", "adamw"] = "sgd"
   learning_rate: float = 0.01
-  momentum: float = 0.9                    # sgd momentum; adam b1
+  momentum: float = 0.9  # sgd momentum; adam b1
   nesterov: bool = False
-  weight_decay: float = 1e-4               # sgd/adam: L2 added to the gradient (PyTorch semantics); adamw: decoupled
+  weight_decay: float = 1e-4  # sgd/adam: L2 added to the gradient (PyTorch semantics); adamw: decoupled
   schedule: typing.Literal["constant", "cosine", "step"] = "cosine"
-  decay_epochs: tuple[int, ...] = ()       # step schedule: multiply by decay_factor at these epochs
+  decay_epochs: tuple[int, ...] = ()  # step schedule: multiply by decay_factor at these epochs
   decay_factor: float = 0.1
   warmup_epochs: float = 0.0
-  grad_clip_norm: float = 0.0              # 0 = off
+  grad_clip_norm: float = 0.0  # 0 = off
 
 
 def make_schedule(cfg: OptimConfig, steps_per_epoch: int, total_steps: int) -> optax.Schedule:

@@ -25,13 +25,14 @@ class StateDict:
 @dataclasses.dataclass(frozen=True)
 class TrainState(StateDict):
   """What a classifier's ``train_step`` reads and returns; ``variables`` is the form ``module.apply`` takes."""
-  step: jax.Array          # int32 scalar: optimiser steps taken
+
+  step: jax.Array  # int32 scalar: optimiser steps taken
   params: Any
-  batch_stats: Any         # BatchNorm running statistics (not trained by the optimiser)
+  batch_stats: Any  # BatchNorm running statistics (not trained by the optimiser)
   opt_state: Any
-  defense_state: Any       # always {}: no defense carries state (NLS's schedule is a function of ``step``); kept
-                           # so checkpoints keep their layout
-  rng: jax.Array           # raw uint32[2] key; per-step keys are fold_in(rng, step)
+  defense_state: Any  # always {}: no defense carries state (NLS's schedule is a function of ``step``); kept
+  # so checkpoints keep their layout
+  rng: jax.Array  # raw uint32[2] key; per-step keys are fold_in(rng, step)
 
   @property
   def variables(self) -> dict:

@@ -36,11 +36,12 @@ from jaxmi.train.state import TrainState
 @dataclasses.dataclass(frozen=True)
 class RunFacts:
   """What the trainer knows about a run and a defense may need; passed to hooks, never stored in a defense."""
+
   steps_per_epoch: int
   total_steps: int
-  batch_size: int = 0             # examples per step (DP-SGD divides its noised sum by it)
-  num_examples: int = 0           # training examples (DP-SGD's sampling rate)
-  module: Any = None              # the classifier being trained (TL-DMI's layers)
+  batch_size: int = 0  # examples per step (DP-SGD divides its noised sum by it)
+  num_examples: int = 0  # training examples (DP-SGD's sampling rate)
+  module: Any = None  # the classifier being trained (TL-DMI's layers)
   image_shape: tuple[int, ...] = ()
 
   @property
@@ -84,8 +85,9 @@ class Defense:
     """Per-example task loss, shape [B]."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
-  def regularizer(self, out: ClassifierOutput, labels: jax.Array, *, images: jax.Array, params: Any,
-                  step: jax.Array, facts: RunFacts) -> tuple[jax.Array, dict]:
+  def regularizer(
+    self, out: ClassifierOutput, labels: jax.Array, *, images: jax.Array, params: Any, step: jax.Array, facts: RunFacts
+  ) -> tuple[jax.Array, dict]:
     """Extra loss term added to the mean task loss: (scalar, metrics)."""
     return jnp.zeros((), jnp.float32), {}
 
@@ -119,13 +121,14 @@ class Defense:
 @dataclasses.dataclass(frozen=True)
 class NoDefense(Defense):
   """Plain training: cross-entropy, the optimiser as configured."""
+
   name: str = "none"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
-  hflip: bool = False        # faces: random horizontal flip, as in the reference pipeline
-  max_shift: int = 0         # random translation by up to this many pixels (edge padding)
+  hflip: bool = False  # faces: random horizontal flip, as in the reference pipeline
+  max_shift: int = 0  # random translation by up to this many pixels (edge padding)
 
 
 def augment(images: jax.Array, rng: jax.Array, cfg: AugmentConfig) -> jax.Array:
@@ -151,8 +154,13 @@ def to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
 
 
-def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = NoDefense(),
-                    augment_cfg: AugmentConfig = AugmentConfig(), facts: RunFacts | None = None):
+def make_train_step(
+  model,
+  tx: optax.GradientTransformation,
+  defense: Defense = NoDefense(),
+  augment_cfg: AugmentConfig = AugmentConfig(),
+  facts: RunFacts | None = None,
+):
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted, with ``state`` donated.
 
   ``model``, ``tx`` and ``defense`` are static definitions; parameters only enter through
@@ -164,21 +172,32 @@ def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = 
   def loss_fn(params, state: TrainState, images, labels, sample_rng):
     with nn.intercept_methods(interceptor) if interceptor else contextlib.nullcontext():
       # SAMPLE_RNG: the stream stochastic layers (the VIB head's z) sample from in training; others ignore it.
-      out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                                 mutable=["batch_stats"], rngs={SAMPLE_RNG: sample_rng})
+      out, mutated = model.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        images,
+        train=True,
+        mutable=["batch_stats"],
+        rngs={SAMPLE_RNG: sample_rng},
+      )
     task = jnp.mean(defense.task_loss(out.logits, labels))
     reg, reg_metrics = defense.regularizer(out, labels, images=images, params=params, step=state.step, facts=facts)
     loss = task + reg
     # Soft labels ([B, K], e.g. a teacher's logits for distillation) count as their argmax class.
     hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
-    metrics = {"loss": loss, "task_loss": task, "acc": jnp.mean(jnp.argmax(out.logits, -1) == hard),
-               **{f"defense/{k}": v for k, v in reg_metrics.items()}}
+    metrics = {
+      "loss": loss,
+      "task_loss": task,
+      "acc": jnp.mean(jnp.argmax(out.logits, -1) == hard),
+      **{f"defense/{k}": v for k, v in reg_metrics.items()},
+    }
     return loss, (mutated.get("batch_stats", {}), metrics)
 
   def per_example_grads(params, state, images, labels, sample_rng):
     """The defense's combination of each example's gradient (each example forwarded alone)."""
+
     def one(image, label, key):
       return jax.grad(loss_fn, has_aux=True)(params, state, image[None], label[None], key)
+
     grads, (_, metrics) = jax.vmap(one)(images, labels, jax.random.split(sample_rng, images.shape[0]))
     norms = jax.vmap(optax.global_norm)(grads)
     metrics = {**jax.tree.map(jnp.mean, metrics), "per_example_grad_norm": jnp.mean(norms)}
@@ -199,8 +218,14 @@ def make_train_step(model, tx: optax.GradientTransformation, defense: Defense = 
     params = optax.apply_updates(state.params, updates)
     # Per-example defenses: the norm of the update (DP-SGD's clipped sum alone is no gradient of the loss).
     metrics["grad_norm"] = optax.global_norm(updates) if defense.per_example_grads else optax.global_norm(grads)
-    new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-                           defense_state=state.defense_state, rng=state.rng)
+    new_state = TrainState(
+      step=state.step + 1,
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      defense_state=state.defense_state,
+      rng=state.rng,
+    )
     return new_state, metrics
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -222,10 +247,10 @@ def make_eval_step(model):
     ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, labels)
     top5 = jax.lax.top_k(out.logits, min(5, out.logits.shape[-1]))[1]
     return {
-        "loss": jnp.sum(ce * mask),
-        "correct": jnp.sum((jnp.argmax(out.logits, -1) == labels) * mask),
-        "correct5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
-        "count": jnp.sum(mask),
+      "loss": jnp.sum(ce * mask),
+      "correct": jnp.sum((jnp.argmax(out.logits, -1) == labels) * mask),
+      "correct5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+      "count": jnp.sum(mask),
     }
 
   return eval_step
