@@ -55,11 +55,14 @@ class AttackState:
     # half-written file that this glob would read.
     return sorted(self.directory.glob("chunk_*.npz")) if self.directory.is_dir() else []
 
-  def _read(self, path: Path) -> dict | None:
-    """The arrays of one state file, or None (and the file removed) if it cannot be read."""
+  def _read(self, path: Path, keys: tuple[str, ...] | None = None) -> dict | None:
+    """``keys`` (default: all) of one state file, or None (and the file removed) if it cannot be read.
+
+    An npz member is read only when asked for: the fingerprint checks must not load every chunk's latents.
+    """
     try:
       with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+        return {k: f[k] for k in (f.files if keys is None else keys)}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
       # Only a damaged disk gets here (writes are atomic); recomputing that chunk is always correct.
       print(f"note: {path}: unreadable ({type(e).__name__}); that chunk starts over", flush=True)
@@ -70,7 +73,7 @@ class AttackState:
   def foreign(self) -> str | None:
     """The config fingerprint of saved state written by another config/models, else None."""
     for path in self._files():
-      f = self._read(path)
+      f = self._read(path, ("config_fp",))
       if f is not None and str(f["config_fp"]) != self.config_fp:
         return str(f["config_fp"])
     return None
@@ -87,7 +90,7 @@ class AttackState:
     self.layout_fp = fingerprint(layout)
     self.layout_text = ", ".join(f"{k} {v}" for k, v in layout.items())
     for path in self._files():
-      f = self._read(path)
+      f = self._read(path, ("layout_fp", "layout_text"))
       if f is not None and str(f["layout_fp"]) != self.layout_fp:
         raise ConfigError(
           f"{self.directory}: was saved with another chunk layout ({f['layout_text']}); this run "
