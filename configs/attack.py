@@ -1,6 +1,6 @@
 """Model-inversion attacks on a trained target: every private identity x restart in one compiled program.
 
-  bin/jaxmi attack --config configs/attack.py:method=gmi,data=mnist
+  bin/jaxmi attack --config configs/attack.py:method=gmi,data=mnist --workdir runs/attack_gmi_mnist
 
 Needs runs/<data>_target, runs/<data>_eval (train-classifier with configs/classifier.py), the GAN prior
 (train-gan with configs/gan.py: runs/gan_<data> for GMI, runs/gan_kedmi_<data> for KEDMI) and, for LOMMA, the
@@ -67,7 +67,6 @@ def get_config(arg: str | None = None) -> AttackConfig:
   return AttackConfig(
     name=f"{method}_{data}",
     attack=attack,
-    workdir=f"runs/attack_{method}_{data}",
     target=f"runs/{data}_target",
     evaluator=f"runs/{data}_eval",
     gan=GAN[attack].format(data=data),

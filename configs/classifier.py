@@ -1,6 +1,9 @@
 """Classifiers: the attacked target and the independent evaluation model, in the MI protocol or GNIME's.
 
-  bin/jaxmi train-classifier --config configs/classifier.py:role=target,data=mnist
+  bin/jaxmi train-classifier --config configs/classifier.py:role=target,data=mnist --workdir runs/mnist_target
+
+The other recipes read these models from runs/<name> by default (name: <data>_target, <data>_eval,
+gnime_target_<data>, gnime_eval_<data>); a model trained elsewhere is named with target=..., evaluator=....
 
 role=target | eval: the MI protocol. The private identities are the target's and the evaluation model's; the
   public ones are the attacker's (MNIST: digits 0-4 private, 5-9 public; AT&T: s1-s20 private, 8 training and
@@ -26,7 +29,7 @@ from jaxmi.train import AugmentConfig, ClassifierConfig, OptimConfig, TrainConfi
 # The arguments after "classifier.py:", with their choices.
 ARGS = {"role": typing.Literal["target", "eval", "gnime_target", "gnime_eval"], "data": typing.Literal["mnist", "att"]}
 
-# role -> (protocol, the model's role, its name and workdir)
+# role -> (protocol, the model's role, its name)
 ROLES = {
   "target": ("mi", "target", "{data}_target"),
   "eval": ("mi", "evaluation", "{data}_eval"),
@@ -105,7 +108,6 @@ def get_config(arg: str | None = None) -> ClassifierConfig:
   return ClassifierConfig(
     name=name,
     role=role,
-    workdir=f"runs/{name}",
     data=DATA[protocol, data],
     model=MODEL[role, data],
     optim=OptimConfig(name="sgd", learning_rate=lr, momentum=0.9, weight_decay=wd, schedule="cosine", **WARMUP[data]),

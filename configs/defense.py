@@ -1,12 +1,13 @@
 """Defended targets: the target recipe (configs/classifier.py:role=target) trained with one defense.
 
-  bin/jaxmi defend --config configs/defense.py:method=mid,data=mnist
+  bin/jaxmi defend --config configs/defense.py:method=mid,data=mnist --workdir runs/defense_mid_mnist
   bin/jaxmi attack --config configs/attack.py:method=gmi,data=mnist target=runs/defense_mid_mnist \
       --workdir runs/attack_gmi_mnist_mid
 
-The defended target's name and workdir are defense_<method>_<data> (runs/...), so the attack command above finds
-it; on AT&T the README's tables attack with inversion.steps=300 inversion.restarts=2 (CPU budget). Each method's
-settings, and why, are in its function below; the per-dataset numbers are the small tables beside them.
+The defended target is named defense_<method>_<data>; a first stage (CALoR's low-rank model, TL-DMI's public
+pretraining) is written to <workdir>/pretrain. On AT&T the README's tables attack with inversion.steps=300
+inversion.restarts=2 (CPU budget). Each method's settings, and why, are in its function below; the per-dataset
+numbers are the small tables beside them.
 """
 
 import typing
@@ -60,20 +61,18 @@ def nls(target: ClassifierConfig, data: str) -> DefendConfig:
 def calor(target: ClassifierConfig, data: str) -> DefendConfig:
   """CALoR: low-rank head (r = 40, tanh) + confidence adaptation (gamma 8, alpha 0.25).
 
-  Two stages, as the reference: the low-rank model (<name>_lowrank) trained with cross-entropy, then fine-tuned
-  with the inverse focal loss with the reference's recipe (ca_ft.py): SGD lr 2e-5, momentum 0.9, no weight decay,
-  5 epochs with the lr divided by 10 at epochs 3 and 4, flips only (no shifts).
+  Two stages, as the reference: the low-rank model (<name>_lowrank, in <workdir>/pretrain) trained with
+  cross-entropy, then fine-tuned with the inverse focal loss with the reference's recipe (ca_ft.py): SGD lr 2e-5,
+  momentum 0.9, no weight decay, 5 epochs with the lr divided by 10 at epochs 3 and 4, flips only (no shifts).
   """
   low_rank = replace(
     target,
     name=f"{target.name}_lowrank",
-    workdir=f"{target.workdir}_lowrank",
     model=replace(target.model, head="low_rank", head_rank=40, head_activation="tanh"),
   )
   finetune = replace(
     low_rank,
     name=target.name,
-    workdir=target.workdir,
     optim=replace(
       target.optim,
       learning_rate=2e-5,
@@ -98,11 +97,12 @@ FROZEN_LAYERS = {"mnist": 2, "att": 8}
 
 
 def tl_dmi(target: ClassifierConfig, data: str) -> DefendConfig:
-  """TL-DMI: pretrain on the PUBLIC identities (<name>_public), freeze the first layers, fine-tune the rest.
+  """TL-DMI: pretrain on the PUBLIC identities (<name>_public, in <workdir>/pretrain), freeze the first layers,
+  fine-tune the rest.
 
   Frozen layers run in inference mode, so their BatchNorm statistics stay the public ones.
   """
-  pretrain = public_pretraining(target, name=f"{target.name}_public", workdir=f"{target.workdir}_public")
+  pretrain = public_pretraining(target, name=f"{target.name}_public")
   return DefendConfig(
     target=target, pretrain=pretrain, pretrain_on="public", defense=TransferLearning(frozen_layers=FROZEN_LAYERS[data])
   )
@@ -138,4 +138,4 @@ def get_config(arg: str | None = None) -> DefendConfig:
   method, data = arg["method"], arg["data"]
   target = config_lib.load_config(f"{Path(__file__).with_name('classifier.py')}:role=target,data={data}")
   name = f"defense_{method}_{data}"
-  return METHODS[method](replace(target, name=name, workdir=f"runs/{name}"), data)
+  return METHODS[method](replace(target, name=name), data)

@@ -1,6 +1,8 @@
 """GAN priors, trained on the PUBLIC split of the target's data only (the private one is what attacks recover).
 
-  bin/jaxmi train-gan --config configs/gan.py:kind=gmi,data=mnist
+  bin/jaxmi train-gan --config configs/gan.py:kind=gmi,data=mnist --workdir runs/gan_mnist
+
+The attack recipe reads the prior from runs/gan_<data> (gmi) or runs/gan_kedmi_<data> (kedmi) by default.
 
 kind=gmi: GMI's WGAN-GP prior.
 kind=kedmi: KEDMI's inversion-specific GAN. Its discriminator predicts the target's classes (soft labels from the
@@ -42,8 +44,7 @@ def get_config(arg: str | None = None) -> GANExperimentConfig:
   return GANExperimentConfig(
     name=name,
     kind=kind,
-    workdir=f"runs/{name}",
-    target=target.workdir if kind == "kedmi" else "",
+    target=f"runs/{target.name}" if kind == "kedmi" else "",
     data=target.data,
     gan=GANConfig(z_dim=100, base_width=16, stages=STAGES[data], channels=1),
     train=TRAIN[data],

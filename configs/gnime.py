@@ -1,6 +1,6 @@
 """GNIME against the adaptive explanation-inversion attacker, on GNIME's half/half setting.
 
-  bin/jaxmi gnime --config configs/gnime.py:explanation=grad,data=mnist
+  bin/jaxmi gnime --config configs/gnime.py:explanation=grad,data=mnist --workdir runs/gnime_grad_mnist
 
 Needs runs/gnime_target_<data> and runs/gnime_eval_<data> (train-classifier with
 configs/classifier.py:role=gnime_target,data=<data> and role=gnime_eval).
@@ -37,7 +37,6 @@ def get_config(arg: str | None = None) -> GNIMERunConfig:
   a, epochs, batch_size = SETTINGS[data]
   return GNIMERunConfig(
     name=f"gnime_{explanation}_{data}",
-    workdir=f"runs/gnime_{explanation}_{data}",
     target=f"runs/gnime_target_{data}",
     evaluator=f"runs/gnime_eval_{data}",
     method=explanation,

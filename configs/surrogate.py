@@ -1,6 +1,8 @@
 """LOMMA's model augmentation: a surrogate distilled from the target on its PUBLIC split, never the private one.
 
-  bin/jaxmi distill --config configs/surrogate.py:data=mnist
+  bin/jaxmi distill --config configs/surrogate.py:data=mnist --workdir runs/surrogate_mnist_vgg
+
+(the attack recipe reads runs/surrogate_mnist_vgg or runs/surrogate_att_cnn by default)
 
 The surrogate is of another family than the target and the evaluation model (ResNet), as LOMMA uses
 EfficientNets against VGG/IR152 targets. LOMMA's recipe is SGD 0.01, momentum 0.9, wd 1e-4 for 20 epochs over
@@ -52,10 +54,8 @@ def get_config(arg: str | None = None) -> SurrogateConfig:
   target = config_lib.load_config(f"{Path(__file__).with_name('classifier.py')}:role=target,data={data}")
   name, model, optim, train = STUDENT[data]
   return SurrogateConfig(
-    teacher=target.workdir,
+    teacher=f"runs/{target.name}",
     temperature=1.0,
     holdout_fraction=0.1,
-    student=ClassifierConfig(
-      name=name, role="surrogate", workdir=f"runs/{name}", data=target.data, model=model, optim=optim, train=train
-    ),
+    student=ClassifierConfig(name=name, role="surrogate", data=target.data, model=model, optim=optim, train=train),
   )

@@ -7,6 +7,7 @@ Every user error (bad config field, missing data, wrong checkpoint) prints one l
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _add_common(p: argparse.ArgumentParser, *, config: bool = True, workdir: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser, *, config: bool = True, workdir: bool | str = True) -> None:
   # Commands that write nothing of their own (evaluate, prepare-data) or write next to their input
   # (fisher: --out) take no --workdir: a flag that is silently ignored misleads.
   if config:
@@ -33,8 +34,12 @@ def _add_common(p: argparse.ArgumentParser, *, config: bool = True, workdir: boo
       metavar="field=value",
       help="config overrides, e.g. train.epochs=2 data.private_ids=0:20 (anywhere on the line)",
     )
-  if workdir:
-    p.add_argument("--workdir", help="output directory (default: the config's workdir)")
+  if workdir is True:  # a run's outputs: where is the run's argument, never a config field (flax's workdir)
+    p.add_argument(
+      "--workdir", required=True, help="output directory: checkpoints, metrics, results, plots (locked while running)"
+    )
+  elif workdir:
+    p.add_argument("--workdir", default=workdir, help=f"output directory (default: {workdir})")
   p.add_argument(
     "--data-dir",
     help="directory holding the raw datasets: reads DIR/<dataset>, winning over the config's "
@@ -141,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_common(p, config=False, workdir=False)
 
   p = sub.add_parser("demo", help="a few-minute end-to-end run on MNIST (or scikit-learn digits)")
-  _add_common(p, config=False)
+  _add_common(p, config=False, workdir="runs/demo")
   p.add_argument("--epochs", type=int, default=1, help="classifier epochs (default 1)")
   return parser
 
@@ -162,8 +167,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return args
 
 
+class _StdHandler(logging.StreamHandler):
+  """Writes to ``sys.stdout`` or ``sys.stderr`` as they are when a line is logged (tests swap them)."""
+
+  def __init__(self, which: str, level: int, below: int | None = None):
+    super().__init__()
+    self.which = which
+    self.setLevel(level)
+    self.setFormatter(logging.Formatter("%(message)s"))
+    if below is not None:
+      self.addFilter(lambda record: record.levelno < below)
+
+  def emit(self, record):
+    self.stream = getattr(sys, self.which)
+    super().emit(record)
+
+
+def _log_to_stdout():
+  """jaxmi's log lines (loggers under "jaxmi") as plain lines: progress to stdout, warnings to stderr.
+
+  Other libraries' loggers are left alone. Returns a function that puts the "jaxmi" logger back as it was:
+  ``main`` run in-process (tests) must not leave it unpropagated, nor print every line twice when run again.
+  """
+  logger = logging.getLogger("jaxmi")
+  before = (list(logger.handlers), logger.level, logger.propagate)
+  ours = [_StdHandler("stdout", logging.INFO, below=logging.WARNING), _StdHandler("stderr", logging.WARNING)]
+  logger.handlers[:] = [h for h in logger.handlers if not isinstance(h, _StdHandler)] + ours
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+
+  def restore() -> None:
+    logger.handlers[:], logger.level, logger.propagate = before
+
+  return restore
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
+  restore_logging = _log_to_stdout()
   # Flags win over the config's data.data_dir/data.cache_dir (resolved where data loads, in jaxmi.data).
   if getattr(args, "data_dir", None):
     from jaxmi.data.sources import FLAG_DATA_DIR_ENV
@@ -185,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt as e:
     print(f"jaxmi: {e or 'interrupted'}", file=sys.stderr)
     return EXIT_INTERRUPTED
+  finally:
+    restore_logging()
 
 
 def _train_classifier(args) -> int:
@@ -193,16 +236,15 @@ def _train_classifier(args) -> int:
   from jaxmi.workdir import locked
 
   cfg = _load(args)
-  with locked(cfg.workdir):
-    train_classifier(cfg, progress=not args.no_progress, allow_config_change=args.allow_config_change)
+  with locked(args.workdir):
+    train_classifier(cfg, args.workdir, progress=not args.no_progress, allow_config_change=args.allow_config_change)
   return 0
 
 
-def _load(args, workdir_field: str = "workdir"):
+def _load(args):
   from jaxmi import config as config_lib
 
-  cfg = config_lib.load_config(args.config, args.overrides)
-  return config_lib.replace(cfg, **{workdir_field: args.workdir}) if args.workdir else cfg
+  return config_lib.load_config(args.config, args.overrides)
 
 
 def _train_gan(args) -> int:
@@ -215,8 +257,8 @@ def _train_gan(args) -> int:
     cfg = config_lib.replace(cfg, kind=args.kind)
   from jaxmi.workdir import locked
 
-  with locked(cfg.workdir):
-    train_gan(cfg, progress=not args.no_progress, allow_config_change=args.allow_config_change)
+  with locked(args.workdir):
+    train_gan(cfg, args.workdir, progress=not args.no_progress, allow_config_change=args.allow_config_change)
   return 0
 
 
@@ -225,10 +267,11 @@ def _distill(args) -> int:
 
   from jaxmi.workdir import locked
 
-  cfg = _load(args, workdir_field="student__workdir")
-  with locked(cfg.student.workdir):
+  cfg = _load(args)
+  with locked(args.workdir):
     distill_surrogate(
       cfg.student,
+      args.workdir,
       cfg.teacher,
       temperature=cfg.temperature,
       holdout_fraction=cfg.holdout_fraction,
@@ -249,8 +292,8 @@ def _attack(args) -> int:
   from jaxmi.workdir import locked
 
   cfg = _load(args)
-  with locked(cfg.workdir if jax.process_index() == 0 else None):  # only process 0 writes the workdir
-    run_attack(cfg, progress=not args.no_progress, overwrite=args.overwrite)
+  with locked(args.workdir if jax.process_index() == 0 else None):  # only process 0 writes the workdir
+    run_attack(cfg, args.workdir, progress=not args.no_progress, overwrite=args.overwrite)
   return 0
 
 
@@ -263,19 +306,17 @@ def _defend(args) -> int:
   cfg = config_lib.load_config(args.config, args.overrides)
   if not isinstance(cfg, DefendConfig):
     raise ConfigError(f"{args.config}: get_config() returned {type(cfg).__name__}; expected a DefendConfig")
-  if args.workdir:
-    cfg = config_lib.replace(cfg, target__workdir=args.workdir)
   from jaxmi.workdir import locked
 
-  pretrain = cfg.pretrain.workdir if cfg.pretrain is not None else None
-  with locked(cfg.target.workdir, pretrain):
-    defend(cfg, progress=not args.no_progress, allow_config_change=args.allow_config_change)
+  with locked(args.workdir):  # also covers the first stage's <workdir>/pretrain
+    defend(cfg, args.workdir, progress=not args.no_progress, allow_config_change=args.allow_config_change)
   return 0
 
 
 def _fisher(args) -> int:
   from jaxmi.data import load_splits
-  from jaxmi.metrics.fisher import format_table, layer_fisher, plot_fisher
+  from jaxmi import plots
+  from jaxmi.metrics.fisher import format_table, layer_fisher
   from jaxmi.records import write_json
   from jaxmi.train import load_classifier
 
@@ -294,7 +335,7 @@ def _fisher(args) -> int:
       "layers": rows,
     },
   )
-  plot_fisher(rows, out + ".png", title)
+  plots.fisher_layers(rows, out + ".png", title)
   print(title)
   print(format_table(rows))
   print(f"written: {out}.json, {out}.png")
@@ -307,9 +348,13 @@ def _gnime(args) -> int:
   from jaxmi.workdir import locked
 
   cfg = _load(args)
-  with locked(cfg.workdir):
+  with locked(args.workdir):
     run_gnime(
-      cfg, progress=not args.no_progress, overwrite=args.overwrite, allow_config_change=args.allow_config_change
+      cfg,
+      args.workdir,
+      progress=not args.no_progress,
+      overwrite=args.overwrite,
+      allow_config_change=args.allow_config_change,
     )
   return 0
 
@@ -360,8 +405,8 @@ def _demo(args) -> int:
 
   from jaxmi.workdir import locked
 
-  with locked(args.workdir or "runs/demo"):
-    run_demo(workdir=args.workdir or "runs/demo", epochs=args.epochs, progress=not args.no_progress)
+  with locked(args.workdir):
+    run_demo(workdir=args.workdir, epochs=args.epochs, progress=not args.no_progress)
   return 0
 
 

@@ -42,7 +42,8 @@ def split_arg(spec: str | Path) -> tuple[Path, str | None]:
 
 
 # Overrides users typed before issue 14 split the attack config into what is optimised
-# (``inversion``) and how it runs (``execution``): named with their new place instead of "unknown".
+# (``inversion``) and how it runs (``execution``), and made the workdir a run's argument: named with their new
+# place instead of "unknown".
 MOVED_FIELDS = {
   **{
     f"inversion.{k}": f"execution.{k}"
@@ -57,6 +58,9 @@ MOVED_FIELDS = {
       "checkpoint_every",
     )
   },
+  "workdir": "the --workdir flag (a run's argument, not a config field)",
+  "student.workdir": "the --workdir flag (a run's argument, not a config field)",
+  "target.workdir": "the --workdir flag (a run's argument, not a config field)",
   "inversion.clip_z": "inversion.z_clip (GMI: z clipped after each update) or inversion.draw_clamp (KEDMI: "
   "each sampled z clamped)",
 }

@@ -13,6 +13,7 @@ stage resumes: running the demo again reuses what is already trained.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from jaxmi.nets.gan import GANConfig
 from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, train_classifier
 from jaxmi.train.gan import GANExperimentConfig, GANTrainConfig, train_gan
 
+log = logging.getLogger(__name__)
+
 # 2000 images per digit keep every stage short; the full configs under configs/ use all of MNIST.
 DEMO_DATA = DataConfig(
   dataset="mnist",
@@ -36,24 +39,27 @@ DEMO_DATA = DataConfig(
 )
 
 
-def demo_data(log=print):
+def demo_data():
   try:
     return DEMO_DATA, load_splits(DEMO_DATA)
   except DataError as e:
-    log(f"[demo] MNIST unavailable ({e}); falling back to scikit-learn's bundled 8x8 digits, upsampled to 32x32")
+    log.warning(
+      f"[demo] MNIST unavailable ({e}); falling back to scikit-learn's bundled 8x8 digits, upsampled to 32x32"
+    )
     data = dataclasses.replace(DEMO_DATA, dataset="sklearn_digits", test_fraction=0.2, max_per_class=0)
     return data, load_splits(data)
 
 
-def run_demo(workdir: str = "runs/demo", epochs: int = 1, progress: bool = True, log=print) -> dict:
+def run_demo(workdir: str | Path = "runs/demo", epochs: int = 1, progress: bool = True) -> dict:
+  """Trains the demo's target, evaluation model and GAN in ``<workdir>/{target,eval,gan}``, attacks in
+  ``<workdir>/attack`` and logs a summary; returns the accuracies and the attack's results."""
   workdir = Path(workdir)
   t0 = time.time()
-  data, splits = demo_data(log)
+  data, splits = demo_data()
   optim = OptimConfig(learning_rate=0.02, schedule="cosine")
   target = ClassifierConfig(
     name="demo_target",
     role="target",
-    workdir=str(workdir / "target"),
     data=data,
     model=ModelConfig(arch="cnn", width=32, feature_dim=128),
     optim=optim,
@@ -62,7 +68,6 @@ def run_demo(workdir: str = "runs/demo", epochs: int = 1, progress: bool = True,
   evaluator = ClassifierConfig(
     name="demo_eval",
     role="evaluation",
-    workdir=str(workdir / "eval"),
     data=data,
     model=ModelConfig(arch="resnet", width=16, blocks=(1, 1, 1)),
     optim=optim,
@@ -70,7 +75,6 @@ def run_demo(workdir: str = "runs/demo", epochs: int = 1, progress: bool = True,
   )
   gan = GANExperimentConfig(
     name="demo_gan",
-    workdir=str(workdir / "gan"),
     data=data,
     gan=GANConfig(z_dim=100, base_width=16, stages=3, channels=1),
     train=GANTrainConfig(epochs=15, batch_size=64, checkpoint_every=100),
@@ -78,39 +82,40 @@ def run_demo(workdir: str = "runs/demo", epochs: int = 1, progress: bool = True,
   attack = AttackConfig(
     name="demo_gmi",
     attack="gmi",
-    workdir=str(workdir / "attack"),
-    target=target.workdir,
-    evaluator=evaluator.workdir,
-    gan=gan.workdir,
+    target=str(workdir / "target"),
+    evaluator=str(workdir / "eval"),
+    gan=str(workdir / "gan"),
     inversion=InversionConfig(steps=1000, restarts=5, learning_rate=0.01),
     execution=ExecutionConfig(log_every=100),
   )
   accuracy = {}
-  for cfg in (target, evaluator):
-    accuracy[cfg.role] = train_classifier(cfg, splits=splits, progress=progress, log=log)["natural_accuracy"]
-  train_gan(gan, splits=splits, progress=progress, log=log)
-  result = run_attack(attack, splits=splits, progress=progress, overwrite=True, log=lambda *a: None)
+  for cfg, where in ((target, "target"), (evaluator, "eval")):
+    accuracy[cfg.role] = train_classifier(cfg, workdir / where, splits=splits, progress=progress)["natural_accuracy"]
+  train_gan(gan, workdir / "gan", splits=splits, progress=progress)
+  result = run_attack(attack, workdir / "attack", splits=splits, progress=progress, overwrite=True)
 
-  log("")
-  log(f"jaxmi demo: GMI on {data.dataset} (private digits 0-4, GAN prior trained on public digits 5-9)")
-  log(f"  target     CNN     private test accuracy {100 * accuracy['target']:6.2f}%")
-  log(f"  evaluator  ResNet  private test accuracy {100 * accuracy['evaluation']:6.2f}%")
-  log(
+  log.info("")
+  log.info(f"jaxmi demo: GMI on {data.dataset} (private digits 0-4, GAN prior trained on public digits 5-9)")
+  log.info(f"  target     CNN     private test accuracy {100 * accuracy['target']:6.2f}%")
+  log.info(f"  evaluator  ResNet  private test accuracy {100 * accuracy['evaluation']:6.2f}%")
+  log.info(
     f"  attack     acc@1 {100 * result['acc1']:.0f}% of identities (selected restart), "
     f"{100 * result['acc1_all_restarts_mean']:.0f} +/- {100 * result['acc1_all_restarts_std']:.0f}% over restarts, "
     f"chance {100 * result['chance_acc1']:.0f}%; acc@5 {100 * result['acc5']:.0f}%"
   )
   baseline = result.get("prior_baseline") or {}
   if "acc1" in baseline:  # the same metrics for the un-optimised prior samples: what the GAN alone gives
-    log(
+    log.info(
       f"             prior baseline (un-optimised samples): acc@1 {100 * baseline['acc1']:.0f}%, "
       f"{100 * baseline['acc1_all_restarts_mean']:.0f}% over restarts"
     )
-  log(
+  log.info(
     f"             KNN distance {result['knn_dist']:.2f}, feature-FID {result['feature_fid']:.2f}, "
     f"{result['attack_seconds']:.0f}s for {result['identities']} identities x {result['restarts']} restarts "
     f"x {attack.inversion.steps} steps ({result['compilations']} compilation)"
   )
-  log(f"  total {time.time() - t0:.0f}s; outputs in {workdir.absolute()}:")
-  log(f"    attack/grid.png (reconstructions), attack/results.json, gan/samples.png, */metrics.jsonl, */summary.json")
+  log.info(f"  total {time.time() - t0:.0f}s; outputs in {workdir.absolute()}:")
+  log.info(
+    "    attack/grid.png (reconstructions), attack/results.json, gan/samples.png, */metrics.jsonl, */summary.json"
+  )
   return {"accuracy": accuracy, "attack": result}

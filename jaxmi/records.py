@@ -1,4 +1,4 @@
-"""Results on disk: JSON-lines metrics, JSON summaries and training-curve plots."""
+"""Results on disk: JSON-lines metrics and JSON summaries (pictures: ``jaxmi.plots``)."""
 
 from __future__ import annotations
 
@@ -26,15 +26,22 @@ def _jsonable(value: Any) -> Any:
 
 
 class JsonlWriter:
-  """Appends one JSON object per line; earlier lines (e.g. before a resume) are never rewritten."""
+  """Appends one JSON object per line; earlier lines (e.g. before a resume) are never rewritten.
+
+  ``records`` holds every line of the file: those already there when it was opened (read once) and
+  those written since, so a plot at the end of a run needs no second read of the file.
+  """
 
   def __init__(self, path: str | Path):
     self.path = Path(path)
-    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.records = read_jsonl(self.path)
 
   def write(self, record: dict) -> None:
+    line = _jsonable({"time": round(time.time(), 3), **record})
+    self.path.parent.mkdir(parents=True, exist_ok=True)
     with open(self.path, "a") as f:
-      f.write(json.dumps(_jsonable({"time": round(time.time(), 3), **record})) + "\n")
+      f.write(json.dumps(line) + "\n")
+    self.records.append(line)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -56,71 +63,3 @@ def write_json(path: str | Path, data: dict) -> None:
 def mean_metrics(records: Iterable[dict]) -> dict:
   records = list(records)
   return {k: float(np.mean([r[k] for r in records])) for k in records[0]} if records else {}
-
-
-def plot_curves(records: list[dict], path: str | Path, title: str) -> None:
-  """Training loss and test accuracy against steps, one PNG."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  train = [r for r in records if "train/loss" in r]
-  test = [r for r in records if "test/acc" in r]
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-  if train:
-    ax1.plot([r["step"] for r in train], [r["train/loss"] for r in train], label="train loss")
-    if min(r["train/loss"] for r in train) > 0:  # some defenses' losses are negative (CALoR, NLS)
-      ax1.set_yscale("log")
-  ax1.set_xlabel("step")
-  ax1.set_title("training loss")
-  if test:
-    ax2.plot([r["step"] for r in test], [100 * r["test/acc"] for r in test], "o-", label="test top-1")
-    ax2.plot([r["step"] for r in train], [100 * r["train/acc"] for r in train], alpha=0.5, label="train top-1")
-    ax2.legend()
-  ax2.set_xlabel("step")
-  ax2.set_ylabel("accuracy (%)")
-  ax2.set_title("accuracy")
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def save_grid(images, path: str | Path, *, ncol: int | None = None, pad: int = 2, scale: int = 1) -> None:
-  """Writes images ([N, H, W, C] in [0, 1]) as one PNG grid, row-major."""
-  from PIL import Image
-
-  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
-  n, h, w, c = images.shape
-  ncol = ncol or int(np.ceil(np.sqrt(n)))
-  nrow = int(np.ceil(n / ncol))
-  canvas = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), np.float32)
-  for i in range(n):
-    r, col = divmod(i, ncol)
-    canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[i]
-  pixels = (canvas * 255 + 0.5).astype(np.uint8)
-  img = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
-  if scale > 1:
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-  Path(path).parent.mkdir(parents=True, exist_ok=True)
-  img.save(path)
-
-
-def plot_loss_parts(parts: dict, path: str | Path, title: str) -> None:
-  """Each weighted loss term against optimisation step, one PNG."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 3.4))
-  for name, curve in parts.items():
-    ax.plot(np.arange(1, len(curve) + 1), curve, label=name)
-  ax.set_xlabel("step")
-  ax.set_ylabel("weighted term")
-  ax.set_title(title)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)

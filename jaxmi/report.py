@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from jaxmi import plots
 from jaxmi.errors import ConfigError
 from jaxmi.metrics.attack import sample_std
 
@@ -321,41 +322,6 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: str | Path, title: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6.4, 4.6))
-  several_attacks = len({r["attack"] for r in rows}) > 1
-  shown_baseline = False
-  for r in rows:
-    x, y = 100 * r["natural_acc"], 100 * r["attack_acc1"]
-    yerr = None if r["attack_acc1_std"] is None else 100 * r["attack_acc1_std"]
-    line = ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=3)
-    if r["baseline_acc1"] is not None:  # the prior's un-optimised samples: what the attack adds is the gap
-      b = 100 * r["baseline_acc1"]
-      color = line[0].get_color()
-      ax.plot([x, x], [b, y], ":", color=color, lw=1)
-      ax.plot(x, b, "o", mfc="none", color=color, label=None if shown_baseline else "prior baseline")
-      shown_baseline = True
-    # The run's directory tells two settings of one defense apart (defense_bido_coco_mnist -> bido_coco_mnist).
-    label = r["defense"] if r["defense"] == "none" else Path(r["target"]).name.removeprefix("defense_")
-    if several_attacks:
-      label += f", {r['attack']}"
-    ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-  if shown_baseline:
-    ax.legend(fontsize=8, loc="best")
-  ax.set_xlabel("natural accuracy (%)  - higher is more useful")
-  ax.set_ylabel("attack acc@1 (%)  - lower is more private")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 def write_report(
   attack_dirs: list[str | Path],
   out: str | Path,
@@ -371,5 +337,5 @@ def write_report(
     writer = csv.DictWriter(f, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-  plot(rows, out.with_suffix(".png"), title)
+  plots.privacy_utility(rows, out.with_suffix(".png"), title)
   return rows

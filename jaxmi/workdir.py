@@ -1,4 +1,6 @@
-"""One writer per workdir: an OS file lock on ``<workdir>/.lock``.
+"""A run's workdir: ``Workdir`` (what every command writes through) and its lock, one writer per workdir.
+
+The lock is an OS file lock on ``<workdir>/.lock``.
 
 ``flock`` locks belong to the open file, so the OS drops them when the process exits for any
 reason (including kill -9); a stale ``.lock`` file left by a crash is simply locked again. The
@@ -19,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from jaxmi import records
 from jaxmi.errors import WorkdirBusyError
 
 LOCK_FILE = ".lock"
@@ -89,3 +92,53 @@ def locked(*workdirs: str | Path) -> Iterator[None]:
     for d in reversed(created):
       with contextlib.suppress(OSError):
         d.rmdir()  # only succeeds if nothing was written there
+
+
+class Workdir:
+  """A run's output directory: every command writes through one of these.
+
+  It holds ``metrics.jsonl`` (appended once per log interval, kept in memory for the final plots),
+  JSON results (written atomically: a kill never leaves half a file), ``checkpoints/`` and the
+  plots, and takes the directory's lock. A run receives it as an argument, as flax's
+  ``train_and_evaluate(config, workdir)`` does; the config says what to compute, never where.
+  """
+
+  def __init__(self, path: str | Path):
+    self.path = Path(path)
+    self._metrics: records.JsonlWriter | None = None
+
+  @classmethod
+  def of(cls, workdir: "str | Path | Workdir") -> "Workdir":
+    return workdir if isinstance(workdir, Workdir) else cls(workdir)
+
+  def __truediv__(self, name: str) -> Path:
+    return self.path / name
+
+  def __fspath__(self) -> str:
+    return os.fspath(self.path)
+
+  def __str__(self) -> str:
+    return str(self.path)
+
+  def __repr__(self) -> str:
+    return f"Workdir({str(self.path)!r})"
+
+  @property
+  def checkpoints(self) -> Path:
+    return self.path / "checkpoints"
+
+  @property
+  def metrics(self) -> records.JsonlWriter:
+    """``metrics.jsonl``: ``.write(record)`` appends a line, ``.records`` holds every line so far."""
+    if self._metrics is None:
+      self._metrics = records.JsonlWriter(self.path / "metrics.jsonl")
+    return self._metrics
+
+  def write_json(self, name: str, data: dict) -> Path:
+    """Writes ``<workdir>/<name>`` atomically; returns its path."""
+    records.write_json(self.path / name, data)
+    return self.path / name
+
+  def lock(self, *also: "str | Path | Workdir | None"):
+    """The lock of this workdir (and of ``also``) for the duration of a ``with`` block; see ``locked``."""
+    return locked(self.path, *(Path(w) for w in also if w))

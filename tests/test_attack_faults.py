@@ -7,22 +7,23 @@ attack keeps, writes and says, not how well it works.
 import csv
 import dataclasses
 import json
+import logging
+import signal
+import threading
 
 import jax
 import numpy as np
 import pytest
 
-from jaxmi import records
-from jaxmi.attacks import InversionResult, build_gmi
+from jaxmi.attacks import ExecutionConfig, InversionConfig, InversionResult, build_gmi
 from jaxmi.attacks.engine import select_restarts
+from jaxmi.attacks.resume import AttackState
 from jaxmi.experiments.attack import run_attack
 from jaxmi.data.splits import ArraySplit
-from jaxmi.errors import CheckpointError, ConfigError, JaxmiError, NonFiniteError
-from jaxmi.metrics import pair_grid
+from jaxmi.errors import CheckpointError, ConfigError, Interrupted, JaxmiError, NonFiniteError
+from jaxmi import plots
 
 from test_attacks import tiny_attack, toy_models
-
-quiet = lambda *a: None
 
 
 def load_outputs(workdir):
@@ -31,27 +32,30 @@ def load_outputs(workdir):
   return json.loads((workdir / "results.json").read_text()), arrays
 
 
-def test_interrupted_attack_resumes_to_exactly_the_uninterrupted_result(tiny, tmp_path):
+def test_interrupted_attack_resumes_to_exactly_the_uninterrupted_result(tiny, tmp_path, caplog):
   """Item 16: an attack stopped in its second chunk continues from its saved state, recomputes no finished
   chunk and no saved step, and ends with the bit-identical result (the computation is deterministic)."""
   root, splits = tiny
   # 3 identities x 2 restarts = 6 latents in 3 chunks of 2; 8 steps, state saved every 4.
-  cfg = tiny_attack(root, tmp_path / "whole", max_batch=2, checkpoint_every=4)
-  whole = run_attack(cfg, splits=splits, progress=False, log=quiet)
+  cfg = tiny_attack(root, max_batch=2, checkpoint_every=4)
+  whole = run_attack(cfg, tmp_path / "whole", splits=splits, progress=False)
   assert whole["optimisation_steps_run"] == 24 and not (tmp_path / "whole" / "attack_state").exists()
 
-  part = dataclasses.replace(cfg, workdir=str(tmp_path / "resumed"))
+  part = tmp_path / "resumed"
   # Stopped at step 6 of chunk 1 (as a kill there): chunk 0 is done, chunk 1 was saved at step 4.
-  assert run_attack(part, splits=splits, progress=False, log=quiet, stop_at_step=8 + 6) is None
+  with pytest.raises(Interrupted, match="at step 6 of chunk 1; .*run the same command again to resume") as stopped:
+    run_attack(cfg, part, splits=splits, progress=False, stop_at_step=8 + 6)
+  assert stopped.value.step == 8 + 6
   state = tmp_path / "resumed" / "attack_state"
   assert sorted(p.name for p in state.iterdir()) == ["chunk_00000.npz", "chunk_00001.npz"]
   with np.load(state / "chunk_00001.npz") as f:
     assert int(f["step"]) == 4 and not bool(f["done"])
   assert not (tmp_path / "resumed" / "results.json").exists()
 
-  logs = []
-  resumed = run_attack(part, splits=splits, progress=False, log=logs.append)
-  assert any("resuming from the attack state" in line for line in logs), logs
+  caplog.set_level(logging.INFO, logger="jaxmi")
+  caplog.clear()
+  resumed = run_attack(cfg, part, splits=splits, progress=False)
+  assert any("resuming from the attack state" in line for line in caplog.messages), caplog.messages
   assert resumed["optimisation_steps_run"] == 4 + 8  # chunk 1 from step 4, chunk 2 whole, chunk 0 not at all
   assert resumed["compilations"] == 1  # a restored carry is laid out as a started one
   (a, a_arrays), (b, b_arrays) = load_outputs(tmp_path / "whole"), load_outputs(tmp_path / "resumed")
@@ -62,15 +66,51 @@ def test_interrupted_attack_resumes_to_exactly_the_uninterrupted_result(tiny, tm
   assert not state.exists()  # removed once results.json is written
 
 
+def test_ctrl_c_saves_the_chunk_at_its_log_interval_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
+  """Issue 14, item 4: Ctrl-C during an attack stops at the end of the log interval (never with a donated carry
+  half-updated), saves the chunk's carry there although no checkpoint is due, and raises ``Interrupted`` with the
+  step; the rerun continues from that step to the uninterrupted result. Before, a plain KeyboardInterrupt left
+  from wherever it landed and the rerun redid the chunk from its last checkpoint."""
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("Python runs signal handlers in the main thread only")
+  models, variables = toy_models()
+  cfg = InversionConfig(steps=8, restarts=2, learning_rate=0.05)
+  # 3 identities x 2 restarts in chunks of 4: 2 chunks of 4 log intervals; no checkpoint due before a chunk ends.
+  inv = build_gmi(models, 100, cfg, ExecutionConfig(max_batch=4, log_every=2, unroll=2, checkpoint_every=8))
+  whole = inv.run(variables, [0, 1, 2])
+  calls = []
+
+  def ctrl_c_in_chunk_1_at_step_4(latent_steps, parts):
+    calls.append(latent_steps)
+    if len(calls) == 4 + 2:
+      signal.raise_signal(signal.SIGINT)
+
+  handler = signal.getsignal(signal.SIGINT)
+  with pytest.raises(KeyboardInterrupt) as stopped:
+    inv.run(variables, [0, 1, 2], progress=ctrl_c_in_chunk_1_at_step_4, state=AttackState(tmp_path, "fp", 8))
+  assert signal.getsignal(signal.SIGINT) is handler
+  assert isinstance(stopped.value, Interrupted) and stopped.value.step == 8 + 4, repr(stopped.value)
+  assert "at step 4 of chunk 1; state in " in str(stopped.value)
+  with np.load(tmp_path / "chunk_00001.npz") as f:
+    assert int(f["step"]) == 4 and not bool(f["done"])
+
+  resumed = inv.run(variables, [0, 1, 2], state=AttackState(tmp_path, "fp", 8))
+  assert resumed.stats.steps_run == 4  # chunk 1 from step 4; chunk 0 was finished
+  for name in ("latents", "images", "target_logit", "best_restart", "loss_curve"):
+    np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name), err_msg=name)
+  for k, v in whole.loss_parts.items():
+    np.testing.assert_array_equal(resumed.loss_parts[k], v, err_msg=k)
+
+
 def test_a_kill_while_a_state_file_is_being_written_leaves_nothing_a_rerun_would_read(tiny, tmp_path, monkeypatch):
   """Item 16, found by CI: a SIGKILL during ``np.savez`` left ``chunk_00001.npz.tmp.npz`` half-written, the
   rerun's ``chunk_*.npz`` glob read it and crashed with BadZipFile. Here the write dies half-way (as a kill
   would); the rerun must resume from the last complete file, and a damaged complete file is recomputed."""
   root, splits = tiny
-  cfg = tiny_attack(root, tmp_path / "whole", max_batch=2, checkpoint_every=4)
-  whole = run_attack(cfg, splits=splits, progress=False, log=quiet)
+  cfg = tiny_attack(root, max_batch=2, checkpoint_every=4)
+  whole = run_attack(cfg, tmp_path / "whole", splits=splits, progress=False)
 
-  part = dataclasses.replace(cfg, workdir=str(tmp_path / "killed"))
+  part = tmp_path / "killed"
   real_savez, calls = np.savez, []
 
   def dies_half_way(file, **arrays):
@@ -82,7 +122,7 @@ def test_a_kill_while_a_state_file_is_being_written_leaves_nothing_a_rerun_would
 
   monkeypatch.setattr(np, "savez", dies_half_way)
   with pytest.raises(KeyboardInterrupt):
-    run_attack(part, splits=splits, progress=False, log=quiet)
+    run_attack(cfg, part, splits=splits, progress=False)
   monkeypatch.setattr(np, "savez", real_savez)
   state = tmp_path / "killed" / "attack_state"
   left = sorted(p.name for p in state.iterdir())
@@ -92,8 +132,7 @@ def test_a_kill_while_a_state_file_is_being_written_leaves_nothing_a_rerun_would
   # A complete file damaged on disk (truncated) is not trusted: its chunk starts over.
   damaged = sorted(state.glob("chunk_*.npz"))[-1]
   damaged.write_bytes(damaged.read_bytes()[:50])
-  logs = []
-  resumed = run_attack(part, splits=splits, progress=False, log=logs.append)
+  resumed = run_attack(cfg, part, splits=splits, progress=False)
   assert resumed is not None and not state.exists()
   (a, a_arrays), (b, b_arrays) = load_outputs(tmp_path / "whole"), load_outputs(tmp_path / "killed")
   for key in a_arrays:
@@ -101,36 +140,37 @@ def test_a_kill_while_a_state_file_is_being_written_leaves_nothing_a_rerun_would
   assert a["acc1"] == b["acc1"] and whole["acc1"] == b["acc1"]
 
 
-def test_saved_state_of_another_config_is_refused(tiny, tmp_path):
+def test_saved_state_of_another_config_is_refused(tiny, tmp_path, caplog):
   root, splits = tiny
-  cfg = tiny_attack(root, tmp_path / "a", max_batch=2, checkpoint_every=4)
-  assert run_attack(cfg, splits=splits, progress=False, log=quiet, stop_at_step=6) is None
+  cfg, workdir = tiny_attack(root, max_batch=2, checkpoint_every=4), tmp_path / "a"
+  with pytest.raises(Interrupted):
+    run_attack(cfg, workdir, splits=splits, progress=False, stop_at_step=6)
   other = dataclasses.replace(cfg, inversion=dataclasses.replace(cfg.inversion, learning_rate=0.01))
   with pytest.raises(ConfigError, match=r"attack_state: holds the saved state of an attack with another config"):
-    run_attack(other, splits=splits, progress=False, log=quiet)
+    run_attack(other, workdir, splits=splits, progress=False)
   # Another chunk layout with the same config: refused too, never mixed.
   relaid = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, max_batch=4))
   with pytest.raises(ConfigError, match=r"another chunk layout \(latents per chunk 2"):
-    run_attack(relaid, splits=splits, progress=False, log=quiet)
-  logs = []
-  assert run_attack(other, splits=splits, progress=False, log=logs.append, overwrite=True)["acc1"] is not None
-  assert any("discarding" in line for line in logs)
+    run_attack(relaid, workdir, splits=splits, progress=False)
+  caplog.set_level(logging.INFO, logger="jaxmi")
+  assert run_attack(other, workdir, splits=splits, progress=False, overwrite=True)["acc1"] is not None
+  assert any("discarding" in line for line in caplog.messages)
 
 
 def test_results_json_is_written_last(tiny, tmp_path, monkeypatch):
   """Item 16: killed while writing the plots, the workdir must not hold a results.json that the rerun refuses."""
   root, splits = tiny
-  cfg = tiny_attack(root, tmp_path / "w")
+  cfg = tiny_attack(root)
 
   def killed(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(records, "plot_loss_parts", killed)
+  monkeypatch.setattr(plots, "loss_terms", killed)
   with pytest.raises(KeyboardInterrupt):
-    run_attack(cfg, splits=splits, progress=False, log=quiet)
+    run_attack(cfg, tmp_path / "w", splits=splits, progress=False)
   assert not (tmp_path / "w" / "results.json").exists()
   monkeypatch.undo()
-  run_attack(cfg, splits=splits, progress=False, log=quiet)  # the rerun completes the workdir
+  run_attack(cfg, tmp_path / "w", splits=splits, progress=False)  # the rerun completes the workdir
   assert {"results.json", "latents.npz", "per_identity.csv", "grid.png", "loss.png"} <= {
     p.name for p in (tmp_path / "w").iterdir()
   }
@@ -144,7 +184,6 @@ def test_diverging_attack_stops_naming_the_step_and_keeps_nothing_from_it(tiny, 
   cfg = dataclasses.replace(
     tiny_attack(
       root,
-      tmp_path / "nan",
       optimizer="adam",
       learning_rate=1e30,
       draw_clamp=0.0,
@@ -156,7 +195,7 @@ def test_diverging_attack_stops_naming_the_step_and_keeps_nothing_from_it(tiny, 
   )
   one_line = r"^\[tiny\] non-finite \w+ loss at step \d+ \(identity \d, restart \d\)$"
   with pytest.raises(NonFiniteError, match=one_line) as e:
-    run_attack(cfg, splits=splits, progress=False, log=quiet)
+    run_attack(cfg, tmp_path / "nan", splits=splits, progress=False)
   assert isinstance(e.value, JaxmiError) and "\n" not in str(e.value)
   assert not (tmp_path / "nan" / "results.json").exists()
   step = int(str(e.value).split("at step ")[1].split()[0])
@@ -169,7 +208,7 @@ def test_diverging_attack_stops_naming_the_step_and_keeps_nothing_from_it(tiny, 
 def test_missing_models_are_named_by_role_with_the_command_and_nothing_is_created(tiny, tmp_path):
   """Item 21: not just '.../checkpoints: no checkpoint found'."""
   root, splits = tiny
-  cfg = tiny_attack(root, tmp_path / "a")
+  cfg = tiny_attack(root)
   cases = [
     ("target", "target: .*: no trained target found .*bin/jaxmi train-classifier"),
     ("evaluator", "evaluator: .*: no trained evaluation model found .*bin/jaxmi train-classifier"),
@@ -180,7 +219,7 @@ def test_missing_models_are_named_by_role_with_the_command_and_nothing_is_create
     missing = tmp_path / f"no_{field}"
     value = (str(missing),) if field == "surrogates" else str(missing)
     with pytest.raises(CheckpointError, match=message):
-      run_attack(dataclasses.replace(cfg, **{field: value}), splits=splits, progress=False, log=quiet)
+      run_attack(dataclasses.replace(cfg, **{field: value}), tmp_path / "a", splits=splits, progress=False)
     assert not missing.exists()
   assert not (tmp_path / "a").exists()
 
@@ -191,33 +230,31 @@ def test_lomma_with_an_empty_public_split_names_the_field(tiny, tmp_path):
   empty = ArraySplit(
     images=splits.public.images[:0], labels=splits.public.labels[:0], identities=splits.public.identities[:0]
   )
-  cfg = tiny_attack(root, tmp_path / "a", identity_loss="logit", feature_reg_weight=100.0)
+  cfg = tiny_attack(root, identity_loss="logit", feature_reg_weight=100.0)
   with pytest.raises(ConfigError, match=r"^data.public_ids: the target's public split .* has no images; LOMMA"):
-    run_attack(cfg, splits=dataclasses.replace(splits, public=empty), progress=False, log=quiet)
+    run_attack(cfg, tmp_path / "a", splits=dataclasses.replace(splits, public=empty), progress=False)
   assert not (tmp_path / "a").exists()
 
 
-def test_kedmi_with_a_wgan_prior_says_which_prior_it_uses(tiny, tmp_path):
+def test_kedmi_with_a_wgan_prior_says_which_prior_it_uses(tiny, tmp_path, caplog):
   """Item 20: attack=kedmi through a plain WGAN ran without a word."""
   root, splits = tiny
-  logs = []
-  cfg = dataclasses.replace(
-    tiny_attack(root, tmp_path / "k", optimizer="adam", draw_clamp=0.0, eval_draws=2), attack="kedmi"
-  )
-  run_attack(cfg, splits=splits, progress=False, log=logs.append)
+  caplog.set_level(logging.INFO, logger="jaxmi")
+  cfg = dataclasses.replace(tiny_attack(root, optimizer="adam", draw_clamp=0.0, eval_draws=2), attack="kedmi")
+  run_attack(cfg, tmp_path / "k", splits=splits, progress=False)
   assert any(
     "warning: KEDMI expects its inversion-specific GAN with the K+1 discriminator" in line
     and "WGAN critic -D(G(z))" in line
-    for line in logs
-  ), logs
+    for line in caplog.messages
+  ), caplog.messages
 
 
-def test_every_attack_reports_its_prior_baseline(tiny, tmp_path):
+def test_every_attack_reports_its_prior_baseline(tiny, tmp_path, caplog):
   """Item 19: the same metrics for the initial (un-optimised) latents, in results.json, the CSV and the log."""
   root, splits = tiny
-  logs = []
-  cfg = tiny_attack(root, tmp_path / "b")
-  summary = run_attack(cfg, splits=splits, progress=False, log=logs.append)
+  caplog.set_level(logging.INFO, logger="jaxmi")
+  cfg = tiny_attack(root)
+  summary = run_attack(cfg, tmp_path / "b", splits=splits, progress=False)
   results, arrays = load_outputs(tmp_path / "b")
   base = results["prior_baseline"]
   metric_keys = {"acc1", "acc5", "acc1_all_restarts_mean", "knn_dist", "feature_fid", "target_confidence"}
@@ -240,7 +277,7 @@ def test_every_attack_reports_its_prior_baseline(tiny, tmp_path):
   with open(tmp_path / "b" / "per_identity.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 3 and {"baseline_correct", "baseline_knn_dist", "baseline_target_confidence"} <= set(rows[0])
-  assert any("prior baseline" in line for line in logs), logs
+  assert any("prior baseline" in line for line in caplog.messages), caplog.messages
   assert summary["prior_baseline"] == base
 
 
@@ -273,7 +310,7 @@ def test_grid_shows_every_restart(tmp_path):
     loss_curve=np.zeros(1),
     loss_parts={},
   )
-  shown = pair_grid(result, np.zeros((2, 8, 8, 1), np.uint8), np.array([0, 1]), tmp_path / "grid.png")
+  shown = plots.reconstructions(result, np.zeros((2, 8, 8, 1), np.float32), tmp_path / "grid.png")
   assert [sorted(row) for row in shown] == [[0, 1, 2, 3, 4]] * 2 and [row[0] for row in shown] == [3, 0]
 
 
@@ -282,7 +319,7 @@ from jaxmi.attacks import ExecutionConfig, InversionConfig
 from jaxmi.experiments.attack import AttackConfig
 
 def get_config():
-  return AttackConfig(name="killed", attack="gmi", workdir="unused", target={root!r} + "/target",
+  return AttackConfig(name="killed", attack="gmi", target={root!r} + "/target",
                       evaluator={root!r} + "/eval", gan={root!r} + "/gan",
                       inversion=InversionConfig(steps=400, restarts=2, learning_rate=0.05, reference_batch=1),
                       execution=ExecutionConfig(log_every=10, unroll=2, max_batch=2, checkpoint_every=20))

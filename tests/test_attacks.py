@@ -149,46 +149,42 @@ DATA = DataConfig(
 def trained(tmp_path_factory, cache_root, data_root):
   root = tmp_path_factory.mktemp("gmi")
   splits = load_splits(DATA)
-  quiet = lambda *a: None
   common = dict(data=DATA, optim=OptimConfig(learning_rate=0.05, schedule="cosine"))
   train_classifier(
     ClassifierConfig(
       name="target",
       role="target",
-      workdir=str(root / "target"),
       model=ModelConfig(arch="cnn", width=16, feature_dim=64),
       train=TrainConfig(epochs=2, batch_size=50),
       **common,
     ),
+    root / "target",
     splits=splits,
     progress=False,
-    log=quiet,
   )
   train_classifier(
     ClassifierConfig(
       name="eval",
       role="evaluation",
-      workdir=str(root / "eval"),
       model=ModelConfig(arch="resnet", width=8, blocks=(1, 1, 1)),
       train=TrainConfig(epochs=2, batch_size=50, seed=1),
       **common,
     ),
+    root / "eval",
     splits=splits,
     progress=False,
-    log=quiet,
   )
   train_gan(
     GANExperimentConfig(
       name="gan",
-      workdir=str(root / "gan"),
       data=DATA,
       gan=GAN_CFG,
       # ~470 generator steps: the smallest budget that gave digit-like samples.
       train=GANTrainConfig(epochs=15, batch_size=32),
     ),
+    root / "gan",
     splits=splits,
     progress=False,
-    log=quiet,
   )
   return root, splits
 
@@ -206,7 +202,6 @@ def attack_config(root, **fields) -> AttackConfig:
   return AttackConfig(
     name="gmi",
     attack="gmi",
-    workdir=str(root / "attack"),
     target=str(root / "target"),
     evaluator=str(root / "eval"),
     gan=str(root / "gan"),
@@ -217,8 +212,8 @@ def attack_config(root, **fields) -> AttackConfig:
 @pytest.mark.slow  # trains a target, an evaluator and a GAN on real MNIST (the `trained` fixture)
 def test_gmi_beats_chance_and_a_random_generator_does_worse(trained, tmp_path):
   root, splits = trained
-  cfg = dataclasses.replace(attack_config(root), workdir=str(tmp_path / "trained_prior"))
-  result = run_attack(cfg, splits=splits, progress=False, log=lambda *a: None)
+  cfg = attack_config(root)
+  result = run_attack(cfg, tmp_path / "trained_prior", splits=splits, progress=False)
   # 5 private digits: chance is 20%. Over all 80 latents (16 restarts), the evaluation model (a
   # ResNet that never saw the attack) must recognise the attacked digit at least 1.5x as often
   # as chance (measured: 37.5% with 8 restarts); the selected restarts at least 2x.
@@ -231,19 +226,14 @@ def test_gmi_beats_chance_and_a_random_generator_does_worse(trained, tmp_path):
   random_gan = tmp_path / "random_gan"
   stopped(
     train_gan,
-    GANExperimentConfig(
-      name="random", workdir=str(random_gan), data=DATA, gan=GAN_CFG, train=GANTrainConfig(epochs=1, batch_size=64)
-    ),
+    GANExperimentConfig(name="random", data=DATA, gan=GAN_CFG, train=GANTrainConfig(epochs=1, batch_size=64)),
+    random_gan,
     splits=splits,
     progress=False,
     stop_at_step=1,
-    log=lambda *a: None,
   )
   baseline = run_attack(
-    dataclasses.replace(cfg, gan=str(random_gan), workdir=str(tmp_path / "random_prior")),
-    splits=splits,
-    progress=False,
-    log=lambda *a: None,
+    dataclasses.replace(cfg, gan=str(random_gan)), tmp_path / "random_prior", splits=splits, progress=False
   )
   assert baseline["acc1_all_restarts_mean"] < result["acc1_all_restarts_mean"] - 0.1, (baseline, result)
   # Without a learned prior the reconstructions are far from every private image (measured 137 vs 1).
@@ -252,17 +242,17 @@ def test_gmi_beats_chance_and_a_random_generator_does_worse(trained, tmp_path):
 
 def test_bad_attack_inputs_fail_clearly(tiny, tmp_path):
   root, splits = tiny
-  cfg = dataclasses.replace(attack_config(root, steps=2), workdir=str(tmp_path / "a"))
+  cfg, workdir = attack_config(root, steps=2), tmp_path / "a"
   with pytest.raises(ConfigError, match="attack: unknown attack 'fgsm'; expected one of gmi"):
-    run_attack(dataclasses.replace(cfg, attack="fgsm"), splits=splits, progress=False)
+    run_attack(dataclasses.replace(cfg, attack="fgsm"), workdir, splits=splits, progress=False)
   with pytest.raises(ConfigError, match=r"identities: \[5, 9\] out of range; .* classes 0..2"):
-    run_attack(dataclasses.replace(cfg, identities=(0, 5, 9)), splits=splits, progress=False)
+    run_attack(dataclasses.replace(cfg, identities=(0, 5, 9)), workdir, splits=splits, progress=False)
   with pytest.raises(CheckpointError, match="holds a 'classifier' checkpoint; expected a GAN"):
-    run_attack(dataclasses.replace(cfg, gan=str(root / "target")), splits=splits, progress=False)
+    run_attack(dataclasses.replace(cfg, gan=str(root / "target")), workdir, splits=splits, progress=False)
   with pytest.raises(ConfigError, match="is a 'target' model; expected a 'evaluation' model"):
-    run_attack(dataclasses.replace(cfg, evaluator=str(root / "target")), splits=splits, progress=False)
+    run_attack(dataclasses.replace(cfg, evaluator=str(root / "target")), workdir, splits=splits, progress=False)
   with pytest.raises(CheckpointError, match="no checkpoint found"):
-    run_attack(dataclasses.replace(cfg, target=str(tmp_path / "nowhere")), splits=splits, progress=False)
+    run_attack(dataclasses.replace(cfg, target=str(tmp_path / "nowhere")), workdir, splits=splits, progress=False)
   assert not (tmp_path / "a").exists()
 
 
@@ -274,12 +264,11 @@ def test_distilled_surrogate_agrees_with_the_target_on_public_data(trained):
   cfg = ClassifierConfig(
     name="surrogate",
     role="surrogate",
-    workdir=str(root / "surrogate"),
     model=ModelConfig(arch="vgg", vgg_layout="vgg_small", width_divisor=4),
     optim=OptimConfig(learning_rate=0.05, schedule="cosine"),
     train=TrainConfig(epochs=5, batch_size=50),
   )
-  summary = distill_surrogate(cfg, str(root / "target"), splits=splits, progress=False, log=lambda *a: None)
+  summary = distill_surrogate(cfg, root / "surrogate", str(root / "target"), splits=splits, progress=False)
   # Trained on public digits 5-9 only, labelled by the target's logits: it must predict what the
   # target predicts on held-out public images far above chance (20%); measured 89%.
   assert summary["public_agreement"] >= 0.80, summary
@@ -300,33 +289,29 @@ def make_tiny_workdirs(root, kedmi_gan: bool = False):
   Not good models: these tests check what the attack computes from them, not how well it works.
   """
   splits = load_splits(TINY_DATA)
-  quiet = lambda *a: None
   for name, role, seed in (("target", "target", 0), ("eval", "evaluation", 1), ("surrogate", "surrogate", 2)):
     stopped(
       train_classifier,
       ClassifierConfig(
         name=name,
         role=role,
-        workdir=str(root / name),
         data=TINY_DATA,
         model=ModelConfig(arch="cnn", width=4, feature_dim=8),
         optim=OptimConfig(learning_rate=0.05),
         train=TrainConfig(epochs=1, batch_size=8, seed=seed),
       ),
+      root / name,
       splits=splits,
       progress=False,
       stop_at_step=3,
-      log=quiet,
     )
   stopped(
     train_gan,
-    GANExperimentConfig(
-      name="gan", workdir=str(root / "gan"), data=TINY_DATA, gan=TINY_GAN, train=GANTrainConfig(epochs=1, batch_size=8)
-    ),
+    GANExperimentConfig(name="gan", data=TINY_DATA, gan=TINY_GAN, train=GANTrainConfig(epochs=1, batch_size=8)),
+    root / "gan",
     splits=splits,
     progress=False,
     stop_at_step=1,
-    log=quiet,
   )
   if kedmi_gan:
     stopped(
@@ -334,26 +319,24 @@ def make_tiny_workdirs(root, kedmi_gan: bool = False):
       GANExperimentConfig(
         name="kgan",
         kind="kedmi",
-        workdir=str(root / "kgan"),
         target=str(root / "target"),
         data=TINY_DATA,
         gan=TINY_GAN,
         train=GANTrainConfig(epochs=1, batch_size=8),
       ),
+      root / "kgan",
       splits=splits,
       progress=False,
       stop_at_step=1,
-      log=quiet,
     )
   return splits
 
 
-def tiny_attack(root, workdir, **fields) -> AttackConfig:
+def tiny_attack(root, **fields) -> AttackConfig:
   """A tiny attack on ``make_tiny_workdirs(root)``; ``fields``: InversionConfig or ExecutionConfig fields."""
   return AttackConfig(
     name="tiny",
     attack="gmi",
-    workdir=str(workdir),
     target=str(root / "target"),
     evaluator=str(root / "eval"),
     gan=str(root / "gan"),
@@ -386,11 +369,11 @@ def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypat
 
   monkeypatch.setattr(Inverter, "run", spy)
   cfg = dataclasses.replace(
-    tiny_attack(root, tmp_path / "lomma", identity_loss="logit", feature_reg_weight=100.0),
+    tiny_attack(root, identity_loss="logit", feature_reg_weight=100.0),
     surrogates=(str(root / "surrogate"),),
     p_reg_images=40,
   )
-  result = run_attack(cfg, splits=splits, progress=False, log=lambda *a: None)
+  result = run_attack(cfg, tmp_path / "lomma", splits=splits, progress=False)
   assert result["compilations"] == 1 and result["config"]["surrogates"] == [str(root / "surrogate")]
   inv, variables = seen["inverter"], seen["variables"]
   assert len(inv.models.targets) == 2 and {"prior", "identity", "feature_reg"} == set(
@@ -423,9 +406,7 @@ def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypat
   assert np.abs(want_feature - without_p_reg).max() > 100 * 1e-4 * want_feature.max()
   with pytest.raises(ConfigError, match="is a 'target' model; expected a 'surrogate' model"):
     run_attack(
-      dataclasses.replace(cfg, surrogates=(str(root / "target"),), workdir=str(tmp_path / "x")),
-      splits=splits,
-      progress=False,
+      dataclasses.replace(cfg, surrogates=(str(root / "target"),)), tmp_path / "x", splits=splits, progress=False
     )
 
 
@@ -453,16 +434,15 @@ def test_kedmi_gan_learns_the_targets_soft_labels_and_kedmi_beats_chance(trained
     GANExperimentConfig(
       name="kedmi",
       kind="kedmi",
-      workdir=str(gan_dir),
       target=str(root / "target"),
       data=DATA,
       gan=GAN_CFG,
       train=GANTrainConfig(epochs=1, batch_size=32),
     ),
+    gan_dir,
     splits=train_split,
     progress=False,
     stop_at_step=60,
-    log=lambda *a: None,
   )
   gan = load_gan(gan_dir)
   assert gan.kind == "kedmi"
@@ -476,9 +456,8 @@ def test_kedmi_gan_learns_the_targets_soft_labels_and_kedmi_beats_chance(trained
   cfg = dataclasses.replace(
     attack_config(root, steps=600, restarts=4, optimizer="adam", learning_rate=0.02, draw_clamp=0.0, eval_draws=5),
     attack="kedmi",
-    workdir=str(tmp_path / "kedmi"),
   )
-  result = run_attack(cfg, splits=splits, progress=False, log=lambda *a: None)
+  result = run_attack(cfg, tmp_path / "kedmi", splits=splits, progress=False)
   assert result["restarts"] == 20 and result["draws_per_latent"] == 5 and result["compilations"] == 1
   # Chance is 20%; measured 43% (46% with 1000 steps), so at least 1.5x chance.
   assert result["acc1_all_restarts_mean"] >= 0.30, result
@@ -491,10 +470,9 @@ def test_distill_refuses_a_student_data_config_that_names_another_split(tiny, tm
   cfg = ClassifierConfig(
     name="s",
     role="surrogate",
-    workdir=str(tmp_path / "s"),
     data=dataclasses.replace(TINY_DATA, public_ids=(6, 7)),
     model=ModelConfig(arch="cnn", width=4),
   )
   with pytest.raises(ConfigError, match=r"student.data: data.public_ids differ from the target's data config"):
-    distill_surrogate(cfg, str(root / "target"), splits=splits, progress=False)
+    distill_surrogate(cfg, tmp_path / "s", str(root / "target"), splits=splits, progress=False)
   assert not (tmp_path / "s").exists()

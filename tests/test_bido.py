@@ -1,7 +1,5 @@
 """BiDO: nHSIC and COCO against a direct numpy computation, and the regulariser on real MNIST."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,11 +172,7 @@ def test_bido_trains_on_real_data_and_lowers_input_dependence(tmp_path, cache_ro
     ("bido", BiDO(measure=measure, lambda_x=lambda_x, lambda_y=0.0)),
   ]:
     summary = train_classifier(
-      ClassifierConfig(name=name, workdir=str(tmp_path / name), **common),
-      splits=splits,
-      defense=defense,
-      progress=False,
-      log=lambda *a: None,
+      ClassifierConfig(name=name, **common), tmp_path / name, splits=splits, defense=defense, progress=False
     )
     assert np.isfinite(summary["natural_accuracy"])
     clf = load_classifier(tmp_path / name)

@@ -1,5 +1,7 @@
 """CALoR (inverse focal loss, low-rank head) and MID (VIB head + KL) on known inputs and on real MNIST."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,14 +87,13 @@ def train(
   cfg = ClassifierConfig(
     name=name,
     role="target",
-    workdir=str(tmp_path / name),
     data=DATA,
     init_from=init_from,
     model=ModelConfig(arch="cnn", width=8, feature_dim=32, head=head),
     optim=optim,
     train=TrainConfig(epochs=epochs, batch_size=50),
   )
-  summary = train_classifier(cfg, splits=splits, defense=defense, progress=False, log=lambda *a: None)
+  summary = train_classifier(cfg, tmp_path / name, splits=splits, defense=defense, progress=False)
   assert np.isfinite(summary["natural_accuracy"]), summary
   clf = load_classifier(tmp_path / name)
   return summary, clf.module.apply(clf.variables, jnp.asarray(splits.private_test.images[:500], jnp.float32) / 255.0)
@@ -181,7 +182,9 @@ def test_negative_label_smoothing_trains_on_real_data_and_sharpens_predictions(t
   assert entropy(nls_out) < 0.92 * entropy(plain_out), (entropy(nls_out), entropy(plain_out))
 
 
-def test_nls_whose_schedule_never_starts_warns_and_records_the_effective_setting(tmp_path, cache_root, data_root):
+def test_nls_whose_schedule_never_starts_warns_and_records_the_effective_setting(
+  tmp_path, cache_root, data_root, caplog
+):
   """A 1-epoch NLS run is plain cross-entropy (alpha_t = 0 until half the epochs): `defend` says so at the
   start and the summary records the alpha reached and the steps it acted on, not just alpha = -0.05."""
   from jaxmi.defenses import NegativeLabelSmoothing
@@ -198,14 +201,14 @@ def test_nls_whose_schedule_never_starts_warns_and_records_the_effective_setting
   cfg = ClassifierConfig(
     name="nls1",
     role="target",
-    workdir=str(tmp_path / "nls1"),
     data=data,
     model=ModelConfig(arch="cnn", width=4, feature_dim=8),
     optim=OptimConfig(learning_rate=0.05),
     train=TrainConfig(epochs=1, batch_size=20, log_every=2),
   )
-  lines = []
-  summary = defend(DefendConfig(target=cfg, defense=nls), progress=False, log=lines.append)
+  caplog.set_level(logging.INFO, logger="jaxmi")
+  summary = defend(DefendConfig(target=cfg, defense=nls), tmp_path / "nls1", progress=False)
+  lines = [r.getMessage() for r in caplog.records if r.name.startswith("jaxmi")]
   warnings = [line for line in lines if "warning" in line]
   assert len(warnings) == 1 and lines.index(warnings[0]) == 0, lines
   assert "alpha stays 0 for all 1 epoch(s)" in warnings[0]

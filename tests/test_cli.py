@@ -202,7 +202,7 @@ def test_overrides_after_options_are_applied(tmp_path):
 
   args = parse_args(["attack", "--config", "C", "--workdir", "W", "inversion.steps=3", "--overwrite", "seed=1"])
   assert args.overrides == ["inversion.steps=3", "seed=1"] and args.overwrite and args.workdir == "W"
-  bad = run("train-classifier", "--config", MNIST_TARGET, "--bogus", "1")
+  bad = run("train-classifier", "--config", MNIST_TARGET, "--workdir", tmp_path / "w", "--bogus", "1")
   assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
 

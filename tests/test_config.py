@@ -26,7 +26,8 @@ def recipe_args(path: Path) -> list[str]:
 ALL = [(path.name, arg) for path in sorted(CONFIGS.glob("*.py")) for arg in recipe_args(path)]
 
 # The 40 config files this layout replaced: every one is a recipe:arg whose config equals the old file's
-# (checked field by field when the files were merged); their names and workdirs must not move.
+# (checked field by field when the files were merged); their names must not move, nor the runs/<name> paths
+# other recipes read their models from (the README's commands pass --workdir runs/<name>).
 OLD_NAMES = {
   *(f"{d}_{r}" for d in ("mnist", "att") for r in ("target", "eval")),
   *(f"gnime_{r}_{d}" for d in ("mnist", "att") for r in ("target", "eval", "grad", "gradcam")),
@@ -54,15 +55,22 @@ def test_every_recipe_argument_loads_and_validates(recipe, arg):
 
 
 def test_recipes_cover_the_old_configs_under_their_old_names():
-  names = {}
+  names, reads = {}, set()
   for recipe, arg in ALL:
     cfg = load(recipe, arg)
     name = cfg.student.name if recipe == "surrogate.py" else cfg.target.name if recipe == "defense.py" else cfg.name
-    workdir = (cfg.student if recipe == "surrogate.py" else cfg.target if recipe == "defense.py" else cfg).workdir
-    expected = name if recipe != "attack.py" else f"attack_{name}"
-    assert workdir == f"runs/{expected}", (recipe, arg)
     names[name] = f"{recipe}:{arg}"
+    if recipe == "attack.py":
+      reads |= {cfg.target, cfg.evaluator, cfg.gan, *cfg.surrogates}
+    elif recipe == "gnime.py":
+      reads |= {cfg.target, cfg.evaluator}
+    elif recipe == "surrogate.py":
+      reads.add(cfg.teacher)
+    elif recipe == "gan.py" and cfg.target:
+      reads.add(cfg.target)
   assert len(ALL) == 40 and set(names) == OLD_NAMES
+  # Every model a recipe reads by default is runs/<name> of a recipe that makes it.
+  assert len(reads) == 14 and {path.removeprefix("runs/") for path in reads} <= set(names), sorted(reads)
 
 
 def test_classifier_roles():
@@ -105,7 +113,7 @@ def test_recipes_pick_their_dataset_rows():
   # A defended target is the plain target but for what its method changes.
   target = load("classifier.py", "role=target,data=att")
   defended = load("defense.py", "method=nls,data=att").target
-  assert defended == dataclasses.replace(target, name="defense_nls_att", workdir="runs/defense_nls_att")
+  assert defended == dataclasses.replace(target, name="defense_nls_att")
   half = load("classifier.py", "role=gnime_eval,data=mnist")
   assert (half.role, half.model.arch, half.train.seed, half.train.epochs) == ("evaluation", "resnet", 1, 5)
   assert half.data.public_ids == () and half.data.test_fraction == 0.5
@@ -229,9 +237,9 @@ def test_defense_recipes_are_consistent():
   for arg in defenses:
     cfg = load("defense.py", arg)
     assert isinstance(cfg, DefendConfig) and isinstance(cfg.defense, Defense), arg
-    # The workdir is named after the method and data, so the documented attack command finds it.
+    # Named after the method and data, as the workdir the documented defend and attack commands use.
     method, data = (kv.split("=")[1] for kv in arg.split(","))
-    assert cfg.target.workdir == f"runs/defense_{method}_{data}" and cfg.target.role == "target", arg
+    assert cfg.target.name == f"defense_{method}_{data}" and cfg.target.role == "target", arg
     if cfg.pretrain is not None and cfg.pretrain_on == "public":
       assert not set(cfg.pretrain.data.private_ids) & set(cfg.target.data.private_ids), arg
 
@@ -286,3 +294,11 @@ def test_overrides_of_fields_the_redesign_moved_name_their_new_place():
   with pytest.raises(ConfigError, match=r"inversion.z_clip .* or inversion.draw_clamp"):
     config_lib.apply_overrides(cfg, ["inversion.clip_z=1"], source="x")
   assert config_lib.apply_overrides(cfg, ["execution.max_batch=4"], source="x").execution.max_batch == 4
+
+
+def test_a_workdir_override_names_the_workdir_flag():
+  """Issue 14 made the workdir a run's argument: ``workdir=...`` on a recipe says to use --workdir instead."""
+  with pytest.raises(ConfigError) as e:
+    load("gan.py", "kind=gmi,data=mnist", ["workdir=runs/x"])
+  msg = str(e.value)
+  assert "gan.py:kind=gmi,data=mnist: field 'workdir' has moved: use the --workdir flag" in msg and "\n" not in msg

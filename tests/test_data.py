@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import logging
 import shutil
 import threading
 import time
@@ -22,6 +23,13 @@ from jaxmi.errors import DataError
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def notes(caplog) -> str:
+  """The warnings jaxmi logged (its notes; the command line prints them to stderr)."""
+  return "\n".join(
+    r.getMessage() for r in caplog.records if r.name.startswith("jaxmi") and r.levelno >= logging.WARNING
+  )
 
 
 def raises_one_line(error_type, fn, *args, **kwargs) -> str:
@@ -507,7 +515,7 @@ def test_16bit_grey_png_is_scaled_not_white(tmp_path):
   assert image.min() == 0 and image.max() == 255
 
 
-def test_image_folder_reads_every_pillow_format_and_skips_other_files(tmp_path, capfd):
+def test_image_folder_reads_every_pillow_format_and_skips_other_files(tmp_path, caplog):
   root = tmp_path / "faces"
   rng = np.random.default_rng(1)
   pixels = {}
@@ -532,8 +540,7 @@ def test_image_folder_reads_every_pillow_format_and_skips_other_files(tmp_path, 
   for label, name in enumerate(raw.class_names):
     for image in images[labels == label]:
       np.testing.assert_array_equal(image[..., 0], pixels[name])  # all lossless at this size
-  err = capfd.readouterr().err
-  assert "skipped 2 file(s)" in err and "not images" in err
+  assert "skipped 2 file(s)" in notes(caplog) and "not images" in notes(caplog)
 
 
 def write_idx(path, array, *, gz):
@@ -595,7 +602,7 @@ def test_idx_builder_reads_any_mnist_format_files(tmp_path):
   assert str(other / "train-images-idx3-ubyte") in message
 
 
-def test_truncated_prepared_cache_is_rebuilt(tmp_path, capfd, monkeypatch):
+def test_truncated_prepared_cache_is_rebuilt(tmp_path, caplog, monkeypatch):
   root, cache = tmp_path / "faces", tmp_path / "c"
   make_image_folder(root)
   first = sources.load_raw("image_folder", data_dir=root, cache_dir=cache, image_size=8, channels=1)
@@ -604,7 +611,7 @@ def test_truncated_prepared_cache_is_rebuilt(tmp_path, capfd, monkeypatch):
   # Before: RuntimeError: Invalid Riegeli/records file.
   again = sources.load_raw("image_folder", data_dir=root, cache_dir=cache, image_size=8, channels=1)
   np.testing.assert_array_equal(np.sort(again.splits["train"][1]), np.sort(first.splits["train"][1]))
-  assert "is damaged" in capfd.readouterr().err
+  assert "is damaged" in notes(caplog)
   assert len(list((cache / "tfds" / "image_folder").iterdir())) == 1  # nothing left aside
 
   # When the raw images cannot be read any more: one line naming the folder to delete, which is kept.
@@ -637,7 +644,7 @@ def test_empty_public_split_names_public_ids(tmp_path):
   from jaxmi.train.gan import train_gan
 
   REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-  cfg = config_lib.load_config(REPO / "configs" / "gan.py:kind=gmi,data=mnist", [f"workdir={tmp_path / 'w'}"])
+  cfg = config_lib.load_config(REPO / "configs" / "gan.py:kind=gmi,data=mnist")
   splits = data.load_splits(
     data.DataConfig(
       dataset="sklearn_digits",
@@ -648,7 +655,7 @@ def test_empty_public_split_names_public_ids(tmp_path):
     )
   )
   # Before: "batch_size: 320 is larger than the 0 examples of the split".
-  message = raises_one_line(ConfigError, train_gan, cfg, splits=splits, progress=False)
+  message = raises_one_line(ConfigError, train_gan, cfg, tmp_path / "w", splits=splits, progress=False)
   assert "data.public_ids" in message and "has 0" in message
   assert not (tmp_path / "w").exists()
   message = raises_one_line(ConfigError, data.steps_per_epoch, 0, 320, split="data.public_ids")
@@ -666,12 +673,11 @@ def test_saved_data_config_keeps_the_targets_cache(tmp_path):
   assert restored.data_dir is None  # a path missing on this machine falls back to the defaults
 
 
-def test_command_line_dirs_win_over_the_config(tmp_path, data_root, cache_root, monkeypatch, capfd):
+def test_command_line_dirs_win_over_the_config(tmp_path, data_root, cache_root, monkeypatch, caplog):
   monkeypatch.setenv(sources.FLAG_DATA_DIR_ENV, str(data_root))
   monkeypatch.setenv(sources.FLAG_CACHE_DIR_ENV, str(cache_root))
   splits = data.load_splits(
     data.DataConfig(data_dir=str(tmp_path / "nothing"), cache_dir=str(tmp_path / "c"), download=False, max_per_class=5)
   )
   assert len(splits.public) == 25 and not (tmp_path / "c").exists()
-  err = capfd.readouterr().err
-  assert "--data-dir" in err and "overrides data.data_dir" in err
+  assert "--data-dir" in notes(caplog) and "overrides data.data_dir" in notes(caplog)

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from jaxmi.data import DataConfig, load_splits
-from jaxmi.defenses import DPSGD, clip_and_sum, dp_epsilon, noisy_mean
+from jaxmi.defenses import DPSGD, dp_epsilon, noisy_mean
 from jaxmi.errors import ConfigError
 from jaxmi.nets import ModelConfig, build_classifier, init_variables
 from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, train_classifier
@@ -100,19 +100,22 @@ def test_dp_sgd_refuses_batchnorm_and_trains_group_norm_models_on_real_data(tmp_
   cfg = ClassifierConfig(
     name="dp",
     role="target",
-    workdir=str(tmp_path / "dp"),
     data=data,
     model=ModelConfig(arch="cnn", width=8, feature_dim=32, norm="group"),
     optim=OptimConfig(name="sgd", learning_rate=0.1, momentum=0.9),
     train=TrainConfig(epochs=3, batch_size=50, log_every=10),
   )
-  quiet = dict(progress=False, log=lambda *a: None)
   with pytest.raises(ConfigError, match="dp_sgd: model.norm must be 'group'"):
     train_classifier(
-      dataclasses.replace(cfg, model=ModelConfig(arch="cnn", width=8, feature_dim=32)), defense=DPSGD(), **quiet
+      dataclasses.replace(cfg, model=ModelConfig(arch="cnn", width=8, feature_dim=32)),
+      tmp_path / "dp",
+      defense=DPSGD(),
+      progress=False,
     )
   assert not (tmp_path / "dp").exists()
-  summary = train_classifier(cfg, splits=load_splits(data), defense=DPSGD(l2_clip=1.0, noise_multiplier=1.0), **quiet)
+  summary = train_classifier(
+    cfg, tmp_path / "dp", splits=load_splits(data), defense=DPSGD(l2_clip=1.0, noise_multiplier=1.0), progress=False
+  )
   # 2000 digits, sigma 1, 120 steps at q = 0.025: far above the 20% chance (measured 95.0%; 98.1% without DP).
   assert summary["natural_accuracy"] > 0.8, summary
   privacy = summary["privacy"]

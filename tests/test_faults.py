@@ -4,6 +4,7 @@ Each test reproduces one fault found in review on tiny synthetic data (seconds e
 """
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -28,7 +29,6 @@ from jaxmi.workdir import locked
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_TARGET = REPO / "configs/classifier.py:role=target,data=mnist"
-quiet = lambda *a: None
 
 
 # The tests below train the same tiny shapes many times: conftest's session-wide compilation cache compiles
@@ -50,11 +50,10 @@ def splits():
   return Splits(_split(rng, 64), _split(rng, 32), _split(rng, 64), 2, 2, "synthetic")
 
 
-def tiny(workdir, *, lr=0.05, **train) -> ClassifierConfig:
+def tiny(*, lr=0.05, **train) -> ClassifierConfig:
   # 64 images / batch 16: 4 steps per epoch.
   return ClassifierConfig(
     name="tiny",
-    workdir=str(workdir),
     data=DataConfig(image_size=16, channels=1),
     model=ModelConfig(arch="cnn", width=4, feature_dim=8),
     optim=OptimConfig(name="sgd", learning_rate=lr),
@@ -91,9 +90,9 @@ class _DivergeAt(Defense):
 def test_divergence_stops_naming_step_and_quantity_and_keeps_the_good_checkpoint(tmp_path, splits):
   # Before: NaN was checked at log steps only (here: epoch ends, step 4 and 8) while checkpoints were
   # saved every 2 steps, so step 6 was saved from the NaN state and (keep=1) the good step 4 deleted.
-  cfg = tiny(tmp_path, epochs=3)
+  cfg = tiny(epochs=3)
   with pytest.raises(NonFiniteError) as e:
-    train_classifier(cfg, splits=splits, defense=_DivergeAt(at=5), progress=False, log=quiet)
+    train_classifier(cfg, tmp_path, splits=splits, defense=_DivergeAt(at=5), progress=False)
   msg = str(e.value)
   assert "[tiny] non-finite train/" in msg and "at step 6;" in msg and "nothing saved" in msg and "\n" not in msg
   ckpt = Checkpointer(tmp_path / "checkpoints", create=False)
@@ -143,7 +142,7 @@ def test_cli_exits_2_on_divergence(tmp_path, cache_root, data_root):
 
 def test_a_nan_checkpoint_is_refused_on_load(tmp_path, splits):
   # Before: load_classifier (and `evaluate`) used NaN parameters, reporting chance accuracy with exit 0.
-  train_classifier(tiny(tmp_path, epochs=1), splits=splits, progress=False, log=quiet)
+  train_classifier(tiny(epochs=1), tmp_path, splits=splits, progress=False)
   ckpt = Checkpointer(tmp_path / "checkpoints", keep=3)
   step = ckpt.latest_step()
   meta = ckpt.meta(step)
@@ -156,10 +155,10 @@ def test_a_nan_checkpoint_is_refused_on_load(tmp_path, splits):
   assert f"/{step + 1}" in str(e.value) and "\n" not in str(e.value)
   # Resuming training from it is refused too, instead of training on from NaN.
   with pytest.raises(CheckpointError, match="non-finite"):
-    train_classifier(tiny(tmp_path, epochs=2), splits=splits, progress=False, log=quiet)
+    train_classifier(tiny(epochs=2), tmp_path, splits=splits, progress=False)
 
 
-def _gan(workdir, **train):
+def _gan(**train):
   # Every GAN test here compiles the same program (only non-compiled fields differ), once per module.
   rng = np.random.default_rng(0)
   split = ArraySplit(
@@ -167,7 +166,6 @@ def _gan(workdir, **train):
   )
   cfg = GANExperimentConfig(
     name="g",
-    workdir=str(workdir),
     data=DataConfig(image_size=32, channels=1),
     gan=GANConfig(base_width=4, stages=3, channels=1),
     train=GANTrainConfig(
@@ -186,9 +184,9 @@ def test_gan_divergence_saves_nothing(tmp_path, monkeypatch):
     init(*a, **k), d_params=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), init(*a, **k).d_params)
   )
   monkeypatch.setattr(gan_lib, "init_gan_state", diverged)  # a critic that has diverged
-  cfg, splits = _gan(tmp_path)
+  cfg, splits = _gan()
   with pytest.raises(NonFiniteError, match=r"\[g\] non-finite .* at step 1; nothing saved"):
-    train_gan(cfg, splits=splits, progress=False, log=quiet)
+    train_gan(cfg, tmp_path, splits=splits, progress=False)
   assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
   assert not (tmp_path / "summary.json").exists() and not (tmp_path / "samples").exists()
 
@@ -201,25 +199,25 @@ def _flip_bytes_in_data(step_dir: Path):
   data.write_bytes(bytes(raw))
 
 
-def test_corrupt_newest_checkpoint_falls_back_and_resume_replaces_it(tmp_path, splits, capfd):
+def test_corrupt_newest_checkpoint_falls_back_and_resume_replaces_it(tmp_path, splits, caplog):
   # Before: flipped bytes loaded silently (a damaged model, or an optimiser state of 3e38).
-  full, hit = tiny(tmp_path / "full", keep_checkpoints=3), tiny(tmp_path / "hit", keep_checkpoints=3)
-  train_classifier(full, splits=splits, progress=False, log=quiet)
-  train_classifier(hit, splits=splits, progress=False, log=quiet)
+  cfg = tiny(keep_checkpoints=3)
+  train_classifier(cfg, tmp_path / "full", splits=splits, progress=False)
+  train_classifier(cfg, tmp_path / "hit", splits=splits, progress=False)
   assert sorted(int(p.name) for p in (tmp_path / "hit" / "checkpoints").glob("[0-9]*")) == [4, 6, 8]
   _flip_bytes_in_data(tmp_path / "hit" / "checkpoints" / "8")
-  capfd.readouterr()
+  caplog.clear()
   clf = load_classifier(tmp_path / "hit")
-  err = capfd.readouterr().err
-  fallback = [l for l in err.splitlines() if "/8 is corrupt" in l]
-  assert len(fallback) == 1 and "falling back to step 6" in fallback[0], err
+  warned = [r.getMessage() for r in caplog.records if r.name.startswith("jaxmi") and r.levelno >= logging.WARNING]
+  fallback = [l for l in warned if "/8 is corrupt" in l]
+  assert len(fallback) == 1 and "falling back to step 6" in fallback[0], warned
   ckpt = Checkpointer(tmp_path / "full" / "checkpoints", create=False)
   step6 = ckpt.restore(None, ckpt.meta(6), 6)
   ckpt.close()
   for x, y in zip(jax.tree.leaves(clf.variables["params"]), jax.tree.leaves(step6["params"])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # Rerunning the training resumes from step 6 and replaces the corrupt step 8: same result as never corrupted.
-  summary = train_classifier(hit, splits=splits, progress=False, log=quiet)
+  summary = train_classifier(cfg, tmp_path / "hit", splits=splits, progress=False)
   assert summary["resumed_from_step"] == 6
   a, b = load_classifier(tmp_path / "full"), load_classifier(tmp_path / "hit")
   for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
@@ -295,30 +293,30 @@ def test_a_refused_command_leaves_no_workdir(tmp_path):
 
 def test_resume_with_a_changed_config_is_refused(tmp_path, splits):
   # Before: a note was logged and training carried on with a config neither run describes.
-  cfg = tiny(tmp_path, epochs=2)
+  cfg = tiny(epochs=2)
   with pytest.raises(Interrupted):
-    train_classifier(cfg, splits=splits, progress=False, stop_at_step=3, log=quiet)
+    train_classifier(cfg, tmp_path, splits=splits, progress=False, stop_at_step=3)
   changed = dataclasses.replace(cfg, optim=OptimConfig(name="sgd", learning_rate=0.5))
   with pytest.raises(ConfigError, match="optim.learning_rate.*--allow-config-change") as e:
-    train_classifier(changed, splits=splits, progress=False, log=quiet)
+    train_classifier(changed, tmp_path, splits=splits, progress=False)
   assert "\n" not in str(e.value)
   # Epochs may change; and the user may insist.
   longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3))
   with pytest.raises(Interrupted):
-    train_classifier(longer, splits=splits, progress=False, stop_at_step=5, log=quiet)
-  assert train_classifier(changed, splits=splits, progress=False, allow_config_change=True, log=quiet)["steps"] == 8
+    train_classifier(longer, tmp_path, splits=splits, progress=False, stop_at_step=5)
+  assert train_classifier(changed, tmp_path, splits=splits, progress=False, allow_config_change=True)["steps"] == 8
 
 
 def test_gan_resume_with_a_changed_config_is_refused(tmp_path):
-  cfg, splits = _gan(tmp_path, epochs=2, log_every=2, checkpoint_every=2)
+  cfg, splits = _gan(epochs=2, log_every=2, checkpoint_every=2)
   with pytest.raises(Interrupted):
-    train_gan(cfg, splits=splits, progress=False, stop_at_step=2, log=quiet)
+    train_gan(cfg, tmp_path, splits=splits, progress=False, stop_at_step=2)
   with pytest.raises(ConfigError, match="train.gp_weight"):
     train_gan(
       dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gp_weight=1.0)),
+      tmp_path,
       splits=splits,
       progress=False,
-      log=quiet,
     )
 
 
@@ -331,18 +329,17 @@ def test_gan_epochs_and_batch_size_are_validated_before_writing(tmp_path):
   splits = Splits(split, split, split, 1, 1, "synthetic")
   base = GANExperimentConfig(
     name="g",
-    workdir=str(tmp_path / "g"),
     data=DataConfig(image_size=32, channels=1),
     gan=GANConfig(base_width=4, stages=3, channels=1),
     train=GANTrainConfig(epochs=1, batch_size=4, n_critic=2),
   )
   with_train = lambda **kw: dataclasses.replace(base, train=dataclasses.replace(base.train, **kw))
   with pytest.raises(ConfigError, match="train.epochs: expected a positive integer, got 0"):
-    train_gan(with_train(epochs=0), splits=splits, progress=False, log=quiet)
+    train_gan(with_train(epochs=0), tmp_path / "g", splits=splits, progress=False)
   with pytest.raises(ConfigError, match=r"train.batch_size: expected a positive integer, got -2$"):
-    train_gan(with_train(batch_size=-2), splits=splits, progress=False, log=quiet)
+    train_gan(with_train(batch_size=-2), tmp_path / "g", splits=splits, progress=False)
   with pytest.raises(ConfigError, match=r"train.batch_size x train.n_critic = 4 x 5 = 20 .* has 12"):
-    train_gan(with_train(n_critic=5), splits=splits, progress=False, log=quiet)
+    train_gan(with_train(n_critic=5), tmp_path / "g", splits=splits, progress=False)
   assert not (tmp_path / "g").exists()
 
 
@@ -373,9 +370,9 @@ class _UnlearnAfter(Defense):
 
 def test_best_test_release_keeps_the_best_epoch_and_resumes_exactly(tmp_path, splits):
   # 8 steps per epoch; the collapse starts in epoch 4 (measured: test acc 0.5, 1, 1, 0, 0).
-  run = lambda name, **kw: tiny(tmp_path / name, lr=0.2, epochs=5, batch_size=8, log_every=8, **kw)
+  run = lambda **kw: tiny(lr=0.2, epochs=5, batch_size=8, log_every=8, **kw)
   summary = train_classifier(
-    run("best", release="best_test"), splits=splits, defense=_UnlearnAfter(), progress=False, log=quiet
+    run(release="best_test"), tmp_path / "best", splits=splits, defense=_UnlearnAfter(), progress=False
   )
   tests = {l["epoch"]: l["test/acc"] for l in read_jsonl(tmp_path / "best" / "metrics.jsonl") if "test/acc" in l}
   best_epoch = int(max(tests, key=lambda e: (tests[e], -e)))
@@ -389,17 +386,17 @@ def test_best_test_release_keeps_the_best_epoch_and_resumes_exactly(tmp_path, sp
   for x, y in zip(jax.tree.leaves(released.variables["params"]), jax.tree.leaves(saved["params"])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # Resume exact: interrupted mid-epoch after the best epoch, the released model is the same.
-  cut = run("cut", release="best_test")
+  cut = run(release="best_test")
   with pytest.raises(Interrupted):
     train_classifier(
-      cut, splits=splits, defense=_UnlearnAfter(), progress=False, stop_at_step=8 * best_epoch + 3, log=quiet
+      cut, tmp_path / "cut", splits=splits, defense=_UnlearnAfter(), progress=False, stop_at_step=8 * best_epoch + 3
     )
   assert (
-    train_classifier(cut, splits=splits, defense=_UnlearnAfter(), progress=False, log=quiet)["released_epoch"]
+    train_classifier(cut, tmp_path / "cut", splits=splits, defense=_UnlearnAfter(), progress=False)["released_epoch"]
     == best_epoch
   )
   for x, y in zip(jax.tree.leaves(released.variables), jax.tree.leaves(load_classifier(tmp_path / "cut").variables)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # The default releases the last epoch, and says so.
-  last = train_classifier(run("last"), splits=splits, defense=_UnlearnAfter(), progress=False, log=quiet)
+  last = train_classifier(run(), tmp_path / "last", splits=splits, defense=_UnlearnAfter(), progress=False)
   assert last["released"] == "last" and last["natural_accuracy"] == tests[5.0]

@@ -114,18 +114,15 @@ def test_gan_training_resumes_exactly_and_loads(tmp_path):
 
   cfg = GANExperimentConfig(
     name="g",
-    workdir=str(tmp_path / "full"),
     data=DataConfig(image_size=32, channels=1),
     gan=GANConfig(base_width=4, stages=3, channels=1),
     train=GANTrainConfig(epochs=2, batch_size=8, n_critic=2, log_every=2, checkpoint_every=4),
   )
   splits = _tiny_splits()
-  quiet = lambda *a: None
-  train_gan(cfg, splits=splits, progress=False, log=quiet)
-  resumed = dataclasses.replace(cfg, workdir=str(tmp_path / "resumed"))
+  train_gan(cfg, tmp_path / "full", splits=splits, progress=False)
   with pytest.raises(Interrupted):
-    train_gan(resumed, splits=splits, progress=False, stop_at_step=5, log=quiet)
-  assert train_gan(resumed, splits=splits, progress=False, log=quiet)["resumed_from_step"] == 5
+    train_gan(cfg, tmp_path / "resumed", splits=splits, progress=False, stop_at_step=5)
+  assert train_gan(cfg, tmp_path / "resumed", splits=splits, progress=False)["resumed_from_step"] == 5
   a, b = load_gan(tmp_path / "full"), load_gan(tmp_path / "resumed")
   for x, y in zip(jax.tree.leaves((a.g_variables, a.d_variables)), jax.tree.leaves((b.g_variables, b.d_variables))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

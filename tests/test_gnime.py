@@ -17,7 +17,7 @@ from jaxmi import cli
 from jaxmi.attacks import expmi
 from jaxmi.experiments import gnime as gnime_run
 from jaxmi.defenses.gnime import GNIMEConfig, GNIMENets, gnime_losses, make_gnime_step, release, train_gnime
-from jaxmi.errors import ConfigError, NonFiniteError
+from jaxmi.errors import ConfigError, Interrupted, NonFiniteError
 from jaxmi.attacks.expmi import InverterConfig
 from jaxmi.metrics import image as image_metrics
 from jaxmi.nets import ModelConfig
@@ -255,7 +255,7 @@ def test_expmi_and_predmi_have_the_reference_layers_at_full_width_and_a_quarter_
     assert {n: s[-1] for n, s in quarter.items()} == {n: s[-1] if n == "out" else s[-1] // 4 for n, s in layers}
 
 
-QUIET = dict(progress=False, log=lambda *a: None)
+QUIET = dict(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -279,21 +279,20 @@ def classifiers(tmp_path_factory, cache_root, data_root):
       ClassifierConfig(
         name=name,
         role=role,
-        workdir=str(root / name),
         data=data,
         model=arch,
         optim=OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9),
         train=TrainConfig(epochs=4, batch_size=50),
       ),
+      root / name,
       **QUIET,
     )
   return root / "t", root / "ev"
 
 
-def tiny_run(classifiers, workdir, *, gnime_lr=1e-3, attacker_lr=1e-3, **kw):
+def tiny_run(classifiers, *, gnime_lr=1e-3, attacker_lr=1e-3, **kw):
   return gnime_run.GNIMERunConfig(
     name="g",
-    workdir=str(workdir),
     target=str(classifiers[0]),
     evaluator=str(classifiers[1]),
     method="grad",
@@ -323,8 +322,8 @@ def test_pipeline_trains_a_fresh_attacker_on_the_released_explanations(classifie
     return module, params, info
 
   monkeypatch.setattr(gnime_run, "train_inverter", spy)
-  cfg = tiny_run(classifiers, tmp_path / "g")
-  results = gnime_run.run_gnime(cfg, **quiet)
+  cfg = tiny_run(classifiers)
+  results = gnime_run.run_gnime(cfg, tmp_path / "g", **quiet)
   assert [c["name"] for c in calls] == [
     "attacker vs none",
     "attacker vs rnd",
@@ -345,7 +344,7 @@ def test_pipeline_trains_a_fresh_attacker_on_the_released_explanations(classifie
     assert 0 <= sc["tca"] <= 1 and np.isfinite(sc["ssim"]) and np.isfinite(sc["image_mse"])
   assert (tmp_path / "g" / "rows.png").stat().st_size > 0 and (tmp_path / "g" / "results.csv").exists()
   with pytest.raises(Exception, match="results.json: exists"):
-    gnime_run.run_gnime(cfg, **quiet)
+    gnime_run.run_gnime(cfg, tmp_path / "g", **quiet)
 
 
 @pytest.mark.slow  # uses the `classifiers` fixture (trained on real MNIST)
@@ -363,9 +362,8 @@ def test_explanation_batches_are_padded_and_masked_so_gnime_grad_cam_pools_over_
 
 @pytest.mark.slow  # six short pipeline runs
 def test_gnime_resumes_after_interruptions_and_matches_an_uninterrupted_run(classifiers, tmp_path):
-  full = gnime_run.run_gnime(tiny_run(classifiers, tmp_path / "full"), **QUIET)
-  cfg = tiny_run(classifiers, tmp_path / "cut")
-  work = tmp_path / "cut"
+  full = gnime_run.run_gnime(tiny_run(classifiers), tmp_path / "full", **QUIET)
+  cfg, work = tiny_run(classifiers), tmp_path / "cut"
   runs = []
 
   def hook(at):
@@ -380,13 +378,14 @@ def test_gnime_resumes_after_interruptions_and_matches_an_uninterrupted_run(clas
 
   # Killed inside GNIME, inside an attacker, between two evaluations, and after an attacker finished.
   for at in [("gnime", 1), ("attacker vs rnd", 1), ("evaluation vs rnd", 0), ("attacker vs gnime", 2)]:
-    with pytest.raises(KeyboardInterrupt, match="run the same command again to resume"):
-      gnime_run.run_gnime(cfg, stop=hook(at), **QUIET)
+    with pytest.raises(Interrupted, match="run the same command again to resume") as stopped:
+      gnime_run.run_gnime(cfg, work, stop=hook(at), **QUIET)
+    assert stopped.value.step == at[1]  # the epoch (0 for an evaluation) it stopped after
     assert not (work / "results.json").exists() and not (work / "results.csv").exists()
   # A changed config is refused before anything is loaded; a changed rows count is not a change.
   with pytest.raises(ConfigError, match=r"config.json: the config differs .* in gnime\.a;"):
-    gnime_run.run_gnime(dataclasses.replace(cfg, gnime=dataclasses.replace(cfg.gnime, a=5.0)), **QUIET)
-  resumed = gnime_run.run_gnime(dataclasses.replace(cfg, rows=2), stop=hook(None), **QUIET)
+    gnime_run.run_gnime(dataclasses.replace(cfg, gnime=dataclasses.replace(cfg.gnime, a=5.0)), work, **QUIET)
+  resumed = gnime_run.run_gnime(dataclasses.replace(cfg, rows=2), work, stop=hook(None), **QUIET)
 
   assert runs[0] == [("gnime", 1)]
   # Each rerun continues where the last stopped: finished epochs, attackers and evaluations are not redone.
@@ -453,9 +452,9 @@ def test_a_diverging_attacker_or_gnime_raises_instead_of_reporting_and_saves_not
 @pytest.mark.slow  # uses the `classifiers` fixture (trained on real MNIST)
 def test_a_diverging_gnime_stops_the_run_before_any_result(classifiers, tmp_path):
   # Before: GNIME's NaN generator released NaN explanations and the run reported a TCA next to NaN SSIM.
-  cfg = tiny_run(classifiers, tmp_path / "g", gnime_lr=1e10)
+  cfg = tiny_run(classifiers, gnime_lr=1e10)
   with pytest.raises(NonFiniteError, match=r"^\[gnime\] non-finite \w+ at epoch \d+ \(step \d+\); nothing saved") as e:
-    gnime_run.run_gnime(cfg, **QUIET)
+    gnime_run.run_gnime(cfg, tmp_path / "g", **QUIET)
   bad_epoch = int(re.search(r"at epoch (\d+)", str(e.value)).group(1))
   assert not list((tmp_path / "g").glob("results.*")) and not list((tmp_path / "g" / "state").glob("eval_*"))
   # Only the epochs before the bad one were checkpointed (checkpoint_every=1): the newest checkpoint is good.
@@ -478,9 +477,8 @@ def test_bad_sizes_are_one_line_errors_before_any_work(tmp_path, capsys, overrid
   config = tmp_path / "gnime_cfg.py"
   config.write_text(
     "from jaxmi.experiments.gnime import GNIMERunConfig\n\n\ndef get_config():\n"
-    f"  return GNIMERunConfig(workdir={str(tmp_path / 'run')!r}, target={str(tmp_path / 'no_t')!r}, "
-    f"evaluator={str(tmp_path / 'no_ev')!r})\n"
+    f"  return GNIMERunConfig(target={str(tmp_path / 'no_t')!r}, evaluator={str(tmp_path / 'no_ev')!r})\n"
   )
-  assert cli.main(["gnime", "--config", str(config), override]) == 2
+  assert cli.main(["gnime", "--config", str(config), "--workdir", str(tmp_path / "run"), override]) == 2
   assert capsys.readouterr().err.splitlines() == [f"jaxmi: error: {message}"]
   assert not (tmp_path / "run").exists()

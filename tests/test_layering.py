@@ -19,7 +19,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxmi"
 
 LAYERS = (
   ("jaxmi", "jaxmi.errors"),  # the package root holds only the version; errors import nothing
-  ("jaxmi.config", "jaxmi.parallel", "jaxmi.records", "jaxmi.workdir"),  # utilities: import only jaxmi.errors
+  (
+    "jaxmi.config",
+    "jaxmi.parallel",
+    "jaxmi.plots",
+    "jaxmi.records",
+    "jaxmi.workdir",
+  ),  # utilities: import only jaxmi.errors
   ("jaxmi.data",),
   ("jaxmi.nets",),
   ("jaxmi.train",),

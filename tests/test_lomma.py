@@ -89,7 +89,7 @@ def test_distillation_step_labels_the_augmented_batch_with_the_teacher():
   image_shape = (12, 12, 1)
   teacher_module = _Teacher()
   teacher_vars = teacher_module.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)))
-  teacher = Classifier(teacher_module, teacher_vars, ClassifierConfig(workdir="teacher"), 4, image_shape)
+  teacher = Classifier(teacher_module, teacher_vars, ClassifierConfig(), 4, image_shape, workdir="teacher")
   student = build_classifier(ModelConfig(arch="cnn", width=4, feature_dim=8), 4)
   variables = init_variables(student, jax.random.PRNGKey(1), image_shape)
   defense = Distillation.of(teacher)
@@ -132,18 +132,12 @@ def test_distill_prepares_data_where_the_config_says(tmp_path, cache_root, data_
   )
   model = ModelConfig(arch="cnn", width=4, feature_dim=8)
   train = TrainConfig(epochs=1, batch_size=20, log_every=2)
-  quiet = dict(progress=False, log=lambda *a: None)
   train_classifier(
     ClassifierConfig(
-      name="t",
-      role="target",
-      workdir=str(tmp_path / "t"),
-      data=data,
-      model=model,
-      optim=OptimConfig(learning_rate=0.05),
-      train=train,
+      name="t", role="target", data=data, model=model, optim=OptimConfig(learning_rate=0.05), train=train
     ),
-    **quiet,
+    tmp_path / "t",
+    progress=False,
   )
   seen = []
   monkeypatch.setattr(distill_lib, "load_splits", lambda cfg: seen.append(cfg) or load_splits(data))
@@ -151,13 +145,12 @@ def test_distill_prepares_data_where_the_config_says(tmp_path, cache_root, data_
   student = ClassifierConfig(
     name="s",
     role="surrogate",
-    workdir=str(tmp_path / "s"),
     data=own,
     model=model,
     optim=OptimConfig(learning_rate=0.05),
     train=dataclasses.replace(train, augment=AugmentConfig(hflip=True, max_shift=2)),
   )
-  summary = distill_lib.distill_surrogate(student, str(tmp_path / "t"), **quiet)
+  summary = distill_lib.distill_surrogate(student, tmp_path / "s", str(tmp_path / "t"), progress=False)
   assert [(c.cache_dir, c.data_dir) for c in seen] == [(own.cache_dir, own.data_dir)]
   assert dataclasses.replace(seen[0], cache_dir=None, data_dir=None) == data
   assert summary["config"]["data"]["cache_dir"] == own.cache_dir and 0 <= summary["public_agreement"] <= 1

@@ -41,7 +41,6 @@ def write_attack(
   inversion = dataclasses.replace(InversionConfig(seed=seed), **attack.get("inversion", {}))
   cfg = AttackConfig(
     name=workdir,
-    workdir=str(root / workdir),
     target=str(root / target),
     inversion=inversion,
     **{k: v for k, v in attack.items() if k != "inversion"},

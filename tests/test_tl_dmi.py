@@ -12,7 +12,7 @@ import pytest
 from jaxmi import cli
 from jaxmi.data import DataConfig, load_splits
 from jaxmi.defenses import TransferLearning, layer_groups
-from jaxmi.experiments.defend import DefendConfig, defend, public_pretraining
+from jaxmi.experiments.defend import PRETRAIN_DIR, DefendConfig, defend, public_pretraining
 from jaxmi.errors import ConfigError
 from jaxmi.metrics.fisher import layer_fisher
 from jaxmi.nets import VGG, ModelConfig, build_classifier, init_variables
@@ -24,14 +24,12 @@ DATA = DataConfig(
   dataset="mnist", image_size=32, channels=1, private_ids=(0, 1, 2, 3, 4), public_ids=(5, 6, 7, 8, 9), max_per_class=200
 )
 MODEL = ModelConfig(arch="cnn", width=8, feature_dim=32)
-QUIET = dict(progress=False, log=lambda *a: None)
 
 
-def target_config(tmp_path, name="target", epochs=2) -> ClassifierConfig:
+def target_config(name="target", epochs=2) -> ClassifierConfig:
   return ClassifierConfig(
     name=name,
     role="target",
-    workdir=str(tmp_path / name),
     data=DATA,
     model=MODEL,
     optim=OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=1e-3),
@@ -91,15 +89,15 @@ def test_freezing_every_vgg_conv_still_trains_the_bn1d_before_the_head():
 @pytest.mark.slow  # trains on real MNIST end to end
 def test_frozen_layers_keep_parameters_and_statistics_while_the_rest_trains(tmp_path, cache_root, data_root):
   splits = load_splits(DATA)
-  public = public_pretraining(target_config(tmp_path), name="public", workdir=str(tmp_path / "public"))
+  public = public_pretraining(target_config(), name="public")
   assert set(public.data.private_ids) == {5, 6, 7, 8, 9} and public.data.public_ids == ()
-  train_classifier(public, **QUIET)
+  train_classifier(public, tmp_path / "public", progress=False)
   before = load_classifier(tmp_path / "public").variables
 
   def finetune(name, defense):
-    cfg = target_config(tmp_path, name, epochs=1)
+    cfg = target_config(name, epochs=1)
     cfg = ClassifierConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "public"), "init_head": False})
-    summary = train_classifier(cfg, splits=splits, defense=defense, **QUIET)
+    summary = train_classifier(cfg, tmp_path / name, splits=splits, defense=defense, progress=False)
     return summary, load_classifier(tmp_path / name).variables
 
   summary, after = finetune("tl", TransferLearning(frozen_layers=2))
@@ -120,29 +118,33 @@ def test_frozen_layers_keep_parameters_and_statistics_while_the_rest_trains(tmp_
   assert not np.allclose(drifted["batch_stats"]["bn0"]["mean"], before["batch_stats"]["bn0"]["mean"])
   # TL-DMI without pretrained weights is refused before anything is written.
   with pytest.raises(ConfigError, match="tl_dmi: needs pretrained weights"):
-    train_classifier(target_config(tmp_path, "no_init"), splits=splits, defense=TransferLearning(), **QUIET)
+    train_classifier(
+      target_config("no_init"), tmp_path / "no_init", splits=splits, defense=TransferLearning(), progress=False
+    )
   assert not (tmp_path / "no_init").exists()
 
 
 @pytest.mark.slow  # trains on real MNIST end to end
 def test_defend_command_pretrains_on_public_data_then_fine_tunes(tmp_path, cache_root, data_root, monkeypatch):
-  target = target_config(tmp_path, "defended", epochs=1)
-  pretrain = public_pretraining(target, name="pre", workdir=str(tmp_path / "pre"), epochs=1)
+  target = target_config("defended", epochs=1)
+  pretrain = public_pretraining(target, name="pre", epochs=1)
   cfg = DefendConfig(target=target, pretrain=pretrain, defense=TransferLearning(frozen_layers=1))
-  leaking = DefendConfig(target=target, pretrain=target_config(tmp_path, "pre2"), defense=TransferLearning())
+  leaking = DefendConfig(target=target, pretrain=target_config("pre2"), defense=TransferLearning())
   with pytest.raises(ConfigError, match="overlap the target's private identities"):
-    defend(leaking, **QUIET)
-  summary = defend(cfg, **QUIET)
-  pre = json.loads((tmp_path / "pre" / "summary.json").read_text())
+    defend(leaking, tmp_path / "defended", progress=False)
+  summary = defend(cfg, tmp_path / "defended", progress=False)
+  # The first stage lives in <workdir>/pretrain, and the defended target starts from it.
+  pre_dir = tmp_path / "defended" / PRETRAIN_DIR
+  pre = json.loads((pre_dir / "summary.json").read_text())
   assert pre["config"]["data"]["private_ids"] == [5, 6, 7, 8, 9]
-  assert summary["config"]["init_from"] == str(tmp_path / "pre") and summary["defense"] == "tl_dmi"
+  assert summary["config"]["init_from"] == str(pre_dir) and summary["defense"] == "tl_dmi"
   assert summary["defense_config"]["frozen_layers"] == 1 and np.isfinite(summary["natural_accuracy"])
 
 
 @pytest.mark.slow  # trains on real MNIST first
 def test_fisher_of_the_head_matches_its_closed_form(tmp_path, cache_root, data_root, capsys):
-  cfg = target_config(tmp_path, "fisher_model", epochs=1)
-  train_classifier(cfg, **QUIET)
+  cfg = target_config("fisher_model", epochs=1)
+  train_classifier(cfg, tmp_path / "fisher_model", progress=False)
   clf = load_classifier(tmp_path / "fisher_model")
   split = load_splits(DATA).private_test
   rows = {r["layer"]: r for r in layer_fisher(clf, split, max_examples=100, batch_size=32)}

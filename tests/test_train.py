@@ -34,10 +34,9 @@ def mnist_small(cache_root, data_root):
   return load_splits(SMALL_MNIST)
 
 
-def small_config(workdir, **train) -> ClassifierConfig:
+def small_config(**train) -> ClassifierConfig:
   return ClassifierConfig(
     name="t",
-    workdir=str(workdir),
     data=SMALL_MNIST,
     model=ModelConfig(arch="cnn", width=8, feature_dim=32),
     optim=OptimConfig(name="sgd", learning_rate=0.05, schedule="cosine"),
@@ -45,13 +44,9 @@ def small_config(workdir, **train) -> ClassifierConfig:
   )
 
 
-def quiet(*args):
-  pass
-
-
 @pytest.mark.slow  # trains on real MNIST end to end
 def test_target_learns_the_private_digits(tmp_path, mnist_small):
-  summary = train_classifier(small_config(tmp_path, epochs=3), splits=mnist_small, progress=False, log=quiet)
+  summary = train_classifier(small_config(epochs=3), tmp_path, splits=mnist_small, progress=False)
   # 1000 training images, 60 steps: chance is 20%; a working pipeline is far above it.
   assert summary["natural_accuracy"] >= 0.90, summary["natural_accuracy"]
   assert summary["test_images"] == len(mnist_small.private_test) and summary["num_classes"] == 5
@@ -63,15 +58,14 @@ def test_target_learns_the_private_digits(tmp_path, mnist_small):
 
 @pytest.mark.slow  # two real-MNIST trainings; the fast tier resumes on synthetic data (test_faults.py)
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, mnist_small):
-  full = small_config(tmp_path / "full")
-  interrupted = small_config(tmp_path / "resumed")
-  train_classifier(full, splits=mnist_small, progress=False, log=quiet)
+  cfg = small_config()
+  train_classifier(cfg, tmp_path / "full", splits=mnist_small, progress=False)
   # Stop mid-epoch and between checkpoint intervals: resume must not depend on where it stopped.
   with pytest.raises(Interrupted, match="interrupted at step 17") as stopped:
-    train_classifier(interrupted, splits=mnist_small, progress=False, stop_at_step=17, log=quiet)
+    train_classifier(cfg, tmp_path / "resumed", splits=mnist_small, progress=False, stop_at_step=17)
   assert stopped.value.step == 17
   lines_before = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
-  summary = train_classifier(interrupted, splits=mnist_small, progress=False, log=quiet)
+  summary = train_classifier(cfg, tmp_path / "resumed", splits=mnist_small, progress=False)
   assert summary["resumed_from_step"] == 17 and summary["steps"] == 40
   a, b = load_classifier(tmp_path / "full"), load_classifier(tmp_path / "resumed")
   for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
@@ -83,8 +77,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, mnist_smal
 @pytest.mark.slow  # the resume test's guard, on real MNIST
 def test_a_different_seed_gives_different_parameters(tmp_path, mnist_small):
   # Guards the resume test against passing trivially (e.g. nothing trained at all).
-  train_classifier(small_config(tmp_path / "a", epochs=1), splits=mnist_small, progress=False, log=quiet)
-  train_classifier(small_config(tmp_path / "b", epochs=1, seed=3), splits=mnist_small, progress=False, log=quiet)
+  train_classifier(small_config(epochs=1), tmp_path / "a", splits=mnist_small, progress=False)
+  train_classifier(small_config(epochs=1, seed=3), tmp_path / "b", splits=mnist_small, progress=False)
   a, b = load_classifier(tmp_path / "a"), load_classifier(tmp_path / "b")
   assert not np.array_equal(
     np.asarray(a.variables["params"]["head"]["fc"]["kernel"]), np.asarray(b.variables["params"]["head"]["fc"]["kernel"])
@@ -93,18 +87,18 @@ def test_a_different_seed_gives_different_parameters(tmp_path, mnist_small):
 
 @pytest.mark.slow  # a real-MNIST training first
 def test_checkpoint_of_another_architecture_is_refused_and_kept(tmp_path, mnist_small):
-  train_classifier(small_config(tmp_path, epochs=1), splits=mnist_small, progress=False, log=quiet)
+  train_classifier(small_config(epochs=1), tmp_path, splits=mnist_small, progress=False)
   before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-  other = dataclasses.replace(small_config(tmp_path, epochs=2), model=ModelConfig(arch="resnet", width=8, blocks=(1,)))
+  other = dataclasses.replace(small_config(epochs=2), model=ModelConfig(arch="resnet", width=8, blocks=(1,)))
   with pytest.raises(CheckpointError) as e:
-    train_classifier(other, splits=mnist_small, progress=False, log=quiet)
+    train_classifier(other, tmp_path, splits=mnist_small, progress=False)
   assert "arch=cnn" in str(e.value) and "arch=resnet" in str(e.value) and "\n" not in str(e.value)
   after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
   assert after == before
   # Same architecture, different shapes (width) is refused too, naming a parameter.
-  wider = dataclasses.replace(small_config(tmp_path, epochs=2), model=ModelConfig(arch="cnn", width=16, feature_dim=32))
+  wider = dataclasses.replace(small_config(epochs=2), model=ModelConfig(arch="cnn", width=16, feature_dim=32))
   with pytest.raises(CheckpointError, match="arch=cnn, width=8"):
-    train_classifier(wider, splits=mnist_small, progress=False, log=quiet)
+    train_classifier(wider, tmp_path, splits=mnist_small, progress=False)
 
 
 def test_train_step_compiles_once_and_never_again(mnist_small):
@@ -166,13 +160,9 @@ def test_defense_protocol_is_abstract_or_final():
 
 
 def test_defense_hook_adds_its_term(tmp_path, mnist_small):
-  plain = train_classifier(small_config(tmp_path / "plain", epochs=1), splits=mnist_small, progress=False, log=quiet)
+  plain = train_classifier(small_config(epochs=1), tmp_path / "plain", splits=mnist_small, progress=False)
   defended = train_classifier(
-    small_config(tmp_path / "defended", epochs=1),
-    splits=mnist_small,
-    defense=_WeightPenalty(),
-    progress=False,
-    log=quiet,
+    small_config(epochs=1), tmp_path / "defended", splits=mnist_small, defense=_WeightPenalty(), progress=False
   )
   assert defended["defense"] == "l2_head" and plain["defense"] == "none"
   norm = lambda w: float(jnp.sum(load_classifier(w).variables["params"]["head"]["fc"]["kernel"] ** 2))

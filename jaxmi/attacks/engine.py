@@ -26,7 +26,8 @@ chunks.
 
 Long attacks are resumable: with an ``AttackState`` (``jaxmi.attacks.resume``) each chunk's carry
 is saved every ``checkpoint_every`` steps and its outputs when it finishes, and a rerun continues
-from there with exactly the uninterrupted result. The loss terms are checked for NaN/inf each time
+from there with exactly the uninterrupted result; Ctrl-C saves the current chunk's carry at the end of its log
+interval and raises ``Interrupted``. The loss terms are checked for NaN/inf each time
 they leave the device (once per log interval), the carry before it is saved and the outputs at the
 end: a diverged run raises ``NonFiniteError`` naming the step and the quantity, and nothing is
 saved from a non-finite state.
@@ -44,6 +45,7 @@ the CelebA protocol) to keep the reference dynamics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from typing import Any, NamedTuple, Sequence
@@ -55,8 +57,9 @@ import optax
 
 from jaxmi import parallel
 from jaxmi.attacks.terms import Forward, Latent, LossTerm
-from jaxmi.errors import ConfigError, NonFiniteError
+from jaxmi.errors import ConfigError, Interrupted, NonFiniteError
 from jaxmi.nets.resize import resize_to
+from jaxmi.train.interrupt import StopOnInterrupt
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SELECT_BY = ("logit", "probability")
@@ -292,7 +295,7 @@ class Inverter:
 
   def loss(self, params, label, key, variables, terms):
     """(total loss / reference_batch, {term name: weighted term}) of one latent; ``terms`` as ``self.terms``
-    (the same pytrees, their arrays as arguments)."""
+    (passed in so their arrays enter the program as arguments)."""
     z = self.latent.sample(params, key)
     f = self._forward(variables, z)
     parts = {t.name: t.weight * t(f, label) for t in terms}
@@ -354,52 +357,10 @@ class Inverter:
     logits = module.apply(tvars, resize_to(images, shape), train=False).logits
     return z, images, logits
 
-  # -- chunk size ------------------------------------------------------------------------------
-  def _chunk_for(self, total: int, mesh, compute_vars, compute_terms, block: int, rolled: bool) -> int:
-    """Latents per chunk: a multiple of the device count, at most ``max_batch`` or what fits memory."""
-    n_dev = mesh.size
-    needed = -(-total // n_dev) * n_dev
-    if self.execution.max_batch:
-      return min(needed, max(n_dev, self.execution.max_batch // n_dev * n_dev))
-    return min(needed, self.fitting_chunk(mesh, compute_vars, compute_terms, block, rolled))
-
-  def fitting_chunk(self, mesh, compute_vars, compute_terms, block: int, rolled: bool = False) -> int:
-    """The largest chunk whose compiled step program fits ``memory_budget_gb`` per device.
-
-    XLA's own memory analysis of the program (``parallel.program_bytes``) at two probe sizes
-    gives bytes per latent; the budget divided by it,
-    less the fixed part (replicated network variables), is the chunk.
-    """
-    n_dev = mesh.size
-    budget = parallel.memory_budget_bytes(mesh, self.execution.memory_budget_gb)
-    row = parallel.rows(mesh)
-
-    def bytes_per_device(n: int) -> float:
-      keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=row)
-      vec = lambda dtype: jax.ShapeDtypeStruct((n,), dtype, sharding=row)
-      # Lowered and compiled ahead of time: not an entry of the jit cache, so not counted as a compilation.
-      compiled = self.segment.lower(
-        self._abstract_carry(n, mesh),
-        compute_vars,
-        compute_terms,
-        vec(jnp.int32),
-        keys,
-        vec(jnp.float32),
-        num_steps=block,
-        rolled=rolled,
-      ).compile()
-      return parallel.program_bytes(compiled)
-
-    small, large = 4 * n_dev, 8 * n_dev
-    at_small, at_large = bytes_per_device(small), bytes_per_device(large)
-    per_latent = max((at_large - at_small) / (large - small), 1.0)  # per latent of the chunk (all devices)
-    fixed = at_small - per_latent * small
-    return max(n_dev, int((budget - fixed) / per_latent) // n_dev * n_dev)
-
   # -- host driver ---------------------------------------------------------------------------
   def run(
     self, variables: dict, labels: Sequence[int], *, progress=None, state=None, stop_at_step: int | None = None
-  ) -> "InversionResult | None":
+  ) -> "InversionResult":
     """Inverts each class in ``labels`` (target class indices) with ``inversion.restarts`` restarts.
 
     Args:
@@ -410,15 +371,21 @@ class Inverter:
       stop_at_step: for tests, see below.
 
     Returns:
-      The ``InversionResult`` (with ``stats``, a ``RunStats``), or None when stopped by ``stop_at_step``.
+      The ``InversionResult`` (with ``stats``, a ``RunStats``).
+
+    Raises:
+      Interrupted: stopped by Ctrl-C or ``stop_at_step`` (see below); ``.step`` = chunk index * steps + step.
+      NonFiniteError: a NaN/inf loss, carry or output (see below).
 
     Latents are sharded over ``execution.devices`` devices (network variables replicated); every
     process of a multi-host run calls this with the same arguments and gets the whole result.
 
     ``state``: each chunk's carry is saved every ``execution.checkpoint_every``
     steps (at the end of a log interval) and its outputs when it finishes; what it holds is
-    resumed, giving exactly the uninterrupted run's result. ``stop_at_step`` returns None once
-    chunk index * steps + step reaches it, as a kill would there (for tests).
+    resumed, giving exactly the uninterrupted run's result. With a state, Ctrl-C stops the run at
+    the end of the current log interval (a second one at once): the chunk's carry is saved there
+    and ``Interrupted`` raised. ``stop_at_step`` raises ``Interrupted`` once chunk index * steps +
+    step reaches it, without saving more, as a kill would there (for tests).
 
     Every log interval the loss terms are checked on the host (they leave the device then anyway),
     every saved carry and the final latents, images and logits too: a non-finite value raises
@@ -426,10 +393,8 @@ class Inverter:
     """
     cfg, run = self.cfg, self.execution
     labels = np.asarray(labels, np.int32)
-    num_ids, restarts = len(labels), cfg.restarts
-    total = num_ids * restarts
     mesh = parallel.latent_mesh(run.devices)
-    row, rep = parallel.rows(mesh), parallel.replicated(mesh)
+    rep = parallel.replicated(mesh)
     variables = parallel.put_tree(variables, rep)
     compute_vars = cast_floats(variables, self.dtype)
     # The terms' arrays (LOMMA's p_reg) enter at the networks' compute dtype, as they always have.
@@ -437,136 +402,219 @@ class Inverter:
     compiled_before = self.segment._cache_size()  # new jit cache entries = compilations of the step program
 
     seg, block, rolled = plan(run, cfg.steps, mesh.devices.flat[0].platform)
-    segments = [seg] * (cfg.steps // seg)
-    chunk = self._chunk_for(total, mesh, compute_vars, compute_terms, block, rolled)
-    lay = Layout.of(labels, restarts, cfg.seed, chunk)
-    num_chunks, flat_labels, mask, keys, where = lay.num_chunks, lay.flat_labels, lay.mask, lay.keys, lay.where
+    chunk = chunk_size(self, len(labels) * cfg.restarts, mesh, compute_vars, compute_terms, block, rolled)
+    lay = Layout.of(labels, cfg.restarts, cfg.seed, chunk)
     if state is not None:
-      state.bind_layout(
-        {
-          "latents per chunk": chunk,
-          "chunks": num_chunks,
-          "devices": mesh.size,
-          "steps per call": block,
-          "log interval": seg,
-          "rolled": rolled,
-        }
-      )
-    abstract = jax.tree.leaves(self._abstract_carry(chunk, mesh))
-    param_def = jax.tree.structure(self._abstract_carry(chunk, mesh)[0])
-    bad_rows_of = lambda tree: bad_rows(tree, chunk)
+      layout = {"latents per chunk": chunk, "chunks": lay.num_chunks, "devices": mesh.size}
+      state.bind_layout({**layout, "steps per call": block, "log interval": seg, "rolled": rolled})
+    abstract = self._abstract_carry(chunk, mesh)
+    r = _Run(self, mesh, variables, compute_vars, compute_terms, seg, block, rolled, lay, abstract, state, progress)
+    chunks = []
+    # Ctrl-C sets a flag read at the end of each log interval (a donated carry is never left half-updated);
+    # without a state there is nothing to save, so it interrupts at once.
+    with StopOnInterrupt() if state is not None else contextlib.nullcontext(StopOnInterrupt()) as stop:
+      for c in range(lay.num_chunks):
+        if stop.requested:
+          raise interrupted(c, 0, cfg.steps, state)
+        chunks.append(invert_chunk(r, c, stop, stop_at_step))
+    stats = RunStats(
+      compilations=self.segment._cache_size() - compiled_before,
+      steps_run=r.steps_run,
+      devices=mesh.size,
+      chunk_size=chunk,
+    )
+    return r.result(*zip(*chunks), stats)
 
-    history = np.zeros((num_chunks, cfg.steps), np.float32)
-    history_parts: dict[str, np.ndarray] = {}
-    outs, params_out, base_outs = [], [], []
-    steps_run = 0
-    for c in range(num_chunks):
-      sl = slice(c * chunk, (c + 1) * chunk)
-      chunk_keys, chunk_labels, chunk_mask = (parallel.put(a[sl], row) for a in (keys, flat_labels, mask))
-      n_real = min(chunk, total - c * chunk)
-      final_keys = jax.vmap(lambda k: jax.random.fold_in(k, cfg.steps))(chunk_keys)  # steps used 0..steps-1
-      carry = self.start(chunk_keys, mesh)
-      # The prior baseline: the initial latents, evaluated exactly as the optimised ones are.
-      base_outs.append(parallel.to_host(self.finish(carry[0], final_keys, variables)))
-      saved = state.load(c) if state is not None else None
-      done = 0
-      if saved is not None:
-        done = int(saved["step"])
-        for k in [k[5:] for k in saved if k.startswith("hist_")]:
-          history_parts.setdefault(k, np.zeros((num_chunks, cfg.steps), np.float32))[c, :done] = saved["hist_" + k]
-        history[c, :done] = saved["history"]
-        if progress is not None:
-          progress(done * n_real, {})
-        if bool(saved["done"]):
-          outs.append(tuple(saved[k] for k in ("out_z", "out_images", "out_logits")))
-          params_out.append(jax.tree.unflatten(param_def, [saved[f"param_{k}"] for k in range(param_def.num_leaves)]))
-          continue
-        carry = jax.tree.unflatten(
-          jax.tree.structure(carry), [parallel.put(saved[f"carry_{k}"], a.sharding) for k, a in enumerate(abstract)]
-        )
 
-      def save(done_flag: bool, extra: dict) -> None:
-        arrays = {
-          "step": np.int64(done),
-          "done": np.bool_(done_flag),
-          "history": history[c, :done],
-          **{"hist_" + k: v[c, :done] for k, v in history_parts.items()},
-          **extra,
-        }
-        state.save(c, arrays)
+def interrupted(c: int, done: int, steps: int, state) -> Interrupted:
+  """The ``Interrupted`` of a run stopped after step ``done`` of chunk ``c``; ``.step`` is c * steps + done."""
+  kept = "no attack state kept (execution.checkpoint_every=0)" if state is None else f"state in {state.directory}"
+  return Interrupted(
+    f"interrupted at step {done} of chunk {c}; {kept}; run the same command again to resume", c * steps + done
+  )
 
-      for n in segments[done // seg :]:
-        blocks = []
-        for _ in range(n // block):
-          carry, parts = self.segment(
-            carry, compute_vars, compute_terms, chunk_labels, chunk_keys, chunk_mask, num_steps=block, rolled=rolled
-          )
-          blocks.append(parts)
-        # once per segment (the log interval): the losses of its steps leave the device
-        parts = parallel.to_host(jax.tree.map(lambda *b: jnp.concatenate(b), *blocks))
-        for k, v in parts.items():
-          if not np.all(np.isfinite(v)):
-            step = done + int(np.argmin(np.isfinite(v))) + 1
-            bad = bad_rows_of(parallel.to_host(carry[0]))
-            raise NonFiniteError(f"non-finite {k} loss at step {step}{where(c, bad)}")
-        for k, v in parts.items():
-          history_parts.setdefault(k, np.zeros((num_chunks, cfg.steps), np.float32))[c, done : done + n] = v
-        history[c, done : done + n] = sum(parts.values())
-        done += n
-        steps_run += n
-        if progress is not None:
-          progress(n * n_real, {k: float(v[-1]) for k, v in parts.items()})
-        every = run.checkpoint_every
-        if state is not None and every and done < cfg.steps and done // every > (done - n) // every:
-          host = parallel.to_host(carry)
-          bad = bad_rows_of(host)
-          if bad.any() or not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host) if not np.ndim(x)):
-            raise NonFiniteError(f"non-finite latents or optimiser state at step {done}{where(c, bad)}")
-          save(False, {f"carry_{k}": x for k, x in enumerate(jax.tree.leaves(host))})
-        if stop_at_step is not None and c * cfg.steps + done >= stop_at_step:
-          return None
-      out = parallel.to_host(self.finish(carry[0], final_keys, variables))
-      params = parallel.to_host(carry[0])
-      for name, x in (("latents", params), ("latents", out[0]), ("images", out[1]), ("target logits", out[2])):
-        bad = bad_rows_of(x)
-        if bad[:n_real].any():
-          raise NonFiniteError(f"non-finite final {name} after step {cfg.steps}{where(c, bad)}")
-      outs.append(out)
-      params_out.append(params)
-      if state is not None:
-        save(
-          True,
-          {
-            "out_z": out[0],
-            "out_images": out[1],
-            "out_logits": out[2],
-            **{f"param_{k}": x for k, x in enumerate(jax.tree.leaves(params))},
-          },
-        )
-    weights = mask.reshape(num_chunks, chunk).sum(1)
+
+def chunk_size(inv: Inverter, total: int, mesh, compute_vars, compute_terms, block: int, rolled: bool) -> int:
+  """Latents per chunk: a multiple of the device count, at most ``max_batch`` or what fits memory."""
+  n_dev, max_batch = mesh.size, inv.execution.max_batch
+  needed = -(-total // n_dev) * n_dev
+  if max_batch:
+    return min(needed, max(n_dev, max_batch // n_dev * n_dev))
+  return min(needed, fitting_chunk(inv, mesh, compute_vars, compute_terms, block, rolled))
+
+
+def fitting_chunk(inv: Inverter, mesh, compute_vars, compute_terms, block: int, rolled: bool = False) -> int:
+  """The largest chunk whose compiled step program fits ``memory_budget_gb`` per device.
+
+  XLA's own memory analysis of the program (``parallel.program_bytes``) at two probe sizes
+  gives bytes per latent; the budget divided by it,
+  less the fixed part (replicated network variables), is the chunk.
+  """
+  n_dev = mesh.size
+  budget = parallel.memory_budget_bytes(mesh, inv.execution.memory_budget_gb)
+  row = parallel.rows(mesh)
+
+  def bytes_per_device(n: int) -> float:
+    keys = jax.ShapeDtypeStruct((n, 2), jnp.uint32, sharding=row)
+    vec = lambda dtype: jax.ShapeDtypeStruct((n,), dtype, sharding=row)
+    # Lowered and compiled ahead of time: not an entry of the jit cache, so not counted as a compilation.
+    compiled = inv.segment.lower(
+      inv._abstract_carry(n, mesh),
+      compute_vars,
+      compute_terms,
+      vec(jnp.int32),
+      keys,
+      vec(jnp.float32),
+      num_steps=block,
+      rolled=rolled,
+    ).compile()
+    return parallel.program_bytes(compiled)
+
+  small, large = 4 * n_dev, 8 * n_dev
+  at_small, at_large = bytes_per_device(small), bytes_per_device(large)
+  per_latent = max((at_large - at_small) / (large - small), 1.0)  # per latent of the chunk (all devices)
+  fixed = at_small - per_latent * small
+  return max(n_dev, int((budget - fixed) / per_latent) // n_dev * n_dev)
+
+
+@dataclasses.dataclass
+class _Run:
+  """One ``Inverter.run``: what every chunk needs, and the loss history (host arrays) filled chunk by chunk."""
+
+  inv: Inverter
+  mesh: Any
+  variables: Any  # float32, replicated over the mesh (for the final images)
+  compute_vars: Any  # in the networks' compute dtype (for the steps)
+  compute_terms: tuple
+  seg: int  # steps per log interval
+  block: int  # steps per compiled call
+  rolled: bool
+  lay: Layout
+  abstract: Any  # the carry of a chunk as shapes with shardings
+  state: Any  # resume.AttackState or None
+  progress: Any
+  steps_run: int = 0
+
+  def __post_init__(self):
+    self.history = np.zeros((self.lay.num_chunks, self.inv.cfg.steps), np.float32)  # total loss per step
+    self.history_parts: dict[str, np.ndarray] = {}  # each term's
+
+  def part(self, name: str) -> np.ndarray:
+    return self.history_parts.setdefault(name, np.zeros((self.lay.num_chunks, self.inv.cfg.steps), np.float32))
+
+  def result(self, base_outs, outs, params_out, stats: RunStats) -> "InversionResult":
+    """The ``InversionResult`` of all chunks' host outputs (the prior baseline's, the final ones, the latents)."""
+    cfg, lay = self.inv.cfg, self.lay
+    num_ids, restarts = len(lay.labels), cfg.restarts
+    total = num_ids * restarts
+    weights = lay.mask.reshape(lay.num_chunks, lay.chunk).sum(1)
     mean_curve = lambda h: (h * weights[:, None]).sum(0) / weights.sum()
     latent_params = jax.tree.map(
       lambda *xs: np.concatenate(xs)[:total].reshape(num_ids, restarts, *xs[0].shape[1:]), *params_out
     )
-    select = dict(restarts=restarts, draws=self.latent.draws, select_by=cfg.select_by)
-    baseline = select_restarts(labels, base_outs, flat_labels, **select)
-    stats = RunStats(
-      compilations=self.segment._cache_size() - compiled_before,
-      steps_run=steps_run,
-      devices=mesh.size,
-      chunk_size=chunk,
-    )
+    select = dict(restarts=restarts, draws=self.inv.latent.draws, select_by=cfg.select_by)
+    baseline = select_restarts(lay.labels, base_outs, lay.flat_labels, **select)
     return select_restarts(
-      labels,
+      lay.labels,
       outs,
-      flat_labels,
+      lay.flat_labels,
       **select,
-      loss_curve=mean_curve(history),
-      loss_parts={k: mean_curve(v) for k, v in history_parts.items()},
+      loss_curve=mean_curve(self.history),
+      loss_parts={k: mean_curve(v) for k, v in self.history_parts.items()},
       latent_params=latent_params,
       baseline=baseline,
       stats=stats,
     )
+
+
+def invert_chunk(r: _Run, c: int, stop, stop_at_step: int | None) -> tuple:
+  """Chunk ``c`` of a run, from its saved state if any: (prior baseline outputs, final (z, images, logits),
+  optimised latent parameters), on the host. Saves its carry and outputs in ``r.state`` and raises
+  ``Interrupted`` when ``stop.requested`` or at ``stop_at_step`` (see ``Inverter.run``)."""
+  inv, cfg, lay, state, chunk = r.inv, r.inv.cfg, r.lay, r.state, r.lay.chunk
+  sl = slice(c * chunk, (c + 1) * chunk)
+  chunk_keys, chunk_labels, chunk_mask = (
+    parallel.put(a[sl], parallel.rows(r.mesh)) for a in (lay.keys, lay.flat_labels, lay.mask)
+  )
+  n_real = min(chunk, len(lay.labels) * cfg.restarts - c * chunk)
+  final_keys = jax.vmap(lambda k: jax.random.fold_in(k, cfg.steps))(chunk_keys)  # steps used 0..steps-1
+  carry = inv.start(chunk_keys, r.mesh)
+  # The prior baseline: the initial latents, evaluated exactly as the optimised ones are.
+  base = parallel.to_host(inv.finish(carry[0], final_keys, r.variables))
+  saved = state.load(c) if state is not None else None
+  done = 0
+  if saved is not None:
+    done = int(saved["step"])
+    for k in [k[5:] for k in saved if k.startswith("hist_")]:
+      r.part(k)[c, :done] = saved["hist_" + k]
+    r.history[c, :done] = saved["history"]
+    if r.progress is not None:
+      r.progress(done * n_real, {})
+    if bool(saved["done"]):
+      param_def = jax.tree.structure(r.abstract[0])
+      params = jax.tree.unflatten(param_def, [saved[f"param_{k}"] for k in range(param_def.num_leaves)])
+      return base, tuple(saved[k] for k in ("out_z", "out_images", "out_logits")), params
+    leaves = [parallel.put(saved[f"carry_{k}"], a.sharding) for k, a in enumerate(jax.tree.leaves(r.abstract))]
+    carry = jax.tree.unflatten(jax.tree.structure(carry), leaves)
+
+  def save(done_flag: bool, extra: dict) -> None:
+    arrays = {
+      "step": np.int64(done),
+      "done": np.bool_(done_flag),
+      "history": r.history[c, :done],
+      **{"hist_" + k: v[c, :done] for k, v in r.history_parts.items()},
+      **extra,
+    }
+    state.save(c, arrays)
+
+  for n in [r.seg] * ((cfg.steps - done) // r.seg):
+    blocks = []
+    for _ in range(n // r.block):
+      carry, parts = inv.segment(
+        carry, r.compute_vars, r.compute_terms, chunk_labels, chunk_keys, chunk_mask, num_steps=r.block, rolled=r.rolled
+      )
+      blocks.append(parts)
+    # once per segment (the log interval): the losses of its steps leave the device
+    parts = parallel.to_host(jax.tree.map(lambda *b: jnp.concatenate(b), *blocks))
+    for k, v in parts.items():
+      if not np.all(np.isfinite(v)):
+        step = done + int(np.argmin(np.isfinite(v))) + 1
+        bad = bad_rows(parallel.to_host(carry[0]), chunk)
+        raise NonFiniteError(f"non-finite {k} loss at step {step}{lay.where(c, bad)}")
+    for k, v in parts.items():
+      r.part(k)[c, done : done + n] = v
+    r.history[c, done : done + n] = sum(parts.values())
+    done += n
+    r.steps_run += n
+    if r.progress is not None:
+      r.progress(n * n_real, {k: float(v[-1]) for k, v in parts.items()})
+    every = inv.execution.checkpoint_every
+    due = every and done // every > (done - n) // every
+    if state is not None and done < cfg.steps and (due or stop.requested):
+      host = parallel.to_host(carry)
+      bad = bad_rows(host, chunk)
+      if bad.any() or not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host) if not np.ndim(x)):
+        raise NonFiniteError(f"non-finite latents or optimiser state at step {done}{lay.where(c, bad)}")
+      save(False, {f"carry_{k}": x for k, x in enumerate(jax.tree.leaves(host))})
+    if (stop_at_step is not None and c * cfg.steps + done >= stop_at_step) or (stop.requested and done < cfg.steps):
+      raise interrupted(c, done, cfg.steps, state)
+  out = parallel.to_host(inv.finish(carry[0], final_keys, r.variables))
+  params = parallel.to_host(carry[0])
+  for name, x in (("latents", params), ("latents", out[0]), ("images", out[1]), ("target logits", out[2])):
+    bad = bad_rows(x, chunk)
+    if bad[:n_real].any():
+      raise NonFiniteError(f"non-finite final {name} after step {cfg.steps}{lay.where(c, bad)}")
+  if state is not None:
+    save(
+      True,
+      {
+        "out_z": out[0],
+        "out_images": out[1],
+        "out_logits": out[2],
+        **{f"param_{k}": x for k, x in enumerate(jax.tree.leaves(params))},
+      },
+    )
+  return base, out, params
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxmi import config as config_lib
-from jaxmi.errors import ConfigError, NonFiniteError
+from jaxmi.errors import ConfigError, Interrupted, NonFiniteError
 from jaxmi.nets import shape_signature
 from jaxmi.nets.unet import ExpMI, PredMI
 from jaxmi.train.checkpoint import Checkpointer
@@ -128,7 +128,7 @@ class EpochCheckpoints:
     return self.ckpt.restore(abstract_state, meta), self.ckpt.meta()
 
   def end_epoch(self, epoch: int, state: Callable[[], Any], meta: Callable[[], dict], done: bool) -> None:
-    """Saves on the interval (always when ``done`` or stopping); a stop raises KeyboardInterrupt after saving.
+    """Saves on the interval (always when ``done`` or stopping); a stop raises ``Interrupted`` after saving.
 
     Only called with finite state (``check_epoch`` first).
     """
@@ -137,8 +137,8 @@ class EpochCheckpoints:
       self.ckpt.save(epoch, state(), meta(), force=done or stop)
     if stop:
       where = f"checkpoint saved in {self.ckpt.directory}" if self.ckpt is not None else "no checkpoint directory"
-      raise KeyboardInterrupt(
-        f"interrupted in {self.stage} after epoch {epoch}; {where}; run the same command again to resume"
+      raise Interrupted(
+        f"interrupted in {self.stage} after epoch {epoch}; {where}; run the same command again to resume", epoch
       )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import zipfile
@@ -24,6 +25,8 @@ import jax
 import numpy as np
 
 from jaxmi.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def fingerprint(*parts) -> str:
@@ -65,7 +68,7 @@ class AttackState:
         return {k: f[k] for k in (f.files if keys is None else keys)}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
       # Only a damaged disk gets here (writes are atomic); recomputing that chunk is always correct.
-      print(f"note: {path}: unreadable ({type(e).__name__}); that chunk starts over", flush=True)
+      log.warning(f"jaxmi: note: {path}: unreadable ({type(e).__name__}); that chunk starts over")
       if self.write:
         path.unlink(missing_ok=True)
       return None

@@ -2,16 +2,18 @@
 
 import contextlib
 import http.client
+import logging
 import os
 from pathlib import Path
 import shutil
-import sys
 import tempfile
 from typing import Callable, Sequence
 import urllib.error
 import urllib.request
 
 from jaxmi.errors import DataError
+
+log = logging.getLogger(__name__)
 
 TIMEOUT_S = 60.0
 # Set (to anything but "" or "1") by the command line's --no-progress: TFDS's preparation bars stay off.
@@ -80,5 +82,5 @@ def fetch(urls: Sequence[str], dest: Path, check: Check, *, timeout: float = TIM
 
 
 def note(text: str) -> None:
-  """One line to stderr for something the user should know but that is not an error."""
-  print(f"jaxmi: note: {one_line(text)}", file=sys.stderr, flush=True)
+  """One warning line (stderr under the CLI) for something the user should know but that is not an error."""
+  log.warning(f"jaxmi: note: {one_line(text)}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import os
 import typing
 import time
@@ -28,23 +29,25 @@ import jax
 import numpy as np
 
 from jaxmi import config as config_lib
-from jaxmi import records
+from jaxmi import plots
 from jaxmi.attacks import ATTACKS, AttackModels, ExecutionConfig, InversionConfig
 from jaxmi.attacks.lomma import lomma_terms
 from jaxmi.attacks.resume import AttackState, fingerprint
 from jaxmi.data import Splits, load_splits
 from jaxmi.errors import CheckpointError, ConfigError, NonFiniteError
-from jaxmi.metrics import evaluate_inversion, pair_grid
+from jaxmi.metrics import evaluate_inversion, real_images_of
 from jaxmi.nets import path_name
 from jaxmi.train import load_classifier
 from jaxmi.train.gan import load_gan
+from jaxmi.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AttackConfig:
   name: str = "attack"
   attack: typing.Literal["gmi", "kedmi"] = "gmi"
-  workdir: str = "runs/attack"
   target: str = "runs/mnist_target"  # workdir of the trained target classifier
   evaluator: str = "runs/mnist_eval"  # workdir of the independent evaluation model
   gan: str = "runs/gan_mnist"  # workdir of the GAN prior (trained on public data)
@@ -88,12 +91,11 @@ def _load(role: str, field: str, workdir: str, loader):
 
 def config_fingerprint(cfg: AttackConfig, variables: dict, terms: tuple = ()) -> str:
   """What a saved attack state depends on: the config and the bytes of every network's variables and of the
-  loss terms' arrays (p_reg). Not the name, workdir and checkpoint interval, nor the execution fields that only
+  loss terms' arrays (p_reg). Not the name and checkpoint interval, nor the execution fields that only
   lay the latents out in chunks: the state's layout fingerprint (``AttackState.bind_layout``) checks those. The
   compute dtype and remat change the arithmetic, so they count."""
   saved = config_lib.to_dict(cfg)
-  for key in ("name", "workdir"):
-    saved.pop(key, None)
+  saved.pop("name")
   layout_only = ("checkpoint_every", "max_batch", "memory_budget_gb", "devices", "unroll", "log_every")
   saved["execution"] = {k: v for k, v in saved["execution"].items() if k not in layout_only}
   return fingerprint(saved, variables, terms)
@@ -101,14 +103,14 @@ def config_fingerprint(cfg: AttackConfig, variables: dict, terms: tuple = ()) ->
 
 def run_attack(
   cfg: AttackConfig,
+  workdir: str | Path | Workdir,
   *,
   splits: Splits | None = None,
   progress: bool = True,
   overwrite: bool = False,
-  log=print,
   stop_at_step: int | None = None,
-) -> dict | None:
-  """Runs the attack ``cfg`` and writes its outputs to ``cfg.workdir``.
+) -> dict:
+  """Runs the attack ``cfg`` and writes its outputs to ``workdir`` (the caller holds its lock).
 
   Args:
     cfg: the attack: models to load, ``inversion`` (what is optimised) and ``execution`` (how it runs).
@@ -116,21 +118,22 @@ def run_attack(
       load them from the target's data config.
     progress: show a progress bar.
     overwrite: replace an existing ``results.json`` (and a saved state of another config).
-    log: receives one line per message.
-    stop_at_step: stops (returning None) once chunk index * steps + step reaches it, as a kill would there:
+    stop_at_step: raises ``Interrupted`` once chunk index * steps + step reaches it, as a kill would there:
       the saved attack state stays and a rerun continues from it (for tests).
 
   Returns:
-    The summary written to ``results.json`` (metrics, prior baseline, run stats, config), or None if stopped.
+    The summary written to ``results.json`` (metrics, prior baseline, run stats, config).
 
   Raises:
     ConfigError, CheckpointError: bad config or missing models, before anything is written.
     NonFiniteError: the optimisation diverged (naming the step and quantity); nothing saved from that state.
+    Interrupted: Ctrl-C or ``stop_at_step``, after saving the attack state (rerunning resumes).
   """
-  workdir = Path(cfg.workdir)
+  workdir = Workdir.of(workdir)
   writer = jax.process_index() == 0
-  if not writer:  # multi-host: every process computes, the first one reports and writes
-    progress, log = False, lambda *_: None
+  # Multi-host: every process computes, the first one reports.
+  say, warn = (log.info, log.warning) if writer else ((lambda *_: None),) * 2
+  progress = progress and writer
   if (workdir / "results.json").exists() and not overwrite:
     raise ConfigError(f"{workdir / 'results.json'}: already exists; choose another --workdir or pass --overwrite")
   if cfg.attack not in ATTACKS:
@@ -203,24 +206,25 @@ def run_attack(
           f"models (fingerprint {foreign}, this run {state.config_fp}); rerun the same command, "
           "choose another --workdir, or pass --overwrite to start over"
         )
-      log(f"[{cfg.name}] --overwrite: discarding {state.directory} (another config or other models)")
+      say(f"[{cfg.name}] --overwrite: discarding {state.directory} (another config or other models)")
       if writer:
         state.clear()
     elif state.exists():
-      log(f"[{cfg.name}] resuming from the attack state saved in {state.directory}")
+      say(f"[{cfg.name}] resuming from the attack state saved in {state.directory}")
 
   total_latents = len(labels) * cfg.inversion.restarts
   chunk_text = f"at most {cfg.execution.max_batch}" if cfg.execution.max_batch else "memory-fitted"
   prior = {"gmi": "WGAN critic -D(G(z))", "kedmi": "KEDMI K+1 discriminator -log P(real)"}.get(gan.kind, gan.kind)
-  log(
+  say(
     f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
-    f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over {cfg.execution.devices or jax.device_count()} device(s), "
+    f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over "
+    f"{cfg.execution.devices or jax.device_count()} device(s), "
     f"{cfg.execution.compute_dtype}; prior: {prior} of {cfg.gan} (weight {cfg.inversion.prior_weight}); "
     f"attacking {len(attacked)} model(s); restarts selected by target {cfg.inversion.select_by}"
   )
   if cfg.attack == "kedmi" and gan.kind != "kedmi":
     # A legitimate ablation (KEDMI's distributional latent with GMI's prior), but never a silent one.
-    log(
+    warn(
       f"[{cfg.name}] warning: KEDMI expects its inversion-specific GAN with the K+1 discriminator "
       f"(bin/jaxmi train-gan --kind kedmi); {cfg.gan} is a '{gan.kind}' GAN, so the prior is its {prior}"
     )
@@ -250,12 +254,9 @@ def run_attack(
     if bar is not None:
       bar.close()
   seconds = time.time() - t0
-  if result is None:
-    log(f"[{cfg.name}] stopped at step {stop_at_step} (stop_at_step); rerun to continue from the saved state")
-    return None
   collapse = draw_collapse(result, cfg.inversion.draw_clamp)
   if collapse is not None and collapse > 0.5:
-    log(
+    warn(
       f"[{cfg.name}] warning: the {result.draws} draws per distribution coincide in {100 * collapse:.0f}% of the "
       f"latent dimensions: mu moved beyond the clamp inversion.draw_clamp={cfg.inversion.draw_clamp}, so clamped "
       "draws are (nearly) the same image; see jaxmi.attacks.kedmi"
@@ -286,7 +287,7 @@ def run_attack(
   if not writer:
     return summary
   # results.json last: a kill before it leaves a workdir that the rerun completes, never a partial one it refuses.
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir.path.mkdir(parents=True, exist_ok=True)
   params = {}
   if result.latent_params is not None:
     leaves, _ = jax.tree_util.tree_flatten_with_path(result.latent_params)
@@ -313,19 +314,17 @@ def run_attack(
     writer_csv.writeheader()
     writer_csv.writerows(rows)
   os.replace(workdir / "per_identity.csv.tmp", workdir / "per_identity.csv")
-  pair_grid(
-    result,
-    splits.private_train.images,
-    splits.private_train.labels,
-    workdir / "grid.png",
-    eval_predictions=metrics["eval_predictions"],
+  real = real_images_of(
+    result.labels, splits.private_train.images, splits.private_train.labels, result.images.shape[2:]
   )
-  records.plot_loss_parts(result.loss_parts, workdir / "loss.png", f"{cfg.name}: loss terms (mean over latents)")
-  records.write_json(workdir / "results.json", summary)
+  plots.reconstructions(result, real, workdir / "grid.png", eval_predictions=metrics["eval_predictions"])
+  plots.loss_terms(result.loss_parts, workdir / "loss.png", f"{cfg.name}: loss terms (mean over latents)")
+  workdir.write_json("results.json", summary)
   if state is not None:
     state.clear()  # the outputs hold everything it had
-  log(format_summary(summary))
-  log(f"[{cfg.name}] results in {workdir.absolute()} (results.json, per_identity.csv, grid.png, loss.png, latents.npz)")
+  say(format_summary(summary))
+  outputs = "results.json, per_identity.csv, grid.png, loss.png, latents.npz"
+  say(f"[{cfg.name}] results in {workdir.path.absolute()} ({outputs})")
   return summary
 
 

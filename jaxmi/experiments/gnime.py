@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
@@ -35,20 +36,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmi import config as config_lib
-from jaxmi import records
+from jaxmi import plots, records
 from jaxmi.attacks.expmi import InverterConfig, StopHook, reconstruct, train_inverter
 from jaxmi.attacks.expmi import validate as validate_inverter
 from jaxmi.attacks.resume import fingerprint
 from jaxmi.data import load_splits
 from jaxmi.defenses.gnime import GNIMEConfig, release, train_gnime
 from jaxmi.defenses.gnime import validate as validate_gnime
-from jaxmi.errors import ConfigError, DataError, NonFiniteError
+from jaxmi.errors import ConfigError, DataError, Interrupted, NonFiniteError
 from jaxmi.explain import METHODS, make_explainer, postprocess
 from jaxmi.explain.gradcam import LAYERS as GRADCAM_LAYERS
 from jaxmi.metrics import image as image_metrics
 from jaxmi.metrics.attack import batched_apply, classifier_outputs
 from jaxmi.train import load_classifier
 from jaxmi.train.classifier import refuse_config_change
+from jaxmi.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 SCENARIOS = ("none", "rnd", "gnime", "predmi")
 
@@ -56,7 +60,6 @@ SCENARIOS = ("none", "rnd", "gnime", "predmi")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GNIMERunConfig:
   name: str = "gnime"
-  workdir: str = "runs/gnime"
   target: str = ""  # workdir of the explained classifier (trained on the defender's half)
   evaluator: str = ""  # workdir of an independently trained classifier (TCA)
   method: str = "grad"  # one of jaxmi.explain.METHODS
@@ -73,7 +76,7 @@ class GNIMERunConfig:
   seed: int = 0
 
 
-# Fields a rerun may change without invalidating the finished stages.
+# Fields a rerun may change without invalidating the finished stages ("workdir": recorded by older runs).
 RESUMABLE_CHANGES = ("name", "workdir", "rows", "gnime.checkpoint_every", "attacker.checkpoint_every")
 
 
@@ -150,48 +153,6 @@ def _fidelity(clean, released) -> dict:
   }
 
 
-def _rows_png(path, images, clean, released, recon, n: int, title: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  columns = [
-    ("image", images),
-    ("explanation", clean),
-    ("GNIME explanation", released["gnime"]),
-    ("RND explanation", released["rnd"]),
-    ("ExpMI, no defense", recon["none"]),
-    ("ExpMI vs RND", recon["rnd"]),
-    ("ExpMI vs GNIME", recon["gnime"]),
-    ("PredMI", recon["predmi"]),
-  ]
-  n = min(n, images.shape[0])
-  if n == 0:
-    return
-  fig, axes = plt.subplots(n, len(columns), figsize=(1.5 * len(columns), 1.5 * n + 0.4), squeeze=False)
-  for j, (label, arr) in enumerate(columns):
-    for i in range(n):
-      ax = axes[i, j]
-      img = np.asarray(arr[i])
-      ax.imshow(
-        img[..., 0] if img.shape[-1] == 1 else np.clip(img, 0, 1),
-        cmap="gray" if img.shape[-1] == 1 else None,
-        vmin=0,
-        vmax=1,
-      )
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if i == 0:
-        ax.set_title(label, fontsize=7)
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
-
-
 def _write_atomic(path: Path, write) -> None:
   """``write(tmp_path)`` then rename: a kill leaves the old file or none, never half of one."""
   tmp = path.with_name(path.name + ".tmp")
@@ -239,14 +200,14 @@ class _Stages:
 
 def run_gnime(
   cfg: GNIMERunConfig,
+  workdir: str | Path | Workdir,
   *,
   progress: bool = True,
   overwrite: bool = False,
   allow_config_change: bool = False,
-  log=print,
   stop: StopHook | None = None,
 ) -> dict:
-  """Trains GNIME and its adaptive attackers, or continues an interrupted run of the same config.
+  """Trains GNIME and its adaptive attackers in ``workdir``, or continues an interrupted run of the same config.
 
   Finished stages are not redone: GNIME's and each attacker's training resume from their newest
   checkpoint (a finished one is restored), each scenario's finished evaluation is read back.
@@ -257,15 +218,15 @@ def run_gnime(
   or that evaluation ("evaluation vs <scenario>", epoch 0) as Ctrl-C would: for resume tests.
   """
   _validate(cfg)
-  workdir = Path(cfg.workdir)
+  workdir = Workdir.of(workdir)
   if (workdir / "results.json").exists() and not overwrite:
     raise ConfigError(f"{workdir}/results.json: exists; pass --overwrite or choose another workdir")
-  stages = _Stages(workdir)
+  stages = _Stages(workdir.path)
   saved = None if overwrite else stages.config()
   config = config_lib.to_dict(cfg)
   if saved is not None:
     changed = [k for k in config_lib.diff(saved["config"], config) if not k.startswith(RESUMABLE_CHANGES)]
-    refuse_config_change(cfg.name, f"{stages.dir}/config.json", changed, allow_config_change, log)
+    refuse_config_change(cfg.name, f"{stages.dir}/config.json", changed, allow_config_change)
   t0 = time.time()
   target = load_classifier(cfg.target, expect_role="target")
   evaluator = load_classifier(cfg.evaluator, expect_role="evaluation")
@@ -299,7 +260,7 @@ def run_gnime(
   )
   order = np.random.default_rng(cfg.seed).permutation(len(def_images))
   query_idx, gnime_idx = np.sort(order[:n_query]), np.sort(order[n_query:])
-  log(
+  log.info(
     f"[{cfg.name}] {cfg.method} explanations of {target.config.name}: GNIME trains on {len(gnime_idx)} defender "
     f"images, the attacker on {len(att_images)} of its own; {n_query} queries are inverted"
     + (f" (resuming {stages.dir})" if saved is not None else "")
@@ -387,12 +348,13 @@ def run_gnime(
     stages.save_evaluation(scenario, scores, recon[: cfg.rows])
     results["scenarios"][scenario], recon_rows[scenario] = scores, recon[: cfg.rows]
     if stop is not None and stop(f"evaluation vs {scenario}", 0):
-      raise KeyboardInterrupt(
-        f"interrupted after the evaluation vs {scenario}; saved in {stages.dir}; run the same command again to resume"
+      raise Interrupted(
+        f"interrupted after the evaluation vs {scenario}; saved in {stages.dir}; run the same command again to resume",
+        0,  # the stop hook's step of an evaluation stage
       )
   for scenario in SCENARIOS:
     scores = results["scenarios"][scenario]
-    log(
+    log.info(
       f"[{cfg.name}] {scenario:>6}: TCA {100 * scores['tca']:.1f}%  SSIM {scores['ssim']:.3f}  "
       f"MSE {scores['image_mse']:.4f}"
       + (f"  explanation MSE {scores['explanation_mse']:.4f}" if scores["explanation_mse"] is not None else "")
@@ -403,12 +365,18 @@ def run_gnime(
   results["config"] = config
   results["gnime_history"] = gnime_history
   # Results last: a kill before this point leaves a workdir the same command resumes.
-  _rows_png(
+  plots.image_columns(
+    [
+      ("image", q_images),
+      ("explanation", q_e),
+      ("GNIME explanation", released["gnime"][1]),
+      ("RND explanation", released["rnd"][1]),
+      ("ExpMI, no defense", recon_rows["none"]),
+      ("ExpMI vs RND", recon_rows["rnd"]),
+      ("ExpMI vs GNIME", recon_rows["gnime"]),
+      ("PredMI", recon_rows["predmi"]),
+    ],
     workdir / "rows.png",
-    q_images,
-    q_e,
-    {k: v[1] for k, v in released.items()},
-    recon_rows,
     cfg.rows,
     f"{cfg.name}: {cfg.method} explanations, GNIME a={cfg.gnime.a}",
   )
@@ -429,9 +397,9 @@ def run_gnime(
         f.write(s + "," + ",".join("" if sc[k] is None else f"{sc[k]:.6g}" for k in keys) + "\n")
 
   _write_atomic(workdir / "results.csv", csv)
-  records.write_json(workdir / "results.json", results)
+  workdir.write_json("results.json", results)
   stages.drop_checkpoints()  # a finished run is never resumed (a rerun needs --overwrite)
-  log(
+  log.info(
     f"[{cfg.name}] results in {workdir} (results.json, results.csv, rows.png), {results['seconds_this_run']} s this run"
   )
   return results

@@ -5,7 +5,7 @@ from jaxmi.metrics.attack import (
   classifier_outputs,
   evaluate_inversion,
   frechet_distance,
-  pair_grid,
+  real_images_of,
   sample_std,
   topk_correct,
 )
@@ -15,7 +15,7 @@ __all__ = [
   "classifier_outputs",
   "evaluate_inversion",
   "frechet_distance",
-  "pair_grid",
+  "real_images_of",
   "sample_std",
   "topk_correct",
 ]

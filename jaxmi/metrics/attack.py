@@ -129,59 +129,7 @@ def evaluate_inversion(
   }
 
 
-def pair_grid(
-  result: InversionResult,
-  private_images: np.ndarray,
-  private_labels: np.ndarray,
-  path,
-  *,
-  eval_predictions: np.ndarray | None = None,
-  max_rows: int = 40,
-  per_row: int = 5,
-) -> list:
-  """PNG: per identity, a real private image, the selected reconstruction, then other restarts
-  (at most ``per_row`` reconstructions: GMI's 5 restarts or KEDMI's 5 draws all fit). Returns the
-  reconstruction indices shown per row.
-
-  Titles give the target's confidence and, when ``eval_predictions`` [I, R] is given, the
-  evaluation model's verdict, so the figure can be read without the JSON.
-  """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  num_ids = min(len(result.labels), max_rows)
-  restarts = result.images.shape[1]
-  ncol = 1 + min(restarts, per_row)  # the real image, then up to per_row reconstructions
-  height = 1.6 * num_ids + 0.5
-  fig, axes = plt.subplots(num_ids, ncol, figsize=(1.5 * ncol, height), squeeze=False)
-  grey = result.images.shape[-1] == 1
-  show = lambda ax, img: ax.imshow(img[..., 0] if grey else img, cmap="gray" if grey else None, vmin=0, vmax=1)
-  shown = []
-  for i in range(num_ids):
-    label = int(result.labels[i])
-    real = private_images[np.flatnonzero(private_labels == label)[0]].astype(np.float32) / 255.0
-    show(axes[i, 0], np.asarray(resize_to(jnp.asarray(real), result.images.shape[2:])))
-    axes[i, 0].set_title(f"private id {label}", fontsize=7)
-    best = int(result.best_restart[i])
-    order = [best] + [r for r in range(restarts) if r != best][: ncol - 2]
-    shown.append(order)
-    for j, r in enumerate(order, start=1):
-      show(axes[i, j], result.images[i, r])
-      name = f"draw {r}" if result.draws > 1 and restarts == result.draws else f"restart {r}"
-      title = ("selected" if j == 1 else name) + f"\nT {result.target_confidence[i, r]:.2f}"
-      if eval_predictions is not None:
-        pred = int(eval_predictions[i, r])
-        title += f", E: {pred} " + ("ok" if pred == label else "x")
-      axes[i, j].set_title(
-        title, fontsize=6, color="black" if eval_predictions is None or eval_predictions[i, r] == label else "firebrick"
-      )
-  for ax in axes.flat:
-    ax.set_xticks([])
-    ax.set_yticks([])
-  fig.suptitle("real private image | reconstructions (T: target confidence, E: evaluation model)", fontsize=7)
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # keep the title clear of the first row
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return shown
+def real_images_of(labels, images: np.ndarray, image_labels: np.ndarray, shape) -> np.ndarray:
+  """The first private image of each label, in [0, 1], adapted to ``shape`` (H, W, C): the real column of a grid."""
+  first = [images[np.flatnonzero(image_labels == int(label))[0]].astype(np.float32) / 255.0 for label in labels]
+  return np.stack([np.asarray(resize_to(jnp.asarray(img), tuple(shape))) for img in first])

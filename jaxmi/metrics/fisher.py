@@ -94,26 +94,3 @@ def format_table(rows: list[dict]) -> str:
   for r in rows:
     lines.append(f"{r['layer']:<16}{r['params']:>10}{r['mean']:>14.4e}{r['total']:>14.4e}{100 * r['share']:>8.1f}%")
   return "\n".join(lines)
-
-
-def plot_fisher(rows: list[dict], path, title: str) -> None:
-  """Bar charts of the mean F (log scale) and each layer's share, saved to ``path``."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  names = [r["layer"] for r in rows]
-  fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.55 * len(rows) + 4), 3.8))
-  axes[0].bar(names, [r["mean"] for r in rows], color="tab:blue")
-  axes[0].set_yscale("log")
-  axes[0].set_title("mean Fisher per parameter")
-  axes[1].bar(names, [100 * r["share"] for r in rows], color="tab:orange")
-  axes[1].set_title("share of total Fisher (%)")
-  for ax in axes:
-    ax.tick_params(axis="x", rotation=60)
-    ax.set_xlabel("layer (input -> head)")
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)

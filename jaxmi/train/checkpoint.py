@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxmi.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 CHECKSUM_FILE = "jaxmi_sha256.json"
 INTEGRITY = "sha256-v1"  # recorded in the meta of every step saved with a checksum
@@ -94,10 +96,7 @@ class Checkpointer:
       return f"no {CHECKSUM_FILE} (the save did not complete)"
     if step not in self._reported:
       self._reported.add(step)
-      print(
-        f"jaxmi: note: {step_dir} was written without a checksum (an older jaxmi); loading it unverified",
-        file=sys.stderr,
-      )
+      log.warning(f"jaxmi: note: {step_dir} was written without a checksum (an older jaxmi); loading it unverified")
     return None
 
   def _write_checksum(self, step: int) -> None:
@@ -122,7 +121,7 @@ class Checkpointer:
         for bad, bad_why in skipped:
           if bad not in self._reported:
             self._reported.add(bad)
-            print(f"jaxmi: {self.directory}/{bad} is corrupt ({bad_why}); falling back to step {step}", file=sys.stderr)
+            log.warning(f"jaxmi: {self.directory}/{bad} is corrupt ({bad_why}); falling back to step {step}")
         return step
       skipped.append((step, why))
     if skipped:

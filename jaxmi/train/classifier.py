@@ -10,9 +10,10 @@ and defense randomness are all functions of (seed, step).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +23,15 @@ from jaxmi import config as config_lib
 from jaxmi.data import DataConfig, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
 from jaxmi.errors import CheckpointError, ConfigError, Interrupted
 from jaxmi.nets import ModelConfig, build_classifier, init_variables, shape_signature
-from jaxmi import records
+from jaxmi import plots
 from jaxmi.train.checkpoint import Checkpointer, check_compatible
 from jaxmi.train.loop import interrupted_message, run_steps
 from jaxmi.train.optim import OptimConfig, make_optimizer
 from jaxmi.train.state import TrainState, all_finite, first_nonfinite_leaf
 from jaxmi.train.step import AugmentConfig, Defense, NoDefense, RunFacts, make_eval_step, make_train_step
+from jaxmi.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,7 +63,7 @@ RELEASES = ("last", "best_test")
 # Config fields that may change between a run and its resumption: they do not change what is trained.
 RESUMABLE_CHANGES = (
   "name",
-  "workdir",
+  "workdir",  # a config field until the workdir became a run argument: older checkpoints record it
   "init_from",
   "train.epochs",
   "train.log_every",
@@ -73,11 +77,10 @@ RESUMABLE_CHANGES = (
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ClassifierConfig:
-  """``bin/jaxmi train``: one classifier (its role, data, model, optimiser and training) and where it is written."""
+  """``bin/jaxmi train-classifier``: one classifier (its role, data, model, optimiser and training)."""
 
   name: str = "classifier"
   role: str = "target"  # one of ROLES: recorded so later stages pick the right model
-  workdir: str = "runs/classifier"
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   optim: OptimConfig = OptimConfig()
@@ -96,6 +99,7 @@ class Classifier:
   config: ClassifierConfig
   num_classes: int
   image_shape: tuple[int, int, int]
+  workdir: str = ""  # where it was loaded from
 
   def apply(self, variables: dict, images: jax.Array):
     return self.module.apply(variables, images, train=False)
@@ -155,7 +159,7 @@ def changed_fields(saved: dict, current: dict, defaults: dict, resumable: tuple[
   return out
 
 
-def refuse_config_change(name: str, where: str, changed: list[str], allow: bool, log) -> None:
+def refuse_config_change(name: str, where: str, changed: list[str], allow: bool) -> None:
   """Resuming under a changed config trains something neither config describes: refuse unless allowed."""
   if not changed:
     return
@@ -165,7 +169,7 @@ def refuse_config_change(name: str, where: str, changed: list[str], allow: bool,
       f"{where}: the config differs from the checkpoint's in {fields}; resume with the same "
       "values, use another --workdir, or pass --allow-config-change"
     )
-  log(f"[{name}] resuming with a changed config (--allow-config-change): {fields}")
+  log.warning(f"[{name}] resuming with a changed config (--allow-config-change): {fields}")
 
 
 def check_restored_finite(state: Any, where: str) -> None:
@@ -199,15 +203,16 @@ def evaluate(eval_step, variables: dict, split, batch_size: int) -> dict:
 
 def train_classifier(
   cfg: ClassifierConfig,
+  workdir: str | Path | Workdir,
   *,
   splits: Splits | None = None,
   defense: Defense = NoDefense(),
   progress: bool = True,
   stop_at_step: int | None = None,
   allow_config_change: bool = False,
-  log=print,
+  summarize: Callable[[dict, Any, dict], dict] | None = None,
 ) -> dict:
-  """Trains (or resumes) ``cfg`` and returns the summary written to ``<workdir>/summary.json``.
+  """Trains (or resumes) ``cfg`` in ``workdir`` and returns the summary written to ``<workdir>/summary.json``.
 
   ``stop_at_step`` ends the run early as an interruption would (after saving), for resume tests.
   Resuming a checkpoint whose config differs in a field outside RESUMABLE_CHANGES is refused
@@ -215,24 +220,26 @@ def train_classifier(
   metric line or summary is written from that state.
 
   Args:
-    cfg: what to train and where (``cfg.workdir``); validated first.
+    cfg: what to train; validated first.
+    workdir: where checkpoints, ``metrics.jsonl``, ``curves.png`` and ``summary.json`` go (the caller holds its lock).
     splits: the data; None loads ``cfg.data``.
     defense: the training-time defense (``NoDefense()``: none).
     progress: show a progress bar.
     stop_at_step: stop after this step as an interruption would (tests).
     allow_config_change: resume even if the config differs from the checkpoint's.
-    log: where progress lines go.
+    summarize: ``(summary, module, released variables) -> summary``, applied before ``summary.json`` is written
+      (distillation adds the surrogate's private accuracy this way, so the file is written once).
 
   Returns:
     The summary dict (natural accuracy, steps, timing, config), also in ``<workdir>/summary.json``.
   """
   _validate(cfg)
-  workdir = Path(cfg.workdir)
+  workdir = Workdir.of(workdir)
   splits = splits if splits is not None else load_splits(cfg.data)
   train_split, test_split = splits.private_train, splits.private_test
   num_classes = splits.num_private_classes
   image_shape = tuple(train_split.images.shape[1:])
-  log(
+  log.info(
     f"[{cfg.name}] data: {splits.description}; {len(train_split)} train / {len(test_split)} test images, "
     f"{num_classes} classes, {image_shape}"
   )
@@ -257,7 +264,7 @@ def train_classifier(
   variables = init_variables(module, init_rng, image_shape)
   if cfg.init_from:
     variables = _start_from(cfg, variables, num_classes)
-    log(f"[{cfg.name}] starting from the weights in {cfg.init_from}" + ("" if cfg.init_head else " (fresh head)"))
+    log.info(f"[{cfg.name}] starting from the weights in {cfg.init_from}" + ("" if cfg.init_head else " (fresh head)"))
   tx = defense.optimizer(tx, variables["params"], facts)
   state = TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -276,7 +283,7 @@ def train_classifier(
     "config": config_lib.to_dict(cfg),
   }
 
-  ckpt = Checkpointer(workdir / "checkpoints", every_steps=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints)
+  ckpt = Checkpointer(workdir.checkpoints, every_steps=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
     saved = ckpt.meta(start)
@@ -286,10 +293,10 @@ def train_classifier(
     settings = lambda m: {k: v for k, v in m.get("defense_config", {}).items() if k in meta["defense_config"]}
     defense_of = lambda m: {"defense": {"name": m.get("defense"), **settings(m)}}
     changed += config_lib.diff(defense_of(saved), defense_of(meta))
-    refuse_config_change(cfg.name, f"{ckpt.directory}/{start}", changed, allow_config_change, log)
+    refuse_config_change(cfg.name, f"{ckpt.directory}/{start}", changed, allow_config_change)
     state = TrainState.from_dict(ckpt.restore(state.as_dict(), meta, start))
     check_restored_finite(state.as_dict(), f"{ckpt.directory}/{start}")
-    log(f"[{cfg.name}] resuming from {ckpt.directory}/{start}")
+    log.info(f"[{cfg.name}] resuming from {ckpt.directory}/{start}")
   start = int(start or 0)
   # "best_test": the best epoch so far lives in its own checkpoint, with its test accuracy in the meta.
   best_ckpt = Checkpointer(workdir / "best", every_steps=1, keep=1) if cfg.train.release == "best_test" else None
@@ -325,7 +332,7 @@ def train_classifier(
       steps_per_epoch=spe,
       ckpt=ckpt,
       meta=meta,
-      writer=records.JsonlWriter(workdir / "metrics.jsonl"),
+      writer=workdir.metrics,
       log_every=cfg.train.log_every,
       metric_prefix="train/",
       epoch_end=epoch_end,
@@ -384,16 +391,18 @@ def train_classifier(
     "checkpoints": str(ckpt.directory),
     "config": config_lib.to_dict(cfg),
   }
-  records.plot_curves(
-    records.read_jsonl(workdir / "metrics.jsonl"),
+  if summarize is not None:
+    summary = summarize(summary, module, variables)
+  plots.training_curves(
+    workdir.metrics.records,
     workdir / "curves.png",
     f"{cfg.name}: test top-1 {100 * test['acc']:.2f}%",
   )
-  records.write_json(workdir / "summary.json", summary)  # last: a kill before it leaves a run that resumes
+  workdir.write_json("summary.json", summary)  # last: a kill before it leaves a run that resumes
   measured = "test-split agreement with the target" if cfg.role == "surrogate" else "natural (private test) accuracy"
   if cfg.train.release == "best_test":
     measured += f" of the best test epoch ({released['released_epoch']})"
-  log(
+  log.info(
     f"[{cfg.name}] {measured} {100 * test['acc']:.2f}% (top-5 {100 * test['acc5']:.2f}%), "
     f"train accuracy {100 * train_eval['acc']:.2f}%, {step} steps, {elapsed:.1f}s this run; "
     f"results in {workdir}"
@@ -475,11 +484,6 @@ def load_classifier(workdir: str | Path, *, expect_role: str | None = None) -> C
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   check_restored_finite(variables, f"{ckpt.directory}/{step}")
   cfg = config_lib.replace(
-    ClassifierConfig(),
-    name=saved["name"],
-    role=saved["role"],
-    workdir=str(workdir),
-    model=model_cfg,
-    data=saved_data_config(saved["data"]),
+    ClassifierConfig(), name=saved["name"], role=saved["role"], model=model_cfg, data=saved_data_config(saved["data"])
   )
-  return Classifier(module, variables, cfg, arch["num_classes"], image_shape)
+  return Classifier(module, variables, cfg, arch["num_classes"], image_shape, str(workdir))

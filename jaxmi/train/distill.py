@@ -16,7 +16,9 @@ to the step as an argument.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
+from pathlib import Path
 from typing import ClassVar
 
 import jax
@@ -24,12 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmi import config as config_lib
-from jaxmi import records
 from jaxmi.data import ArraySplit, DataConfig, Splits, load_splits
 from jaxmi.errors import ConfigError
 from jaxmi.train.classifier import Classifier, ClassifierConfig, evaluate, load_classifier, train_classifier
 from jaxmi.train.inference import classifier_outputs
 from jaxmi.train.step import Defense, make_eval_step
+from jaxmi.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,7 +64,7 @@ class Distillation(Defense):
 
   @classmethod
   def of(cls, teacher: Classifier, temperature: float = 1.0) -> "Distillation":
-    defense = cls(temperature=temperature, teacher_workdir=str(teacher.config.workdir))
+    defense = cls(temperature=temperature, teacher_workdir=teacher.workdir)
     teacher = dataclasses.replace(teacher, variables=jax.device_put(teacher.variables))  # moved once, not per step
     object.__setattr__(defense, "teacher", teacher)  # frozen dataclass: set once, here
     return defense
@@ -119,6 +123,7 @@ def student_data_config(student: DataConfig, teacher: DataConfig) -> DataConfig:
 
 def distill_surrogate(
   cfg: ClassifierConfig,
+  workdir: str | Path | Workdir,
   teacher_workdir: str,
   *,
   temperature: float = 1.0,
@@ -126,9 +131,8 @@ def distill_surrogate(
   splits: Splits | None = None,
   progress: bool = True,
   allow_config_change: bool = False,
-  log=print,
 ) -> dict:
-  """Trains ``cfg.model`` as a surrogate of the target in ``teacher_workdir``; returns its summary.
+  """Trains ``cfg.model`` in ``workdir`` as a surrogate of the target in ``teacher_workdir``; returns its summary.
 
   The summary's ``public_agreement`` is top-1 agreement with the target on held-out public
   images; ``natural_accuracy`` is the surrogate's accuracy on the private test split
@@ -154,24 +158,28 @@ def distill_surrogate(
   data = student_data_config(cfg.data, teacher.config.data)
   splits = splits if splits is not None else load_splits(data)
   cfg = dataclasses.replace(cfg, data=data)
+  private = {}
+
+  def with_private_accuracy(summary: dict, module, variables: dict) -> dict:
+    # Before summary.json is written, so it is written once, complete.
+    private.update(evaluate(make_eval_step(module), variables, splits.private_test, cfg.train.eval_batch_size))
+    return {
+      **summary,
+      "public_agreement": summary["natural_accuracy"],
+      "natural_accuracy": private["acc"],
+      "teacher": str(teacher_workdir),
+    }
+
   summary = train_classifier(
     cfg,
+    workdir,
     splits=teacher_splits(teacher, splits, holdout_fraction, cfg.train.seed),
     defense=Distillation.of(teacher, temperature),
     progress=progress,
     allow_config_change=allow_config_change,
-    log=log,
+    summarize=with_private_accuracy,
   )
-  student = load_classifier(cfg.workdir, expect_role="surrogate")
-  private = evaluate(make_eval_step(student.module), student.variables, splits.private_test, cfg.train.eval_batch_size)
-  summary = {
-    **summary,
-    "public_agreement": summary["natural_accuracy"],
-    "natural_accuracy": private["acc"],
-    "teacher": str(teacher_workdir),
-  }
-  records.write_json(f"{cfg.workdir}/summary.json", summary)
-  log(
+  log.info(
     f"[{cfg.name}] agreement with the target on held-out public images {100 * summary['public_agreement']:.2f}%, "
     f"private test accuracy {100 * private['acc']:.2f}%"
   )

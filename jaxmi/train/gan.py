@@ -25,9 +25,10 @@ as for classifiers.
 from __future__ import annotations
 
 import dataclasses
-import typing
 import functools
+import logging
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmi import config as config_lib
-from jaxmi import records
+from jaxmi import plots
 from jaxmi.data import DataConfig, Splits, load_splits, steps_per_epoch, train_batches
 from jaxmi.errors import CheckpointError, ConfigError, Interrupted
 from jaxmi.nets import shape_signature
@@ -47,6 +48,9 @@ from jaxmi.train.classifier import changed_fields, check_restored_finite, load_c
 from jaxmi.train.loop import interrupted_message, run_steps
 from jaxmi.train.state import StateDict
 from jaxmi.train.step import to_float
+from jaxmi.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,7 +74,6 @@ class GANTrainConfig:
 class GANExperimentConfig:
   name: str = "gan"
   kind: typing.Literal["gmi", "kedmi"] = "gmi"  # gmi (WGAN-GP) | kedmi (inversion-specific, needs the target)
-  workdir: str = "runs/gan"
   target: str = ""  # kedmi: workdir of the target whose soft labels train the discriminator
   data: DataConfig = DataConfig()
   gan: GANConfig = GANConfig()
@@ -255,7 +258,7 @@ def gan_meta(cfg: GANExperimentConfig, state: GANState, num_classes: int = 0) ->
 # Config fields that may change between a run and its resumption: they do not change what is trained.
 RESUMABLE_CHANGES = (
   "name",
-  "workdir",
+  "workdir",  # a config field until the workdir became a run argument: older checkpoints record it
   "target",
   "train.epochs",
   "train.log_every",
@@ -316,14 +319,17 @@ def _validate(cfg: GANExperimentConfig, splits: Splits) -> None:
 
 def train_gan(
   cfg: GANExperimentConfig,
+  workdir: str | Path | Workdir,
   *,
   splits: Splits | None = None,
   progress: bool = True,
   stop_at_step: int | None = None,
   allow_config_change: bool = False,
-  log=print,
 ) -> dict:
-  """Trains the GAN prior on ``splits.public`` (never the private data); resumes if checkpoints exist.
+  """Trains the GAN prior on ``splits.public`` (never the private data) in ``workdir``; resumes if checkpoints exist.
+
+  Writes ``checkpoints/``, ``metrics.jsonl``, ``samples/epoch_*.png``, ``samples.png`` and, last, ``summary.json``
+  (returned). ``stop_at_step`` ends the run as an interruption would, after a checkpoint (raises ``Interrupted``).
 
   As for classifiers: resuming under a changed config is refused unless ``allow_config_change``,
   and NaN/inf stops the run (NonFiniteError) with nothing saved from that state.
@@ -333,7 +339,7 @@ def train_gan(
   _validate(cfg, splits)
   public = splits.public
   t = cfg.train
-  workdir = Path(cfg.workdir)
+  workdir = Workdir.of(workdir)
   target = None
   if cfg.kind == "kedmi":
     target = load_classifier(cfg.target, expect_role="target")
@@ -351,22 +357,22 @@ def train_gan(
     if cfg.kind == "gmi"
     else f"KEDMI GAN (discriminator learns the soft labels of target {cfg.target}, {num_classes} classes)"
   )
-  log(
+  log.info(
     f"[{cfg.name}] {what} on the public split: {len(public)} images {public.images.shape[1:]}, "
     f"{spe} generator steps/epoch x {t.epochs} epochs ({t.n_critic} discriminator steps each)"
   )
 
-  ckpt = Checkpointer(workdir / "checkpoints", every_steps=t.checkpoint_every, keep=t.keep_checkpoints)
+  ckpt = Checkpointer(workdir.checkpoints, every_steps=t.checkpoint_every, keep=t.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
     check_compatible(ckpt.meta(start), meta, f"{ckpt.directory}/{start}")
     changed = changed_fields(
       ckpt.meta(start)["config"], meta["config"], config_lib.to_dict(GANExperimentConfig()), RESUMABLE_CHANGES
     )
-    refuse_config_change(cfg.name, f"{ckpt.directory}/{start}", changed, allow_config_change, log)
+    refuse_config_change(cfg.name, f"{ckpt.directory}/{start}", changed, allow_config_change)
     state = GANState.from_dict(ckpt.restore(state.as_dict(), meta, start))
     check_restored_finite(state.as_dict(), f"{ckpt.directory}/{start}")
-    log(f"[{cfg.name}] resuming from {ckpt.directory}/{start}")
+    log.info(f"[{cfg.name}] resuming from {ckpt.directory}/{start}")
   start = int(start or 0)
 
   sample = jax.jit(lambda v, z: generator.apply(v, z, train=False))
@@ -374,7 +380,7 @@ def train_gan(
 
   def epoch_end(state, step):
     if step % spe == 0:
-      records.save_grid(
+      plots.image_grid(
         sample(state.generator_variables, fixed_z), workdir / "samples" / f"epoch_{step // spe:03d}.png", scale=2
       )
     return {}
@@ -409,7 +415,7 @@ def train_gan(
       steps_per_epoch=spe,
       ckpt=ckpt,
       meta=meta,
-      writer=records.JsonlWriter(workdir / "metrics.jsonl"),
+      writer=workdir.metrics,
       log_every=t.log_every,
       epoch_end=epoch_end,
       progress=progress,
@@ -424,7 +430,7 @@ def train_gan(
   if result.stopped_early:  # by Ctrl-C or stop_at_step, after a checkpoint
     raise Interrupted(interrupted_message(result.step, ckpt), result.step)
   state, step = result.state, result.step
-  records.save_grid(sample(state.generator_variables, fixed_z), workdir / "samples.png", scale=2)
+  plots.image_grid(sample(state.generator_variables, fixed_z), workdir / "samples.png", scale=2)
   summary = {
     "name": cfg.name,
     "kind": cfg.kind,
@@ -436,8 +442,8 @@ def train_gan(
     "data": splits.description,
     "config": config_lib.to_dict(cfg),
   }
-  records.write_json(workdir / "summary.json", summary)
-  log(
+  workdir.write_json("summary.json", summary)
+  log.info(
     f"[{cfg.name}] {step} generator steps, {summary['train_seconds_this_run']:.1f}s this run; "
     f"samples in {workdir / 'samples.png'}"
   )
