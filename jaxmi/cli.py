@@ -145,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
   )
   _add_common(p, config=False, workdir=False)
 
+  p = sub.add_parser(
+    "import-torch", help="a published PyTorch classifier (.tar/.pth/.safetensors) as a jaxmi workdir, without torch"
+  )
+  p.add_argument("checkpoint", help="the PyTorch file (zip or legacy format, or safetensors)")
+  p.add_argument("workdir", help="the jaxmi workdir to write (must not hold a model yet)")
+  p.add_argument("--arch", required=True, help="vgg16, ir152_64, facenet64, facenet112, efficientnet_b0/b1/b2")
+  p.add_argument("--num-classes", type=int, help="classes of the head (default: read from the head's weight)")
+  p.add_argument("--head", choices=("linear", "vib"), default="linear", help="vib: MID's *_vib models")
+  p.add_argument("--role", choices=("target", "evaluation", "surrogate"), default="target")
+  p.add_argument("--name", help="the model's name (default: the file's stem)")
+
+  p = sub.add_parser("predict", help="logits and features of a classifier workdir for images in a .npy file")
+  p.add_argument("checkpoint_workdir", help="workdir of a trained or imported classifier")
+  p.add_argument("--images", required=True, help=".npy of float32 images [N, H, W, C] in [0, 1]")
+  p.add_argument("--out", required=True, help="the .npz to write (arrays logits and features)")
+  p.add_argument("--batch-size", type=int, default=256)
+
   p = sub.add_parser("demo", help="a few-minute end-to-end run on MNIST (or scikit-learn digits)")
   _add_common(p, config=False, workdir="runs/demo")
   p.add_argument("--epochs", type=int, default=1, help="classifier epochs (default 1)")
@@ -410,6 +427,30 @@ def _demo(args) -> int:
   return 0
 
 
+def _import_torch(args) -> int:
+  from jaxmi.experiments.import_torch import import_classifier
+  from jaxmi.workdir import locked
+
+  with locked(args.workdir):
+    import_classifier(
+      args.arch,
+      args.checkpoint,
+      args.workdir,
+      num_classes=args.num_classes,
+      head=args.head,
+      role=args.role,
+      name=args.name,
+    )
+  return 0
+
+
+def _predict(args) -> int:
+  from jaxmi.experiments.import_torch import predict
+
+  predict(args.checkpoint_workdir, args.images, args.out, args.batch_size)
+  return 0
+
+
 COMMANDS = {
   "train-classifier": _train_classifier,
   "train-gan": _train_gan,
@@ -421,5 +462,7 @@ COMMANDS = {
   "report": _report,
   "evaluate": _evaluate,
   "prepare-data": _prepare_data,
+  "import-torch": _import_torch,
+  "predict": _predict,
   "demo": _demo,
 }

@@ -349,6 +349,7 @@ def tiny_attack(root, **fields) -> AttackConfig:
 # The fixture `tiny` (these workdirs, built once per session) is in conftest.py.
 
 
+@pytest.mark.slow  # issue 14: the fast tier stays under 5 minutes; CI runs this in the slow tier
 def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypatch):
   """run_attack must hand the engine the target AND the surrogate (identity term = mean of their negative
   logits) and p_reg = the target's mean feature on public images (feature term = mean (phi_T - p_reg)^2),

@@ -102,6 +102,7 @@ def test_grad_cam_equals_cam_on_a_global_average_pooling_net_and_gnime_pools_ove
   assert resized.shape == (4, 16, 16)
 
 
+@pytest.mark.slow  # issue 14: the fast tier stays under 5 minutes; CI runs this in the slow tier
 def test_lrp_z_plus_rule_matches_its_formula_and_conserves_relevance():
   rng = np.random.default_rng(0)
   a, w, r = rng.uniform(size=(2, 5)), rng.normal(size=(5, 3)), rng.normal(size=(2, 3))

@@ -89,6 +89,7 @@ def test_generator_and_critic_shapes_and_switchable_implementations(stages, size
   np.testing.assert_allclose(scores, direct, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # issue 14: the fast tier stays under 5 minutes; CI runs this in the slow tier
 def test_gradient_penalty_matches_per_example_gradients():
   critic = gan_lib.Critic(base_width=4, stages=3)
   rng = np.random.default_rng(1)
@@ -109,6 +110,7 @@ def _tiny_splits(n=96):
   return Splits(split, split, split, 1, 1, "synthetic")
 
 
+@pytest.mark.slow  # issue 14: the fast tier stays under 5 minutes; CI runs this in the slow tier
 def test_gan_training_resumes_exactly_and_loads(tmp_path):
   from jaxmi.data import DataConfig
 

@@ -140,6 +140,7 @@ def _toy_kedmi(num_classes):
   return AttackModels(generator, disc, (target,), ((32, 32, 1),)), variables
 
 
+@pytest.mark.slow  # issue 14: the fast tier stays under 5 minutes; CI runs this in the slow tier
 def test_kedmi_engine_learns_distributions_in_one_compilation_independent_of_chunking():
   models, variables = toy_kedmi()
   cfg = InversionConfig(steps=8, restarts=1, optimizer="adam", learning_rate=0.02, draw_clamp=0.0, eval_draws=3)
@@ -160,6 +161,7 @@ def test_kedmi_engine_learns_distributions_in_one_compilation_independent_of_chu
   assert {"prior", "identity"} <= set(a.loss_parts)
 
 
+@pytest.mark.slow  # issue 14: the fast tier stays under 5 minutes; CI runs this in the slow tier
 def test_kedmi_attack_prior_is_the_k_plus_1_discriminators_minus_log_p_real():
   """Item 24: the attack's prior term is -log P(real) = softplus(LSE(l)) - LSE(l) of the K+1 discriminator's
   logits l on G(z) (checked in float64 on a fixed latent), and the run really uses that discriminator."""

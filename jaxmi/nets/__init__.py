@@ -26,6 +26,8 @@ from jaxmi.nets.classifiers import (
   VIBHead,
   vib_statistics,
 )
+from jaxmi.nets.efficientnet import EFFICIENTNET_ARCHS, EfficientNet
+from jaxmi.nets.irse import IRSE_ARCHS, IRNet
 
 VGG_LAYOUTS = {
   "vgg16": VGG16_LAYOUT,
@@ -38,7 +40,18 @@ VGG_LAYOUTS = {
 class ModelConfig:
   """A classifier's architecture and head (``build_classifier``); the ``model`` field of a classifier config."""
 
-  arch: typing.Literal["cnn", "resnet", "vgg"] = "cnn"
+  arch: typing.Literal[
+    "cnn",
+    "resnet",
+    "vgg",
+    "vgg16",
+    "ir152_64",
+    "facenet64",
+    "facenet112",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+  ] = "cnn"
   width: int = 32  # base channels (cnn, resnet)
   feature_dim: int = 128  # penultimate size (cnn)
   blocks: tuple[int, ...] = (2, 2, 2, 2)  # basic blocks per stage (resnet)
@@ -51,7 +64,18 @@ class ModelConfig:
   norm: typing.Literal["batch", "group"] = "batch"  # group: per-example statistics (DP-SGD)
 
 
-ARCHS = ("cnn", "resnet", "vgg")
+ARCHS = (
+  "cnn",
+  "resnet",
+  "vgg",
+  "vgg16",
+  "ir152_64",
+  "facenet64",
+  "facenet112",
+  "efficientnet_b0",
+  "efficientnet_b1",
+  "efficientnet_b2",
+)
 HEADS = ("linear", "low_rank", "vib")
 
 
@@ -95,6 +119,16 @@ def build_classifier(cfg: ModelConfig, num_classes: int):
     return VGG(
       num_classes, layout=VGG_LAYOUTS[cfg.vgg_layout], width_divisor=cfg.width_divisor, head=head, norm=cfg.norm
     )
+  if cfg.arch == "vgg16":
+    # The published target (Re-thinking_MI's VGG16) at full width; its VIB variant (VGG16_vib, MID) has no BN1d.
+    feature_bn = cfg.head != "vib"
+    return VGG(num_classes, layout=VGG16_LAYOUT, width_divisor=1, head=head, norm=cfg.norm, feature_bn=feature_bn)
+  if cfg.arch in IRSE_ARCHS:
+    # The published IR-152 / IR-50 targets and the evaluation model (jaxmi.nets.irse): fixed widths and depths.
+    return IRNet(num_classes, depth=IRSE_ARCHS[cfg.arch][0], head=head, norm=cfg.norm)
+  if cfg.arch in EFFICIENTNET_ARCHS:
+    # LOMMA's distilled surrogates (jaxmi.nets.efficientnet): torchvision's widths and depths.
+    return EfficientNet(num_classes, arch=cfg.arch, head=head, norm=cfg.norm)
   raise ConfigError(f"model.arch: unknown architecture '{cfg.arch}'; expected one of {', '.join(ARCHS)}")
 
 

@@ -254,6 +254,7 @@ class VGG(nn.Module):
   width_divisor: int = 1
   head: nn.Module | None = None
   norm: str = "batch"
+  feature_bn: bool = True  # False: no BN1d after the flattening, as the reference's VGG16_vib (MID)
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> ClassifierOutput:
@@ -273,7 +274,7 @@ class VGG(nn.Module):
     x = x.reshape(x.shape[0], -1)
     # As in the reference VGG16 target: flattened features -> BatchNorm1d -> linear head. BiDO's VGG16
     # (hsic_training=True) returns this BN1d output, not the pooled block, as its last hidden code.
-    features = _norm(x, train, self.norm, "bn_feat")
+    features = _norm(x, train, self.norm, "bn_feat") if self.feature_bn else x
     features = self.perturb(f"hidden{len(hidden)}", features)
     hidden.append(features)
     head = self.head or LinearHead(self.num_classes, name="head")

@@ -160,8 +160,45 @@ class GANConfig:
     return 4 * 2**self.stages
 
 
+class TorchBatchNorm(nn.Module):
+  """BatchNorm with ``nn.BatchNorm``'s variables whose running variance averages the UNBIASED batch variance.
+
+  PyTorch's BatchNorm does (x n/(n-1), n = values per channel); Flax's averages the biased one. Normalisation
+  itself (biased batch variance in training, running statistics in eval) is the same in both.
+  """
+
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    n = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (n,))
+    bias = self.param("bias", nn.initializers.zeros, (n,))
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((n,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((n,), jnp.float32))
+    h = x.astype(jnp.float32)
+    row = lambda v: v.reshape((1,) * (x.ndim - 1) + (n,))
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(h, axes)
+      var = jnp.mean(jnp.square(h - row(mean)), axes)
+      if not self.is_initializing():
+        count = h.size // n
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * (count / max(count - 1, 1))
+    y = (h - row(mean)) * row(scale.astype(jnp.float32) * lax.rsqrt(var + self.epsilon)) + row(bias.astype(jnp.float32))
+    return y.astype(jnp.result_type(x, scale))
+
+
 class Generator(nn.Module):
   cfg: GANConfig
+  # True: BatchNorm running variances update as PyTorch's do (TorchBatchNorm), for training on from imported
+  # weights; same variables, same eval-mode output. False (the default) keeps nn.BatchNorm and existing results.
+  torch_batch_norm: bool = False
 
   @nn.compact
   def __call__(self, z, train: bool = False):
@@ -169,7 +206,8 @@ class Generator(nn.Module):
     if c.upsample not in UPSAMPLE:
       raise ConfigError(f"gan.upsample: unknown '{c.upsample}'; expected one of {', '.join(UPSAMPLE)}")
     top = c.base_width * 2 ** (c.stages - 1)
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    norm = TorchBatchNorm if self.torch_batch_norm else nn.BatchNorm
+    bn = lambda name: norm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
     x = nn.Dense(top * 16, use_bias=False, name="l1")(z)
     x = nn.relu(bn("l1_bn")(x))
     # PyTorch reshapes (N, C*16) to NCHW; keep that order so imported weights mean the same.

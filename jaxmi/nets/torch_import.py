@@ -506,3 +506,82 @@ def read_checkpoint(path) -> TorchCheckpoint:
   obj, kind = read_object(path)
   tensors, extras = unwrap(obj, str(path))
   return TorchCheckpoint(tensors=tensors, extras=extras, format=kind)
+
+
+# -- mapping a state dict onto a jaxmi network ------------------------------------------------------------------
+
+
+class StrictStateDict:
+  """Consumes a state dict key by key while a network's variables are filled; anything amiss is one line.
+
+  ``take(key, shape)`` returns the array of ``key`` (torch layout) and checks its shape; ``finish()``
+  refuses keys nothing took. Each architecture's ``from_torch`` uses it, so a missing, unexpected or
+  mis-shaped key always reads the same way: the file, the key, the expected and the found shape.
+  """
+
+  def __init__(self, tensors: dict[str, np.ndarray], source: str = "checkpoint"):
+    self.tensors = dict(tensors)
+    self.source = source
+    self.taken: set[str] = set()
+
+  def take(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    if key not in self.tensors:
+      near = [k for k in self.tensors if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0]]
+      hint = f" (keys under that module: {', '.join(near[:4])})" if near else ""
+      raise CheckpointError(f"{self.source}: missing key '{key}'{hint}")
+    value = self.tensors[key]
+    if shape is not None and tuple(value.shape) != tuple(shape):
+      raise CheckpointError(
+        f"{self.source}: key '{key}' has shape {tuple(value.shape)}; this architecture expects {tuple(shape)}"
+      )
+    self.taken.add(key)
+    return value
+
+  def skip(self, key: str) -> None:
+    """Consumes a key the network has no counterpart for by design (BatchNorm's ``num_batches_tracked``)."""
+    if key in self.tensors:
+      self.taken.add(key)
+
+  def finish(self) -> None:
+    left = [k for k in self.tensors if k not in self.taken]
+    if left:
+      more = f" (+{len(left) - 5} more)" if len(left) > 5 else ""
+      raise CheckpointError(
+        f"{self.source}: unexpected key(s) {', '.join(left[:5])}{more}: not part of this architecture"
+      )
+
+
+def conv_kernel(sd: StrictStateDict, key: str, shape_hwio: tuple[int, int, int, int]) -> np.ndarray:
+  """A torch Conv2d weight [O, I, kh, kw] as a Flax kernel [kh, kw, I, O]."""
+  kh, kw, i, o = shape_hwio
+  return np.ascontiguousarray(sd.take(key, (o, i, kh, kw)).transpose(2, 3, 1, 0))
+
+
+def dense_kernel(sd: StrictStateDict, key: str, shape_io: tuple[int, int]) -> np.ndarray:
+  """A torch Linear weight [O, I] as a Flax kernel [I, O]."""
+  i, o = shape_io
+  return np.ascontiguousarray(sd.take(key, (o, i)).T)
+
+
+def batch_norm(sd: StrictStateDict, prefix: str, n: int) -> tuple[dict, dict]:
+  """(params, batch_stats) of a Flax BatchNorm from torch's ``<prefix>.{weight,bias,running_mean,running_var}``."""
+  params = {"scale": sd.take(f"{prefix}.weight", (n,)), "bias": sd.take(f"{prefix}.bias", (n,))}
+  stats = {"mean": sd.take(f"{prefix}.running_mean", (n,)), "var": sd.take(f"{prefix}.running_var", (n,))}
+  sd.skip(f"{prefix}.num_batches_tracked")
+  return params, stats
+
+
+def chw_to_hwc_rows(matrix: np.ndarray, c: int, h: int, w: int) -> np.ndarray:
+  """Reorders the input axis (axis 0) of a Flax kernel from torch's flatten order (C, H, W) to jaxmi's (H, W, C).
+
+  A layer after ``x.flatten(1)`` of an NCHW map sees the features in (C, H, W) order; jaxmi flattens NHWC.
+  """
+  rest = matrix.shape[1:]
+  return np.ascontiguousarray(
+    matrix.reshape(c, h, w, *rest).transpose(1, 2, 0, *range(3, 3 + len(rest))).reshape(c * h * w, *rest)
+  )
+
+
+def chw_to_hwc(vector: np.ndarray, c: int, h: int, w: int) -> np.ndarray:
+  """A per-feature vector (BatchNorm1d over a flattened NCHW map) in jaxmi's (H, W, C) order."""
+  return np.ascontiguousarray(vector.reshape(c, h, w).transpose(1, 2, 0).reshape(-1))
