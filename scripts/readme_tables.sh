@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Re-runs the README's measured tables: the four attacks on MNIST and AT&T (3 seeds), the LOMMA
-# ablation on AT&T, every defense against GMI (3 attack seeds), and the GNIME table.
+# ablation on AT&T, every defense against GMI (3 attack seeds), MID's and BiDO's settings (sweeps_<data>),
+# and the GNIME table.
 #
 #   scripts/readme_tables.sh [mnist|att|gnime|all]     (default: all; outputs under runs/tables/)
 #
@@ -60,9 +61,53 @@ pipeline() {  # pipeline DATA STEPS_OVERRIDE...
   $J report "${dirs[@]}" --out "$OUT/defenses_${d}" --title "defenses vs GMI on $d"
 }
 
-[[ $what == mnist || $what == all ]] && pipeline mnist
+sweep() {  # sweep DATA DEFENSE SETTING_NAME field=value [STEPS_OVERRIDE...]: one more setting of a defense vs GMI
+  local d=$1 defense=$2 tag=$3 field=$4; shift 4
+  local target="$OUT/defense_${defense}_${tag}_${d}"
+  $J defend --no-progress --config "configs/defense.py:method=$defense,data=$d" --workdir "$target" "$field" \
+    || [[ -e "$target/summary.json" ]]
+  for seed in 0 1 2; do
+    attack "method=gmi,data=$d" "gmi_${d}_${defense}_${tag}_s$seed" target="$target" evaluator="$OUT/${d}_eval" \
+        gan="$OUT/gan_${d}" inversion.seed=$seed "$@"
+  done
+}
+
+sweeps() {  # the papers' trade-off: MID's beta and BiDO's lambda_y beyond the default settings
+  local d=$1; shift
+  if [[ $d == mnist ]]; then
+    sweep mnist mid beta0.1 defense.beta=0.1
+    sweep mnist mid beta1 defense.beta=1.0
+  else
+    sweep att mid beta0.02 defense.beta=0.02 "$@"
+  fi
+  sweep "$d" bido ly2.5 defense.lambda_y=2.5 "$@"
+  $J report "$OUT"/gmi_"${d}"_s? "$OUT"/gmi_"${d}"_{mid,bido}_s? "$OUT"/gmi_"${d}"_mid_beta*_s? "$OUT"/gmi_"${d}"_bido_ly*_s? \
+      --out "$OUT/sweeps_${d}" --title "MID and BiDO settings vs GMI on $d"
+}
+
+ablation() {  # LOMMA's parts one at a time, KEDMI on AT&T (the README's ablation table)
+  local models=(target="$OUT/att_target" evaluator="$OUT/att_eval" gan="$OUT/gan_kedmi_att")
+  local steps=(inversion.steps=300 inversion.restarts=2)
+  local logit=(inversion.identity_loss=logit)
+  local reg=(inversion.feature_reg_weight=100.0 inversion.p_reg=global)
+  for seed in 0 1 2; do
+    local s=(inversion.seed=$seed)
+    attack "method=kedmi,data=att" "ablation_clamp_s$seed" "${models[@]}" "${steps[@]}" "${s[@]}" inversion.draw_clamp=1.0
+    attack "method=kedmi,data=att" "ablation_surrogate_s$seed" "${models[@]}" "${steps[@]}" "${s[@]}" \
+        inversion.draw_clamp=1.0 surrogates="$OUT/surrogate_att"
+    attack "method=kedmi,data=att" "ablation_logit_s$seed" "${models[@]}" "${steps[@]}" "${s[@]}" \
+        inversion.draw_clamp=1.0 surrogates="$OUT/surrogate_att" "${logit[@]}"
+    attack "method=kedmi,data=att" "ablation_logit_reg_s$seed" "${models[@]}" "${steps[@]}" "${s[@]}" \
+        inversion.draw_clamp=1.0 "${logit[@]}" "${reg[@]}"
+  done
+  $J report "$OUT"/kedmi_att_s? "$OUT"/ablation_{clamp,surrogate,logit,logit_reg}_s? "$OUT"/kedmi_lomma_att_s? \
+      --out "$OUT/ablation_att" --title "LOMMA's parts, KEDMI on att"
+}
+
+[[ $what == mnist || $what == all ]] && pipeline mnist && sweeps mnist
 # AT&T: 300 steps and 2 restarts per identity instead of the protocol's 1500-2400 x 5 (CPU budget).
-[[ $what == att || $what == all ]] && pipeline att inversion.steps=300 inversion.restarts=2
+[[ $what == att || $what == all ]] && pipeline att inversion.steps=300 inversion.restarts=2 \
+  && ablation && sweeps att inversion.steps=300 inversion.restarts=2
 if [[ $what == gnime || $what == all ]]; then
   for d in mnist att; do
     train train-classifier "gnime_target_$d" "classifier.py:role=gnime_target,data=$d"
