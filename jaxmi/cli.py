@@ -150,7 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument("checkpoint", help="the PyTorch file (zip or legacy format, or safetensors)")
   p.add_argument("workdir", help="the jaxmi workdir to write (must not hold a model yet)")
-  p.add_argument("--arch", required=True, help="vgg16, ir152_64, facenet64, facenet112, efficientnet_b0/b1/b2")
+  p.add_argument(
+    "--arch",
+    required=True,
+    help="classifiers: vgg16, ir152_64, facenet64, facenet112, efficientnet_b0/b1/b2; "
+    "GAN priors: gmi_gan, kedmi_gan (CHECKPOINT = the generator, --critic = the critic / discriminator)",
+  )
+  p.add_argument("--critic", help="gmi_gan / kedmi_gan: the critic's or discriminator's file (celeba_D.tar, ...)")
   p.add_argument("--num-classes", type=int, help="classes of the head (default: read from the head's weight)")
   p.add_argument("--head", choices=("linear", "vib"), default="linear", help="vib: MID's *_vib models")
   p.add_argument("--role", choices=("target", "evaluation", "surrogate"), default="target")
@@ -428,9 +434,18 @@ def _demo(args) -> int:
 
 
 def _import_torch(args) -> int:
-  from jaxmi.experiments.import_torch import import_classifier
+  from jaxmi.errors import ConfigError
+  from jaxmi.experiments.import_torch import GANS, import_classifier, import_gan
   from jaxmi.workdir import locked
 
+  if args.arch in GANS:
+    if not args.critic:
+      raise ConfigError(f"--critic: {args.arch} needs the critic's file too (e.g. celeba_D.tar)")
+    with locked(args.workdir):
+      import_gan(args.arch, args.checkpoint, args.critic, args.workdir, name=args.name)
+    return 0
+  if args.critic:
+    raise ConfigError(f"--critic: only for the GAN archs ({', '.join(GANS)}), not {args.arch}")
   with locked(args.workdir):
     import_classifier(
       args.arch,

@@ -69,3 +69,28 @@ def test_predict_refuses_images_of_the_wrong_shape(published, tmp_path, capsys):
   capsys.readouterr()
   assert cli.main(["predict", str(tmp_path / "t"), "--images", str(tmp_path / "small.npy"), "--out", "x.npz"]) == 2
   assert "expected float32 images [N, 64, 64, 3], got float32 [2, 32, 32, 3]" in capsys.readouterr().err
+
+
+def test_an_imported_gmi_gan_loads_as_the_attack_prior_and_generates_what_pytorch_does(tmp_path, capsys):
+  from test_torch_gan import DGWGAN, Generator, randomised
+
+  from jaxmi.train.gan import load_gan
+
+  torch_g, torch_d = randomised(Generator(100, 64), seed=5), randomised(DGWGAN(3, 64), seed=6)
+  for model, name in ((torch_g, "celeba_G.tar"), (torch_d, "celeba_D.tar")):
+    torch.save({"state_dict": torch.nn.DataParallel(model).state_dict()}, tmp_path / name)
+  args = ["import-torch", "--arch", "gmi_gan", str(tmp_path / "celeba_G.tar"), str(tmp_path / "gan")]
+  assert cli.main([*args, "--critic", str(tmp_path / "celeba_D.tar")]) == 0
+  gan = load_gan(tmp_path / "gan")
+  z = np.random.default_rng(1).normal(size=(2, 100)).astype(np.float32)
+  with torch.no_grad():
+    images = torch_g(torch.from_numpy(z))
+    scores = torch_d(images).numpy().reshape(-1)
+  got = np.asarray(gan.generator.apply(gan.g_variables, z))
+  assert rel_err(got, images.numpy().transpose(0, 2, 3, 1)) <= 1e-4
+  assert rel_err(np.asarray(gan.critic.apply(gan.d_variables, got)).reshape(-1), scores) <= 1e-4
+
+  capsys.readouterr()
+  assert cli.main(["import-torch", "--arch", "gmi_gan", str(tmp_path / "celeba_G.tar"), str(tmp_path / "g2")]) == 2
+  assert "--critic: gmi_gan needs the critic's file" in capsys.readouterr().err
+  assert not (tmp_path / "g2").exists()

@@ -12,21 +12,26 @@ a user checks an import against numbers they already have from PyTorch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 
 from jaxmi import config as config_lib
 from jaxmi.data import DataConfig
 from jaxmi.errors import ConfigError, DataError
 from jaxmi.nets import ModelConfig, build_classifier, init_variables, shape_signature
 from jaxmi.nets import efficientnet, irse, vgg_torch
+from jaxmi.nets.gan import GANConfig, build_gan
+from jaxmi.nets.gan_torch import critic_from_torch, generator_from_torch
 from jaxmi.nets.torch_import import read_checkpoint
 from jaxmi.train.checkpoint import Checkpointer
 from jaxmi.train.classifier import ROLES, ClassifierConfig, arch_meta, check_restored_finite, load_classifier
+from jaxmi.train.gan import GANExperimentConfig, gan_meta, init_gan_state
 from jaxmi.train.inference import classifier_outputs
 from jaxmi.workdir import Workdir
 
@@ -47,6 +52,14 @@ CLASSIFIERS = {
     for arch in efficientnet.EFFICIENTNET_ARCHS
   },
 }
+# arch -> (GAN kind, the published files): the generator is CHECKPOINT, the critic / discriminator --critic.
+GANS = {
+  "gmi_gan": ("gmi", "GMI's general GAN: celeba_G.tar with --critic celeba_D.tar"),
+  "kedmi_gan": ("kedmi", "KEDMI's inversion-specific GAN: improved_celeba_G.tar with --critic improved_celeba_D.tar"),
+}
+# The published GANs: 64x64 RGB, z of 100, width 64 (Re-thinking_MI's Generator(100, 64) and critics).
+PUBLISHED_GAN = GANConfig(z_dim=100, base_width=64, stages=4, channels=3)
+
 # Where the published files keep the class count: the first of these keys present gives it.
 HEAD_KEYS = ("fc_layer.weight", "fc_layer.0.weight", "fc.weight")
 
@@ -166,3 +179,57 @@ def predict(workdir: str | Path, images_path: str | Path, out: str | Path, batch
   tmp.replace(out)
   log.info(f"[{clf.config.name}] logits {list(logits.shape)} and features {list(features.shape)} written to {out}")
   return {"logits": logits, "features": features}
+
+
+def import_gan(
+  arch: str, generator: str | Path, critic: str | Path, workdir: str | Path | Workdir, *, name=None
+) -> dict:
+  """Imports a published GAN prior (generator + critic files) into ``workdir``, readable by ``load_gan``.
+
+  The checkpoint is a full GAN training state (fresh Adam states, step 0), so ``train-gan`` could also
+  fine-tune it. Everything is read, mapped and checked before anything is written; returns the summary.
+  """
+  if arch not in GANS:
+    raise ConfigError(f"--arch: unknown GAN '{arch}'; expected one of {', '.join(GANS)}")
+  workdir = Workdir.of(workdir)
+  if workdir.checkpoints.exists():
+    raise ConfigError(f"{workdir}: already holds a model (checkpoints/); choose another workdir")
+  kind = GANS[arch][0]
+  generator, critic = Path(generator), Path(critic)
+  g_read, d_read = read_checkpoint(generator), read_checkpoint(critic)
+  num_classes = _num_classes(d_read.tensors, None, critic.name) if kind == "kedmi" else 0
+  g_vars = generator_from_torch(g_read.tensors, PUBLISHED_GAN, generator.name)
+  d_vars = critic_from_torch(d_read.tensors, PUBLISHED_GAN, critic.name, kind=kind, num_classes=num_classes)
+  check_restored_finite({"g": g_vars, "d": d_vars}, f"{generator} / {critic}")
+  g_module, d_module = build_gan(PUBLISHED_GAN, kind=kind, num_classes=num_classes)
+  state = init_gan_state(g_module, d_module, optax.adam(2e-4), optax.adam(2e-4), PUBLISHED_GAN, 0)
+  fresh = shape_signature({"g": state.g_params, "s": state.g_stats, "d": state.d_params})
+  if fresh != shape_signature({"g": g_vars["params"], "s": g_vars["batch_stats"], "d": d_vars["params"]}):
+    raise ConfigError(f"{generator.name}: the mapped variables do not match the {arch} networks' (a mapping bug)")
+  state = dataclasses.replace(
+    state, g_params=g_vars["params"], g_stats=g_vars["batch_stats"], d_params=d_vars["params"]
+  )
+  cfg = GANExperimentConfig(
+    name=name or generator.stem,
+    kind=kind,
+    data=DataConfig(dataset="image_folder", image_size=PUBLISHED_GAN.image_size, channels=PUBLISHED_GAN.channels),
+    gan=PUBLISHED_GAN,
+  )
+  files = {
+    role: {"file": str(path.absolute()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": r.format}
+    for role, path, r in (("generator", generator, g_read), ("critic", critic, d_read))
+  }
+  meta = {**gan_meta(cfg, state, num_classes), "imported_from": files}
+  ckpt = Checkpointer(workdir.checkpoints, every_steps=1, keep=1)
+  ckpt.save(0, state.as_dict(), meta, force=True)
+  ckpt.close()
+  summary = {
+    "name": cfg.name,
+    "kind": kind,
+    "num_classes": num_classes,
+    "imported_from": files,
+    "config": config_lib.to_dict(cfg),
+  }
+  workdir.write_json("summary.json", summary)
+  log.info(f"[{cfg.name}] {arch} (64x64x3, width 64) imported from {generator} and {critic} into {workdir}")
+  return summary
