@@ -2,13 +2,11 @@
 
 import json
 import logging
-import multiprocessing
 
 import numpy as np
 import pytest
 
 from jaxmi import cli, plots
-from jaxmi.errors import WorkdirBusyError
 from jaxmi.workdir import Workdir
 
 
@@ -28,29 +26,6 @@ def test_a_result_that_cannot_be_written_leaves_the_previous_file_whole(tmp_path
   with pytest.raises(TypeError):
     workdir.write_json("summary.json", {"natural_accuracy": object()})  # not JSON: fails mid-way
   assert json.loads((tmp_path / "summary.json").read_text()) == {"natural_accuracy": 0.9}
-
-
-def _hold(path, ready, release):
-  with Workdir(path).lock():
-    ready.set()
-    release.wait(30)
-
-
-def test_a_second_process_is_refused_while_a_run_holds_the_workdir(tmp_path):
-  ctx = multiprocessing.get_context("spawn")
-  ready, release = ctx.Event(), ctx.Event()
-  holder = ctx.Process(target=_hold, args=(tmp_path / "w", ready, release))
-  holder.start()
-  try:
-    assert ready.wait(60)
-    with pytest.raises(WorkdirBusyError, match=f"pid {holder.pid}"):
-      with Workdir(tmp_path / "w").lock():
-        pass
-  finally:
-    release.set()
-    holder.join(30)
-  with Workdir(tmp_path / "w").lock():  # free again once the holder has finished
-    pass
 
 
 def test_the_cli_prints_progress_to_stdout_and_warnings_to_stderr_once_each(capsys):

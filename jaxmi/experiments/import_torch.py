@@ -75,6 +75,26 @@ def _num_classes(tensors: dict, given: int | None, source: str) -> int:
   raise ConfigError(f"{source}: no {' / '.join(HEAD_KEYS)} key to read the class count from; pass --num-classes")
 
 
+def _empty_workdir(workdir) -> Workdir:
+  workdir = Workdir.of(workdir)
+  if workdir.checkpoints.exists():
+    raise ConfigError(f"{workdir}: already holds a model (checkpoints/); choose another workdir")
+  return workdir
+
+
+def _provenance(path: Path, read) -> dict:
+  """What a workdir records about the file it was imported from."""
+  return {"file": str(path.absolute()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": read.format}
+
+
+def _write(workdir: Workdir, state: dict, meta: dict, summary: dict) -> None:
+  """The imported model as step 0 of an orbax checkpoint, then ``summary.json`` (last, as a trained run's)."""
+  ckpt = Checkpointer(workdir.checkpoints, every_steps=1, keep=1)
+  ckpt.save(0, state, meta, force=True)
+  ckpt.close()
+  workdir.write_json("summary.json", summary)
+
+
 def import_classifier(
   arch: str,
   checkpoint: str | Path,
@@ -100,9 +120,7 @@ def import_classifier(
     raise ConfigError(f"--arch: unknown architecture '{arch}'; expected one of {', '.join(CLASSIFIERS)}")
   if role not in ROLES:
     raise ConfigError(f"--role: unknown role '{role}'; expected one of {', '.join(ROLES)}")
-  workdir = Workdir.of(workdir)
-  if workdir.checkpoints.exists():
-    raise ConfigError(f"{workdir}: already holds a model (checkpoints/); choose another workdir")
+  workdir = _empty_workdir(workdir)
   checkpoint = Path(checkpoint)
   source = checkpoint.name
   read = read_checkpoint(checkpoint)
@@ -124,7 +142,6 @@ def import_classifier(
     model=model,
     data=DataConfig(dataset="image_folder", image_size=h, channels=c),
   )
-  digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
   meta = {
     "kind": "classifier",
     "defense": "none",
@@ -132,11 +149,8 @@ def import_classifier(
     "arch": arch_meta(model, num_classes, image_shape),
     "signature": shape_signature(variables),
     "config": config_lib.to_dict(cfg),
-    "imported_from": {"file": str(checkpoint.absolute()), "sha256": digest, "format": read.format},
+    "imported_from": _provenance(checkpoint, read),
   }
-  ckpt = Checkpointer(workdir.checkpoints, every_steps=1, keep=1)
-  ckpt.save(0, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, meta, force=True)
-  ckpt.close()
   summary = {
     "name": cfg.name,
     "role": role,
@@ -148,7 +162,7 @@ def import_classifier(
     "extras": {k: v for k, v in read.extras.items() if isinstance(v, (str, int, float, bool))},
     "config": config_lib.to_dict(cfg),
   }
-  workdir.write_json("summary.json", summary)
+  _write(workdir, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, meta, summary)
   log.info(f"[{cfg.name}] {arch} ({num_classes} classes, {h}x{w}x{c}) imported from {checkpoint} into {workdir}")
   return summary
 
@@ -191,9 +205,7 @@ def import_gan(
   """
   if arch not in GANS:
     raise ConfigError(f"--arch: unknown GAN '{arch}'; expected one of {', '.join(GANS)}")
-  workdir = Workdir.of(workdir)
-  if workdir.checkpoints.exists():
-    raise ConfigError(f"{workdir}: already holds a model (checkpoints/); choose another workdir")
+  workdir = _empty_workdir(workdir)
   kind = GANS[arch][0]
   generator, critic = Path(generator), Path(critic)
   g_read, d_read = read_checkpoint(generator), read_checkpoint(critic)
@@ -215,14 +227,8 @@ def import_gan(
     data=DataConfig(dataset="image_folder", image_size=PUBLISHED_GAN.image_size, channels=PUBLISHED_GAN.channels),
     gan=PUBLISHED_GAN,
   )
-  files = {
-    role: {"file": str(path.absolute()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": r.format}
-    for role, path, r in (("generator", generator, g_read), ("critic", critic, d_read))
-  }
+  files = {"generator": _provenance(generator, g_read), "critic": _provenance(critic, d_read)}
   meta = {**gan_meta(cfg, state, num_classes), "imported_from": files}
-  ckpt = Checkpointer(workdir.checkpoints, every_steps=1, keep=1)
-  ckpt.save(0, state.as_dict(), meta, force=True)
-  ckpt.close()
   summary = {
     "name": cfg.name,
     "kind": kind,
@@ -230,6 +236,6 @@ def import_gan(
     "imported_from": files,
     "config": config_lib.to_dict(cfg),
   }
-  workdir.write_json("summary.json", summary)
+  _write(workdir, state.as_dict(), meta, summary)
   log.info(f"[{cfg.name}] {arch} (64x64x3, width 64) imported from {generator} and {critic} into {workdir}")
   return summary

@@ -36,22 +36,15 @@ VGG_LAYOUTS = {
 }
 
 
+# The choices of ModelConfig.arch; the published families register theirs in their own modules.
+ARCHS = ("cnn", "resnet", "vgg", "vgg16", *IRSE_ARCHS, *EFFICIENTNET_ARCHS)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   """A classifier's architecture and head (``build_classifier``); the ``model`` field of a classifier config."""
 
-  arch: typing.Literal[
-    "cnn",
-    "resnet",
-    "vgg",
-    "vgg16",
-    "ir152_64",
-    "facenet64",
-    "facenet112",
-    "efficientnet_b0",
-    "efficientnet_b1",
-    "efficientnet_b2",
-  ] = "cnn"
+  arch: typing.Literal[ARCHS] = "cnn"
   width: int = 32  # base channels (cnn, resnet)
   feature_dim: int = 128  # penultimate size (cnn)
   blocks: tuple[int, ...] = (2, 2, 2, 2)  # basic blocks per stage (resnet)
@@ -64,18 +57,6 @@ class ModelConfig:
   norm: typing.Literal["batch", "group"] = "batch"  # group: per-example statistics (DP-SGD)
 
 
-ARCHS = (
-  "cnn",
-  "resnet",
-  "vgg",
-  "vgg16",
-  "ir152_64",
-  "facenet64",
-  "facenet112",
-  "efficientnet_b0",
-  "efficientnet_b1",
-  "efficientnet_b2",
-)
 HEADS = ("linear", "low_rank", "vib")
 
 
