@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--critic", help="gmi_gan / kedmi_gan: the critic's or discriminator's file (celeba_D.tar, ...)")
   p.add_argument("--num-classes", type=int, help="classes of the head (default: read from the head's weight)")
-  p.add_argument("--head", choices=("linear", "vib"), default="linear", help="vib: MID's *_vib models")
-  p.add_argument("--role", choices=("target", "evaluation", "surrogate"), default="target")
+  # Classifier-only flags default to None so that one given with a GAN arch is refused, not silently ignored.
+  p.add_argument("--head", choices=("linear", "vib"), help="vib: MID's *_vib models (default: linear)")
+  p.add_argument("--role", choices=("target", "evaluation", "surrogate"), help="(default: target)")
   p.add_argument("--name", help="the model's name (default: the file's stem)")
 
   p = sub.add_parser("predict", help="logits and features of a classifier workdir for images in a .npy file")
@@ -439,6 +440,10 @@ def _import_torch(args) -> int:
   from jaxmi.workdir import locked
 
   if args.arch in GANS:
+    classifier_flags = {"--num-classes": args.num_classes, "--head": args.head, "--role": args.role}
+    given = [flag for flag, value in classifier_flags.items() if value is not None]
+    if given:
+      raise ConfigError(f"{', '.join(given)}: only for classifiers, not the GAN arch {args.arch}")
     if not args.critic:
       raise ConfigError(f"--critic: {args.arch} needs the critic's file too (e.g. celeba_D.tar)")
     with locked(args.workdir):
@@ -452,8 +457,8 @@ def _import_torch(args) -> int:
       args.checkpoint,
       args.workdir,
       num_classes=args.num_classes,
-      head=args.head,
-      role=args.role,
+      head=args.head or "linear",
+      role=args.role or "target",
       name=args.name,
     )
   return 0

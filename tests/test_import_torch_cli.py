@@ -94,3 +94,10 @@ def test_an_imported_gmi_gan_loads_as_the_attack_prior_and_generates_what_pytorc
   assert cli.main(["import-torch", "--arch", "gmi_gan", str(tmp_path / "celeba_G.tar"), str(tmp_path / "g2")]) == 2
   assert "--critic: gmi_gan needs the critic's file" in capsys.readouterr().err
   assert not (tmp_path / "g2").exists()
+  # A classifier-only flag with a GAN arch is refused, not silently ignored.
+  g, d = str(tmp_path / "celeba_G.tar"), str(tmp_path / "celeba_D.tar")
+  assert (
+    cli.main(["import-torch", "--arch", "gmi_gan", "--num-classes", "5", g, "--critic", d, str(tmp_path / "g3")]) == 2
+  )
+  assert "--num-classes: only for classifiers, not the GAN arch gmi_gan" in capsys.readouterr().err
+  assert not (tmp_path / "g3").exists()
