@@ -79,7 +79,7 @@ NOT_ATTACK_SETTING_WORDS = ("checkpoint", "resume")
 
 # results.json numbers the report reads (top level and inside "prior_baseline").
 METRICS = ("acc1", "acc1_all_restarts_mean", "acc5_all_restarts_mean", "knn_dist_all_restarts")
-PRIORS = {"gmi": "WGAN-GP", "kedmi": "KEDMI"}  # results.json "gan_kind" -> what the prior is
+PRIORS = {"gmi": "WGAN-GP", "kedmi": "KEDMI", "plg": "PLG-MI cGAN"}  # results.json "gan_kind" -> what the prior is
 NON_FINITE = {
   "nan": math.nan,
   "inf": math.inf,

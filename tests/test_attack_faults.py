@@ -277,6 +277,14 @@ def test_every_attack_reports_its_prior_baseline(tiny, tmp_path, caplog):
   with open(tmp_path / "b" / "per_identity.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 3 and {"baseline_correct", "baseline_knn_dist", "baseline_target_confidence"} <= set(rows[0])
+  # The official evaluation's row (issue 16): its columns and spelling, the numbers of results.json.
+  with open(tmp_path / "b" / "Eval_results.csv") as f:
+    (official,) = list(csv.DictReader(f))
+  assert list(official) == ["Save_dir", "Method", "Succesful_samples", "acc", "std", "acc5", "std5", "fid", "knn"]
+  assert float(official["acc"]) == summary["acc1_all_restarts_mean"] and official["Method"] == cfg.attack
+  assert float(official["std"]) == summary["acc1_all_restarts_std"] and float(official["knn"]) > 0
+  assert int(official["Succesful_samples"]) == round(summary["acc1_all_restarts_mean"] * 3 * 2)
+  assert official["fid"] == ""  # not Inception-v3 features: not comparable with the papers' FID, so not written
   assert any("prior baseline" in line for line in caplog.messages), caplog.messages
   assert summary["prior_baseline"] == base
 

@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxmi"
 LAYERS = (
   ("jaxmi", "jaxmi.errors"),  # the package root holds only the version; errors import nothing
   (
+    "jaxmi.augment",
     "jaxmi.config",
     "jaxmi.parallel",
     "jaxmi.plots",

@@ -36,7 +36,11 @@ Every run also evaluates its initial latents the same way (``InversionResult.bas
 baseline, what un-optimised samples of the prior already score.
 
 Randomness is keyed per latent: latent (identity i, restart r) starts from
-``fold_in(fold_in(key, i), r)``, so results do not depend on how latents are chunked.
+``fold_in(fold_in(key, i), r)`` and step t uses ``fold_in`` of that with t (KEDMI's draws, and the augmented views
+of ``inversion.augment_views`` on a stream of their own), so results do not depend on how latents are chunked.
+
+A class-conditional generator G(z, y) (PLG-MI's; ``AttackModels.conditional``) gets each latent's attacked class,
+which stays fixed while z is optimised.
 
 GMI takes the *mean* loss over a batch of B identities, which scales each latent's gradient by 1/B and
 matters for a scale-sensitive optimiser; per-latent losses here are divided by ``reference_batch`` (60 in
@@ -57,11 +61,13 @@ import optax
 
 from jaxmi import parallel
 from jaxmi.attacks.terms import Forward, Latent, LossTerm
+from jaxmi.augment import ImageAugment, augment_image
 from jaxmi.errors import ConfigError, Interrupted, NonFiniteError
 from jaxmi.nets.resize import resize_to
 from jaxmi.train.interrupt import StopOnInterrupt
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+AUGMENT_STREAM = 0x61756720  # fold_in constant of the augmentation keys ("aug ")
 SELECT_BY = ("logit", "probability")
 
 
@@ -81,7 +87,7 @@ class InversionConfig:
   init_logvar: float = 1.0  # KEDMI: initial log-variance of each distribution (its mean starts at 0)
   prior_weight: float = 1.0  # weight of the prior: -D(G(z)) (WGAN critic) or -log P(real) (KEDMI)
   identity_weight: float = 100.0  # lambda of the identity term
-  identity_loss: typing.Literal["ce", "logit"] = "ce"  # ce (GMI) | logit (LOMMA: negative target logit)
+  identity_loss: typing.Literal["ce", "logit", "max_margin"] = "ce"  # ce (GMI) | logit (LOMMA) | max_margin (PLG-MI)
   feature_reg_weight: float = 0.0  # LOMMA: weight of mean (phi_T(x) - p_reg)^2 (identity_weight * lam = 100)
   p_reg: typing.Literal["global", "per_class"] = (
     "global"  # global: one public-feature mean (official); per_class: by target prediction
@@ -91,6 +97,11 @@ class InversionConfig:
   # score[i, y_i] (GMI's official attack.py); "probability" = highest softmax probability, which also rewards
   # lowering the other classes' logits and saturates at 1, so confident restarts tie.
   select_by: typing.Literal["logit", "probability"] = "logit"
+  # Random augmentations of G(z) before the attacked models (PLG-MI: two views, kornia's crop/jitter/flip/rotation):
+  # the terms then see each model's outputs on ``augment_views`` augmented copies, keyed per latent and step.
+  # 0 views: the image as generated (the default). The prior and the final evaluation always see G(z) itself.
+  augment_views: int = 0
+  augment: ImageAugment = ImageAugment()
   seed: int = 0
 
   def validate(self) -> None:
@@ -99,6 +110,10 @@ class InversionConfig:
     for field in ("steps", "restarts", "reference_batch", "eval_draws"):
       if getattr(self, field) <= 0:
         raise ConfigError(f"inversion.{field}: expected a positive integer, got {getattr(self, field)}")
+    if self.augment_views < 0:
+      raise ConfigError(f"inversion.augment_views: expected >= 0 (0 = no augmentation), got {self.augment_views}")
+    if self.augment_views and self.augment.identity:
+      raise ConfigError("inversion.augment_views: views of an augmentation that changes nothing; set inversion.augment")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -149,6 +164,9 @@ class AttackModels:
   critic: Any | None
   targets: tuple  # Linen classifier modules; the first is the target itself
   target_shapes: tuple  # each target's input (H, W, C)
+  # A class-conditional generator G(z, y) (PLG-MI's): every latent generates in its attacked class, fixed; only z is
+  # optimised. Called as generator.apply(v, z, labels, train=False).
+  conditional: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,26 +296,42 @@ class Inverter:
     fn = lambda v, inputs: module.apply(v, inputs, **kwargs)
     return (jax.checkpoint(fn) if self.execution.remat else fn)(variables, x)
 
-  def _forward(self, variables: dict, z: jax.Array) -> Forward:
-    """Networks in the compute dtype; what the loss terms see comes back as float32."""
-    m = self.models
+  def generate(self, generator_vars, z: jax.Array, labels: jax.Array, **kwargs) -> jax.Array:
+    """G(z) for a batch of latents z [N, z_dim] attacking ``labels`` [N] (used by a conditional generator only)."""
+    if self.models.conditional:
+      return self._apply(self.models.generator, generator_vars, z, labels=labels, **kwargs)
+    return self._apply(self.models.generator, generator_vars, z, **kwargs)
+
+  def _forward(self, variables: dict, z: jax.Array, label: jax.Array, key: jax.Array) -> Forward:
+    """Networks in the compute dtype; what the loss terms see comes back as float32. With ``augment_views`` the
+    attacked models see that many augmented copies of the image (their outputs gain a leading view axis)."""
+    m, cfg = self.models, self.cfg
     f32 = lambda x: x.astype(jnp.float32)
-    image = self._apply(m.generator, variables["generator"], z[None].astype(self.dtype), train=False)
+    image = self.generate(variables["generator"], z[None].astype(self.dtype), jnp.asarray(label)[None], train=False)
     score = jnp.zeros(())
     if m.critic is not None and any(t.needs_critic for t in self.terms):
       score = f32(self._apply(m.critic, variables["critic"], image, method="realism")[0])
+    seen = image
+    if cfg.augment_views:
+      # Its own stream: the latent's sampling (KEDMI's draw) keeps ``key``; view v uses fold_in(., v).
+      aug_key = jax.random.fold_in(key, AUGMENT_STREAM)
+      views = [
+        augment_image(f32(image[0]), jax.random.fold_in(aug_key, v), cfg.augment) for v in range(cfg.augment_views)
+      ]
+      seen = jnp.stack(views).astype(image.dtype)
     logits, feats = [], []
     for module, shape, tvars in zip(m.targets, m.target_shapes, variables["targets"]):
-      out = self._apply(module, tvars, resize_to(image, shape).astype(self.dtype), train=False)
-      logits.append(f32(out.logits[0]))
-      feats.append(f32(out.features[0]))
+      out = self._apply(module, tvars, resize_to(seen, shape).astype(self.dtype), train=False)
+      pick = (lambda x: x) if cfg.augment_views else (lambda x: x[0])
+      logits.append(f32(pick(out.logits)))
+      feats.append(f32(pick(out.features)))
     return Forward(f32(image[0]), score, tuple(logits), tuple(feats))
 
   def loss(self, params, label, key, variables, terms):
     """(total loss / reference_batch, {term name: weighted term}) of one latent; ``terms`` as ``self.terms``
     (passed in so their arrays enter the program as arguments)."""
     z = self.latent.sample(params, key)
-    f = self._forward(variables, z)
+    f = self._forward(variables, z, label, key)
     parts = {t.name: t.weight * t(f, label) for t in terms}
     return sum(parts.values()) / self.cfg.reference_batch, parts
 
@@ -345,14 +379,19 @@ class Inverter:
       history.append(parts)
     return carry, jax.tree.map(lambda *p: jnp.stack(p), *history)
 
-  def _finish(self, params, keys, variables):
+  def _finish(self, params, keys, labels, variables):
     """Final images and the target's logits for a chunk of optimised latents, ``draws`` per latent.
 
     Always float32: the reported reconstructions are G(z) at full precision.
     """
     z = jax.vmap(self.latent.final)(params, keys)
     z = z.reshape(-1, *z.shape[2:])  # [chunk * draws, z_dim], draws of a latent adjacent
-    images = self.models.generator.apply(variables["generator"], z, train=False)
+    if self.models.conditional:
+      images = self.models.generator.apply(
+        variables["generator"], z, jnp.repeat(labels, self.latent.draws), train=False
+      )
+    else:
+      images = self.models.generator.apply(variables["generator"], z, train=False)
     module, shape, tvars = self.models.targets[0], self.models.target_shapes[0], variables["targets"][0]
     logits = module.apply(tvars, resize_to(images, shape), train=False).logits
     return z, images, logits
@@ -540,7 +579,7 @@ def invert_chunk(r: _Run, c: int, stop, stop_at_step: int | None) -> tuple:
   final_keys = jax.vmap(lambda k: jax.random.fold_in(k, cfg.steps))(chunk_keys)  # steps used 0..steps-1
   carry = inv.start(chunk_keys, r.mesh)
   # The prior baseline: the initial latents, evaluated exactly as the optimised ones are.
-  base = parallel.to_host(inv.finish(carry[0], final_keys, r.variables))
+  base = parallel.to_host(inv.finish(carry[0], final_keys, chunk_labels, r.variables))
   saved = state.load(c) if state is not None else None
   done = 0
   if saved is not None:
@@ -598,7 +637,7 @@ def invert_chunk(r: _Run, c: int, stop, stop_at_step: int | None) -> tuple:
       save(False, {f"carry_{k}": x for k, x in enumerate(jax.tree.leaves(host))})
     if (stop_at_step is not None and c * cfg.steps + done >= stop_at_step) or (stop.requested and done < cfg.steps):
       raise interrupted(c, done, cfg.steps, state)
-  out = parallel.to_host(inv.finish(carry[0], final_keys, r.variables))
+  out = parallel.to_host(inv.finish(carry[0], final_keys, chunk_labels, r.variables))
   params = parallel.to_host(carry[0])
   for name, x in (("latents", params), ("latents", out[0]), ("images", out[1]), ("target logits", out[2])):
     bad = bad_rows(x, chunk)

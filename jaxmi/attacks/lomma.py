@@ -50,6 +50,7 @@ class FeatureRegTerm:
 
   def __call__(self, f: Forward, label: jax.Array) -> jax.Array:
     centre = self.p_reg[label] if self.p_reg.ndim == 2 else self.p_reg
+    # Over augmented views too ([views, D] features), when the attack augments.
     return jnp.mean((f.target_features[0] - centre) ** 2)
 
 

@@ -28,8 +28,8 @@ class Forward(NamedTuple):
 
   image: jax.Array  # [H, W, C] the generated image
   critic_score: jax.Array  # scalar realism s(G(z)): D(G(z)) or KEDMI's log P(real); 0 without a critic
-  target_logits: tuple  # per attacked model (the target first): [num_classes]
-  target_features: tuple  # per attacked model: [feature_dim]
+  target_logits: tuple  # per attacked model (the target first): [num_classes] ([views, ...] when augmented)
+  target_features: tuple  # per attacked model: [feature_dim] ([views, ...] when augmented)
 
 
 class Latent(Protocol):
@@ -64,6 +64,17 @@ class LossTerm(Protocol):
     """The unweighted scalar loss of one latent attacking class ``label``."""
 
 
+IDENTITY_LOSSES = ("ce", "logit", "max_margin")
+
+
+def max_margin(logits: jax.Array, label: jax.Array) -> jax.Array:
+  """PLG-MI's max-margin identity loss, -l_y + max_{k != y} l_k, of one latent's logits [K] (Yuan et al., AAAI 2023,
+  Eq. 6; official ``losses.max_margin_loss``). Unlike cross-entropy it stops pushing once the class leads, and does
+  not reward lowering every other logit, only the strongest rival."""
+  others = jnp.where(jnp.arange(logits.shape[-1]) == label, -jnp.inf, logits)
+  return jnp.max(others, axis=-1) - logits[..., label]
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PriorTerm:
@@ -83,7 +94,8 @@ class PriorTerm:
 class IdentityTerm:
   """lambda * identity loss, averaged over the attacked models (the target, plus LOMMA's surrogates).
 
-  ``ce``: cross-entropy (GMI, KEDMI); ``logit``: the negative raw logit of the attacked class (LOMMA).
+  ``ce``: cross-entropy (GMI, KEDMI); ``logit``: the negative raw logit of the attacked class (LOMMA);
+  ``max_margin``: ``max_margin`` below (PLG-MI).
   """
 
   weight: float = dataclasses.field(default=100.0, metadata={"static": True})
@@ -94,13 +106,19 @@ class IdentityTerm:
   def __call__(self, f: Forward, label: jax.Array) -> jax.Array:
     per_model = []
     for logits in f.target_logits:
-      if self.loss == "ce":
-        per_model.append(optax.softmax_cross_entropy_with_integer_labels(logits, label))
-      elif self.loss == "logit":
-        per_model.append(-logits[label])
-      else:
-        raise ConfigError(f"inversion.identity_loss: unknown '{self.loss}'; expected ce or logit")
+      # Augmented views ([views, K]): their losses add up, as PLG-MI's L(T(aug1 x)) + L(T(aug2 x)).
+      loss = self.one_view if logits.ndim == 1 else lambda l, y: jnp.sum(jax.vmap(self.one_view, (0, None))(l, y))
+      per_model.append(loss(logits, label))
     return jnp.mean(jnp.stack(per_model))
+
+  def one_view(self, logits: jax.Array, label: jax.Array) -> jax.Array:
+    if self.loss == "ce":
+      return optax.softmax_cross_entropy_with_integer_labels(logits, label)
+    if self.loss == "logit":
+      return -logits[label]
+    if self.loss == "max_margin":
+      return max_margin(logits, label)
+    raise ConfigError(f"inversion.identity_loss: unknown '{self.loss}'; expected one of {', '.join(IDENTITY_LOSSES)}")
 
 
 def prior_and_identity(cfg) -> list:

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AttackConfig:
   name: str = "attack"
-  attack: typing.Literal["gmi", "kedmi"] = "gmi"
+  attack: typing.Literal["gmi", "kedmi", "plg"] = "gmi"
   target: str = "runs/mnist_target"  # workdir of the trained target classifier
   evaluator: str = "runs/mnist_eval"  # workdir of the independent evaluation model
   gan: str = "runs/gan_mnist"  # workdir of the GAN prior (trained on public data)
@@ -157,6 +157,12 @@ def run_attack(
       f"identities: {bad} out of range; the target {cfg.target} has classes 0..{target.num_classes - 1}"
     )
 
+  conditional = gan.kind == "plg"  # PLG-MI's G(z, y): each latent generates in its attacked class
+  if conditional and gan.num_classes != target.num_classes:
+    raise ConfigError(
+      f"gan: {cfg.gan} generates {gan.num_classes} classes but the target has {target.num_classes}; train the "
+      "conditional GAN on this target's pseudo-labels"
+    )
   surrogates = [
     _load("surrogate", "surrogates", w, lambda w=w: load_classifier(w, expect_role="surrogate")) for w in cfg.surrogates
   ]
@@ -170,6 +176,7 @@ def run_attack(
     critic=gan.critic,
     targets=tuple(m.module for m in attacked),
     target_shapes=tuple(m.image_shape for m in attacked),
+    conditional=conditional,
   )
   variables = {"generator": gan.g_variables, "critic": gan.d_variables, "targets": tuple(m.variables for m in attacked)}
   public = None
@@ -215,12 +222,18 @@ def run_attack(
   total_latents = len(labels) * cfg.inversion.restarts
   chunk_text = f"at most {cfg.execution.max_batch}" if cfg.execution.max_batch else "memory-fitted"
   prior = {"gmi": "WGAN critic -D(G(z))", "kedmi": "KEDMI K+1 discriminator -log P(real)"}.get(gan.kind, gan.kind)
+  prior_text = f"{prior} of {cfg.gan} (weight {cfg.inversion.prior_weight})"
+  if not cfg.inversion.prior_weight:
+    prior_text = f"none (generator of {cfg.gan})"
+  augmented = (
+    f"; the attacked models see {cfg.inversion.augment_views} augmented views" if cfg.inversion.augment_views else ""
+  )
   say(
     f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
     f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over "
     f"{cfg.execution.devices or jax.device_count()} device(s), "
-    f"{cfg.execution.compute_dtype}; prior: {prior} of {cfg.gan} (weight {cfg.inversion.prior_weight}); "
-    f"attacking {len(attacked)} model(s); restarts selected by target {cfg.inversion.select_by}"
+    f"{cfg.execution.compute_dtype}; prior: {prior_text}; "
+    f"attacking {len(attacked)} model(s){augmented}; restarts selected by target {cfg.inversion.select_by}"
   )
   if cfg.attack == "kedmi" and gan.kind != "kedmi":
     # A legitimate ablation (KEDMI's distributional latent with GMI's prior), but never a silent one.
@@ -314,6 +327,7 @@ def run_attack(
     writer_csv.writeheader()
     writer_csv.writerows(rows)
   os.replace(workdir / "per_identity.csv.tmp", workdir / "per_identity.csv")
+  write_eval_results(workdir, cfg, summary)
   real = real_images_of(
     result.labels, splits.private_train.images, splits.private_train.labels, result.images.shape[2:]
   )
@@ -323,9 +337,44 @@ def run_attack(
   if state is not None:
     state.clear()  # the outputs hold everything it had
   say(format_summary(summary))
-  outputs = "results.json, per_identity.csv, grid.png, loss.png, latents.npz"
+  outputs = "results.json, Eval_results.csv, per_identity.csv, grid.png, loss.png, latents.npz"
   say(f"[{cfg.name}] results in {workdir.path.absolute()} ({outputs})")
   return summary
+
+
+# The official evaluation's CSV (Re-thinking_MI / PLG-MI ``evaluation.py``), with its spelling.
+EVAL_RESULTS_COLUMNS = ("Save_dir", "Method", "Succesful_samples", "acc", "std", "acc5", "std5", "fid", "knn")
+
+
+def method_label(cfg: AttackConfig) -> str:
+  """``gmi``, ``kedmi``, ``plg``, ``+lomma`` when LOMMA's three parts are all on (as ``bin/jaxmi report`` names it)."""
+  inv = cfg.inversion
+  lomma = cfg.surrogates and inv.identity_loss == "logit" and inv.feature_reg_weight
+  return cfg.attack + ("+lomma" if lomma else "")
+
+
+def write_eval_results(workdir: Workdir, cfg: AttackConfig, summary: dict) -> None:
+  """``Eval_results.csv``: the run as one row of the official evaluation's table, so its numbers sit next to the
+  papers' without conversion. acc/acc5 are the mean over restarts of the per-restart accuracy and std/std5 their
+  ddof=1 std (blank with one restart); knn is the mean over all reconstructions; fid is written only when it was
+  computed in Inception-v3 features as the papers' (blank otherwise: an FID in other features is not comparable)."""
+  blank = lambda v: "" if v is None else v
+  row = {
+    "Save_dir": str(workdir.path),
+    "Method": method_label(cfg),
+    "Succesful_samples": summary["successful_samples"],
+    "acc": summary["acc1_all_restarts_mean"],
+    "std": blank(summary["acc1_all_restarts_std"]),
+    "acc5": summary["acc5_all_restarts_mean"],
+    "std5": blank(summary["acc5_all_restarts_std"]),
+    "fid": summary["feature_fid"] if summary["fid_feature_space"] == "inception-v3" else "",
+    "knn": summary["knn_dist_all_restarts"],
+  }
+  with open(workdir / "Eval_results.csv.tmp", "w", newline="") as f:
+    out = csv.DictWriter(f, fieldnames=EVAL_RESULTS_COLUMNS)
+    out.writeheader()
+    out.writerow(row)
+  os.replace(workdir / "Eval_results.csv.tmp", workdir / "Eval_results.csv")
 
 
 def draw_collapse(result, clip: float) -> float | None:

@@ -108,6 +108,7 @@ def evaluate_inversion(
     "acc5_all_restarts_mean": float(per_restart_acc5.mean()),
     "acc5_all_restarts_std": sample_std(per_restart_acc5),
     "any_restart_acc": float(top1.any(axis=1).mean()),
+    "successful_samples": int(top1.sum()),  # reconstructions (all restarts) the evaluation model calls right
     "knn_dist": float(knn[rows, best].mean()),
     "knn_dist_all_restarts": float(knn.mean()),
     "feature_fid": frechet_distance(fid_rec, fid_priv),
