@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_common(p, config=False, workdir=False)
 
   p = sub.add_parser("prepare-data", help="download (if needed), verify and prepare a dataset")
-  p.add_argument("dataset", choices=("mnist", "att_faces", "image_folder", "idx"))
+  p.add_argument("dataset", choices=("mnist", "att_faces", "image_folder", "idx", "celeba", "ffhq", "facescrub"))
   p.add_argument(
     "--root",
     help="image_folder: the root directory <root>/<identity>/<image>; idx: the folder of "

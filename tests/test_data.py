@@ -474,7 +474,8 @@ def test_att_faces_download_names_the_changed_file(data_root, tmp_path):
 def test_unknown_dataset():
   message = raises_one_line(DataError, data.load_splits, data.DataConfig(dataset="foo"))
   assert message == (
-    "data.dataset: unknown dataset 'foo'; expected one of mnist, att_faces, image_folder, idx, sklearn_digits"
+    "data.dataset: unknown dataset 'foo'; expected one of mnist, att_faces, image_folder, idx, sklearn_digits, "
+    "celeba, ffhq, facescrub"
   )
 
 

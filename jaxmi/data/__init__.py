@@ -8,6 +8,8 @@ DataConfig.data_dir, else $JAXMI_DATA_DIR/<dataset>, else ~/jaxmi_data/<dataset>
 (downloaded there when missing and allowed); they are prepared once into TFDS
 files under --cache-dir, else DataConfig.cache_dir, else $JAXMI_CACHE_DIR, else
 ~/.cache/jaxmi, with identities.csv (label, name, images per split) beside them.
+The standard protocol's CelebA (official split files), FFHQ and FaceScrub: see
+jaxmi.data.protocol for where their files go.
 """
 
 from jaxmi.data.pipeline import eval_batches

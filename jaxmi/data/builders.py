@@ -250,6 +250,9 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   width: int = 64
   channels: int = 3
   crop: tuple[int, ...] = ()  # (top, left, height, width); () = centre square
+  # > 0: first resize the whole image to pre_resize x pre_resize with Lanczos when it is not that size already
+  # (FaceScrub as PLG-MI reads it: baselines/utils.py load_image_list, Image.ANTIALIAS = LANCZOS); 0 = none.
+  pre_resize: int = 0
 
 
 def scan_image_folder(root: Path) -> list[tuple[str, list[Path]]]:
@@ -301,6 +304,8 @@ def load_image(path: Path, config: ImageFolderConfig) -> np.ndarray:
     with Image.open(path) as image:
       image = ImageOps.exif_transpose(image)
       image = to_8bit(image).convert("L" if config.channels == 1 else "RGB")
+      if config.pre_resize and image.size != (config.pre_resize, config.pre_resize):
+        image = image.resize((config.pre_resize, config.pre_resize), Image.Resampling.LANCZOS)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise DataError(f"image_folder: cannot read image {path} ({download_lib.one_line(e)})") from None
   width, height = image.size

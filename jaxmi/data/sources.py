@@ -15,10 +15,26 @@ from jaxmi.data.download import one_line
 from jaxmi.errors import DataError
 from jaxmi.errors import JaxmiError
 
-DatasetName = typing.Literal["mnist", "att_faces", "image_folder", "idx", "sklearn_digits"]
+DatasetName = typing.Literal[
+  "mnist", "att_faces", "image_folder", "idx", "sklearn_digits", "celeba", "ffhq", "facescrub"
+]
 DATASETS = typing.get_args(DatasetName)
+# data.public_dataset: "" = the public split of data.dataset itself.
+PublicDatasetName = typing.Literal[("",) + DATASETS]
 # Datasets with an official held-out split named "test".
-HAS_TEST_SPLIT = {"mnist": True, "att_faces": False, "image_folder": False, "idx": True, "sklearn_digits": False}
+HAS_TEST_SPLIT = {
+  "mnist": True,
+  "att_faces": False,
+  "image_folder": False,
+  "idx": True,
+  "sklearn_digits": False,
+  "celeba": True,
+  "ffhq": False,
+  "facescrub": False,
+}
+# Datasets whose images are stored cropped and resized at the run's data.image_size/channels/crop (the rest are
+# stored raw and preprocessed when split).
+PREPARED_AT_SIZE = ("image_folder", "celeba", "ffhq", "facescrub")
 # Set by the command line's --data-dir / --cache-dir: flags win over a config's data.data_dir /
 # data.cache_dir (they are the more specific, local choice), which win over $JAXMI_DATA_DIR /
 # $JAXMI_CACHE_DIR. --data-dir D means D/<dataset>, as $JAXMI_DATA_DIR does.
@@ -98,10 +114,11 @@ def prepare(
     data_dir: the raw files; None -> resolve_raw_dir's default.
     cache_dir: where prepared files go; None -> resolve_cache_dir's default.
     download: whether missing raw files may be downloaded.
-    image_size, channels, crop: only matter for image_folder, whose images
-      are stored at that format (each format is prepared separately; the
-      defaults are DataConfig's, so a default run reuses what a default
-      prepare made).
+    image_size, channels, crop: only matter for PREPARED_AT_SIZE datasets,
+      whose images are stored at that format (each format is prepared
+      separately; the defaults are DataConfig's, so a default run reuses what
+      a default prepare made). For celeba, ffhq and facescrub, crop () is the
+      reference crop (see jaxmi.data.protocol).
     urls: overrides the download mirrors (builders.MNIST_MIRRORS /
       ATT_FACES_URLS).
 
@@ -209,7 +226,10 @@ def _write_identities(folder: Path, class_names, splits) -> Path | None:
   path = folder / IDENTITIES_FILE
   if path.is_file():
     return path
-  counts = {split: np.bincount(labels, minlength=len(class_names)) for split, (_, labels) in splits.items()}
+  # Label -1 = an unlabelled image (CelebA's public split, FFHQ): counted in no identity.
+  counts = {
+    split: np.bincount(labels[labels >= 0], minlength=len(class_names)) for split, (_, labels) in splits.items()
+  }
   try:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
     try:
@@ -238,6 +258,11 @@ def _prepared_builder(dataset, data_dir, cache, download, image_size, channels, 
     builder = _image_folder_builder(raw, prepared, image_size, channels, crop)
   elif dataset == "idx":
     builder = _idx_builder(raw, prepared)
+  elif dataset in ("celeba", "ffhq", "facescrub"):
+    from jaxmi.data import protocol  # pylint: disable=g-import-not-at-top
+
+    make = {"celeba": protocol.celeba_builder, "ffhq": protocol.ffhq_builder, "facescrub": protocol.facescrub_builder}
+    builder = make[dataset](raw, prepared, image_size, channels, tuple(crop))
   else:
     cls = builders.Mnist if dataset == "mnist" else builders.AttFaces
     builder = cls(raw_dir=raw, fallback_dir=downloads / dataset, download=download, urls=urls, data_dir=prepared)

@@ -23,6 +23,13 @@ class DataConfig:
   image_folder, sklearn_digits) then hold out DEFAULT_TEST_FRACTION (0.2),
   because a target model without a test set cannot be evaluated and an error
   would only make every such config repeat 0.2.
+
+  celeba (the standard protocol, see jaxmi.data.protocol) splits by its
+  files: private_ids are labels of trainset.txt/testset.txt (() = all of
+  them, the protocol's 1000), private_test is testset.txt, and the public
+  split is ganset.txt, unlabelled (label -1), so public_ids must be ().
+  public_dataset="ffhq" or "facescrub" takes the public split from that
+  dataset instead, e.g. CelebA private with FFHQ public.
   """
 
   dataset: sources.DatasetName = "mnist"
@@ -42,6 +49,13 @@ class DataConfig:
   test_fraction: float = 0.0  # see the class docstring
   split_seed: int = 0
   max_per_class: int = 0  # 0 = all, else at most this many per identity/split
+  # The public split from another dataset, stored at image_size/channels with that dataset's reference crop
+  # (data.crop is data.dataset's): e.g. "ffhq" or "facescrub" for a celeba private split. public_ids then name
+  # identities of that dataset, () = all of its images. "" = data.dataset's own public split.
+  public_dataset: sources.PublicDatasetName = ""
+  # Its raw files; None -> $JAXMI_DATA_DIR/<public_dataset> else ~/jaxmi_data/<public_dataset>; the command line's
+  # --data-dir D wins (D/<public_dataset>).
+  public_data_dir: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,28 +102,54 @@ def validate(cfg: DataConfig) -> None:
     raise ConfigError(f"data.max_per_class: {cfg.max_per_class} must be >= 0 (0 = no cap)")
   if cfg.split_seed < 0:
     raise ConfigError(f"data.split_seed: {cfg.split_seed} must be >= 0")
+  if cfg.dataset == "ffhq":
+    raise ConfigError(
+      "data.dataset: ffhq has no identities, so it cannot be the private split; use it as data.public_dataset"
+    )
+  if cfg.public_dataset and cfg.public_dataset not in sources.DATASETS:
+    raise ConfigError(
+      f"data.public_dataset: unknown dataset {cfg.public_dataset!r}; expected '' or one of {', '.join(sources.DATASETS)}"
+    )
+  own_public = _own_public(cfg)
+  if own_public and cfg.public_data_dir:
+    raise ConfigError("data.public_data_dir: set, but data.public_dataset is not; name the dataset it holds")
+  if cfg.public_ids and (cfg.dataset if own_public else cfg.public_dataset) == "celeba":
+    raise ConfigError(
+      f"data.public_ids: {tuple(cfg.public_ids)}, but celeba's public split (ganset.txt) is unlabelled; "
+      "set data.public_ids=() to use all of it"
+    )
   for field in ("private_ids", "public_ids"):
     ids = tuple(getattr(cfg, field))
-    # No public identities is valid for a model trained on one set only (TL-DMI's public pretraining).
-    if not ids and field == "private_ids":
+    # No public identities is valid for a model trained on one set only (TL-DMI's public pretraining);
+    # no private ones means all of celeba's split files.
+    if not ids and field == "private_ids" and cfg.dataset != "celeba":
       raise ConfigError(f"data.{field}: empty; list at least one identity (an original label of the dataset)")
     if ids and min(ids) < 0:
       raise ConfigError(f"data.{field}: {ids} has a negative identity")
     if len(set(ids)) != len(ids):
       raise ConfigError(f"data.{field}: {ids} lists an identity twice")
-  overlap = sorted(set(cfg.private_ids) & set(cfg.public_ids))
+  # Another public dataset numbers its own identities.
+  overlap = sorted(set(cfg.private_ids) & set(cfg.public_ids)) if own_public else []
   if overlap:
     raise ConfigError(
       f"data.private_ids and data.public_ids overlap in {overlap}; private and public identities must be disjoint"
     )
 
 
-def _check_ids_in_range(cfg: DataConfig, num_classes: int) -> None:
-  for field in ("private_ids", "public_ids"):
+def _own_public(cfg: DataConfig) -> bool:
+  """Whether the public split comes from data.dataset itself (not from data.public_dataset)."""
+  return cfg.public_dataset in ("", cfg.dataset)
+
+
+def _check_ids_in_range(cfg: DataConfig, num_classes: int, fields=("private_ids", "public_ids"), dataset="") -> None:
+  dataset = dataset or cfg.dataset
+  for field in fields:
     bad = [i for i in getattr(cfg, field) if not 0 <= i < num_classes]
+    if bad and not num_classes:
+      raise ConfigError(f"data.{field}: {bad}, but {dataset} is unlabelled; set data.{field}=() to use all of it")
     if bad:
-      hint = " (AT&T folder sN is identity N-1)" if cfg.dataset == "att_faces" else ""
-      raise ConfigError(f"data.{field}: {bad} out of range; {cfg.dataset} has identities 0..{num_classes - 1}{hint}")
+      hint = " (AT&T folder sN is identity N-1)" if dataset == "att_faces" else ""
+      raise ConfigError(f"data.{field}: {bad} out of range; {dataset} has identities 0..{num_classes - 1}{hint}")
 
 
 def _shuffled_per_identity(labels: np.ndarray, identity: int, seed: int, stream: int, cap: int) -> np.ndarray:
@@ -183,11 +223,20 @@ def load_splits(cfg: DataConfig) -> Splits:
     channels=cfg.channels,
     crop=tuple(cfg.crop),
   )
-  _check_ids_in_range(cfg, raw.num_classes)
+  own_public = _own_public(cfg)
+  # () passes validate only for celeba: every identity of its split files.
+  private_ids = tuple(cfg.private_ids) or tuple(range(raw.num_classes))
+  _check_ids_in_range(cfg, raw.num_classes, ("private_ids", "public_ids") if own_public else ("private_ids",))
   labels = {name: split[1] for name, split in raw.splits.items()}
-  chosen = select_indices(cfg, labels, sources.HAS_TEST_SPLIT[cfg.dataset])
-  # image_folder images were already cropped and resized when prepared.
-  crop = () if cfg.dataset == "image_folder" else tuple(cfg.crop)
+  # celeba's public split is its ganset.txt, and another public_dataset's is read below: neither by identity here.
+  by_identity = own_public and cfg.dataset != "celeba"
+  chosen = select_indices(
+    dataclasses.replace(cfg, private_ids=private_ids, public_ids=tuple(cfg.public_ids) if by_identity else ()),
+    labels,
+    sources.HAS_TEST_SPLIT[cfg.dataset],
+  )
+  # These datasets' images were already cropped and resized when prepared.
+  crop = () if cfg.dataset in sources.PREPARED_AT_SIZE else tuple(cfg.crop)
 
   def build(role: str, ids: tuple[int, ...]) -> ArraySplit:
     source, indices = chosen[role]
@@ -203,11 +252,73 @@ def load_splits(cfg: DataConfig) -> Splits:
       identities=identities,
     )
 
+  description = raw.description
+  if by_identity:
+    public, num_public = build("public", tuple(cfg.public_ids)), len(cfg.public_ids)
+  elif own_public:
+    public, num_public = _unlabelled_public(cfg, raw, sources.resolve_raw_dir(cfg.dataset, data_dir)), 0
+  else:
+    public, num_public, where = _other_public(cfg)
+    description += f"; public split: {where}"
   return Splits(
-    private_train=build("private_train", cfg.private_ids),
-    private_test=build("private_test", cfg.private_ids),
-    public=build("public", cfg.public_ids),
-    num_private_classes=len(cfg.private_ids),
-    num_public_classes=len(cfg.public_ids),
-    description=raw.description,
+    private_train=build("private_train", private_ids),
+    private_test=build("private_test", private_ids),
+    public=public,
+    num_private_classes=len(private_ids),
+    num_public_classes=num_public,
+    description=description,
   )
+
+
+def _unlabelled_public(cfg: DataConfig, raw: sources.RawDataset, root) -> ArraySplit:
+  """celeba's public split, all of it: label and identity -1 (ganset.txt has no labels)."""
+  if "public" not in raw.splits:
+    from jaxmi.data import protocol  # pylint: disable=g-import-not-at-top
+
+    # Raises the missing-file error: prepared without a public split file.
+    protocol.find_split_file(root, protocol.CELEBA_SPLIT_FILES["public"], "celeba", "public split file", True)
+  images, labels = raw.splits["public"]
+  return ArraySplit(
+    images=preprocess_lib.preprocess(images, image_size=cfg.image_size, channels=cfg.channels, dataset=cfg.dataset),
+    labels=labels.astype(np.int32),
+    identities=labels.astype(np.int32),
+  )
+
+
+def _other_public(cfg: DataConfig) -> tuple[ArraySplit, int, str]:
+  """(split, classes, description): the public split read from data.public_dataset.
+
+  public_ids () takes all of its images with their own labels (-1 where it has none), else those identities
+  (labels 0..len-1 in the tuple's order, at most max_per_class each, chosen as select_indices does).
+  """
+  name = cfg.public_dataset
+  data_dir, cache_dir = sources.command_line_dirs(name, cfg.public_data_dir, cfg.cache_dir)
+  raw = sources.load_raw(
+    name,
+    data_dir=data_dir,
+    cache_dir=cache_dir,
+    download=cfg.download,
+    image_size=cfg.image_size,
+    channels=cfg.channels,
+  )
+  if name == "celeba":
+    split = _unlabelled_public(cfg, raw, sources.resolve_raw_dir(name, data_dir))
+    return split, 0, raw.description
+  _check_ids_in_range(cfg, raw.num_classes, ("public_ids",), name)
+  images, identities = raw.splits["train"]
+  num_classes = raw.num_classes
+  indices = np.arange(len(identities))
+  labels = identities.astype(np.int32)
+  if cfg.public_ids:
+    picks = [_shuffled_per_identity(identities, i, cfg.split_seed, 2, cfg.max_per_class) for i in cfg.public_ids]
+    indices = np.sort(np.concatenate(picks))
+    remap = np.full(raw.num_classes, -1, np.int32)
+    remap[list(cfg.public_ids)] = np.arange(len(cfg.public_ids), dtype=np.int32)
+    labels, num_classes = remap[identities[indices]], len(cfg.public_ids)
+  # Prepared datasets are stored at this size already; the others get their default (centre square) crop.
+  split = ArraySplit(
+    images=preprocess_lib.preprocess(images[indices], image_size=cfg.image_size, channels=cfg.channels, dataset=name),
+    labels=labels,
+    identities=identities[indices].astype(np.int32),
+  )
+  return split, num_classes, raw.description
