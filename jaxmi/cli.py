@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("attack", help="invert a target: every identity x restart in one compiled program")
   _add_common(p)
   p.add_argument("--overwrite", action="store_true", help="replace results already in the workdir")
+  p.add_argument(
+    "--fid-weights",
+    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: the papers' FID and PRDC in Inception-v3 features "
+    "(sets evaluation.fid_weights)",
+  )
 
   p = sub.add_parser(
     "defend", help="train a defended target (configs/defense.py:method=...,data=...); reports natural accuracy"
@@ -316,6 +321,10 @@ def _attack(args) -> int:
   from jaxmi.workdir import locked
 
   cfg = _load(args)
+  if args.fid_weights:
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, fid_weights=args.fid_weights))
   with locked(args.workdir if jax.process_index() == 0 else None):  # only process 0 writes the workdir
     run_attack(cfg, args.workdir, progress=not args.no_progress, overwrite=args.overwrite)
   return 0

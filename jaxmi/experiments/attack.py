@@ -36,12 +36,40 @@ from jaxmi.attacks.resume import AttackState, fingerprint
 from jaxmi.data import Splits, load_splits
 from jaxmi.errors import CheckpointError, ConfigError, NonFiniteError
 from jaxmi.metrics import evaluate_inversion, real_images_of
+from jaxmi.metrics.fid import InceptionFeatures, load_fid_weights
 from jaxmi.nets import path_name
 from jaxmi.train import load_classifier
 from jaxmi.train.gan import load_gan
 from jaxmi.workdir import Workdir
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+  """How the reconstructions are judged (``AttackConfig.evaluation``); not part of the attack state's fingerprint.
+
+  resize: how reconstructions of another size than the evaluation model's input reach it. "pil" (default): the
+    reference's ``utils.low2high`` (uint8 truncation, PIL bilinear, /255; ``jaxmi.metrics.attack.pil_resize``), as
+    the GMI/KEDMI/LOMMA evaluations feed FaceNet-112 their 64-px images: the papers' accuracies and KNN distances
+    were measured through it. "bilinear": jaxmi's in-graph float resize (PLG-MI's kornia ``Resize`` is of this
+    kind). Runs whose images already have the evaluation model's size are unaffected by either.
+  fid_weights: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (read without torch). Set: results.json gets
+    the papers' ``fid`` (Inception-v3 pool3, successful reconstructions vs the attacked identities' private images)
+    with ``fid_feature_space: "inception-v3"``, and PRDC in those features. Empty: no Inception; PRDC in the
+    evaluation model's features.
+  prdc_k: PRDC's nearest neighbours (Naeem et al. 2020; PPA uses 3).
+  """
+
+  resize: typing.Literal["pil", "bilinear"] = "pil"
+  fid_weights: str = ""
+  prdc_k: int = 3
+
+  def validate(self) -> None:
+    if self.resize not in ("pil", "bilinear"):
+      raise ConfigError(f"evaluation.resize: expected 'pil' or 'bilinear', got {self.resize!r}")
+    if self.prdc_k < 1:
+      raise ConfigError(f"evaluation.prdc_k: expected a positive number of neighbours, got {self.prdc_k}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,6 +84,7 @@ class AttackConfig:
   p_reg_images: int = 5000  # LOMMA: public images for p_reg (the official code uses ~5,050)
   inversion: InversionConfig = InversionConfig()  # what is optimised (the method)
   execution: ExecutionConfig = ExecutionConfig()  # how it runs (devices, chunks, dtype, logging, checkpoints)
+  evaluation: EvaluationConfig = EvaluationConfig()  # how the reconstructions are judged (resize, FID, PRDC)
 
 
 # role -> (what the message calls it, the command that makes it)
@@ -96,6 +125,7 @@ def config_fingerprint(cfg: AttackConfig, variables: dict, terms: tuple = ()) ->
   compute dtype and remat change the arithmetic, so they count."""
   saved = config_lib.to_dict(cfg)
   saved.pop("name")
+  saved.pop("evaluation")  # judging the result does not change it: a run resumes under another evaluation
   layout_only = ("checkpoint_every", "max_batch", "memory_budget_gb", "devices", "unroll", "log_every")
   saved["execution"] = {k: v for k, v in saved["execution"].items() if k not in layout_only}
   return fingerprint(saved, variables, terms)
@@ -140,11 +170,15 @@ def run_attack(
     raise ConfigError(f"attack: unknown attack '{cfg.attack}'; expected one of {', '.join(ATTACKS)}")
   cfg.inversion.validate()
   cfg.execution.validate()
+  cfg.evaluation.validate()
   target = _load("target", "target", cfg.target, lambda: load_classifier(cfg.target, expect_role="target"))
   evaluator = _load(
     "evaluation", "evaluator", cfg.evaluator, lambda: load_classifier(cfg.evaluator, expect_role="evaluation")
   )
   gan = _load("gan", "gan", cfg.gan, lambda: load_gan(cfg.gan))
+  ev = cfg.evaluation
+  # Read before the attack: a wrong weights file is refused before hours of optimisation, not after.
+  fid_features = InceptionFeatures(load_fid_weights(ev.fid_weights)) if ev.fid_weights else None
   if evaluator.num_classes != target.num_classes:
     raise ConfigError(
       f"evaluator: {cfg.evaluator} has {evaluator.num_classes} classes but the target has "
@@ -275,8 +309,17 @@ def run_attack(
       "draws are (nearly) the same image; see jaxmi.attacks.kedmi"
     )
 
-  metrics = evaluate_inversion(result, evaluator, splits.private_train.images, splits.private_train.labels)
-  base = evaluate_inversion(result.baseline, evaluator, splits.private_train.images, splits.private_train.labels)
+  judge = {"fid_features": fid_features, "resize": ev.resize, "prdc_k": ev.prdc_k}
+  if tuple(result.images.shape[2:4]) != tuple(evaluator.image_shape[:2]):
+    how = "uint8 PIL bilinear (the reference's low2high)" if ev.resize == "pil" else "in-graph bilinear"
+    say(
+      f"[{cfg.name}] evaluation: {'x'.join(map(str, result.images.shape[2:4]))} reconstructions reach the "
+      f"evaluation model's {'x'.join(map(str, evaluator.image_shape[:2]))} input by {how} (evaluation.resize)"
+    )
+  metrics = evaluate_inversion(result, evaluator, splits.private_train.images, splits.private_train.labels, **judge)
+  base = evaluate_inversion(
+    result.baseline, evaluator, splits.private_train.images, splits.private_train.labels, **judge
+  )
   scalar = lambda m: {k: v for k, v in m.items() if k not in ("per_identity", "eval_predictions")}
   summary = {
     "name": cfg.name,
@@ -355,19 +398,20 @@ def method_label(cfg: AttackConfig) -> str:
 
 def write_eval_results(workdir: Workdir, cfg: AttackConfig, summary: dict) -> None:
   """``Eval_results.csv``: the run as one row of the official evaluation's table, so its numbers sit next to the
-  papers' without conversion. acc/acc5 are the mean over restarts of the per-restart accuracy and std/std5 their
-  ddof=1 std (blank with one restart); knn is the mean over all reconstructions; fid is written only when it was
-  computed in Inception-v3 features as the papers' (blank otherwise: an FID in other features is not comparable)."""
+  papers' without conversion. acc/acc5 are the mean over restarts of the per-restart accuracy and std/std5 the
+  reference's ddof=1 std over restarts (per batch of 60 identities, averaged; blank with one restart); knn is the
+  mean over all reconstructions; fid is the papers' FID, written only when it was computed in Inception-v3
+  features (``evaluation.fid_weights``; blank otherwise: an FID in other features is not comparable)."""
   blank = lambda v: "" if v is None else v
   row = {
     "Save_dir": str(workdir.path),
     "Method": method_label(cfg),
     "Succesful_samples": summary["successful_samples"],
     "acc": summary["acc1_all_restarts_mean"],
-    "std": blank(summary["acc1_all_restarts_std"]),
+    "std": blank(summary.get("acc1_protocol_std", summary["acc1_all_restarts_std"])),
     "acc5": summary["acc5_all_restarts_mean"],
-    "std5": blank(summary["acc5_all_restarts_std"]),
-    "fid": summary["feature_fid"] if summary["fid_feature_space"] == "inception-v3" else "",
+    "std5": blank(summary.get("acc5_protocol_std", summary["acc5_all_restarts_std"])),
+    "fid": blank(summary.get("fid")) if summary["fid_feature_space"] == "inception-v3" else "",
     "knn": summary["knn_dist_all_restarts"],
   }
   with open(workdir / "Eval_results.csv.tmp", "w", newline="") as f:
@@ -393,10 +437,11 @@ def _pct(v) -> str:
 def format_summary(s: dict) -> str:
   b = s.get("prior_baseline", {})
   vs = lambda key, fmt=_pct: f"{fmt(s[key])}" + (f" (prior baseline {fmt(b[key])})" if key in b else "")
+  fid = f"FID (Inception-v3, successful reconstructions) {s['fid']:.2f}, " if s.get("fid") is not None else ""
   return (
     f"[{s['name']}] attack acc@1 {vs('acc1')}% (chance {100 * s['chance_acc1']:.1f}%), "
     f"acc@5 {vs('acc5')}% (selected); over all reconstructions acc@1 "
     f"{vs('acc1_all_restarts_mean')} +/- {_pct(s['acc1_all_restarts_std'])}%, acc@5 "
     f"{vs('acc5_all_restarts_mean')}%, KNN dist {vs('knn_dist_all_restarts', lambda v: f'{v:.2f}')}; "
-    f"feature-FID {vs('feature_fid', lambda v: f'{v:.2f}')}, {s['attack_seconds']:.1f}s"
+    f"feature-FID {vs('feature_fid', lambda v: f'{v:.2f}')}, {fid}{s['attack_seconds']:.1f}s"
   )

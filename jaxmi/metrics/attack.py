@@ -9,19 +9,27 @@
   reconstruction to the nearest private *training* image of the same identity, averaged.
 * feature-FID: Frechet distance between Gaussian fits of reconstruction features and private
   image features. Inception weights cannot be downloaded here, so the default feature space is
-  the evaluation model's; pass ``feature_fn`` to use real Inception features.
+  the evaluation model's; pass ``feature_fn`` to use other features.
+* FID as the papers compute it (``fid_features``, pytorch-fid's Inception-v3 from ``jaxmi.metrics.fid``): the
+  *successful* reconstructions (the evaluation model's top-1 correct, all restarts) against the attacked
+  identities' private images (KEDMI/LOMMA/PLG-MI's ``calc_fid``/``eval_fid``).
+* PRDC (``jaxmi.metrics.prdc``, k = 3): all reconstructions against the attacked identities' private images, in
+  the FID's feature space (Inception when given, else the evaluation model's).
+* The evaluation model sees reconstructions of another size as the reference's ``utils.low2high`` makes them
+  (``pil_resize``), or, with ``resize="bilinear"``, through the in-graph bilinear resize.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Literal
 
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
 from jaxmi.attacks.engine import InversionResult
+from jaxmi.metrics.prdc import prdc
 from jaxmi.nets.resize import resize_to
 from jaxmi.train.inference import batched_apply, classifier_outputs  # re-exported by jaxmi.metrics
 
@@ -55,6 +63,58 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
   return np.any(topk == labels[..., None], axis=-1)
 
 
+def pil_resize(images, size: tuple[int, int]) -> np.ndarray:
+  """The reference's 64 -> 112 resize for the evaluation model (``utils.low2high`` in KEDMI, LOMMA and PLG-MI's
+  baselines), per image: ``ToPILImage`` (float * 255 truncated to uint8, torch's ``.mul(255).byte()``) ->
+  ``Resize((h, w))`` (PIL bilinear) -> ``ToTensor`` (uint8 / 255).
+
+  Args:
+    images: [N, H, W, C] floats in [0, 1] (clipped first: torch's byte cast of values outside is undefined) or
+      uint8 (used as they are); C is 1 (PIL mode L) or 3 (RGB). Bilinear is per channel, so low2high's
+      ``convert("RGB")`` of a grey image commutes with it and is left to the evaluation model's channel adapter.
+    size: (h, w) of the output.
+
+  Returns:
+    [N, h, w, C] float32 in [0, 1], multiples of 1/255.
+  """
+  from PIL import Image
+
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    images = (np.clip(images.astype(np.float32), 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)  # truncates
+  h, w = size
+  out = np.empty((len(images), h, w, images.shape[-1]), np.float32)
+  for i, img in enumerate(images):
+    resized = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).resize((w, h), Image.BILINEAR)
+    out[i] = np.asarray(resized, np.float32).reshape(h, w, -1) / np.float32(255.0)
+  return out
+
+
+def evaluation_inputs(images: np.ndarray, evaluator, resize: Literal["pil", "bilinear"]) -> np.ndarray:
+  """``images`` as the evaluation model gets them: ``pil_resize``d to its input size when that differs and
+  ``resize="pil"``; otherwise unchanged (``classifier_outputs`` resizes in-graph, bilinear)."""
+  if resize not in ("pil", "bilinear"):
+    raise ValueError(f"resize: expected 'pil' or 'bilinear', got {resize!r}")
+  h, w = evaluator.image_shape[:2]
+  if resize == "pil" and len(images) and tuple(images.shape[1:3]) != (h, w):
+    return pil_resize(images, (h, w))
+  return images
+
+
+def batch_std(per_identity: np.ndarray, batch: int = 60) -> float | None:
+  """The reference's std over restarts: identities in consecutive batches of ``batch`` (as attacked, 5 x 60 in the
+  protocol), each batch's per-restart accuracy, its ddof=1 std over restarts, averaged over batches (LOMMA's
+  ``statistics.stdev`` per batch then ``aver_std += std / 5``; PLG-MI/KEDMI the same with ``variance``).
+
+  Args:
+    per_identity: [identities, restarts] 0/1 hits.
+  """
+  if per_identity.shape[1] < 2:
+    return None
+  stds = [sample_std(per_identity[i : i + batch].mean(axis=0)) for i in range(0, len(per_identity), batch)]
+  return float(np.mean(stds))
+
+
 def evaluate_inversion(
   result: InversionResult,
   evaluator,
@@ -62,17 +122,30 @@ def evaluate_inversion(
   private_labels: np.ndarray,
   *,
   feature_fn: Callable | None = None,
+  fid_features: Callable | None = None,
+  resize: Literal["pil", "bilinear"] = "pil",
+  prdc_k: int = 3,
+  std_batch: int = 60,
 ) -> dict:
   """Metrics of ``result`` judged by ``evaluator`` against the private training images.
 
   ``private_images``/``private_labels``: the target's private training split (labels are target
   class indices, the same index space as ``result.labels``). ``acc1``/``acc5``/``knn_dist`` are
   for each identity's ``result.best_restart``; ``*_all_restarts_std`` is the ddof=1 std across
-  restart index of the per-restart accuracy over identities (``None`` with one restart).
+  restart index of the per-restart accuracy over identities (``None`` with one restart);
+  ``*_protocol_std`` the reference's (``batch_std`` over batches of ``std_batch`` identities; the same when
+  there are at most ``std_batch``).
+
+  ``fid_features``: pytorch-fid's Inception-v3 (``jaxmi.metrics.fid.InceptionFeatures``) or a stand-in with a
+  ``space`` name; with it, ``fid`` is the papers' FID (successful reconstructions vs the attacked identities'
+  private images) in that space, and PRDC is computed there. ``resize``: how reconstructions (and private
+  images) of another size reach the evaluation model: ``"pil"`` the reference's uint8 PIL bilinear
+  (``pil_resize``), the default because the papers' accuracies and KNN distances were measured through it;
+  ``"bilinear"`` jaxmi's in-graph float resize. Images of the evaluation model's size are never resized.
   """
   num_ids, restarts = result.images.shape[:2]
   flat = result.images.reshape(num_ids * restarts, *result.images.shape[2:])
-  logits, feats = classifier_outputs(evaluator, flat)
+  logits, feats = classifier_outputs(evaluator, evaluation_inputs(flat, evaluator, resize))
   labels = np.repeat(result.labels, restarts)
   top1 = topk_correct(logits, labels, 1).reshape(num_ids, restarts)
   top5 = topk_correct(logits, labels, 5).reshape(num_ids, restarts)
@@ -80,7 +153,8 @@ def evaluate_inversion(
   rows = np.arange(num_ids)
 
   attacked = np.isin(private_labels, result.labels)
-  priv_logits, priv_feats = classifier_outputs(evaluator, private_images[attacked])
+  priv_inputs = evaluation_inputs(private_images[attacked], evaluator, resize)
+  priv_logits, priv_feats = classifier_outputs(evaluator, priv_inputs)
   priv_labels = private_labels[attacked]
   knn = np.zeros(num_ids * restarts)
   for i, label in enumerate(result.labels):
@@ -97,6 +171,17 @@ def evaluate_inversion(
   per_restart_acc1 = top1.mean(axis=0)
   predictions = np.argmax(logits, -1).reshape(num_ids, restarts)
   per_restart_acc5 = top5.mean(axis=0)
+  paper = {}
+  prdc_rec, prdc_priv, prdc_space = feats, priv_feats, "evaluation-model features"
+  if fid_features is not None:
+    prdc_rec, prdc_priv = fid_features(flat), fid_features(private_images[attacked])
+    prdc_space = getattr(fid_features, "space", "custom features")
+    success = top1.reshape(-1)  # identity-major, as ``flat``
+    fid = frechet_distance(prdc_rec[success], prdc_priv) if success.sum() >= 2 else None  # a covariance needs 2
+    paper = {"fid": fid, "fid_feature_space": prdc_space, "fid_successful_samples": int(success.sum())}
+  paper["prdc"] = prdc(prdc_priv, prdc_rec, prdc_k)
+  paper["prdc_k"] = prdc_k
+  paper["prdc_feature_space"] = prdc_space
   return {
     "identities": int(num_ids),
     "restarts": int(restarts),
@@ -113,6 +198,10 @@ def evaluate_inversion(
     "knn_dist_all_restarts": float(knn.mean()),
     "feature_fid": frechet_distance(fid_rec, fid_priv),
     "fid_feature_space": fid_space,
+    **({"feature_fid_space": fid_space} if fid_features is not None else {}),
+    **paper,
+    "acc1_protocol_std": batch_std(top1, std_batch),
+    "acc5_protocol_std": batch_std(top5, std_batch),
     "target_confidence": float(result.target_confidence[rows, best].mean()),
     "evaluator_private_train_acc": float(topk_correct(priv_logits, priv_labels, 1).mean()),
     "eval_predictions": predictions,
