@@ -114,6 +114,15 @@ def rotate(image: jax.Array, angle: jax.Array) -> jax.Array:
   return out
 
 
+def uniform(key: jax.Array, minval: float = 0.0, maxval: float = 1.0) -> jax.Array:
+  """One float32 draw: fixed dtype, so a key gives the same augmentation with jax_enable_x64 on (float64 tests)."""
+  return jax.random.uniform(key, (), jnp.float32, minval, maxval)
+
+
+def bernoulli(key: jax.Array, p: float) -> jax.Array:
+  return jax.random.bernoulli(key, jnp.float32(p))
+
+
 def grey(image: jax.Array) -> jax.Array:
   """[H, W] grey level: ITU-R 601 luma of RGB (kornia's ``rgb_to_grayscale``), the channel mean otherwise."""
   if image.shape[-1] == 3:
@@ -131,26 +140,26 @@ def augment_image(image: jax.Array, key: jax.Array, cfg: ImageAugment) -> jax.Ar
   image = image.astype(jnp.float32)
   if cfg.crops:
     k_apply, k_scale, k_y, k_x = jax.random.split(k_crop, 4)
-    frac = jnp.sqrt(jax.random.uniform(k_scale, (), minval=cfg.crop_scale[0], maxval=cfg.crop_scale[1]))
+    frac = jnp.sqrt(uniform(k_scale, minval=cfg.crop_scale[0], maxval=cfg.crop_scale[1]))
     side_h, side_w = frac * h, frac * w
-    top = jax.random.uniform(k_y, ()) * (h - side_h)
-    left = jax.random.uniform(k_x, ()) * (w - side_w)
+    top = uniform(k_y) * (h - side_h)
+    left = uniform(k_x) * (w - side_w)
     cropped = resized_crop(image, top, left, side_h, side_w)
-    image = jnp.where(jax.random.bernoulli(k_apply, cfg.crop_p), cropped, image)
+    image = jnp.where(bernoulli(k_apply, cfg.crop_p), cropped, image)
   if cfg.brightness or cfg.contrast:
     k_b, k_c, k_order = jax.random.split(k_colour, 3)
-    b = jax.random.uniform(k_b, (), minval=max(0.0, 1 - cfg.brightness), maxval=1 + cfg.brightness)
-    c = jax.random.uniform(k_c, (), minval=max(0.0, 1 - cfg.contrast), maxval=1 + cfg.contrast)
+    b = uniform(k_b, minval=max(0.0, 1 - cfg.brightness), maxval=1 + cfg.brightness)
+    c = uniform(k_c, minval=max(0.0, 1 - cfg.contrast), maxval=1 + cfg.contrast)
     brighter = lambda x: jnp.clip(x * b, 0.0, 1.0) if cfg.brightness else x
     contrast = lambda x: jnp.clip(c * x + (1 - c) * jnp.mean(grey(x)), 0.0, 1.0) if cfg.contrast else x
-    swap = jax.random.bernoulli(k_order)
+    swap = bernoulli(k_order, 0.5)
     image = jnp.where(swap, brighter(contrast(image)), contrast(brighter(image)))
   if cfg.hflip_p:
-    image = jnp.where(jax.random.bernoulli(k_flip, cfg.hflip_p), image[:, ::-1], image)
+    image = jnp.where(bernoulli(k_flip, cfg.hflip_p), image[:, ::-1], image)
   if cfg.rotates:
     k_apply, k_angle = jax.random.split(k_rot)
-    angle = jnp.deg2rad(jax.random.uniform(k_angle, (), minval=-cfg.rotation_deg, maxval=cfg.rotation_deg))
-    image = jnp.where(jax.random.bernoulli(k_apply, cfg.rotation_p), rotate(image, angle), image)
+    angle = jnp.deg2rad(uniform(k_angle, minval=-cfg.rotation_deg, maxval=cfg.rotation_deg))
+    image = jnp.where(bernoulli(k_apply, cfg.rotation_p), rotate(image, angle), image)
   return image.astype(dtype)
 
 

@@ -1,5 +1,7 @@
 """jaxmi.augment: each transform against a direct computation, and the randomness keyed per example."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,3 +126,14 @@ def test_colour_jitter_is_kornia_brightness_and_contrast_in_either_order():
     assert errors[order] < 1e-5, errors
     orders.add(order)
   assert orders == {"b then c", "c then b"}  # both orders occur (P(not) = 2 * 2^-16)
+
+
+def test_the_same_draw_with_x64_on():
+  """Float64 tests (Trap-MID's) rely on a key giving the same augmentation whatever the default float width."""
+  img = np.asarray(_image(16, 16, 1))
+  key = jax.random.PRNGKey(5)
+  cfg = dataclasses.replace(TRAP_AUGMENT, crop_p=1.0, rotation_p=1.0, brightness=0.2)
+  want = np.asarray(augment_image(jnp.asarray(img), key, cfg), np.float64)
+  with jax.enable_x64(True):
+    got = np.asarray(augment_image(jnp.asarray(img, jnp.float64), key, cfg))
+  np.testing.assert_allclose(got, want, atol=1e-5)

@@ -55,6 +55,9 @@ class TrainConfig:
   release: str = "last"
 
 
+# fold_in tag of the key ``Defense.init_state`` receives (from the seed's key).
+DEFENSE_KEY_TAG = 0x7D3F
+
 # target: the attacked model; evaluation: the independent judge; surrogate: distilled from the
 # target on public data (LOMMA's model augmentation).
 ROLES = ("target", "evaluation", "surrogate")
@@ -247,6 +250,7 @@ def train_classifier(
   module = build_classifier(cfg.model, num_classes)
   spe = steps_per_epoch(len(train_split), cfg.train.batch_size)
   total_steps = spe * cfg.train.epochs
+  tx = make_optimizer(cfg.optim, spe, total_steps)
   # What the defense may need to know about this run: an argument of its hooks, never part of its config.
   facts = RunFacts(
     steps_per_epoch=spe,
@@ -255,9 +259,10 @@ def train_classifier(
     num_examples=len(train_split),
     module=module,
     image_shape=image_shape,
+    num_classes=num_classes,
+    optimizer=tx,
   )
   defense.check(cfg, facts)
-  tx = make_optimizer(cfg.optim, spe, total_steps)
 
   rng = jax.random.PRNGKey(cfg.train.seed)
   init_rng, state_rng = jax.random.split(rng)
@@ -271,7 +276,8 @@ def train_classifier(
     params=variables["params"],
     batch_stats=variables["batch_stats"],
     opt_state=tx.init(variables["params"]),
-    defense_state={},
+    # Its own key: split(rng) above uses counters 0 and 1, so a tag far from them leaves every other key as it was.
+    defense_state=defense.init_state(jax.random.fold_in(rng, DEFENSE_KEY_TAG), variables, facts),
     rng=state_rng,
   )
   meta = {
@@ -305,6 +311,10 @@ def train_classifier(
 
   train_step = make_train_step(module, tx, defense, cfg.train.augment, facts)
   eval_step = make_eval_step(module)
+  defense_eval = defense.evaluator(facts)  # the defense's own test metrics (Trap-MID: trapdoor accuracy), or None
+
+  def evaluate_defense(variables, defense_state) -> dict:
+    return defense_eval(variables, defense_state, test_split, cfg.train.eval_batch_size) if defense_eval else {}
 
   last_test = {}  # step -> evaluation, so the final summary reuses the last epoch's
 
@@ -317,7 +327,8 @@ def train_classifier(
       best_meta = {**meta, "step": step, "epoch": step // spe, "test_acc": float(test["acc"])}
       best_ckpt.save(step, state.as_dict(), best_meta, force=True)
       best = {"acc": test["acc"], "step": step}
-    return {"test/acc": test["acc"], "test/acc5": test["acc5"], "test/loss": test["loss"]}
+    own = {f"test/{k}": v for k, v in evaluate_defense(state.variables, state.defense_state).items()}
+    return {"test/acc": test["acc"], "test/acc5": test["acc5"], "test/loss": test["loss"], **own}
 
   batches = train_batches(train_split, cfg.train.batch_size, cfg.train.seed, start_step=start)
   t0 = time.time()
@@ -357,13 +368,14 @@ def train_classifier(
     "released_epoch": step // spe,
     "last_epoch_accuracy": test["acc"],
   }
-  variables = state.variables
+  variables, defense_state = state.variables, state.defense_state
   if best_ckpt is not None:
     best_ckpt = Checkpointer(workdir / "best", create=False)
     best_meta = best_ckpt.meta()
     best_state = best_ckpt.restore(state.as_dict(), meta)
     best_ckpt.close()
     variables = {"params": best_state["params"], "batch_stats": best_state["batch_stats"]}
+    defense_state = best_state["defense_state"]  # the released model's triggers, not the last epoch's
     test = evaluate(eval_step, variables, test_split, cfg.train.eval_batch_size)
     released.update(
       released_step=best_meta["step"], released_epoch=best_meta["epoch"], released_checkpoint=str(best_ckpt.directory)
@@ -375,6 +387,7 @@ def train_classifier(
     "defense": defense.name,
     "defense_config": config_lib.to_dict(defense),
     **defense.report(facts, step),
+    **evaluate_defense(variables, defense_state),
     "natural_accuracy": test["acc"],
     "natural_accuracy_top5": test["acc5"],
     "test_loss": test["loss"],

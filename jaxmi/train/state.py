@@ -30,8 +30,8 @@ class TrainState(StateDict):
   params: Any
   batch_stats: Any  # BatchNorm running statistics (not trained by the optimiser)
   opt_state: Any
-  defense_state: Any  # always {}: no defense carries state (NLS's schedule is a function of ``step``); kept
-  # so checkpoints keep their layout
+  defense_state: Any  # the defense's own arrays (``Defense.init_state``; Trap-MID's triggers and discriminator),
+  # checkpointed and resumed with the rest; {} for the defenses without any (NLS's schedule is a function of ``step``)
   rng: jax.Array  # raw uint32[2] key; per-step keys are fold_in(rng, step)
 
   @property

@@ -5,8 +5,12 @@ with pure hooks: it may replace the per-example task loss (negative label smooth
 confidence adaptation, distillation), add a regulariser computed from the forward pass (BiDO,
 MID, NLS's schedule), wrap the optimiser (TL-DMI's freeze mask, DP-SGD's noise), intercept
 module calls in the forward pass (TL-DMI runs frozen BatchNorm layers in inference mode) or
-transform per-example gradients before they are combined (DP-SGD's clipping). Heads are model
-config (``ModelConfig.head``), not a hook. Facts about the run (its length, the model) are a
+transform per-example gradients before they are combined (DP-SGD's clipping). A defense may also
+carry arrays of its own in ``TrainState.defense_state`` (Trap-MID's triggers and discriminator):
+``init_state`` makes them, ``update_state`` updates them inside the same jitted step before the model
+step, and ``model_batch`` lets the model step forward more than the batch (Trap-MID's trapdoored copies,
+each half with its own loss weight); they are checkpointed and resumed with the rest of the state. Heads
+are model config (``ModelConfig.head``), not a hook. Facts about the run (its length, the model) are a
 `RunFacts` argument of the hooks that need them, never fields of the defense's config. The step
 below is the same for all defenses.
 
@@ -21,7 +25,7 @@ import dataclasses
 import contextlib
 import functools
 import typing
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import jax
 import flax.linen as nn
@@ -43,6 +47,10 @@ class RunFacts:
   num_examples: int = 0  # training examples (DP-SGD's sampling rate)
   module: Any = None  # the classifier being trained (TL-DMI's layers)
   image_shape: tuple[int, ...] = ()
+  num_classes: int = 0
+  # The run's optimiser before any defense wraps it (Trap-MID trains its discriminator with it, as the reference
+  # trains its discriminator with the model's optimiser settings).
+  optimizer: Any = None
 
   @property
   def epochs(self) -> int:
@@ -116,6 +124,33 @@ class Defense:
     smoothing its schedule reached; TL-DMI: which layers it froze)."""
     return {}
 
+  def init_state(self, key: jax.Array, variables: dict, facts: RunFacts) -> Any:
+    """The defense's own arrays, ``TrainState.defense_state`` at step 0 (Trap-MID: triggers, discriminator); {}:
+    none. ``key`` is the defense's own initialisation key; ``variables`` the model's initial variables."""
+    return {}
+
+  def update_state(
+    self, state: TrainState, images: jax.Array, labels: jax.Array, *, key: jax.Array, facts: RunFacts
+  ) -> tuple[Any, dict]:
+    """Inside the jitted step, before the model step: (the new ``defense_state``, metrics) from ``state`` (the
+    step's input state) and the augmented batch (Trap-MID's discriminator and trigger steps). ``key`` is this
+    step's defense key."""
+    return state.defense_state, {}
+
+  def model_batch(
+    self, images: jax.Array, labels: jax.Array, defense_state: Any, *, step: jax.Array, key: jax.Array, facts: RunFacts
+  ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """(images, labels, weights) the model step forwards, from the augmented batch and the updated
+    ``defense_state``. The batch's own examples come first; a defense may append more (Trap-MID's trapdoored
+    copies). ``weights`` [N]: the task loss is ``sum(weights * task_loss)``; None: its mean."""
+    return images, labels, None
+
+  def evaluator(self, facts: RunFacts) -> Callable[..., dict] | None:
+    """``evaluate(variables, defense_state, split, batch_size) -> {name: float}``: the defense's own test metrics
+    (Trap-MID: the trapdoor accuracy), logged per epoch as ``test/<name>`` and written to the summary for the
+    released model; None: none. Built once per run, so what it jits compiles once."""
+    return None
+
 
 @typing.final
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +204,7 @@ def make_train_step(
   """
   interceptor = defense.interceptor(facts)
 
-  def loss_fn(params, state: TrainState, images, labels, sample_rng):
+  def loss_fn(params, state: TrainState, images, labels, sample_rng, weights=None, own=None):
     with nn.intercept_methods(interceptor) if interceptor else contextlib.nullcontext():
       # SAMPLE_RNG: the stream stochastic layers (the VIB head's z) sample from in training; others ignore it.
       out, mutated = model.apply(
@@ -179,7 +214,8 @@ def make_train_step(
         mutable=["batch_stats"],
         rngs={SAMPLE_RNG: sample_rng},
       )
-    task = jnp.mean(defense.task_loss(out.logits, labels))
+    per_example = defense.task_loss(out.logits, labels)
+    task = jnp.mean(per_example) if weights is None else jnp.sum(weights * per_example)
     reg, reg_metrics = defense.regularizer(out, labels, images=images, params=params, step=state.step, facts=facts)
     loss = task + reg
     # Soft labels ([B, K], e.g. a teacher's logits for distillation) count as their argmax class.
@@ -187,7 +223,8 @@ def make_train_step(
     metrics = {
       "loss": loss,
       "task_loss": task,
-      "acc": jnp.mean(jnp.argmax(out.logits, -1) == hard),
+      # The batch's own examples: a defense's appended ones (Trap-MID's trapdoored copies) report their own.
+      "acc": jnp.mean(jnp.argmax(out.logits[:own], -1) == hard[:own]),
       **{f"defense/{k}": v for k, v in reg_metrics.items()},
     }
     return loss, (mutated.get("batch_stats", {}), metrics)
@@ -207,13 +244,24 @@ def make_train_step(
   @functools.partial(jax.jit, donate_argnums=(0,))
   def jitted_step(state: TrainState, batch: dict, inputs: Any) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-    # The middle key is unused (it was a regulariser's, which none needs); split in three so the others stay put.
-    aug_rng, _, sample_rng = jax.random.split(rng, 3)
+    # The middle key is the defense's (its state update and model batch); split in three so the others stay put.
+    aug_rng, defense_rng, sample_rng = jax.random.split(rng, 3)
     images = augment(to_float(batch["image"]), aug_rng, augment_cfg)
     # After augmentation: a teacher labels exactly the images the student sees.
     labels = defense.targets(images, batch["label"], inputs)
-    grad_fn = per_example_grads if defense.per_example_grads else jax.grad(loss_fn, has_aux=True)
-    grads, (batch_stats, metrics) = grad_fn(state.params, state, images, labels, sample_rng)
+    # The defense's own step first (Trap-MID: discriminator, then triggers), then the model step sees its result.
+    defense_state, state_metrics = defense.update_state(state, images, labels, key=defense_rng, facts=facts)
+    images, labels, weights = defense.model_batch(
+      images, labels, defense_state, step=state.step, key=defense_rng, facts=facts
+    )
+    if defense.per_example_grads:  # each example's loss alone: no loss weights (none of these defenses has any)
+      grads, (batch_stats, metrics) = per_example_grads(state.params, state, images, labels, sample_rng)
+    else:
+      own = batch["label"].shape[0]
+      grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
+        state.params, state, images, labels, sample_rng, weights, own
+      )
+    metrics.update({f"defense/{k}": v for k, v in state_metrics.items()})
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # Per-example defenses: the norm of the update (DP-SGD's clipped sum alone is no gradient of the loss).
@@ -223,7 +271,7 @@ def make_train_step(
       params=params,
       batch_stats=batch_stats,
       opt_state=opt_state,
-      defense_state=state.defense_state,
+      defense_state=defense_state,
       rng=state.rng,
     )
     return new_state, metrics
