@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
   )
 
   p = sub.add_parser(
+    "protocol",
+    help="one table of the standard protocol (configs/protocol.py:what=table,...): trains or uses the networks, "
+    "runs (or resumes) every attack, writes table.md, table.csv and Eval_results.csv",
+  )
+  _add_common(p)
+  p.add_argument(
+    "--fid-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: the papers' FID (sets fid_weights)"
+  )
+  p.add_argument("--plan", action="store_true", help="print what would be trained, used and run; write nothing")
+
+  p = sub.add_parser(
     "defend", help="train a defended target (configs/defense.py:method=...,data=...); reports natural accuracy"
   )
   _add_common(p)
@@ -330,6 +341,29 @@ def _attack(args) -> int:
   return 0
 
 
+def _protocol(args) -> int:
+  from jaxmi import parallel
+
+  parallel.cpu_device_per_core()  # on a CPU host, the attacks' latents shard over its cores (before any JAX op)
+  from jaxmi.experiments.protocol import ProtocolConfig, run_protocol
+
+  from jaxmi import config as config_lib
+  from jaxmi.errors import ConfigError
+  from jaxmi.workdir import locked
+
+  cfg = _load(args)
+  if not isinstance(cfg, ProtocolConfig):
+    raise ConfigError(f"{args.config}: get_config() returned {type(cfg).__name__}; expected a table (what=table,...)")
+  if args.fid_weights:
+    cfg = config_lib.replace(cfg, fid_weights=args.fid_weights)
+  if args.plan:
+    run_protocol(cfg, args.workdir, dry_run=True)
+    return 0
+  with locked(args.workdir):  # the networks' workdirs are locked one by one while they train
+    run_protocol(cfg, args.workdir, progress=not args.no_progress)
+  return 0
+
+
 def _defend(args) -> int:
   from jaxmi.experiments.defend import DefendConfig, defend
 
@@ -485,6 +519,7 @@ COMMANDS = {
   "train-gan": _train_gan,
   "distill": _distill,
   "attack": _attack,
+  "protocol": _protocol,
   "defend": _defend,
   "fisher": _fisher,
   "gnime": _gnime,
