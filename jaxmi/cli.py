@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_allow_config_change(p)
   p.add_argument(
     "--kind",
-    choices=("gmi", "kedmi"),
+    choices=("gmi", "kedmi", "plg"),
     help="gmi: WGAN-GP; kedmi: inversion-specific GAN that learns the target's soft labels "
     "(default: the config's kind)",
   )

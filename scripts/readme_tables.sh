@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Re-runs the README's measured tables: the four attacks on MNIST and AT&T (3 seeds), the LOMMA
-# ablation on AT&T, every defense against GMI (3 attack seeds), MID's and BiDO's settings (sweeps_<data>),
-# and the GNIME table.
+# Re-runs the README's measured tables: the five attacks on MNIST and AT&T (3 seeds), the LOMMA
+# ablation on AT&T, every defense against GMI (3 attack seeds; on MNIST also against KEDMI and PLG-MI, on AT&T
+# Trap-MID too), MID's and BiDO's settings (sweeps_<data>), and the GNIME table.
 #
 #   scripts/readme_tables.sh [mnist|att|gnime|all]     (default: all; outputs under runs/tables/)
 #
@@ -35,6 +35,7 @@ pipeline() {  # pipeline DATA STEPS_OVERRIDE...
   train train-classifier "${d}_eval" "classifier.py:role=eval,data=$d"
   train train-gan "gan_${d}" "gan.py:kind=gmi,data=$d"
   train train-gan "gan_kedmi_${d}" "gan.py:kind=kedmi,data=$d" target="$OUT/${d}_target"
+  train train-gan "gan_plg_${d}" "gan.py:kind=plg,data=$d" target="$OUT/${d}_target"
   done_or "$OUT/surrogate_${d}/summary.json" $J distill --no-progress --config "configs/surrogate.py:data=$d" \
       --workdir "$OUT/surrogate_${d}" teacher="$OUT/${d}_target"
   for seed in 0 1 2; do
@@ -44,21 +45,36 @@ pipeline() {  # pipeline DATA STEPS_OVERRIDE...
     attack "method=kedmi,data=$d" "kedmi_${d}_s$seed" "${models[@]}" gan="$OUT/gan_kedmi_${d}" inversion.seed=$seed "$@"
     attack "method=kedmi_lomma,data=$d" "kedmi_lomma_${d}_s$seed" "${models[@]}" gan="$OUT/gan_kedmi_${d}" \
         surrogates="$OUT/surrogate_${d}" inversion.seed=$seed "$@"
+    attack "method=plg,data=$d" "plg_${d}_s$seed" "${models[@]}" gan="$OUT/gan_plg_${d}" inversion.seed=$seed "$@"
   done
-  $J report "$OUT"/{gmi,gmi_lomma,kedmi,kedmi_lomma}_"${d}"_s? --out "$OUT/attacks_${d}" --title "attacks on $d"
+  $J report "$OUT"/{gmi,gmi_lomma,kedmi,kedmi_lomma,plg}_"${d}"_s? --out "$OUT/attacks_${d}" --title "attacks on $d"
 
-  local dirs=("$OUT"/gmi_"${d}"_s?)
-  for defense in bido bido_coco mid nls calor tl_dmi dp_sgd; do
+  # Every defense against GMI; on MNIST (cheap) also against KEDMI and PLG-MI, on AT&T those two only against
+  # Trap-MID (their undefended rows are the attack table's). GMI's prior knows nothing of the target, so one
+  # serves all; KEDMI's and PLG-MI's GANs learn from the target's labels of public images, so the attacker
+  # trains them against the model it attacks: the defended one.
+  local dirs=("$OUT"/{gmi,kedmi,plg}_"${d}"_s?)
+  for defense in bido bido_coco mid nls calor tl_dmi dp_sgd trap_mid; do
     $J defend --no-progress --config "configs/defense.py:method=$defense,data=$d" \
         --workdir "$OUT/defense_${defense}_${d}" \
       || [[ -e "$OUT/defense_${defense}_${d}/summary.json" ]]
-    for seed in 0 1 2; do
-      attack "method=gmi,data=$d" "gmi_${d}_${defense}_s$seed" target="$OUT/defense_${defense}_${d}" \
-          evaluator="$OUT/${d}_eval" gan="$OUT/gan_${d}" inversion.seed=$seed "$@"
-      dirs+=("$OUT/gmi_${d}_${defense}_s$seed")
+    local methods=(gmi)
+    [[ $d == mnist || $defense == trap_mid ]] && methods=(gmi kedmi plg)
+    for method in "${methods[@]}"; do
+      local gan="$OUT/gan_${d}"
+      if [[ $method != gmi ]]; then
+        gan="$OUT/gan_${method}_${d}_${defense}"
+        train train-gan "gan_${method}_${d}_${defense}" "gan.py:kind=$method,data=$d" \
+            target="$OUT/defense_${defense}_${d}"
+      fi
+      for seed in 0 1 2; do
+        attack "method=$method,data=$d" "${method}_${d}_${defense}_s$seed" target="$OUT/defense_${defense}_${d}" \
+            evaluator="$OUT/${d}_eval" gan="$gan" inversion.seed=$seed "$@"
+        dirs+=("$OUT/${method}_${d}_${defense}_s$seed")
+      done
     done
   done
-  $J report "${dirs[@]}" --out "$OUT/defenses_${d}" --title "defenses vs GMI on $d"
+  $J report "${dirs[@]}" --out "$OUT/defenses_${d}" --title "defenses vs GMI, KEDMI and PLG-MI on $d"
 }
 
 sweep() {  # sweep DATA DEFENSE SETTING_NAME field=value [STEPS_OVERRIDE...]: one more setting of a defense vs GMI

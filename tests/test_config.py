@@ -19,6 +19,8 @@ def recipe_args(path: Path) -> list[str]:
   spec = importlib.util.spec_from_file_location(f"recipe_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  if hasattr(module, "ARG_SETS"):  # arguments that depend on one another (configs/protocol.py): its valid sets
+    return list(module.ARG_SETS)
   keys, choices = zip(*((k, typing.get_args(v)) for k, v in module.ARGS.items()))
   return [",".join(f"{k}={v}" for k, v in zip(keys, combo)) for combo in itertools.product(*choices)]
 
@@ -41,6 +43,8 @@ OLD_NAMES = {
     for m in ("bido", "bido_coco", "mid", "nls", "calor", "tl_dmi", "dp_sgd")
   ),
 }
+# Issue 17's methods: PLG-MI (its attack and its conditional GAN) and Trap-MID.
+NEW_NAMES = {*(f"{n}_{d}" for d in ("mnist", "att") for n in ("plg", "gan_plg", "defense_trap_mid"))}
 
 
 def load(recipe: str, arg: str, overrides=()):
@@ -54,9 +58,11 @@ def test_every_recipe_argument_loads_and_validates(recipe, arg):
   config_lib.check_choices(cfg)
 
 
-def test_recipes_cover_the_old_configs_under_their_old_names():
+def test_recipes_cover_the_old_configs_under_their_old_names_and_the_new_methods():
   names, reads = {}, set()
   for recipe, arg in ALL:
+    if recipe == "protocol.py":  # the CelebA protocol's own names (tests/test_protocol.py)
+      continue
     cfg = load(recipe, arg)
     name = cfg.student.name if recipe == "surrogate.py" else cfg.target.name if recipe == "defense.py" else cfg.name
     names[name] = f"{recipe}:{arg}"
@@ -68,9 +74,9 @@ def test_recipes_cover_the_old_configs_under_their_old_names():
       reads.add(cfg.teacher)
     elif recipe == "gan.py" and cfg.target:
       reads.add(cfg.target)
-  assert len(ALL) == 40 and set(names) == OLD_NAMES
+  assert len([r for r, _ in ALL if r != "protocol.py"]) == 46 and set(names) == OLD_NAMES | NEW_NAMES
   # Every model a recipe reads by default is runs/<name> of a recipe that makes it.
-  assert len(reads) == 14 and {path.removeprefix("runs/") for path in reads} <= set(names), sorted(reads)
+  assert len(reads) == 16 and {path.removeprefix("runs/") for path in reads} <= set(names), sorted(reads)
 
 
 def test_classifier_roles():
@@ -124,12 +130,12 @@ def test_recipes_pick_their_dataset_rows():
   [
     (
       "method=mdi,data=att",
-      "argument 'method': expected one of bido, bido_coco, mid, nls, calor, tl_dmi, dp_sgd, got 'mdi'",
+      "argument 'method': expected one of bido, bido_coco, mid, nls, calor, tl_dmi, dp_sgd, trap_mid, got 'mdi'",
     ),
     ("method=mid,data=cifar", "argument 'data': expected one of mnist, att, got 'cifar'"),
     (
       "method=mid,dat=att",
-      "unknown argument 'dat'; expected method=bido|bido_coco|mid|nls|calor|tl_dmi|dp_sgd,data=mnist|att",
+      "unknown argument 'dat'; expected method=bido|bido_coco|mid|nls|calor|tl_dmi|dp_sgd|trap_mid,data=mnist|att",
     ),
     ("method=mid", "missing argument 'data'"),
     ("method=mid,data=att,method=nls", "repeated argument 'method'"),

@@ -20,6 +20,26 @@ update. One jitted ``train_step`` does all of them: a ``lax.scan`` over the n_cr
 batches, then the generator update, so a step is one dispatch and never a host sync. A PNG
 grid of samples from a fixed latent batch is written every epoch; checkpoints and resume work
 as for classifiers.
+
+PLG-MI (``kind="plg"``; Yuan et al., "Pseudo Label-Guided Model Inversion Attack via Conditional Generative
+Adversarial Network", AAAI 2023; official ``train_cgan.py``, ``losses.py``): a conditional GAN
+(``jaxmi.nets.plg``) on the public images the target labels most confidently (top-n per class,
+``jaxmi.train.pseudo_labels``), with the projection discriminator's hinge loss and, in the generator's update, the
+target's max-margin loss on augmented fakes (kornia's pipeline, ``jaxmi.augment.PLG_AUGMENT``):
+  L_D = E relu(1 - D(x + u, y)) + E relu(1 + D(G(z, c), c)),   u ~ U(0, 1/256) (dequantisation, on [0, 1])
+  L_G = -E D(G(z, c), c) + inv_weight * E L_mm(T(aug(G(z, c))), c),   L_mm = -l_c + max_{k != c} l_k
+with c uniform over the classes, Adam(2e-4, betas (0.0, 0.9)) for both, 5 discriminator steps per generator
+step, each discriminator step on a fresh real batch and fresh fakes. The discriminator is applied to the fakes
+and the reals as two calls, each one power iteration of its spectral norms (as the reference's two forwards), and
+once more in the generator's update; its power-iteration vectors are the ``d_stats`` of the GAN state.
+Image ranges (``plg.output``): "unit" (default) -- the generator returns (tanh + 1) / 2 in [0, 1], the target sees
+that, and the discriminator sees 2x - 1 of real and fake images alike (the usual [-1, 1] GAN convention, one
+scale for both). "tanh" -- the reference as written: the raw tanh output goes to the target and the
+discriminator, and the real images reach the discriminator in [0, 1] (``ToTensor``, no normalisation), so its
+generator learns to emit [0, 1] images through its tanh. Differences from the reference: the discriminator
+steps come before the generator step within one step (the reference starts each iteration with the generator's
+update; the interleaving is the same after the first); its colour jitter in the GAN stage fires with
+probability 0.5, here always (``PLG_AUGMENT``, the reconstruction's setting).
 """
 
 from __future__ import annotations
@@ -27,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import time
 import typing
 from pathlib import Path
@@ -34,23 +55,29 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxmi import config as config_lib
 from jaxmi import plots
+from jaxmi.augment import PLG_AUGMENT, augment_batch
 from jaxmi.data import DataConfig, Splits, load_splits, steps_per_epoch, train_batches
 from jaxmi.errors import CheckpointError, ConfigError, Interrupted
 from jaxmi.nets import shape_signature
-from jaxmi.nets.resize import resize_to
 from jaxmi.nets.gan import GAN_KINDS, GANConfig, build_gan
+from jaxmi.nets.plg import PLG_OUTPUTS, PLG_UPSAMPLE, SPECTRAL, build_plg
+from jaxmi.nets.resize import resize_to
 from jaxmi.train.checkpoint import Checkpointer, check_compatible
 from jaxmi.train.classifier import changed_fields, check_restored_finite, load_classifier, refuse_config_change
 from jaxmi.train.loop import interrupted_message, run_steps
+from jaxmi.train.pseudo_labels import select_pseudo_labels
 from jaxmi.train.state import StateDict
 from jaxmi.train.step import to_float
 from jaxmi.workdir import Workdir
 
 log = logging.getLogger(__name__)
+
+TRAIN_KINDS = (*GAN_KINDS, "plg")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,14 +98,26 @@ class GANTrainConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class PLGConfig:
+  """kind=plg only (PLG-MI's conditional GAN). Its upsampling is ``gan.upsample`` (bilinear | nearest)."""
+
+  output: typing.Literal["unit", "tanh"] = "unit"  # unit: G returns (tanh + 1) / 2; tanh: the raw output (reference)
+  top_n: int = 30  # pseudo-labelled public images per class
+  inv_weight: float = 0.2  # weight of the target's max-margin loss in the generator's update
+  augment: bool = True  # the identity loss sees PLG_AUGMENT-augmented fakes (the reference); False: as generated
+  dequantize: bool = True  # real images + U(0, 1/256) noise before the discriminator (the reference)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class GANExperimentConfig:
   name: str = "gan"
-  kind: typing.Literal["gmi", "kedmi"] = "gmi"  # gmi (WGAN-GP) | kedmi (inversion-specific, needs the target)
-  target: str = ""  # kedmi: workdir of the target whose soft labels train the discriminator
+  kind: typing.Literal["gmi", "kedmi", "plg"] = "gmi"  # gmi (WGAN-GP) | kedmi, plg (need the target)
+  target: str = ""  # kedmi: the target whose soft labels train the discriminator; plg: the one that pseudo-labels
   data: DataConfig = DataConfig()
   gan: GANConfig = GANConfig()
   critic_width: int = 0  # 0: same as gan.base_width
   train: GANTrainConfig = GANTrainConfig()
+  plg: PLGConfig = PLGConfig()
 
 
 @jax.tree_util.register_dataclass
@@ -91,10 +130,23 @@ class GANState(StateDict):
   g_opt: Any
   d_opt: Any
   rng: jax.Array
+  d_stats: Any = dataclasses.field(default_factory=dict)  # plg: the spectral norms' power-iteration vectors
 
   @property
   def generator_variables(self) -> dict:
     return {"params": self.g_params, "batch_stats": self.g_stats}
+
+  def as_dict(self) -> dict:
+    # gmi/kedmi carry no discriminator statistics: their checkpoints keep the layout they had before d_stats.
+    d = super().as_dict()
+    if not jax.tree.leaves(d["d_stats"]):
+      del d["d_stats"]
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict):
+    fields = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name != "d_stats"}
+    return cls(**fields, d_stats=d.get("d_stats", {}))
 
 
 def gradient_penalty(critic, d_params, real, fake, eps):
@@ -112,34 +164,47 @@ def _generate(generator, g_params, g_stats, z):
   return fake, mutated["batch_stats"]
 
 
-def _alternating_update(state: GANState, d_tx, g_tx, d_loss_fn, g_loss_fn, d_batches, g_batch, n_critic: int):
+def _alternating_update(
+  state: GANState, d_tx, g_tx, d_loss_fn, g_loss_fn, d_batches, g_batch, n_critic: int, with_d_stats: bool = False
+):
   """``n_critic`` discriminator updates (one per leading slice of ``d_batches``), then one generator update.
 
-  ``d_loss_fn(d_params, g_params, g_stats, batch, key)`` and ``g_loss_fn(g_params, g_stats, d_params, g_batch,
-  key)`` both return ``(loss, (g_stats, metrics))``; the generator's BatchNorm statistics thread through.
+  ``d_loss_fn(d_params, g_params, stats, batch, key)`` and ``g_loss_fn(g_params, stats, d_params, g_batch,
+  key)`` both return ``(loss, (stats, metrics))``; the statistics thread through: the generator's BatchNorm
+  statistics, or with ``with_d_stats`` (PLG-MI) the pair (generator statistics, discriminator statistics).
   """
   rng = jax.random.fold_in(state.rng, state.step)
   keys = jax.random.split(rng, n_critic + 1)
 
   def disc_update(carry, inputs):
-    d_params, d_opt, g_stats = carry
+    d_params, d_opt, stats = carry
     batch, key = inputs
-    grads, (g_stats, m) = jax.grad(d_loss_fn, has_aux=True)(d_params, state.g_params, g_stats, batch, key)
+    grads, (stats, m) = jax.grad(d_loss_fn, has_aux=True)(d_params, state.g_params, stats, batch, key)
     updates, d_opt = d_tx.update(grads, d_opt, d_params)
-    return (optax.apply_updates(d_params, updates), d_opt, g_stats), m
+    return (optax.apply_updates(d_params, updates), d_opt, stats), m
 
-  # Unrolled: XLA:CPU runs these convolutions ~13x slower inside a while loop (measured
-  # 20 s vs 1.6 s per step); n_critic is small, so unrolling costs little compile time.
-  (d_params, d_opt, g_stats), d_metrics = jax.lax.scan(
-    disc_update, (state.d_params, state.d_opt, state.g_stats), (d_batches, keys[:-1]), unroll=True
-  )
-  g_grads, (g_stats, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(
-    state.g_params, g_stats, d_params, g_batch, keys[-1]
-  )
+  stats = (state.g_stats, state.d_stats) if with_d_stats else state.g_stats
+  carry = (state.d_params, state.d_opt, stats)
+  if with_d_stats:
+    # A Python loop: XLA:CPU still wraps even a fully unrolled scan in a one-trip while loop, inside which the
+    # PLG-MI networks' convolutions run ~18x slower (measured 7.0 s vs 0.39 s per discriminator update). gmi and
+    # kedmi keep the scan below, so their compiled programs and results stay as they were.
+    per_step = []
+    for i in range(n_critic):
+      carry, m = disc_update(carry, jax.tree.map(lambda a, i=i: a[i], (d_batches, keys[:-1])))
+      per_step.append(m)
+    d_metrics = jax.tree.map(lambda *v: jnp.stack(v), *per_step)
+  else:
+    # Unrolled: XLA:CPU runs these convolutions ~13x slower inside a while loop (measured
+    # 20 s vs 1.6 s per step); n_critic is small, so unrolling costs little compile time.
+    carry, d_metrics = jax.lax.scan(disc_update, carry, (d_batches, keys[:-1]), unroll=True)
+  d_params, d_opt, stats = carry
+  g_grads, (stats, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(state.g_params, stats, d_params, g_batch, keys[-1])
+  g_stats, d_stats = stats if with_d_stats else (stats, state.d_stats)
   updates, g_opt = g_tx.update(g_grads, state.g_opt, state.g_params)
   g_params = optax.apply_updates(state.g_params, updates)
   metrics = {**g_metrics, **{k: jnp.mean(v) for k, v in d_metrics.items()}}
-  return GANState(state.step + 1, g_params, g_stats, d_params, g_opt, d_opt, state.rng), metrics
+  return GANState(state.step + 1, g_params, g_stats, d_params, g_opt, d_opt, state.rng, d_stats), metrics
 
 
 def make_gan_step(generator, critic, g_tx, d_tx, cfg: GANTrainConfig, z_dim: int):
@@ -228,11 +293,88 @@ def make_kedmi_step(generator, disc, target, target_shape, g_tx, d_tx, cfg: GANT
   return train_step
 
 
-def init_gan_state(generator, critic, g_tx, d_tx, gan_cfg: GANConfig, seed: int) -> GANState:
+def hinge_discriminator_loss(d_fake, d_real):
+  """The hinge loss of the discriminator (PLG-MI ``losses.dis_hinge``): E relu(1 - D(real)) + E relu(1 + D(fake))."""
+  return jnp.mean(jax.nn.relu(1.0 - d_real)) + jnp.mean(jax.nn.relu(1.0 + d_fake))
+
+
+def hinge_generator_loss(d_fake):
+  """The hinge loss of the generator (``losses.gen_hinge``): -E D(fake)."""
+  return -jnp.mean(d_fake)
+
+
+def max_margin(logits, label):
+  """-l_y + max_{k != y} l_k of one example's logits [K] (PLG-MI Eq. 6, ``losses.max_margin_loss``). The same
+  formula as ``jaxmi.attacks.terms.max_margin`` (tested equal), which this layer may not import."""
+  others = jnp.where(jnp.arange(logits.shape[-1]) == label, -jnp.inf, logits)
+  return jnp.max(others, axis=-1) - logits[..., label]
+
+
+def make_plg_step(generator, disc, target, target_shape, g_tx, d_tx, cfg: GANTrainConfig, plg: PLGConfig, z_dim: int):
+  """``train_step(state, target_variables, real, labels)``: uint8 real batches [n_critic, B, H, W, C] with their
+  pseudo-labels [n_critic, B]; the generator's classes are drawn uniformly (``generator.num_classes``)."""
+  num_classes = generator.num_classes
+  # unit: D sees [-1, 1] for reals and fakes alike; tanh: as the reference, [0, 1] reals and the raw tanh fakes.
+  to_disc = (lambda x: 2.0 * x - 1.0) if plg.output == "unit" else (lambda x: x)
+
+  def sample(g_params, g_stats, key, n):
+    z_key, y_key = jax.random.split(key)
+    z = jax.random.normal(z_key, (n, z_dim))
+    labels = jax.random.randint(y_key, (n,), 0, num_classes)
+    variables = {"params": g_params, "batch_stats": g_stats}
+    fake, mutated = generator.apply(variables, z, labels, train=True, mutable=["batch_stats"])
+    return fake, labels, mutated["batch_stats"]
+
+  def discriminate(d_params, d_stats, x, labels):
+    """D in training mode: one power iteration per call, as each forward of the reference's discriminator."""
+    variables = {"params": d_params, SPECTRAL: d_stats}
+    out, mutated = disc.apply(variables, to_disc(x), labels, train=True, mutable=[SPECTRAL])
+    return out, mutated[SPECTRAL]
+
+  def d_loss_fn(d_params, g_params, stats, batch, rng):
+    (g_stats, d_stats), (real, labels) = stats, batch
+    gen_key, noise_key = jax.random.split(rng)
+    fake, fake_labels, g_stats = sample(g_params, g_stats, gen_key, real.shape[0])
+    real = to_float(real)
+    if plg.dequantize:
+      real = real + jax.random.uniform(noise_key, real.shape, maxval=1.0 / 256.0)
+    d_fake, d_stats = discriminate(d_params, d_stats, jax.lax.stop_gradient(fake), fake_labels)
+    d_real, d_stats = discriminate(d_params, d_stats, real, labels)
+    loss = hinge_discriminator_loss(d_fake, d_real)
+    return loss, ((g_stats, d_stats), {"d_loss": loss, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)})
+
+  def g_loss_fn(g_params, stats, d_params, target_variables, rng):
+    g_stats, d_stats = stats
+    gen_key, aug_key = jax.random.split(rng)
+    fake, labels, g_stats = sample(g_params, g_stats, gen_key, cfg.batch_size)
+    d_fake, d_stats = discriminate(d_params, d_stats, fake, labels)
+    adversarial = hinge_generator_loss(d_fake)
+    seen = augment_batch(fake, aug_key, PLG_AUGMENT) if plg.augment else fake
+    logits = target.apply(target_variables, resize_to(seen, target_shape), train=False).logits
+    inv = jnp.mean(jax.vmap(max_margin)(logits, labels))
+    metrics = {"g_loss": adversarial, "inv_loss": inv, "target_acc": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    return adversarial + plg.inv_weight * inv, ((g_stats, d_stats), metrics)
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def train_step(state: GANState, target_variables, real, labels):
+    return _alternating_update(
+      state, d_tx, g_tx, d_loss_fn, g_loss_fn, (real, labels), target_variables, cfg.n_critic, with_d_stats=True
+    )
+
+  return train_step
+
+
+def init_gan_state(generator, critic, g_tx, d_tx, gan_cfg: GANConfig, seed: int, conditional: bool = False) -> GANState:
+  """The initial state; ``conditional``: PLG-MI's networks, which also take class labels."""
   g_rng, d_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
-  g_vars = jax.jit(lambda r: generator.init(r, jnp.zeros((2, gan_cfg.z_dim))))(g_rng)
   size = gan_cfg.image_size
-  d_vars = jax.jit(lambda r: critic.init(r, jnp.zeros((2, size, size, gan_cfg.channels))))(d_rng)
+  if conditional:
+    labels = jnp.zeros((2,), jnp.int32)
+    g_vars = jax.jit(lambda r: generator.init(r, jnp.zeros((2, gan_cfg.z_dim)), labels))(g_rng)
+    d_vars = jax.jit(lambda r: critic.init(r, jnp.zeros((2, size, size, gan_cfg.channels)), labels))(d_rng)
+  else:
+    g_vars = jax.jit(lambda r: generator.init(r, jnp.zeros((2, gan_cfg.z_dim))))(g_rng)
+    d_vars = jax.jit(lambda r: critic.init(r, jnp.zeros((2, size, size, gan_cfg.channels))))(d_rng)
   return GANState(
     jnp.zeros((), jnp.int32),
     g_vars["params"],
@@ -241,15 +383,36 @@ def init_gan_state(generator, critic, g_tx, d_tx, gan_cfg: GANConfig, seed: int)
     g_tx.init(g_vars["params"]),
     d_tx.init(d_vars["params"]),
     state_rng,
+    d_vars.get(SPECTRAL, {}),
   )
 
 
+def build_networks(cfg: GANExperimentConfig, num_classes: int = 0):
+  """(generator, discriminator) of ``cfg.kind``: ``build_gan``'s, or PLG-MI's conditional pair."""
+  if cfg.kind == "plg":
+    g = cfg.gan
+    return build_plg(
+      num_classes,
+      z_dim=g.z_dim,
+      num_features=g.base_width,
+      critic_features=cfg.critic_width or None,
+      blocks=g.stages,
+      channels=g.channels,
+      upsample=g.upsample,
+      output=cfg.plg.output,
+    )
+  return build_gan(cfg.gan, cfg.critic_width or None, kind=cfg.kind, num_classes=num_classes)
+
+
 def gan_meta(cfg: GANExperimentConfig, state: GANState, num_classes: int = 0) -> dict:
+  arch = {**config_lib.to_dict(cfg.gan), "critic_width": cfg.critic_width or cfg.gan.base_width}
+  if cfg.kind == "plg":
+    arch["output"] = cfg.plg.output  # what the loaded generator returns
   return {
     "kind": "gan",
     "gan_kind": cfg.kind,
     "num_classes": num_classes,
-    "arch": {**config_lib.to_dict(cfg.gan), "critic_width": cfg.critic_width or cfg.gan.base_width},
+    "arch": arch,
     "signature": shape_signature({"g": state.g_params, "d": state.d_params}),
     "config": config_lib.to_dict(cfg),
   }
@@ -288,13 +451,15 @@ def _validate_config(cfg: GANExperimentConfig) -> None:
         f"train.{field}: expected a positive integer, got {getattr(t, field)}"
         + ("; epochs=0 would write an untrained GAN" if field == "epochs" else "")
       )
-  if cfg.kind not in GAN_KINDS:
-    raise ConfigError(f"kind: unknown GAN kind '{cfg.kind}'; expected one of {', '.join(GAN_KINDS)}")
+  if cfg.kind not in TRAIN_KINDS:
+    raise ConfigError(f"kind: unknown GAN kind '{cfg.kind}'; expected one of {', '.join(TRAIN_KINDS)}")
   if cfg.kind == "kedmi" and not cfg.target:
     raise ConfigError(
       "target: a KEDMI GAN learns the target's soft labels on public images; set target to the "
       "target classifier's workdir"
     )
+  if cfg.kind == "plg":
+    _validate_plg(cfg)
   if cfg.data.image_size != cfg.gan.image_size or cfg.data.channels != cfg.gan.channels:
     raise ConfigError(
       f"gan: generates {cfg.gan.image_size}x{cfg.gan.image_size}x{cfg.gan.channels} images but "
@@ -303,9 +468,47 @@ def _validate_config(cfg: GANExperimentConfig) -> None:
     )
 
 
+def _validate_plg(cfg: GANExperimentConfig) -> None:
+  p = cfg.plg
+  if not cfg.target:
+    raise ConfigError(
+      "target: a PLG-MI GAN trains on public images pseudo-labelled by the target; set target to the target "
+      "classifier's workdir"
+    )
+  if cfg.gan.upsample not in PLG_UPSAMPLE:
+    raise ConfigError(
+      f"gan.upsample: kind=plg upsamples with one of {', '.join(PLG_UPSAMPLE)} (the reference: bilinear), "
+      f"got '{cfg.gan.upsample}'"
+    )
+  if cfg.gan.stages < 1:
+    raise ConfigError(f"gan.stages: kind=plg needs at least one up-block, got {cfg.gan.stages}")
+  if p.output not in PLG_OUTPUTS:
+    raise ConfigError(f"plg.output: expected one of {', '.join(PLG_OUTPUTS)}, got '{p.output}'")
+  if p.top_n < 1:
+    raise ConfigError(f"plg.top_n: expected a positive integer, got {p.top_n}")
+  if not (p.inv_weight >= 0 and math.isfinite(p.inv_weight)):
+    raise ConfigError(f"plg.inv_weight: expected a finite weight >= 0, got {p.inv_weight}")
+
+
+def _validate_pseudo(cfg: GANExperimentConfig, public_images: int, num_classes: int) -> None:
+  """kind=plg: the pseudo-labelled set (top_n per class) must hold a discriminator batch."""
+  t, p = cfg.train, cfg.plg
+  if p.top_n > public_images:
+    raise ConfigError(
+      f"plg.top_n: {p.top_n} images per class, but the public split (data.public_ids) has {public_images}; lower it"
+    )
+  if t.batch_size > p.top_n * num_classes:
+    raise ConfigError(
+      f"train.batch_size: {t.batch_size} is larger than the {p.top_n * num_classes} pseudo-labelled images "
+      f"(plg.top_n {p.top_n} x {num_classes} classes); lower it or raise plg.top_n"
+    )
+
+
 def _validate(cfg: GANExperimentConfig, splits: Splits) -> None:
   """Checks against the data: each generator step draws batch_size x n_critic public images."""
   t = cfg.train
+  if cfg.kind == "plg":
+    return  # its batches come from the pseudo-labelled set: _validate_pseudo
   # KEDMI's unlabelled stream also draws the generator's feature-matching batch.
   factor, formula = (t.n_critic, "train.n_critic") if cfg.kind == "gmi" else (t.n_critic + 1, "(train.n_critic + 1)")
   per_step = t.batch_size * factor
@@ -341,22 +544,32 @@ def train_gan(
   t = cfg.train
   workdir = Workdir.of(workdir)
   target = None
-  if cfg.kind == "kedmi":
+  if cfg.kind in ("kedmi", "plg"):
     target = load_classifier(cfg.target, expect_role="target")
   num_classes = target.num_classes if target is not None else 0
-  generator, critic = build_gan(cfg.gan, cfg.critic_width or None, kind=cfg.kind, num_classes=num_classes)
+  pseudo, pseudo_info = None, {}
+  if cfg.kind == "plg":
+    _validate_pseudo(cfg, len(public), num_classes)
+    pseudo, pseudo_info = select_pseudo_labels(target, public, cfg.plg.top_n)
+  generator, critic = build_networks(cfg, num_classes)
   adam = lambda: optax.adam(t.learning_rate, b1=t.beta1, b2=t.beta2)
   g_tx, d_tx = adam(), adam()
-  state = init_gan_state(generator, critic, g_tx, d_tx, cfg.gan, t.seed)
+  state = init_gan_state(generator, critic, g_tx, d_tx, cfg.gan, t.seed, conditional=cfg.kind == "plg")
   meta = gan_meta(cfg, state, num_classes)
   images_per_step = t.batch_size * t.n_critic
-  spe = steps_per_epoch(len(public), images_per_step, split="data.public_ids")
+  if cfg.kind == "plg":
+    # An epoch: the discriminator's batches pass once over the pseudo-labelled set (at least one generator step).
+    spe = max(1, steps_per_epoch(len(pseudo), t.batch_size, split="plg.top_n") // t.n_critic)
+  else:
+    spe = steps_per_epoch(len(public), images_per_step, split="data.public_ids")
   total = spe * t.epochs
-  what = (
-    "WGAN-GP"
-    if cfg.kind == "gmi"
-    else f"KEDMI GAN (discriminator learns the soft labels of target {cfg.target}, {num_classes} classes)"
-  )
+  what = {
+    "gmi": "WGAN-GP",
+    "kedmi": f"KEDMI GAN (discriminator learns the soft labels of target {cfg.target}, {num_classes} classes)",
+    "plg": f"PLG-MI conditional GAN ({num_classes} classes pseudo-labelled by target {cfg.target}: top "
+    f"{cfg.plg.top_n} each, {pseudo_info.get('distinct_public_images')} distinct images, confidence >= "
+    f"{pseudo_info.get('min_confidence', 0):.3f})",
+  }[cfg.kind]
   log.info(
     f"[{cfg.name}] {what} on the public split: {len(public)} images {public.images.shape[1:]}, "
     f"{spe} generator steps/epoch x {t.epochs} epochs ({t.n_critic} discriminator steps each)"
@@ -374,26 +587,61 @@ def train_gan(
     check_restored_finite(state.as_dict(), f"{ckpt.directory}/{start}")
     log.info(f"[{cfg.name}] resuming from {ckpt.directory}/{start}")
   start = int(start or 0)
+  if cfg.kind == "plg":
+    # Committed like every step's output: an uncommitted first state makes the second step compile again.
+    state = jax.device_put(state, jax.devices()[0])
 
-  sample = jax.jit(lambda v, z: generator.apply(v, z, train=False))
-  fixed_z = jax.random.normal(jax.random.PRNGKey(t.seed + 1), (t.sample_count, cfg.gan.z_dim))
+  if cfg.kind == "plg":
+    # Rows of classes (the first 20), each row the same latents: a column shows one z across the classes.
+    rows = min(num_classes, 20)
+    ncol = -(-t.sample_count // rows)
+    z = jax.random.normal(jax.random.PRNGKey(t.seed + 1), (ncol, cfg.gan.z_dim))
+    fixed_z = (jnp.tile(z, (rows, 1)), jnp.repeat(jnp.arange(rows, dtype=jnp.int32), ncol))
+    # "unit" returns [0, 1] images; "tanh" ones are shown as the reference's target sees them, clipped to [0, 1].
+    sample = jax.jit(lambda v, zy: generator.apply(v, *zy, train=False))
+    # The selection, one row per class: its (up to 10) most confident public images.
+    shown = min(cfg.plg.top_n, 10)
+    picks = (np.arange(rows)[:, None] * cfg.plg.top_n + np.arange(shown)).reshape(-1)
+    plots.image_grid(pseudo.images[picks] / 255.0, workdir / "pseudo_labels.png", ncol=shown, scale=2)
+  else:
+    ncol = None
+    sample = jax.jit(lambda v, z: generator.apply(v, z, train=False))
+    fixed_z = jax.random.normal(jax.random.PRNGKey(t.seed + 1), (t.sample_count, cfg.gan.z_dim))
 
   def epoch_end(state, step):
     if step % spe == 0:
       plots.image_grid(
-        sample(state.generator_variables, fixed_z), workdir / "samples" / f"epoch_{step // spe:03d}.png", scale=2
+        sample(state.generator_variables, fixed_z),
+        workdir / "samples" / f"epoch_{step // spe:03d}.png",
+        ncol=ncol,
+        scale=2,
       )
     return {}
 
-  batches = train_batches(public, images_per_step, t.seed, start_step=start)
   split = lambda real: real.reshape(t.n_critic, t.batch_size, *real.shape[1:])
-  if cfg.kind == "gmi":
+  if cfg.kind == "plg":
+    # As the reference's infinite sampler: every discriminator step takes the next batch of the pseudo-labelled
+    # set, epoch after epoch, so the stream's position is (generator step) x n_critic.
+    batches = train_batches(pseudo, t.batch_size, t.seed, start_step=start * t.n_critic)
+    streams = [batches]
+    plg_step = make_plg_step(
+      generator, critic, target.module, target.image_shape, g_tx, d_tx, t, cfg.plg, cfg.gan.z_dim
+    )
+    step_fn = lambda state, inputs: plg_step(state, target.variables, *inputs)
+
+    def next_input():
+      drawn = [next(batches) for _ in range(t.n_critic)]
+      return jnp.stack([b["image"] for b in drawn]), jnp.stack([b["label"] for b in drawn])
+
+  elif cfg.kind == "gmi":
+    batches = train_batches(public, images_per_step, t.seed, start_step=start)
     step_fn = make_gan_step(generator, critic, g_tx, d_tx, t, cfg.gan.z_dim)
     next_input = lambda: split(next(batches)["image"])
     streams = [batches]
   else:
     # The labelled stream sets the epoch; a second, independently shuffled stream gives the
     # unlabelled batches of the discriminator steps and the generator's feature-matching batch.
+    batches = train_batches(public, images_per_step, t.seed, start_step=start)
     unlabelled = train_batches(public, images_per_step + t.batch_size, t.seed + 1, start_step=start)
     streams = [batches, unlabelled]
     kedmi_step = make_kedmi_step(generator, critic, target.module, target.image_shape, g_tx, d_tx, t, cfg.gan.z_dim)
@@ -420,9 +668,11 @@ def train_gan(
       epoch_end=epoch_end,
       progress=progress,
       stop_at_step=stop_at_step,
-      postfix_keys=("wasserstein", "gp", "g_loss")
-      if cfg.kind == "gmi"
-      else ("label_loss", "unlabel_loss", "agreement", "g_loss"),
+      postfix_keys={
+        "gmi": ("wasserstein", "gp", "g_loss"),
+        "kedmi": ("label_loss", "unlabel_loss", "agreement", "g_loss"),
+        "plg": ("d_loss", "g_loss", "inv_loss", "target_acc"),
+      }[cfg.kind],
     )
   finally:
     for stream in streams:
@@ -430,13 +680,14 @@ def train_gan(
   if result.stopped_early:  # by Ctrl-C or stop_at_step, after a checkpoint
     raise Interrupted(interrupted_message(result.step, ckpt), result.step)
   state, step = result.state, result.step
-  plots.image_grid(sample(state.generator_variables, fixed_z), workdir / "samples.png", scale=2)
+  plots.image_grid(sample(state.generator_variables, fixed_z), workdir / "samples.png", ncol=ncol, scale=2)
   summary = {
     "name": cfg.name,
     "kind": cfg.kind,
     "generator_steps": step,
     "epochs": t.epochs,
     "public_images": len(public),
+    **({"pseudo_labels": pseudo_info} if cfg.kind == "plg" else {}),
     "train_seconds_this_run": round(time.time() - t0, 2),
     "resumed_from_step": start,
     "data": splits.description,
@@ -454,12 +705,20 @@ def train_gan(
 class GAN:
   """A trained GAN prior: generator (eval mode) and critic, with their variables."""
 
-  generator: Any
-  critic: Any  # Critic (gmi) or KEDMIDiscriminator (kedmi); both have realism(x)
+  generator: Any  # plg: ResNetGenerator, apply(g_variables, z, labels, train=False), [0, 1] images ("unit")
+  critic: Any  # Critic (gmi) or KEDMIDiscriminator (kedmi), both with realism(x); plg: the projection
+  # discriminator, apply(d_variables, x, labels) (no realism: PLG-MI's reconstruction has no prior term)
   g_variables: dict
-  d_variables: dict
+  d_variables: dict  # plg: {"params", "spectral"} (its power-iteration vectors)
   config: GANConfig
   kind: str = "gmi"
+  num_classes: int = 0  # kedmi, plg: the target's classes (plg: the generator's conditioning labels)
+  output: str = "unit"  # plg: "unit" ([0, 1] images) or "tanh" (the raw [-1, 1] output)
+
+  @property
+  def conditional(self) -> bool:
+    """True when the generator takes a class label with z (PLG-MI)."""
+    return self.kind == "plg"
 
 
 def load_gan(workdir: str | Path) -> GAN:
@@ -475,19 +734,42 @@ def load_gan(workdir: str | Path) -> GAN:
     )
   arch = dict(meta["arch"])
   critic_width = arch.pop("critic_width")
+  output = arch.pop("output", "unit")
   gan_cfg = GANConfig(**arch)
   kind = meta.get("gan_kind", "gmi")
-  generator, critic = build_gan(gan_cfg, critic_width, kind=kind, num_classes=meta.get("num_classes", 0))
-  abstract = jax.eval_shape(lambda: init_gan_state(generator, critic, optax.adam(1e-3), optax.adam(1e-3), gan_cfg, 0))
+  num_classes = meta.get("num_classes", 0)
+  if kind == "plg":
+    generator, critic = build_plg(
+      num_classes,
+      z_dim=gan_cfg.z_dim,
+      num_features=gan_cfg.base_width,
+      critic_features=critic_width,
+      blocks=gan_cfg.stages,
+      channels=gan_cfg.channels,
+      upsample=gan_cfg.upsample,
+      output=output,
+    )
+  else:
+    generator, critic = build_gan(gan_cfg, critic_width, kind=kind, num_classes=num_classes)
+  init = lambda: init_gan_state(
+    generator, critic, optax.adam(1e-3), optax.adam(1e-3), gan_cfg, 0, conditional=kind == "plg"
+  )
+  abstract = jax.eval_shape(init)
   expected = {**meta, "signature": shape_signature({"g": abstract.g_params, "d": abstract.d_params})}
   state = ckpt.restore(None, expected, step)
   ckpt.close()
-  check_restored_finite({k: state[k] for k in ("g_params", "g_stats", "d_params")}, f"{ckpt.directory}/{step}")
+  keys = ("g_params", "g_stats", "d_params") + (("d_stats",) if kind == "plg" else ())
+  check_restored_finite({k: state[k] for k in keys}, f"{ckpt.directory}/{step}")
+  d_variables = {"params": state["d_params"]}
+  if kind == "plg":
+    d_variables[SPECTRAL] = state["d_stats"]
   return GAN(
     generator,
     critic,
     {"params": state["g_params"], "batch_stats": state["g_stats"]},
-    {"params": state["d_params"]},
+    d_variables,
     gan_cfg,
     kind,
+    num_classes,
+    output,
   )
