@@ -25,8 +25,10 @@ from typing import Callable
 
 import numpy as np
 
+from jaxmi import config as config_lib
 from jaxmi import plots
 from jaxmi.errors import ConfigError
+from jaxmi.experiments.attack import AttackConfig
 from jaxmi.metrics.attack import sample_std
 
 COLUMNS = (
@@ -142,9 +144,13 @@ def _setting(summary: dict) -> str:
   return ", ".join(parts)
 
 
-def _method(result: dict) -> dict:
-  """Flat {field: value} of what defines the attack a run made (the grouping key besides the target)."""
-  method = {"attack": result.get("attack", "?"), "prior": result.get("gan_kind", "")}
+# Attack-config fields renamed since older results.json files were written: read under their current name.
+RENAMED_SETTINGS = {"inversion.clip_z": "inversion.z_clip"}
+
+
+def _settings(config: dict) -> dict:
+  """Flat {dotted field: value} of an attack config's settings (NOT_ATTACK_SETTINGS left out, renames applied)."""
+  flat = {}
 
   def walk(d: dict, prefix: str = ""):
     for k, v in d.items():
@@ -153,9 +159,20 @@ def _method(result: dict) -> dict:
       if isinstance(v, dict):
         walk(v, prefix + k + ".")
       else:
-        method.setdefault(prefix + k, v)
+        flat.setdefault(RENAMED_SETTINGS.get(prefix + k, prefix + k), v)
 
-  walk(result.get("config") or {})
+  walk(config)
+  return flat
+
+
+def _method(result: dict) -> dict:
+  """Flat {field: value} of what defines the attack a run made (the grouping key besides the target). A field
+  added after the run was made counts as its default (the run could not set it), so old and new runs of one
+  attack share a row."""
+  method = {"attack": result.get("attack", "?"), "prior": result.get("gan_kind", "")}
+  method.update(_settings(result.get("config") or {}))
+  for k, v in _settings(config_lib.to_dict(AttackConfig())).items():
+    method.setdefault(k, v)
   return method
 
 

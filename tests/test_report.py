@@ -245,3 +245,23 @@ def test_a_defense_whose_schedule_never_started_is_labelled_so(tmp_path, capsys)
   settings = {r["target"].split("/")[-1]: r["setting"] for r in rows}
   assert "never active" in settings["nls_short"] and "never active" not in settings["nls_long"]
   assert "alpha reached -0.05" in settings["nls_long"]
+
+
+def test_a_run_made_before_a_field_existed_shares_the_row_of_its_default(tmp_path, capsys):
+  """An older results.json lacks fields added since (the augmentation, the evaluation settings) and may hold a
+  renamed one (clip_z, now z_clip): the run could not set them, so it counts as their defaults and shares a row
+  with a new run of the same attack; a new run that sets one of them still gets a row of its own."""
+  write_target(tmp_path, "none", "none", 0.99)
+  old = write_attack(tmp_path, "old", "none", 0.6, seed=0)
+  data = json.loads((tmp_path / "old" / "results.json").read_text())
+  inversion = dict(data["config"]["inversion"])
+  for field in ("augment_views", "augment"):
+    del inversion[field]
+  inversion["clip_z"] = inversion.pop("z_clip")
+  config = {k: v for k, v in data["config"].items() if k != "evaluation"}
+  (tmp_path / "old" / "results.json").write_text(json.dumps({**data, "config": {**config, "inversion": inversion}}))
+  new = write_attack(tmp_path, "new", "none", 0.8, seed=1)
+  views = write_attack(tmp_path, "views", "none", 0.9, attack=dict(inversion=dict(augment_views=2)))
+  _, _, rows = report(tmp_path, [old, new, views], capsys)
+  assert [(r["attack"], r["seeds"]) for r in rows] == [("gmi", "2"), ("gmi", "1")]
+  assert rows[1]["attack_setting"] == "augment_views=2"
