@@ -7,7 +7,8 @@
 #
 # Every stage is a resumable jaxmi command: rerun the script after an interruption and finished
 # work is skipped (trainings resume from their checkpoints, attacks from their saved latents).
-# CPU budget on a 2-core machine: mnist ~1.5 h, att ~10 h (GMI at 64 px is ~1.5 s per step
+# CPU budget on a 2-core machine, measured before PLG-MI/Trap-MID and the KEDMI/PLG-MI defense rows joined:
+# mnist ~1.5 h, att ~10 h (GMI at 64 px is ~1.5 s per step
 # for 40 latents), gnime ~1 h.
 set -euo pipefail
 cd "$(dirname "$0")/.."
