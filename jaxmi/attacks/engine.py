@@ -386,12 +386,7 @@ class Inverter:
     """
     z = jax.vmap(self.latent.final)(params, keys)
     z = z.reshape(-1, *z.shape[2:])  # [chunk * draws, z_dim], draws of a latent adjacent
-    if self.models.conditional:
-      images = self.models.generator.apply(
-        variables["generator"], z, jnp.repeat(labels, self.latent.draws), train=False
-      )
-    else:
-      images = self.models.generator.apply(variables["generator"], z, train=False)
+    images = self.generate(variables["generator"], z, jnp.repeat(labels, self.latent.draws), train=False)
     module, shape, tvars = self.models.targets[0], self.models.target_shapes[0], variables["targets"][0]
     logits = module.apply(tvars, resize_to(images, shape), train=False).logits
     return z, images, logits
