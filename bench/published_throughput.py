@@ -82,7 +82,7 @@ def build(arch: str, tmp: Path, seed: int = 0):
   generator, critic = build_gan(GAN)
   target = build_classifier(cfg, NUM_CLASSES)
   for m in (G, D, T):
-    m.eval().requires_grad_(False)  # only z needs a gradient
+    m.cpu().eval().requires_grad_(False)  # only z needs a gradient; DataParallel moved it to a GPU if one exists
   nets = {
     "config": {"num_classes": NUM_CLASSES},
     "image_shape": IMAGE_SHAPE,
