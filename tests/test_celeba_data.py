@@ -211,6 +211,17 @@ def test_ffhq_public_split_for_celeba_private(celeba, tmp_path, data_root, monke
   )
 
 
+def test_a_bad_public_dataset_is_refused_before_the_private_one_is_prepared(celeba, tmp_path, data_root, monkeypatch):
+  ffhq = make_ffhq(celeba.parent, att_dir=data_root / "att_faces", count=5)
+  (ffhq / "thumbnails128x128" / "00000" / "00003.png").unlink()
+  monkeypatch.setenv(sources.FLAG_DATA_DIR_ENV, str(celeba.parent))
+  cache = tmp_path / "cache"
+  with pytest.raises(DataError, match="line 4 names 00000/00003.png"):
+    data.load_splits(celeba_config(None, cache, public_dataset="ffhq"))
+  # Before: CelebA's private splits were prepared (written to the cache) and only then was FFHQ's list read.
+  assert not cache.exists() or not any(cache.rglob("*.array_record*"))
+
+
 def test_facescrub_through_image_folder_with_the_reference_resize(celeba, tmp_path, data_root):
   scrub = make_facescrub(celeba.parent, att_dir=data_root / "att_faces", identities=3, per_identity=2)
   cfg = celeba_config(celeba, tmp_path / "cache", public_dataset="facescrub", public_data_dir=str(scrub))

@@ -674,6 +674,19 @@ def test_saved_data_config_keeps_the_targets_cache(tmp_path):
   assert restored.data_dir is None  # a path missing on this machine falls back to the defaults
 
 
+def test_saved_data_config_resets_a_missing_public_data_dir(tmp_path):
+  from jaxmi import config as config_lib
+  from jaxmi.train.classifier import saved_data_config
+
+  def saved(public_dir):
+    return config_lib.to_dict(data.DataConfig(dataset="celeba", public_dataset="ffhq", public_data_dir=str(public_dir)))
+
+  # Before: a target trained on another machine kept that machine's public_data_dir, so attack/distill failed
+  # on a path that does not exist here instead of falling back to $JAXMI_DATA_DIR/ffhq or --data-dir.
+  assert saved_data_config(saved(tmp_path / "elsewhere" / "ffhq")).public_data_dir is None
+  assert saved_data_config(saved(tmp_path)).public_data_dir == str(tmp_path)
+
+
 def test_command_line_dirs_win_over_the_config(tmp_path, data_root, cache_root, monkeypatch, caplog):
   monkeypatch.setenv(sources.FLAG_DATA_DIR_ENV, str(data_root))
   monkeypatch.setenv(sources.FLAG_CACHE_DIR_ENV, str(cache_root))

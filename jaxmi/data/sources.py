@@ -246,7 +246,25 @@ def _write_identities(folder: Path, class_names, splits) -> Path | None:
   return path
 
 
+def check_raw(dataset: str, *, data_dir=None, cache_dir=None, image_size: int = 32, channels: int = 1, crop=()) -> None:
+  """Reads `dataset`'s raw file lists and checks them (missing split files, missing listed images), preparing
+  nothing: raises the error `load_raw` would. For a second dataset read after a first one is prepared (a run's
+  public_dataset), so that its bad input is reported before anything is written for the first. Datasets that
+  are downloaded or read from fixed archives have no lists to check here."""
+  if dataset in ("celeba", "ffhq", "facescrub", "image_folder"):
+    _builder(dataset, data_dir, cache_dir, True, image_size, channels, crop, None)
+
+
 def _prepared_builder(dataset, data_dir, cache, download, image_size, channels, crop, urls):
+  from jaxmi.data import builders  # pylint: disable=g-import-not-at-top
+
+  builder = _builder(dataset, data_dir, cache, download, image_size, channels, crop, urls)
+  builders.download_and_prepare(builder, resolve_cache_dir(cache) / "downloads")
+  return builder
+
+
+def _builder(dataset, data_dir, cache, download, image_size, channels, crop, urls):
+  """The dataset's builder (its raw files scanned and checked), not yet prepared."""
   check_dataset_name(dataset)
   # Imported here so that sklearn_digits works without TFDS installed.
   from jaxmi.data import builders  # pylint: disable=g-import-not-at-top
@@ -266,7 +284,6 @@ def _prepared_builder(dataset, data_dir, cache, download, image_size, channels, 
   else:
     cls = builders.Mnist if dataset == "mnist" else builders.AttFaces
     builder = cls(raw_dir=raw, fallback_dir=downloads / dataset, download=download, urls=urls, data_dir=prepared)
-  builders.download_and_prepare(builder, downloads)
   return builder
 
 

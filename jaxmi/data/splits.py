@@ -213,6 +213,13 @@ def load_splits(cfg: DataConfig) -> Splits:
     the order of the tuple) and public of cfg.public_ids, as uint8 images.
   """
   validate(cfg)
+  own_public = _own_public(cfg)
+  if not own_public:
+    # The public dataset's lists are checked before the private one is prepared: bad input writes nothing.
+    public_dir, public_cache = sources.command_line_dirs(cfg.public_dataset, cfg.public_data_dir, cfg.cache_dir)
+    sources.check_raw(
+      cfg.public_dataset, data_dir=public_dir, cache_dir=public_cache, image_size=cfg.image_size, channels=cfg.channels
+    )
   data_dir, cache_dir = sources.command_line_dirs(cfg.dataset, cfg.data_dir, cfg.cache_dir)
   raw = sources.load_raw(
     cfg.dataset,
@@ -223,7 +230,6 @@ def load_splits(cfg: DataConfig) -> Splits:
     channels=cfg.channels,
     crop=tuple(cfg.crop),
   )
-  own_public = _own_public(cfg)
   # () passes validate only for celeba: every identity of its split files.
   private_ids = tuple(cfg.private_ids) or tuple(range(raw.num_classes))
   _check_ids_in_range(cfg, raw.num_classes, ("private_ids", "public_ids") if own_public else ("private_ids",))

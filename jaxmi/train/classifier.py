@@ -119,7 +119,7 @@ def saved_data_config(saved: dict) -> DataConfig:
   target's prepared data instead of preparing it again in the default cache; --data-dir/--cache-dir still win.
   """
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
-  for key in ("data_dir", "cache_dir"):
+  for key in ("data_dir", "cache_dir", "public_data_dir"):
     # image_folder's data_dir names the dataset itself, so it stays (an error then names it).
     if key == "data_dir" and fields.get("dataset") == "image_folder":
       continue
