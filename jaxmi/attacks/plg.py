@@ -20,9 +20,8 @@ All of it is the shared engine: a conditional generator (``AttackModels.conditio
 
 from __future__ import annotations
 
-from jaxmi.attacks.engine import AttackModels, ExecutionConfig, InversionConfig, Inverter, Objective
-from jaxmi.attacks.gmi import PointLatent
-from jaxmi.attacks.terms import optimizer, prior_and_identity
+from jaxmi.attacks.engine import AttackModels, ExecutionConfig, InversionConfig, Inverter
+from jaxmi.attacks.gmi import build_gmi
 from jaxmi.errors import ConfigError
 
 
@@ -33,11 +32,8 @@ def build_plg(
   run: ExecutionConfig = ExecutionConfig(),
   extra_terms: tuple = (),
 ) -> Inverter:
-  """PLG-MI's inverter: a point latent (clipped only if ``z_clip``) into a conditional generator, the identity
-  term (+ the prior if ``prior_weight``, + ``extra_terms``), ``cfg.optimizer``."""
+  """PLG-MI's inverter: GMI's (a point latent, clipped only if ``z_clip``; the identity term, + the prior if
+  ``prior_weight``, + ``extra_terms``; ``cfg.optimizer``) into a conditional generator."""
   if not models.conditional:
     raise ConfigError("gan: PLG-MI needs a class-conditional generator; train one with bin/jaxmi train-gan --kind plg")
-  if cfg.draw_clamp:
-    raise ConfigError(f"inversion.draw_clamp: {cfg.draw_clamp} clamps KEDMI's sampled z; PLG-MI's z is a point")
-  objective = Objective(PointLatent(z_dim, cfg.z_clip), (*prior_and_identity(cfg), *extra_terms), optimizer(cfg))
-  return Inverter(models, objective, cfg, run)
+  return build_gmi(models, z_dim, cfg, run, extra_terms)
