@@ -109,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--plan", action="store_true", help="print what would be trained, used and run; write nothing")
 
   p = sub.add_parser(
+    "sweep",
+    help="a defense x setting x attack x seed grid (configs/sweep.py:data=...,size=...): trains what is missing, "
+    "reuses what exists (keyed by config content), runs every attack, writes table.md/.csv/.json and plots",
+  )
+  p.add_argument("recipe", help="the sweep recipe and its arguments, e.g. configs/sweep.py:data=mnist,size=full")
+  p.add_argument("workdir", help="the sweep directory: artifacts/, claims/, rates.json, the table and plots")
+  p.add_argument("overrides", nargs="*", metavar="field=value", help="overrides of the recipe's fields, e.g. seeds=0,1")
+  p.add_argument("--dry-run", action="store_true", help="print the cells, what is reused or made, and a time estimate")
+  p.add_argument("--shard", default="0/1", help="i/n: this process takes the cells k with k mod n = i (default 0/1)")
+  p.add_argument(
+    "--claim-ttl",
+    type=float,
+    default=600.0,
+    help="seconds without a heartbeat after which another process's claim on a stage expires (default 600)",
+  )
+  _add_common(p, config=False, workdir=False)
+
+  p = sub.add_parser(
     "defend", help="train a defended target (configs/defense.py:method=...,data=...); reports natural accuracy"
   )
   _add_common(p)
@@ -364,6 +382,27 @@ def _protocol(args) -> int:
   return 0
 
 
+def _sweep(args) -> int:
+  from jaxmi import parallel
+  from jaxmi.experiments.sweep import SweepConfig, parse_shard, run_sweep
+
+  from jaxmi import config as config_lib
+  from jaxmi.errors import ConfigError
+
+  shard = parse_shard(args.shard)
+  if not args.claim_ttl > 0:
+    raise ConfigError(f"--claim-ttl: expected a positive number of seconds, got {args.claim_ttl}")
+  cfg = config_lib.load_config(args.recipe, args.overrides)
+  if not isinstance(cfg, SweepConfig):
+    raise ConfigError(f"{args.recipe}: get_config() returned {type(cfg).__name__}; expected a SweepConfig")
+  if not args.dry_run:
+    parallel.cpu_device_per_core()  # on a CPU host, the attacks' latents shard over its cores (before any JAX op)
+  run_sweep(
+    cfg, args.workdir, shard=shard, dry_run=args.dry_run, progress=not args.no_progress, claim_ttl=args.claim_ttl
+  )
+  return 0
+
+
 def _defend(args) -> int:
   from jaxmi.experiments.defend import DefendConfig, defend
 
@@ -521,6 +560,7 @@ COMMANDS = {
   "attack": _attack,
   "protocol": _protocol,
   "defend": _defend,
+  "sweep": _sweep,
   "fisher": _fisher,
   "gnime": _gnime,
   "report": _report,

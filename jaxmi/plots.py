@@ -26,7 +26,7 @@ def _pyplot():
 def _save(fig, path, dpi: int) -> None:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.stem}.tmp.png")
+  tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # several processes may draw one plot (sweeps)
   fig.savefig(tmp, dpi=dpi)
   _pyplot().close(fig)
   os.replace(tmp, path)
@@ -82,7 +82,7 @@ def image_grid(images, path, *, ncol: int | None = None, pad: int = 2, scale: in
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.stem}.tmp.png")
+  tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # several processes may draw one plot (sweeps)
   img.save(tmp)
   os.replace(tmp, path)
 
@@ -218,3 +218,68 @@ def image_columns(columns: Sequence[tuple[str, np.ndarray]], path, n: int, title
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   _save(fig, path, 110)
+
+
+def sweep_tradeoff(rows: list[dict], path: Path, pareto_front) -> None:
+  """A sweep's natural accuracy vs attack acc@1 (± std over seeds), one panel per attack, the front that
+  ``pareto_front(points)`` returns marked. ``rows``: the sweep table's records with a ``label``."""
+  plt = _pyplot()
+  attacks = list(dict.fromkeys(r["attack"] for r in rows))
+  fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.4), squeeze=False)
+  for ax, attack in zip(axes[0], attacks):
+    sub = [r for r in rows if r["attack"] == attack]
+    pts = [(100 * r["natural_acc"], 100 * r["acc1"]) for r in sub]
+    for r, (x, y) in zip(sub, pts):
+      ax.errorbar(
+        x, y, yerr=None if r["acc1_std"] is None else 100 * r["acc1_std"], fmt="o", capsize=3, color="tab:blue"
+      )
+      ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    front = pareto_front(pts)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="tab:red", lw=1.5, label="Pareto front")
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "o", mfc="none", ms=11, color="tab:red")
+    ax.locator_params(nbins=5)  # close accuracies otherwise crowd the axis with 0.005-steps
+    ax.set_xlabel("natural accuracy (%)  - higher is more useful")
+    ax.set_ylabel("attack acc@1 (%)  - lower is more private")
+    ax.set_title(attack)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+  fig.tight_layout()
+  _save(fig, path, 120)
+
+
+def sweep_knn(rows: list[dict], path: Path) -> None:
+  """Natural accuracy vs KNN distance of the reconstructions to the private images (higher is more private)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.6))
+  for attack in dict.fromkeys(r["attack"] for r in rows):
+    sub = [r for r in rows if r["attack"] == attack]
+    xs, ys = [100 * r["natural_acc"] for r in sub], [r["knn_dist"] for r in sub]
+    ax.plot(xs, ys, "o", label=attack)
+    for r, x, y in zip(sub, xs, ys):
+      ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+  ax.set_xlabel("natural accuracy (%)")
+  ax.set_ylabel("KNN distance to the private images  - higher is more private")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  _save(fig, path, 120)
+
+
+def sweep_reconstructions(rows: list[dict], path: Path) -> None:
+  """Each cell's reconstruction grid (its first finished seed's grid.png) side by side: settings across, attacks
+  down."""
+  plt = _pyplot()
+  attacks = list(dict.fromkeys(r["attack"] for r in rows))
+  settings = list(dict.fromkeys(r["label"] for r in rows))
+  fig, axes = plt.subplots(
+    len(attacks), len(settings), figsize=(3.2 * len(settings), 3.4 * len(attacks)), squeeze=False
+  )
+  for ax in axes.flat:
+    ax.axis("off")
+  for r in rows:
+    ax = axes[attacks.index(r["attack"]), settings.index(r["label"])]
+    if Path(r["grid"]).is_file():
+      ax.imshow(plt.imread(r["grid"]))
+    ax.set_title(f"{r['label']}\n{r['attack']}: acc@1 {r['acc1_text']}", fontsize=7)
+  fig.tight_layout()
+  _save(fig, path, 150)
