@@ -39,6 +39,11 @@ Randomness is keyed per latent: latent (identity i, restart r) starts from
 ``fold_in(fold_in(key, i), r)`` and step t uses ``fold_in`` of that with t (KEDMI's draws, and the augmented views
 of ``inversion.augment_views`` on a stream of their own), so results do not depend on how latents are chunked.
 
+Many targets of one architecture attacked with the same prior run as one program (``Inverter.run_many``,
+``jaxmi.attacks.stacked``): their variables stacked along a leading axis K and the step program vmapped over it,
+latents [K, rows, ...] with the rows (and their keys) of a single-target run, so each target gets the result a
+separate ``run`` gives it, up to float rounding.
+
 A class-conditional generator G(z, y) (PLG-MI's; ``AttackModels.conditional``) gets each latent's attacked class,
 which stays fixed while z is optimised.
 
@@ -60,6 +65,7 @@ import numpy as np
 import optax
 
 from jaxmi import parallel
+from jaxmi.attacks.stacked import StackedProgram, stack_variables, stacked_size
 from jaxmi.attacks.terms import Forward, Latent, LossTerm
 from jaxmi.augment import ImageAugment, augment_image
 from jaxmi.errors import ConfigError, Interrupted, NonFiniteError
@@ -176,7 +182,8 @@ class RunStats:
   compilations: int  # new compilations of the step program in this run (1 at first, then 0)
   steps_run: int  # optimisation steps computed (a resumed run skips the saved ones)
   devices: int  # devices the latents were sharded over
-  chunk_size: int  # latents per chunk (all devices together)
+  chunk_size: int  # latents per chunk (all devices together); rows per chunk of a stacked run (``Inverter.run_many``)
+  targets: int = 1  # targets attacked in the program (a stacked run's K): a chunk holds chunk_size * targets latents
 
 
 def cast_floats(tree, dtype):
@@ -241,9 +248,10 @@ class Layout:
     return f" (identity {int(self.labels[i])}, restart {r})"
 
 
-def bad_rows(tree, chunk: int) -> np.ndarray:
-  """[chunk] whether each latent's row of ``tree`` (per-latent leaves; scalars ignored) holds a NaN/inf."""
-  leaves = [np.asarray(x).reshape(chunk, -1) for x in jax.tree.leaves(tree) if np.ndim(x)]
+def bad_rows(tree, chunk: int, lead: int = 0) -> np.ndarray:
+  """[chunk] whether each latent's row of ``tree`` (per-latent leaves, rows on axis ``lead``: 1 behind a stacked
+  run's target axis; leaves without that axis ignored) holds a NaN/inf (in any target's latent of a stacked run)."""
+  leaves = [np.moveaxis(np.asarray(x), lead, 0).reshape(chunk, -1) for x in jax.tree.leaves(tree) if np.ndim(x) > lead]
   return ~np.all([np.isfinite(x).all(1) for x in leaves], axis=0)
 
 
@@ -290,6 +298,7 @@ class Inverter:
     self.segment = jax.jit(self._segment, static_argnames=("num_steps", "rolled"), donate_argnums=(0,))
     self._starts = {}
     self.finish = jax.jit(self._finish)
+    self._stacks = {}  # (K, convs) -> StackedProgram (run_many), each compiled once
 
   # -- per-latent pieces -------------------------------------------------------------------
   def _apply(self, module, variables, x, **kwargs):
@@ -425,6 +434,63 @@ class Inverter:
     every saved carry and the final latents, images and logits too: a non-finite value raises
     ``NonFiniteError`` naming the step and quantity, before anything is saved from that state.
     """
+    return self._drive(self, variables, self.terms, labels, progress, state, stop_at_step)
+
+  def run_many(
+    self,
+    variables: dict,
+    labels: Sequence[int],
+    *,
+    terms: Sequence | None = None,
+    convs: str = "auto",
+    progress=None,
+    state=None,
+    stop_at_step: int | None = None,
+  ) -> list[InversionResult]:
+    """Attacks K targets of one architecture with the same prior in one compiled program (``jaxmi.attacks.stacked``).
+
+    Args:
+      variables: as ``run``'s, but every leaf of ``variables["targets"]`` (each attacked model: the target, and
+        LOMMA's surrogates, one set per target) has a leading axis K: ``stack_variables([t_0, ..., t_{K-1}])`` of
+        the targets' variable trees. The generator's and critic's variables are shared.
+      labels: the target classes to attack, the same for every target.
+      terms: None (the inverter's loss terms, shared), or K tuples of loss terms of the inverter's structure, one
+        per target (e.g. LOMMA's ``FeatureRegTerm`` with each target's p_reg).
+      convs: how the targets' convolutions run over K: "grouped" (vmap's grouped convolutions), "matmul" (patches
+        times kernels, batched matrix products), "auto" = matmul on CPU (XLA:CPU's grouped convolutions are ~8x
+        slower), grouped elsewhere; see ``jaxmi.attacks.stacked``. Only the rounding differs.
+      progress, state, stop_at_step: as ``run``'s; progress counts every target's latent-steps, its losses are
+        the means over targets. ``state`` holds one file per chunk with every target's carry; its layout records K.
+
+    Returns:
+      K ``InversionResult``s, target k's equal to ``run`` of target k alone up to float rounding (the same initial
+      latents and keys per identity x restart; a convolution batched over targets may sum in another order), each
+      with the run's ``stats`` (``chunk_size`` counts rows, ``targets`` = K).
+
+    ``execution.max_batch`` bounds the latents of a chunk over all targets (rows x K). Targets of different
+    architectures cannot be stacked (``stack_variables`` raises ``ConfigError`` naming the mismatch): attack each
+    group of one architecture with ``run_many`` and the rest one at a time with ``run``.
+    """
+    if len(variables.get("targets", ())) != len(self.models.targets):
+      raise ConfigError(
+        f"targets: {len(variables.get('targets', ()))} stacked variable sets for {len(self.models.targets)} "
+        "attacked models (the target, then each surrogate)"
+      )
+    k = stacked_size(variables["targets"])
+    if terms is None:
+      terms = [self.terms] * k
+    if len(terms) != k:
+      raise ConfigError(f"terms: {len(terms)} sets of loss terms for {k} stacked targets")
+    for i, t in enumerate(terms):
+      if jax.tree.structure(tuple(t)) != jax.tree.structure(self.terms):
+        raise ConfigError(f"terms[{i}]: other loss terms than the inverter's ({', '.join(x.name for x in self.terms)})")
+    stacked_terms = stack_variables([tuple(t) for t in terms], "terms") if jax.tree.leaves(self.terms) else self.terms
+    if (k, convs) not in self._stacks:
+      self._stacks[k, convs] = StackedProgram(self, k, convs)
+    return self._drive(self._stacks[k, convs], variables, stacked_terms, labels, progress, state, stop_at_step, k)
+
+  def _drive(self, program, variables, terms, labels, progress, state, stop_at_step, targets: int | None = None):
+    """``run`` (``program`` = self) or ``run_many`` (a ``StackedProgram`` of ``targets`` targets)."""
     cfg, run = self.cfg, self.execution
     labels = np.asarray(labels, np.int32)
     mesh = parallel.latent_mesh(run.devices)
@@ -432,17 +498,22 @@ class Inverter:
     variables = parallel.put_tree(variables, rep)
     compute_vars = cast_floats(variables, self.dtype)
     # The terms' arrays (LOMMA's p_reg) enter at the networks' compute dtype, as they always have.
-    compute_terms = cast_floats(parallel.put_tree(self.terms, rep), self.dtype)
-    compiled_before = self.segment._cache_size()  # new jit cache entries = compilations of the step program
+    compute_terms = cast_floats(parallel.put_tree(terms, rep), self.dtype)
+    compiled_before = program.segment._cache_size()  # new jit cache entries = compilations of the step program
 
     seg, block, rolled = plan(run, cfg.steps, mesh.devices.flat[0].platform)
-    chunk = chunk_size(self, len(labels) * cfg.restarts, mesh, compute_vars, compute_terms, block, rolled)
+    total = len(labels) * cfg.restarts
+    chunk = chunk_size(program, total, mesh, compute_vars, compute_terms, block, rolled, width=targets or 1)
     lay = Layout.of(labels, cfg.restarts, cfg.seed, chunk)
     if state is not None:
       layout = {"latents per chunk": chunk, "chunks": lay.num_chunks, "devices": mesh.size}
+      if targets is not None:
+        layout.update({"targets": targets, "target convolutions": program.convs})
       state.bind_layout({**layout, "steps per call": block, "log interval": seg, "rolled": rolled})
-    abstract = self._abstract_carry(chunk, mesh)
-    r = _Run(self, mesh, variables, compute_vars, compute_terms, seg, block, rolled, lay, abstract, state, progress)
+    abstract = program._abstract_carry(chunk, mesh)
+    r = _Run(
+      program, mesh, variables, compute_vars, compute_terms, seg, block, rolled, lay, abstract, state, progress, targets
+    )
     chunks = []
     # Ctrl-C sets a flag read at the end of each log interval (a donated carry is never left half-updated);
     # without a state there is nothing to save, so it interrupts at once.
@@ -452,10 +523,11 @@ class Inverter:
           raise interrupted(c, 0, cfg.steps, state)
         chunks.append(invert_chunk(r, c, stop, stop_at_step))
     stats = RunStats(
-      compilations=self.segment._cache_size() - compiled_before,
+      compilations=program.segment._cache_size() - compiled_before,
       steps_run=r.steps_run,
       devices=mesh.size,
       chunk_size=chunk,
+      targets=targets or 1,
     )
     return r.result(*zip(*chunks), stats)
 
@@ -468,12 +540,15 @@ def interrupted(c: int, done: int, steps: int, state) -> Interrupted:
   )
 
 
-def chunk_size(inv: Inverter, total: int, mesh, compute_vars, compute_terms, block: int, rolled: bool) -> int:
-  """Latents per chunk: a multiple of the device count, at most ``max_batch`` or what fits memory."""
+def chunk_size(
+  inv: Inverter, total: int, mesh, compute_vars, compute_terms, block: int, rolled: bool, width: int = 1
+) -> int:
+  """Latents per chunk: a multiple of the device count, at most ``max_batch`` or what fits memory. With ``width``
+  latents per row (a stacked run's K targets), rows per chunk, at most ``max_batch`` latents in all."""
   n_dev, max_batch = mesh.size, inv.execution.max_batch
   needed = -(-total // n_dev) * n_dev
   if max_batch:
-    return min(needed, max(n_dev, max_batch // n_dev * n_dev))
+    return min(needed, max(n_dev, max_batch // width // n_dev * n_dev))
   return min(needed, fitting_chunk(inv, mesh, compute_vars, compute_terms, block, rolled))
 
 
@@ -481,7 +556,7 @@ def fitting_chunk(inv: Inverter, mesh, compute_vars, compute_terms, block: int, 
   """The largest chunk whose compiled step program fits ``memory_budget_gb`` per device.
 
   XLA's own memory analysis of the program (``parallel.program_bytes``) at two probe sizes
-  gives bytes per latent; the budget divided by it,
+  gives bytes per latent (per row of K latents for a stacked program); the budget divided by it,
   less the fixed part (replicated network variables), is the chunk.
   """
   n_dev = mesh.size
@@ -513,9 +588,10 @@ def fitting_chunk(inv: Inverter, mesh, compute_vars, compute_terms, block: int, 
 
 @dataclasses.dataclass
 class _Run:
-  """One ``Inverter.run``: what every chunk needs, and the loss history (host arrays) filled chunk by chunk."""
+  """One ``Inverter.run`` (or ``run_many``): what every chunk needs, and the loss history (host arrays) filled chunk
+  by chunk."""
 
-  inv: Inverter
+  inv: Any  # the Inverter, or a StackedProgram of it (run_many)
   mesh: Any
   variables: Any  # float32, replicated over the mesh (for the final images)
   compute_vars: Any  # in the networks' compute dtype (for the steps)
@@ -527,17 +603,54 @@ class _Run:
   abstract: Any  # the carry of a chunk as shapes with shardings
   state: Any  # resume.AttackState or None
   progress: Any
+  targets: int | None = None  # K of a stacked run: host arrays then carry the target axis first, losses last
   steps_run: int = 0
 
   def __post_init__(self):
-    self.history = np.zeros((self.lay.num_chunks, self.inv.cfg.steps), np.float32)  # total loss per step
+    # total loss per step ([..., K] in a stacked run)
+    self.history = np.zeros(self.history_shape, np.float32)
     self.history_parts: dict[str, np.ndarray] = {}  # each term's
 
-  def part(self, name: str) -> np.ndarray:
-    return self.history_parts.setdefault(name, np.zeros((self.lay.num_chunks, self.inv.cfg.steps), np.float32))
+  @property
+  def history_shape(self) -> tuple:
+    return (self.lay.num_chunks, self.inv.cfg.steps) + ((self.targets,) if self.targets else ())
 
-  def result(self, base_outs, outs, params_out, stats: RunStats) -> "InversionResult":
-    """The ``InversionResult`` of all chunks' host outputs (the prior baseline's, the final ones, the latents)."""
+  @property
+  def lead(self) -> int:
+    """The axis of the rows in the carry and outputs: 1 behind a stacked run's target axis."""
+    return 1 if self.targets else 0
+
+  def part(self, name: str) -> np.ndarray:
+    return self.history_parts.setdefault(name, np.zeros(self.history_shape, np.float32))
+
+  def where(self, c: int, tree, bad: np.ndarray) -> str:
+    """``Layout.where`` of the rows flagged ``bad``, naming the target too in a stacked run."""
+    text = self.lay.where(c, bad)
+    if self.targets and text:
+      rows_of = lambda k: bad_rows(jax.tree.map(lambda x: x[k], tree), self.lay.chunk)
+      per_target = [rows_of(k).any() for k in range(self.targets)]
+      text = f"{text[:-1]}, target {int(np.argmax(per_target))})"
+    return text
+
+  def result(self, base_outs, outs, params_out, stats: RunStats):
+    """The ``InversionResult`` of all chunks' host outputs (the prior baseline's, the final ones, the latents);
+    a list of one per target in a stacked run."""
+    if not self.targets:
+      return self.one_result(base_outs, outs, params_out, self.history, self.history_parts, stats)
+    take = lambda tree, k: jax.tree.map(lambda x: x[k], tree)
+    return [
+      self.one_result(
+        [take(o, k) for o in base_outs],
+        [take(o, k) for o in outs],
+        [take(p, k) for p in params_out],
+        self.history[..., k],
+        {name: h[..., k] for name, h in self.history_parts.items()},
+        stats,
+      )
+      for k in range(self.targets)
+    ]
+
+  def one_result(self, base_outs, outs, params_out, history, history_parts, stats: RunStats) -> InversionResult:
     cfg, lay = self.inv.cfg, self.lay
     num_ids, restarts = len(lay.labels), cfg.restarts
     total = num_ids * restarts
@@ -553,8 +666,8 @@ class _Run:
       outs,
       lay.flat_labels,
       **select,
-      loss_curve=mean_curve(self.history),
-      loss_parts={k: mean_curve(v) for k, v in self.history_parts.items()},
+      loss_curve=mean_curve(history),
+      loss_parts={k: mean_curve(v) for k, v in history_parts.items()},
       latent_params=latent_params,
       baseline=baseline,
       stats=stats,
@@ -571,6 +684,7 @@ def invert_chunk(r: _Run, c: int, stop, stop_at_step: int | None) -> tuple:
     parallel.put(a[sl], parallel.rows(r.mesh)) for a in (lay.keys, lay.flat_labels, lay.mask)
   )
   n_real = min(chunk, len(lay.labels) * cfg.restarts - c * chunk)
+  width = r.targets or 1  # latents per row
   final_keys = jax.vmap(lambda k: jax.random.fold_in(k, cfg.steps))(chunk_keys)  # steps used 0..steps-1
   carry = inv.start(chunk_keys, r.mesh)
   # The prior baseline: the initial latents, evaluated exactly as the optimised ones are.
@@ -583,7 +697,7 @@ def invert_chunk(r: _Run, c: int, stop, stop_at_step: int | None) -> tuple:
       r.part(k)[c, :done] = saved["hist_" + k]
     r.history[c, :done] = saved["history"]
     if r.progress is not None:
-      r.progress(done * n_real, {})
+      r.progress(done * n_real * width, {})
     if bool(saved["done"]):
       param_def = jax.tree.structure(r.abstract[0])
       params = jax.tree.unflatten(param_def, [saved[f"param_{k}"] for k in range(param_def.num_leaves)])
@@ -612,32 +726,35 @@ def invert_chunk(r: _Run, c: int, stop, stop_at_step: int | None) -> tuple:
     parts = parallel.to_host(jax.tree.map(lambda *b: jnp.concatenate(b), *blocks))
     for k, v in parts.items():
       if not np.all(np.isfinite(v)):
-        step = done + int(np.argmin(np.isfinite(v))) + 1
-        bad = bad_rows(parallel.to_host(carry[0]), chunk)
-        raise NonFiniteError(f"non-finite {k} loss at step {step}{lay.where(c, bad)}")
+        step = done + int(np.argmin(np.isfinite(v).reshape(len(v), -1).all(1))) + 1
+        params = parallel.to_host(carry[0])
+        raise NonFiniteError(f"non-finite {k} loss at step {step}{r.where(c, params, bad_rows(params, chunk, r.lead))}")
     for k, v in parts.items():
       r.part(k)[c, done : done + n] = v
     r.history[c, done : done + n] = sum(parts.values())
     done += n
     r.steps_run += n
     if r.progress is not None:
-      r.progress(n * n_real, {k: float(v[-1]) for k, v in parts.items()})
+      # a stacked run's losses: the mean over its targets
+      r.progress(
+        n * n_real * width, {k: float(v[-1]) if v.ndim == 1 else float(v[-1].mean()) for k, v in parts.items()}
+      )
     every = inv.execution.checkpoint_every
     due = every and done // every > (done - n) // every
     if state is not None and done < cfg.steps and (due or stop.requested):
       host = parallel.to_host(carry)
-      bad = bad_rows(host, chunk)
-      if bad.any() or not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host) if not np.ndim(x)):
-        raise NonFiniteError(f"non-finite latents or optimiser state at step {done}{lay.where(c, bad)}")
+      bad = bad_rows(host, chunk, r.lead)
+      if bad.any() or not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host) if np.ndim(x) <= r.lead):
+        raise NonFiniteError(f"non-finite latents or optimiser state at step {done}{r.where(c, host, bad)}")
       save(False, {f"carry_{k}": x for k, x in enumerate(jax.tree.leaves(host))})
     if (stop_at_step is not None and c * cfg.steps + done >= stop_at_step) or (stop.requested and done < cfg.steps):
       raise interrupted(c, done, cfg.steps, state)
   out = parallel.to_host(inv.finish(carry[0], final_keys, chunk_labels, r.variables))
   params = parallel.to_host(carry[0])
   for name, x in (("latents", params), ("latents", out[0]), ("images", out[1]), ("target logits", out[2])):
-    bad = bad_rows(x, chunk)
+    bad = bad_rows(x, chunk, r.lead)
     if bad[:n_real].any():
-      raise NonFiniteError(f"non-finite final {name} after step {cfg.steps}{lay.where(c, bad)}")
+      raise NonFiniteError(f"non-finite final {name} after step {cfg.steps}{r.where(c, x, bad)}")
   if state is not None:
     save(
       True,

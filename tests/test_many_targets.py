@@ -1,0 +1,160 @@
+"""Issue 18, item 2: many targets of one architecture attacked with one prior in one compiled program
+(``Inverter.run_many``, ``jaxmi.attacks.stacked``): each target's result is the one a separate run gives, a second
+run compiles nothing, an interrupted stacked run resumes to the uninterrupted result, and targets of another
+architecture are refused naming the mismatch."""
+
+import copy
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmi.attacks import ExecutionConfig, InversionConfig, build_gmi, build_kedmi
+from jaxmi.attacks.lomma import FeatureRegTerm
+from jaxmi.attacks.resume import AttackState
+from jaxmi.attacks.stacked import conv_as_matmul, conv_pads, stack_variables
+from jaxmi.errors import ConfigError, Interrupted, NonFiniteError
+
+from test_attacks import toy_models
+from tolerance import rounding_tolerance
+
+LABELS = [0, 1, 2, 3, 4]
+K = 3
+# reference_batch 1: full-size steps, so 8 steps move the latents far enough for a wrong target to show.
+CFG = InversionConfig(steps=8, restarts=3, learning_rate=0.05, reference_batch=1, feature_reg_weight=1.0)
+RUN = ExecutionConfig(log_every=4, unroll=2)
+
+
+def toy_targets(variables, k: int = K) -> list:
+  """``k`` targets of the toy architecture: the toy target's variables, each leaf moved by its own random noise
+  (on the host: initialising ``k`` new ones eagerly would take ~10 s each)."""
+  rng = np.random.default_rng(7)
+  noisy = lambda w: (w + rng.normal(0.0, 0.3 * np.std(w) + 1e-2, w.shape)).astype(np.float32)
+  return [jax.tree.map(lambda w: noisy(np.asarray(w)), variables["targets"][0]) for _ in range(k)]
+
+
+def test_stacked_targets_give_each_targets_separate_run_and_a_second_run_compiles_nothing():
+  models, variables = toy_models()
+  targets = toy_targets(variables)
+  # LOMMA's feature regulariser with each target's own p_reg: the terms' arrays are stacked with the targets.
+  rng = np.random.default_rng(0)
+  p_regs = [rng.normal(size=16).astype(np.float32) for _ in range(K)]
+  inv = build_gmi(models, 100, CFG, RUN, extra_terms=(FeatureRegTerm(p_regs[0], 1.0),))
+  terms = [(*inv.terms[:-1], FeatureRegTerm(p, 1.0)) for p in p_regs]  # each target's whole objective
+  stacked = {**variables, "targets": (stack_variables(targets),)}
+  many = inv.run_many(stacked, LABELS, terms=terms)
+  assert len(many) == K and [r.stats.compilations for r in many] == [1] * K and many[0].stats.targets == K
+
+  # another target of the architecture stands in for the evaluation model
+  evaluator = jax.jit(lambda images: models.targets[0].apply(toy_targets(variables, 1)[0], images, train=False).logits)
+  predict = lambda images: np.argmax(evaluator(images), -1)
+  for k in range(K):
+    single = copy.copy(inv)  # the same compiled program with target k's terms (terms are its arguments)
+    single.terms = terms[k]
+    one_vars = {**variables, "targets": (targets[k],)}
+    alone = single.run(one_vars, LABELS)
+    assert alone.stats.compilations == (1 if k == 0 else 0)
+    # vmapped over targets, a target's convolutions become one grouped convolution, which may sum in another
+    # order: allow what float32 rounding does to this run (its response to one-ulp changes of the weights).
+    for field in ("latents", "images", "target_logit"):
+      atol = rounding_tolerance(lambda v, f=field, s=single: getattr(s.run(v, LABELS), f), one_vars)
+      np.testing.assert_allclose(getattr(many[k], field), getattr(alone, field), atol=atol, err_msg=f"{k} {field}")
+    np.testing.assert_array_equal(many[k].best_restart, alone.best_restart)
+    np.testing.assert_array_equal(predict(many[k].best_images), predict(alone.best_images))  # the same accuracy
+    # the prior baseline is the initial latents: the same keys per identity x restart in both runs
+    np.testing.assert_array_equal(many[k].baseline.latents, alone.baseline.latents)
+    for name, curve in alone.loss_parts.items():
+      np.testing.assert_allclose(many[k].loss_parts[name], curve, rtol=1e-4, err_msg=f"{k} {name}")
+    if k == 0:  # XLA's grouped convolutions instead of the CPU default, matrix products: the same attack
+      grouped = inv.run_many(stacked, LABELS, terms=terms, convs="grouped")[0]
+      atol = rounding_tolerance(lambda v: single.run(v, LABELS).latents, one_vars)
+      np.testing.assert_allclose(grouped.latents, alone.latents, atol=atol)
+  # the targets differ, so do their attacks (a target axis mixed up would give equal results)
+  assert np.abs(many[0].latents - many[1].latents).max() > 1e-2
+
+  again = inv.run_many(stacked, [4, 3, 2, 1, 0], terms=terms)
+  assert again[0].stats.compilations == 0 and again[0].stats.steps_run == CFG.steps
+  # keys follow the position in the identity list, not the class: the same initial latents
+  np.testing.assert_array_equal(again[2].baseline.latents, many[2].baseline.latents)
+  # a diverging target stops the run naming the step and that target (the same program: nothing compiles)
+  broken = jax.tree.map(lambda w: np.full_like(w, np.nan), targets[1])
+  with pytest.raises(NonFiniteError, match=r"loss at step 1 \(identity 0, restart 0, target 1\)"):
+    inv.run_many({**variables, "targets": (stack_variables([targets[0], broken, targets[2]]),)}, LABELS, terms=terms)
+
+
+def test_an_interrupted_stacked_run_resumes_to_the_uninterrupted_result(tmp_path):
+  """KEDMI (Adam: a per-target step count in the carry, draws per latent), 2 chunks; killed in chunk 1 at step 4,
+  the rerun continues from its saved carry. A state saved with another number of targets is refused."""
+  models, variables = toy_models()
+  cfg = InversionConfig(steps=8, restarts=2, optimizer="adam", learning_rate=0.05, eval_draws=2)
+  # 3 identities x 2 restarts = 6 rows; max_batch 12 over 3 targets: chunks of 4 rows, 2 chunks
+  inv = build_kedmi(models, 100, cfg, ExecutionConfig(max_batch=12, log_every=2, unroll=2, checkpoint_every=4))
+  stacked = {**variables, "targets": (stack_variables(toy_targets(variables)),)}
+  whole = inv.run_many(stacked, [0, 1, 2])
+  assert whole[0].stats.chunk_size == 4 and whole[0].images.shape == (3, 4, 32, 32, 1)
+  with pytest.raises(Interrupted) as stopped:
+    inv.run_many(stacked, [0, 1, 2], state=AttackState(tmp_path, "fp", 4), stop_at_step=8 + 4)
+  assert stopped.value.step == 8 + 4
+  resumed = inv.run_many(stacked, [0, 1, 2], state=AttackState(tmp_path, "fp", 4))
+  assert resumed[0].stats.steps_run == 4 and resumed[0].stats.compilations == 0
+  for k in range(K):
+    for name in ("latents", "images", "target_logit", "best_restart", "loss_curve"):
+      np.testing.assert_array_equal(getattr(resumed[k], name), getattr(whole[k], name), err_msg=f"{k} {name}")
+    for name, curve in whole[k].loss_parts.items():
+      np.testing.assert_array_equal(resumed[k].loss_parts[name], curve, err_msg=f"{k} {name}")
+  two = {**variables, "targets": (stack_variables(toy_targets(variables, 2)),)}
+  with pytest.raises(ConfigError, match="another chunk layout"):
+    inv.run_many(two, [0, 1, 2], state=AttackState(tmp_path, "fp", 4))
+
+
+def test_targets_of_another_architecture_are_refused_naming_the_mismatch():
+  models, variables = toy_models()
+  narrow = toy_targets(variables, 1)[0]
+
+  def edited(path: tuple, value) -> dict:  # ``narrow`` with one leaf replaced (None: removed) or added
+    tree = jax.tree.map(lambda x: x, narrow)
+    node = tree
+    for name in path[:-1]:
+      node = node.setdefault(name, {})
+    if value is None:
+      del node[path[-1]]
+    else:
+      node[path[-1]] = value
+    return tree
+
+  wider = edited(("batch_stats", "bn0", "mean"), np.zeros(16, np.float32))  # a CNN of width 16
+  with pytest.raises(
+    ConfigError, match=r"targets\[2\]: \['batch_stats'\]\['bn0'\]\['mean'\] is float32\[16\], not float32\[8\]"
+  ):
+    stack_variables([narrow, narrow, wider])
+  more_classes = edited(("params", "head", "fc", "bias"), np.zeros(7, np.float32))
+  with pytest.raises(ConfigError, match=r"targets\[1\]: .*\[7\], not float32\[5\]"):
+    stack_variables([narrow, more_classes])
+  with pytest.raises(ConfigError, match=r"targets\[1\]: has an extra \['params'\]\['extra'\]"):
+    stack_variables([narrow, edited(("params", "extra", "kernel"), np.zeros(3, np.float32))])
+  with pytest.raises(ConfigError, match=r"targets\[1\]: lacks \['params'\]\['bn0'\]\['bias'\]"):
+    stack_variables([narrow, edited(("params", "bn0", "bias"), None)])
+  assert stack_variables([narrow, narrow])["params"]["conv0"]["kernel"].shape == (2, 3, 3, 1, 8)
+  inv = build_gmi(models, 100, CFG, RUN)
+  with pytest.raises(ConfigError, match="leading axis"):  # one target's variables, not stacked
+    inv.run_many({**variables, "targets": (narrow,)}, LABELS)
+
+
+@pytest.mark.parametrize(
+  "padding,kernel_hw",
+  [("SAME", (3, 3)), ("SAME", (4, 2)), ("VALID", (3, 3)), (1, (3, 3)), (((2, 0), (1, 3)), (3, 2)), ((1, 0), (3, 1))],
+)
+def test_a_target_convolution_as_patches_times_kernel_is_the_convolution(padding, kernel_hw):
+  """``convs="matmul"``: for every padding form ``nn.Conv`` takes (SAME with even kernels too), the patches times
+  the kernel give ``nn.Conv``'s stride-1 convolution; in float64 the two agree to rounding on any CPU."""
+  rng = np.random.default_rng(0)
+  x, kernel = rng.normal(size=(2, 7, 6, 3)), rng.normal(size=(*kernel_hw, 3, 5))
+  conv = nn.Conv(5, kernel_hw, padding=padding, use_bias=False, dtype=jnp.float64, param_dtype=jnp.float64)
+  with jax.enable_x64(True):
+    want = conv.apply({"params": {"kernel": jnp.asarray(kernel)}}, jnp.asarray(x))
+    got = conv_as_matmul(jnp.asarray(x), jnp.asarray(kernel), conv_pads(padding, kernel_hw))
+    assert got.dtype == jnp.float64
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
+  assert conv_pads("CIRCULAR", kernel_hw) is None  # left to the grouped convolution
