@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxmi.errors import ConfigError
+from jaxmi.nets.plg import max_margin  # PLG-MI's identity loss, shared with its GAN's training
 
 
 class Forward(NamedTuple):
@@ -67,14 +68,6 @@ class LossTerm(Protocol):
 IDENTITY_LOSSES = ("ce", "logit", "max_margin")
 
 
-def max_margin(logits: jax.Array, label: jax.Array) -> jax.Array:
-  """PLG-MI's max-margin identity loss, -l_y + max_{k != y} l_k, of one latent's logits [K] (Yuan et al., AAAI 2023,
-  Eq. 6; official ``losses.max_margin_loss``). Unlike cross-entropy it stops pushing once the class leads, and does
-  not reward lowering every other logit, only the strongest rival."""
-  others = jnp.where(jnp.arange(logits.shape[-1]) == label, -jnp.inf, logits)
-  return jnp.max(others, axis=-1) - logits[..., label]
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PriorTerm:
@@ -95,7 +88,7 @@ class IdentityTerm:
   """lambda * identity loss, averaged over the attacked models (the target, plus LOMMA's surrogates).
 
   ``ce``: cross-entropy (GMI, KEDMI); ``logit``: the negative raw logit of the attacked class (LOMMA);
-  ``max_margin``: ``max_margin`` below (PLG-MI).
+  ``max_margin``: ``max_margin`` (PLG-MI; ``jaxmi.nets.plg``).
   """
 
   weight: float = dataclasses.field(default=100.0, metadata={"static": True})

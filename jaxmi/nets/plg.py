@@ -26,10 +26,11 @@ power iteration v = W^T u / |W^T u|, u = W v / |W v| and stores u and v; eval us
 sigma = u^T W v with u, v treated as constants, and the layer uses W / sigma. u and v live in the mutable
 collection ``"spectral"`` (apply with ``mutable=["spectral"]`` when ``train=True``).
 
-Image ranges: the generator's ``output`` field. "unit" (default) returns (tanh + 1) / 2 in [0, 1], what jaxmi's
-targets and evaluation models are trained on; "tanh" returns the raw tanh output in [-1, 1], which the reference
-feeds to its [0, 1]-trained target (see ``jaxmi.train.gan`` for what its discriminator then sees).
-"""
+Image ranges: the generator's ``output`` field. "unit" returns (tanh + 1) / 2 in [0, 1], what jaxmi's targets and
+evaluation models are trained on; "tanh" returns the raw tanh output in [-1, 1], which the reference feeds to its
+[0, 1]-trained target and which learns to lie in [0, 1]. The trainer's default is "tanh": "unit" collapses on MNIST
+(``jaxmi.train.gan`` says why, and what each discriminator sees). These networks compute what the reference's do
+(tests/test_plg.py compares a training step with a PyTorch model of the official code)."""
 
 from __future__ import annotations
 
@@ -288,6 +289,15 @@ class SNResNetProjectionDiscriminator(nn.Module):
     h = jnp.sum(nn.relu(h), axis=(1, 2))
     out = SNDense(1, name=f"l{self.blocks + 2}")(h, train)[:, 0]
     return out + jnp.sum(SNEmbed(self.num_classes, h.shape[-1], name="l_y")(labels, train) * h, axis=-1)
+
+
+def max_margin(logits: jax.Array, label: jax.Array) -> jax.Array:
+  """PLG-MI's max-margin identity loss, -l_y + max_{k != y} l_k, of one example's logits [K] (Yuan et al., AAAI 2023,
+  Eq. 6; official ``losses.max_margin_loss``). Unlike cross-entropy its gradient does not fade once the class
+  leads, and it rewards lowering only the strongest rival, not every other logit. Here, below both the GAN's
+  training (``jaxmi.train.gan``) and the attacks' identity term (``jaxmi.attacks.terms``), which share it."""
+  others = jnp.where(jnp.arange(logits.shape[-1]) == label, -jnp.inf, logits)
+  return jnp.max(others, axis=-1) - logits[..., label]
 
 
 def build_plg(

@@ -32,14 +32,18 @@ with c uniform over the classes, Adam(2e-4, betas (0.0, 0.9)) for both, 5 discri
 step, each discriminator step on a fresh real batch and fresh fakes. The discriminator is applied to the fakes
 and the reals as two calls, each one power iteration of its spectral norms (as the reference's two forwards), and
 once more in the generator's update; its power-iteration vectors are the ``d_stats`` of the GAN state.
-Image ranges (``plg.output``): "unit" (default) -- the generator returns (tanh + 1) / 2 in [0, 1], the target sees
-that, and the discriminator sees 2x - 1 of real and fake images alike (the usual [-1, 1] GAN convention, one
-scale for both). "tanh" -- the reference as written: the raw tanh output goes to the target and the
-discriminator, and the real images reach the discriminator in [0, 1] (``ToTensor``, no normalisation), so its
-generator learns to emit [0, 1] images through its tanh. Differences from the reference: the discriminator
-steps come before the generator step within one step (the reference starts each iteration with the generator's
-update; the interleaving is the same after the first); its colour jitter in the GAN stage fires with
-probability 0.5, here always (``PLG_AUGMENT``, the reconstruction's setting).
+Image ranges (``plg.output``): "tanh" (default) -- the reference as written: the raw tanh output goes to the target
+and the discriminator, and the real images reach the discriminator in [0, 1] (``ToTensor``, no normalisation), so
+the generator learns to emit [0, 1] images through its tanh, black at tanh 0, near where an untrained generator's
+outputs start. "unit" -- the generator returns (tanh + 1) / 2 in [0, 1], the target sees that, and the
+discriminator sees 2x - 1 of real and fake images alike. There black is tanh's saturated -1: on MNIST the untrained
+generator's uniform grey is told from the black backgrounds within ~10 generator steps (hinge loss 0.19 at step
+10, against 1.10 with "tanh"), the discriminator's loss then stays ~0, so it stops learning, and the generator
+collapses to one image per class (600 steps); feeding that discriminator [0, 1] images instead collapses the same
+way (0.05 at step 10): the cause is the saturated output, not the discriminator's scale. Differences from the
+reference: the discriminator steps come before the generator step within one step (the reference starts each
+iteration with the generator's update; the interleaving is the same after the first); its colour jitter in the GAN
+stage fires with probability 0.5, here always (``PLG_AUGMENT``, the reconstruction's setting).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ from jaxmi.data import DataConfig, Splits, load_splits, steps_per_epoch, train_b
 from jaxmi.errors import CheckpointError, ConfigError, Interrupted
 from jaxmi.nets import shape_signature
 from jaxmi.nets.gan import GAN_KINDS, GANConfig, build_gan
-from jaxmi.nets.plg import PLG_OUTPUTS, PLG_UPSAMPLE, SPECTRAL, build_plg
+from jaxmi.nets.plg import PLG_OUTPUTS, PLG_UPSAMPLE, SPECTRAL, build_plg, max_margin
 from jaxmi.nets.resize import resize_to
 from jaxmi.train.checkpoint import Checkpointer, check_compatible
 from jaxmi.train.classifier import changed_fields, check_restored_finite, load_classifier, refuse_config_change
@@ -101,7 +105,8 @@ class GANTrainConfig:
 class PLGConfig:
   """kind=plg only (PLG-MI's conditional GAN). Its upsampling is ``gan.upsample`` (bilinear | nearest)."""
 
-  output: typing.Literal["unit", "tanh"] = "unit"  # unit: G returns (tanh + 1) / 2; tanh: the raw output (reference)
+  # tanh: the raw output (the reference; trains); unit: G returns (tanh + 1) / 2 (collapses on MNIST: module doc)
+  output: typing.Literal["unit", "tanh"] = "tanh"
   top_n: int = 30  # pseudo-labelled public images per class
   inv_weight: float = 0.2  # weight of the target's max-margin loss in the generator's update
   augment: bool = True  # the identity loss sees PLG_AUGMENT-augmented fakes (the reference); False: as generated
@@ -301,13 +306,6 @@ def hinge_discriminator_loss(d_fake, d_real):
 def hinge_generator_loss(d_fake):
   """The hinge loss of the generator (``losses.gen_hinge``): -E D(fake)."""
   return -jnp.mean(d_fake)
-
-
-def max_margin(logits, label):
-  """-l_y + max_{k != y} l_k of one example's logits [K] (PLG-MI Eq. 6, ``losses.max_margin_loss``). The same
-  formula as ``jaxmi.attacks.terms.max_margin`` (tested equal), which this layer may not import."""
-  others = jnp.where(jnp.arange(logits.shape[-1]) == label, -jnp.inf, logits)
-  return jnp.max(others, axis=-1) - logits[..., label]
 
 
 def make_plg_step(generator, disc, target, target_shape, g_tx, d_tx, cfg: GANTrainConfig, plg: PLGConfig, z_dim: int):
@@ -705,7 +703,7 @@ def train_gan(
 class GAN:
   """A trained GAN prior: generator (eval mode) and critic, with their variables."""
 
-  generator: Any  # plg: ResNetGenerator, apply(g_variables, z, labels, train=False), [0, 1] images ("unit")
+  generator: Any  # plg: ResNetGenerator, apply(g_variables, z, labels, train=False): see ``output``
   critic: Any  # Critic (gmi) or KEDMIDiscriminator (kedmi), both with realism(x); plg: the projection
   # discriminator, apply(d_variables, x, labels) (no realism: PLG-MI's reconstruction has no prior term)
   g_variables: dict
@@ -713,7 +711,9 @@ class GAN:
   config: GANConfig
   kind: str = "gmi"
   num_classes: int = 0  # kedmi, plg: the target's classes (plg: the generator's conditioning labels)
-  output: str = "unit"  # plg: "unit" ([0, 1] images) or "tanh" (the raw [-1, 1] output)
+  # plg: "tanh" (the raw [-1, 1] output, trained to lie in [0, 1]; the default since issue 17) or "unit" ([0, 1]
+  # images); a checkpoint that records none is "unit"
+  output: str = "unit"
 
   @property
   def conditional(self) -> bool:
