@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +85,10 @@ class BiDO(Defense):
   lambda_y: float = 0.5  # weight of d(Y, Z_j): label dependence, rewarded
   sigma: float = 5.0  # Gaussian bandwidth (times sqrt of the feature dimension)
   label_kernel: typing.Literal["linear", "gaussian"] = "linear"  # linear: the official default
+
+  # A grid of weights trains as one program. Not sigma: the Gram matrices fold it into a constant (2 sigma^2 d)
+  # computed in double precision, which a traced float32 sigma would round differently.
+  hyper_fields: ClassVar[tuple[str, ...]] = ("lambda_x", "lambda_y")
 
   def __post_init__(self):
     if self.measure not in MEASURES:

@@ -95,6 +95,9 @@ class DPSGD(Defense):
   seed: int = 0  # of the noise key (kept in the optimiser state)
 
   per_example_grads: ClassVar[bool] = True
+  # A grid of noise levels trains as one program (l2_clip is shared). Its noise scale sigma * C is then a float32
+  # product, within one rounding of the single run's (computed in double); equal when C = 1 (the default).
+  hyper_fields: ClassVar[tuple[str, ...]] = ("noise_multiplier",)
 
   def check(self, cfg, facts: RunFacts) -> None:
     if cfg.model.norm != "group":

@@ -35,6 +35,8 @@ class MID(Defense):
   name: str = "mid"
   beta: float = 0.003
 
+  hyper_fields: typing.ClassVar[tuple[str, ...]] = ("beta",)  # a grid of betas trains as one program
+
   def check(self, cfg, facts) -> None:
     if cfg.model.head != "vib":
       raise ConfigError("model.head: MID needs the VIB head; set model.head=vib")

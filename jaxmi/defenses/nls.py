@@ -44,6 +44,8 @@ class NegativeLabelSmoothing(Defense):
   alpha: float = -0.05
   schedule: bool = True  # the reference schedule; False = alpha from the first step
 
+  hyper_fields: typing.ClassVar[tuple[str, ...]] = ("alpha",)  # a grid of alphas trains as one program
+
   def __post_init__(self):
     if self.alpha >= 1.0:
       raise ConfigError(f"defense.alpha: {self.alpha} must be below 1 (negative for NLS)")

@@ -21,6 +21,7 @@ defense is a declared class attribute (``per_example_grads``), never probed with
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import contextlib
 import functools
@@ -69,6 +70,9 @@ class Defense:
   # Declared, not probed: True makes the step differentiate each example's loss alone (a leading batch axis on
   # the gradients) and combine them with ``aggregate_grads`` (DP-SGD clips each one first).
   per_example_grads: ClassVar[bool] = False
+  # The numeric settings a grid of this defense may vary in one vmapped program (``jaxmi.train.grid``): fields the
+  # hooks only compute with, never branch on in Python, so inside the grid's step they hold traced arrays.
+  hyper_fields: ClassVar[tuple[str, ...]] = ()
 
   def __new__(cls, *args, **kwargs):
     if cls is Defense:
@@ -80,6 +84,23 @@ class Defense:
     final = [base.__name__ for base in cls.__mro__[1:] if base.__dict__.get("__final__", False)]
     if final:
       raise TypeError(f"{cls.__name__}: {final[0]} is final; subclass Defense instead")
+
+  def hyper(self) -> dict[str, float]:
+    """This setting's ``hyper_fields`` as {name: value}."""
+    return {name: getattr(self, name) for name in self.hyper_fields}
+
+  def with_hyper(self, hyper: dict) -> Defense:
+    """A copy whose ``hyper_fields`` hold ``hyper``'s values (traced arrays inside the grid's vmapped step).
+
+    Skips ``__post_init__``: its checks ran on the concrete settings, and a tracer cannot be compared in Python.
+    """
+    unknown = set(hyper) - set(self.hyper_fields)
+    if unknown:
+      raise ValueError(f"{self.name}: {', '.join(sorted(unknown))} not among its hyper_fields {self.hyper_fields}")
+    new = copy.copy(self)
+    for name, value in hyper.items():
+      object.__setattr__(new, name, value)
+    return new
 
   def check(self, cfg: Any, facts: RunFacts) -> None:
     """Raises ConfigError when this defense cannot train the ClassifierConfig ``cfg`` (DP-SGD with BatchNorm), before
@@ -189,60 +210,53 @@ def to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
 
 
-def make_train_step(
-  model,
-  tx: optax.GradientTransformation,
-  defense: Defense = NoDefense(),
-  augment_cfg: AugmentConfig = AugmentConfig(),
-  facts: RunFacts | None = None,
-):
-  """Returns ``train_step(state, batch) -> (state, metrics)``, jitted, with ``state`` donated.
+def make_step_body(model, augment_cfg: AugmentConfig = AugmentConfig(), facts: RunFacts | None = None):
+  """Returns the pure, unjitted ``body(state, batch, inputs, defense, tx) -> (state, metrics)`` of one training step.
 
-  ``model``, ``tx`` and ``defense`` are static definitions; parameters only enter through
-  ``state`` (and the defense's ``step_inputs()``), so one compiled program serves every step.
-  ``facts`` reaches the defense's ``regularizer`` and ``interceptor`` (None: a defense whose hooks need none).
+  ``make_train_step`` jits it with its own ``defense`` and ``tx``; the defense grid (``jaxmi.train.grid``) vmaps it
+  with a defense whose ``hyper_fields`` are traced (``Defense.with_hyper``) and the optimiser that defense wraps.
   """
-  interceptor = defense.interceptor(facts)
 
-  def loss_fn(params, state: TrainState, images, labels, sample_rng, weights=None, own=None):
-    with nn.intercept_methods(interceptor) if interceptor else contextlib.nullcontext():
-      # SAMPLE_RNG: the stream stochastic layers (the VIB head's z) sample from in training; others ignore it.
-      out, mutated = model.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        images,
-        train=True,
-        mutable=["batch_stats"],
-        rngs={SAMPLE_RNG: sample_rng},
-      )
-    per_example = defense.task_loss(out.logits, labels)
-    task = jnp.mean(per_example) if weights is None else jnp.sum(weights * per_example)
-    reg, reg_metrics = defense.regularizer(out, labels, images=images, params=params, step=state.step, facts=facts)
-    loss = task + reg
-    # Soft labels ([B, K], e.g. a teacher's logits for distillation) count as their argmax class.
-    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
-    metrics = {
-      "loss": loss,
-      "task_loss": task,
-      # The batch's own examples: a defense's appended ones (Trap-MID's trapdoored copies) report their own.
-      "acc": jnp.mean(jnp.argmax(out.logits[:own], -1) == hard[:own]),
-      **{f"defense/{k}": v for k, v in reg_metrics.items()},
-    }
-    return loss, (mutated.get("batch_stats", {}), metrics)
+  def body(state: TrainState, batch: dict, inputs: Any, defense: Defense, tx: optax.GradientTransformation):
+    interceptor = defense.interceptor(facts)
 
-  def per_example_grads(params, state, images, labels, sample_rng):
-    """The defense's combination of each example's gradient (each example forwarded alone)."""
+    def loss_fn(params, state: TrainState, images, labels, sample_rng, weights=None, own=None):
+      with nn.intercept_methods(interceptor) if interceptor else contextlib.nullcontext():
+        # SAMPLE_RNG: the stream stochastic layers (the VIB head's z) sample from in training; others ignore it.
+        out, mutated = model.apply(
+          {"params": params, "batch_stats": state.batch_stats},
+          images,
+          train=True,
+          mutable=["batch_stats"],
+          rngs={SAMPLE_RNG: sample_rng},
+        )
+      per_example = defense.task_loss(out.logits, labels)
+      task = jnp.mean(per_example) if weights is None else jnp.sum(weights * per_example)
+      reg, reg_metrics = defense.regularizer(out, labels, images=images, params=params, step=state.step, facts=facts)
+      loss = task + reg
+      # Soft labels ([B, K], e.g. a teacher's logits for distillation) count as their argmax class.
+      hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
+      metrics = {
+        "loss": loss,
+        "task_loss": task,
+        # The batch's own examples: a defense's appended ones (Trap-MID's trapdoored copies) report their own.
+        "acc": jnp.mean(jnp.argmax(out.logits[:own], -1) == hard[:own]),
+        **{f"defense/{k}": v for k, v in reg_metrics.items()},
+      }
+      return loss, (mutated.get("batch_stats", {}), metrics)
 
-    def one(image, label, key):
-      return jax.grad(loss_fn, has_aux=True)(params, state, image[None], label[None], key)
+    def per_example_grads(params, state, images, labels, sample_rng):
+      """The defense's combination of each example's gradient (each example forwarded alone)."""
 
-    grads, (_, metrics) = jax.vmap(one)(images, labels, jax.random.split(sample_rng, images.shape[0]))
-    norms = jax.vmap(optax.global_norm)(grads)
-    metrics = {**jax.tree.map(jnp.mean, metrics), "per_example_grad_norm": jnp.mean(norms)}
-    # Per-example runs need per-example normalisation (no batch statistics): nothing to aggregate there.
-    return defense.aggregate_grads(grads), (state.batch_stats, metrics)
+      def one(image, label, key):
+        return jax.grad(loss_fn, has_aux=True)(params, state, image[None], label[None], key)
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def jitted_step(state: TrainState, batch: dict, inputs: Any) -> tuple[TrainState, dict]:
+      grads, (_, metrics) = jax.vmap(one)(images, labels, jax.random.split(sample_rng, images.shape[0]))
+      norms = jax.vmap(optax.global_norm)(grads)
+      metrics = {**jax.tree.map(jnp.mean, metrics), "per_example_grad_norm": jnp.mean(norms)}
+      # Per-example runs need per-example normalisation (no batch statistics): nothing to aggregate there.
+      return defense.aggregate_grads(grads), (state.batch_stats, metrics)
+
     rng = jax.random.fold_in(state.rng, state.step)
     # The middle key is the defense's (its state update and model batch); split in three so the others stay put.
     aug_rng, defense_rng, sample_rng = jax.random.split(rng, 3)
@@ -275,6 +289,28 @@ def make_train_step(
       rng=state.rng,
     )
     return new_state, metrics
+
+  return body
+
+
+def make_train_step(
+  model,
+  tx: optax.GradientTransformation,
+  defense: Defense = NoDefense(),
+  augment_cfg: AugmentConfig = AugmentConfig(),
+  facts: RunFacts | None = None,
+):
+  """Returns ``train_step(state, batch) -> (state, metrics)``, jitted, with ``state`` donated.
+
+  ``model``, ``tx`` and ``defense`` are static definitions; parameters only enter through
+  ``state`` (and the defense's ``step_inputs()``), so one compiled program serves every step.
+  ``facts`` reaches the defense's ``regularizer`` and ``interceptor`` (None: a defense whose hooks need none).
+  """
+  body = make_step_body(model, augment_cfg, facts)
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def jitted_step(state: TrainState, batch: dict, inputs: Any) -> tuple[TrainState, dict]:
+    return body(state, batch, inputs, defense, tx)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     # The defense's arrays (a teacher's variables) are arguments, not constants baked into the program.
