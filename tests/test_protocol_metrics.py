@@ -12,6 +12,7 @@ import dataclasses
 import json
 import statistics
 import struct
+import sys
 from types import SimpleNamespace
 
 import jax
@@ -69,6 +70,21 @@ def test_prdc_matches_the_papers_definitions_on_random_sets(k):
   # between a distance and a radius in random continuous data.
   assert got == pytest.approx(expected, abs=1e-12)
   assert 0 < expected["precision"] < 1 and 0 < expected["coverage"] < 1
+
+
+def test_prdc_radii_never_build_the_whole_real_by_real_matrix(monkeypatch):
+  """An MNIST attack's 30,000 private images made [N, N] float64 distances (7 GB; 22 GB with temporaries), and the
+  OOM killer stopped the run. The radii now come in row blocks, equal to the whole-matrix computation."""
+  prdc_lib = sys.modules[prdc.__module__]  # the module (jaxmi.metrics exports the function under its name)
+  rng = np.random.default_rng(0)
+  points = rng.normal(size=(50, 8))
+  whole = np.sort(prdc_lib.pairwise_distances(points, points), axis=1)[:, 3]
+  shapes = []
+  original = prdc_lib.pairwise_distances
+  monkeypatch.setattr(prdc_lib, "pairwise_distances", lambda a, b: shapes.append((len(a), len(b))) or original(a, b))
+  blocked = prdc_lib.kth_neighbour_radii(points, 3, block_bytes=8 * 50 * 7)  # 7 rows of 50 distances per block
+  np.testing.assert_array_equal(blocked, whole)
+  assert max(rows for rows, _ in shapes) == 7 and sum(rows for rows, _ in shapes) == 50
 
 
 def test_prdc_is_absent_when_a_set_has_no_kth_neighbour():
