@@ -128,6 +128,23 @@ def saved_data_config(saved: dict) -> DataConfig:
   return DataConfig(**fields)
 
 
+def run_facts(cfg: ClassifierConfig, num_examples: int, image_shape: tuple, num_classes: int) -> RunFacts:
+  """The run's network, optimizer and step counts: what a defense may need to know about the run (an argument of
+  its hooks, never part of its config). One place for ``train_classifier`` and the grid trainer."""
+  spe = steps_per_epoch(num_examples, cfg.train.batch_size)
+  total_steps = spe * cfg.train.epochs
+  return RunFacts(
+    steps_per_epoch=spe,
+    total_steps=total_steps,
+    batch_size=cfg.train.batch_size,
+    num_examples=num_examples,
+    module=build_classifier(cfg.model, num_classes),
+    image_shape=image_shape,
+    num_classes=num_classes,
+    optimizer=make_optimizer(cfg.optim, spe, total_steps),
+  )
+
+
 def _validate(cfg: ClassifierConfig) -> None:
   t = cfg.train
   for field in ("epochs", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -247,21 +264,8 @@ def train_classifier(
     f"{num_classes} classes, {image_shape}"
   )
 
-  module = build_classifier(cfg.model, num_classes)
-  spe = steps_per_epoch(len(train_split), cfg.train.batch_size)
-  total_steps = spe * cfg.train.epochs
-  tx = make_optimizer(cfg.optim, spe, total_steps)
-  # What the defense may need to know about this run: an argument of its hooks, never part of its config.
-  facts = RunFacts(
-    steps_per_epoch=spe,
-    total_steps=total_steps,
-    batch_size=cfg.train.batch_size,
-    num_examples=len(train_split),
-    module=module,
-    image_shape=image_shape,
-    num_classes=num_classes,
-    optimizer=tx,
-  )
+  facts = run_facts(cfg, len(train_split), image_shape, num_classes)
+  module, tx, spe, total_steps = facts.module, facts.optimizer, facts.steps_per_epoch, facts.total_steps
   defense.check(cfg, facts)
 
   rng = jax.random.PRNGKey(cfg.train.seed)

@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxmi import config as config_lib
-from jaxmi.data import Splits, load_splits, steps_per_epoch, train_batches
+from jaxmi.data import Splits, load_splits, train_batches
 from jaxmi.errors import ConfigError, Interrupted
-from jaxmi.nets import build_classifier, init_variables, shape_signature
+from jaxmi.nets import init_variables, shape_signature
 from jaxmi.train.checkpoint import Checkpointer
 from jaxmi.train.classifier import (
   DEFENSE_KEY_TAG,
@@ -44,9 +44,9 @@ from jaxmi.train.classifier import (
   check_restored_finite,
   evaluate,
   refuse_config_change,
+  run_facts,
 )
 from jaxmi.train.loop import interrupted_message, run_steps
-from jaxmi.train.optim import make_optimizer
 from jaxmi.train.state import TrainState
 from jaxmi.train.step import AugmentConfig, Defense, RunFacts, make_eval_step, make_step_body
 from jaxmi.workdir import Workdir
@@ -219,20 +219,8 @@ def train_grid(
   train_split, test_split = splits.private_train, splits.private_test
   num_classes = splits.num_private_classes
   image_shape = tuple(train_split.images.shape[1:])
-  module = build_classifier(cfg.model, num_classes)
-  spe = steps_per_epoch(len(train_split), cfg.train.batch_size)
-  total_steps = spe * cfg.train.epochs
-  tx = make_optimizer(cfg.optim, spe, total_steps)
-  facts = RunFacts(
-    steps_per_epoch=spe,
-    total_steps=total_steps,
-    batch_size=cfg.train.batch_size,
-    num_examples=len(train_split),
-    module=module,
-    image_shape=image_shape,
-    num_classes=num_classes,
-    optimizer=tx,
-  )
+  facts = run_facts(cfg, len(train_split), image_shape, num_classes)
+  module, tx, spe, total_steps = facts.module, facts.optimizer, facts.steps_per_epoch, facts.total_steps
   for defense in defenses:
     defense.check(cfg, facts)
     warning = defense.warning(cfg.train.epochs)
