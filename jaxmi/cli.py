@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     default=600.0,
     help="seconds without a heartbeat after which another process's claim on a stage expires (default 600)",
   )
+  p.add_argument(
+    "--stack",
+    default="auto",
+    help="at most this many attacks of one method and seed on several targets run as one program (default auto: "
+    "8 on a GPU/TPU, 1 on a CPU, where stacked targets measured 0.86-0.95x the speed of separate runs)",
+  )
   _add_common(p, config=False, workdir=False)
 
   p = sub.add_parser(
@@ -395,10 +401,21 @@ def _sweep(args) -> int:
   cfg = config_lib.load_config(args.recipe, args.overrides)
   if not isinstance(cfg, SweepConfig):
     raise ConfigError(f"{args.recipe}: get_config() returned {type(cfg).__name__}; expected a SweepConfig")
+  if args.stack != "auto" and not (args.stack.isdigit() and int(args.stack) >= 1):
+    raise ConfigError(f"--stack: expected 'auto' or a number of attacks per program >= 1, got {args.stack!r}")
   if not args.dry_run:
     parallel.cpu_device_per_core()  # on a CPU host, the attacks' latents shard over its cores (before any JAX op)
+  import jax
+
+  stack = int(args.stack) if args.stack != "auto" else (1 if jax.default_backend() == "cpu" else 8)
   run_sweep(
-    cfg, args.workdir, shard=shard, dry_run=args.dry_run, progress=not args.no_progress, claim_ttl=args.claim_ttl
+    cfg,
+    args.workdir,
+    shard=shard,
+    dry_run=args.dry_run,
+    progress=not args.no_progress,
+    claim_ttl=args.claim_ttl,
+    stack=stack,
   )
   return 0
 

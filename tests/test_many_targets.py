@@ -4,6 +4,7 @@ run compiles nothing, an interrupted stacked run resumes to the uninterrupted re
 architecture are refused naming the mismatch."""
 
 import copy
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -158,3 +159,74 @@ def test_a_target_convolution_as_patches_times_kernel_is_the_convolution(padding
     assert got.dtype == jnp.float64
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
   assert conv_pads("CIRCULAR", kernel_hw) is None  # left to the grouped convolution
+
+
+# --- run_attacks: the attack command's stacked form (what ``bin/jaxmi sweep --stack`` calls) ---------------------
+
+
+def _second_target(root, name: str, width: int, splits):
+  """Another tiny target trained from another seed (width 4: the fixture's architecture; else another one)."""
+  from jaxmi.nets import ModelConfig
+  from jaxmi.train import ClassifierConfig, OptimConfig, TrainConfig, train_classifier
+
+  from test_attacks import TINY_DATA, stopped
+
+  if not (root / name).is_dir():
+    stopped(
+      train_classifier,
+      ClassifierConfig(
+        name=name,
+        role="target",
+        data=TINY_DATA,
+        model=ModelConfig(arch="cnn", width=width, feature_dim=8),
+        optim=OptimConfig(learning_rate=0.05),
+        train=TrainConfig(epochs=1, batch_size=8, seed=5),
+      ),
+      root / name,
+      splits=splits,
+      progress=False,
+      stop_at_step=3,
+    )
+  return str(root / name)
+
+
+@pytest.mark.slow  # ~60 s: five tiny attacks, two of them stacked, on top of the session fixture
+def test_run_attacks_writes_each_targets_separate_results_and_resumes_a_stopped_group(tiny, tmp_path):
+  import json
+
+  from jaxmi.experiments.attack import run_attack, run_attacks
+
+  from test_attacks import tiny_attack
+
+  root, splits = tiny
+  models = tmp_path / "models"
+  models.mkdir()
+  other = _second_target(models, "target_b", 4, splits)  # the fixture's architecture: stacked with it
+  wider = _second_target(models, "target_w", 6, splits)  # another architecture: a program of its own
+  base = tiny_attack(root, steps=6, checkpoint_every=2)
+  cfgs = [dataclasses.replace(base, name=f"t{k}", target=t) for k, t in enumerate((base.target, other, wider))]
+  alone = [run_attack(c, tmp_path / f"alone{k}", splits=splits, progress=False) for k, c in enumerate(cfgs)]
+
+  dirs = [tmp_path / f"many{k}" for k in range(3)]
+  with pytest.raises(Interrupted):  # as a kill in the second checkpoint interval of the stacked group
+    run_attacks(cfgs, dirs, tmp_path / "stack", progress=False, stop_at_step=3)
+  assert not any((d / "results.json").exists() for d in dirs) and any((tmp_path / "stack").rglob("chunk_*"))
+  many = run_attacks(cfgs, dirs, tmp_path / "stack", progress=False)
+  assert [s["stacked_targets"] for s in many] == [2, 2, 1]
+  assert not any((tmp_path / "stack").rglob("chunk_*"))  # the shared state goes once the outputs are written
+  for k, (m, a) in enumerate(zip(many, alone)):
+    assert m["target"] == cfgs[k].target and json.loads((dirs[k] / "results.json").read_text()) == m
+    # the stacked group resumed from the state saved when it stopped (the group after it had not started)
+    assert (m["optimisation_steps_run"] < 6) if k < 2 else (m["optimisation_steps_run"] == 6)
+    got, want = np.load(dirs[k] / "latents.npz"), np.load(tmp_path / f"alone{k}" / "latents.npz")
+    np.testing.assert_array_equal(got["baseline_latents"], want["baseline_latents"])
+    # stacked convolutions may sum in another order (see the first test for the derived bound); 8 Adam steps of
+    # size 0.05 move latents by ~0.4, a mixed-up target by far more than 1e-3
+    np.testing.assert_allclose(got["latents"], want["latents"], atol=1e-3, err_msg=f"target {k}")
+    for key in ("acc1", "acc5", "acc1_all_restarts_mean"):
+      assert abs(m[key] - a[key]) <= 1 / 6 + 1e-9, (k, key)  # at most one of 6 reconstructions on a rounding edge
+  a0, a1 = (np.load(dirs[k] / "latents.npz")["latents"] for k in (0, 1))
+  assert np.abs(a0 - a1).max() > 1e-2  # the two stacked targets were attacked apart
+
+  with pytest.raises(ConfigError, match="differ in more than their target"):
+    run_attacks([cfgs[0], dataclasses.replace(cfgs[1], identities=(0, 1))], dirs[:2], tmp_path / "x", progress=False)

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import os
-import typing
 import time
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -33,11 +36,12 @@ from jaxmi import plots
 from jaxmi.attacks import ATTACKS, AttackModels, ExecutionConfig, InversionConfig
 from jaxmi.attacks.lomma import lomma_terms
 from jaxmi.attacks.resume import AttackState, fingerprint
+from jaxmi.attacks.stacked import stack_variables
 from jaxmi.data import Splits, load_splits
 from jaxmi.errors import CheckpointError, ConfigError, NonFiniteError
 from jaxmi.metrics import evaluate_inversion, real_images_of
 from jaxmi.metrics.fid import InceptionFeatures, load_fid_weights
-from jaxmi.nets import path_name
+from jaxmi.nets import path_name, shape_signature
 from jaxmi.train import load_classifier
 from jaxmi.train.gan import load_gan
 from jaxmi.workdir import Workdir
@@ -131,39 +135,27 @@ def config_fingerprint(cfg: AttackConfig, variables: dict, terms: tuple = ()) ->
   return fingerprint(saved, variables, terms)
 
 
-def run_attack(
-  cfg: AttackConfig,
-  workdir: str | Path | Workdir,
-  *,
-  splits: Splits | None = None,
-  progress: bool = True,
-  overwrite: bool = False,
-  stop_at_step: int | None = None,
-) -> dict:
-  """Runs the attack ``cfg`` and writes its outputs to ``workdir`` (the caller holds its lock).
+@dataclasses.dataclass
+class _Loaded:
+  """One attack's models, data and inverter, loaded and checked (nothing written yet)."""
 
-  Args:
-    cfg: the attack: models to load, ``inversion`` (what is optimised) and ``execution`` (how it runs).
-    splits: the target's data splits (private images for the metrics, public ones for LOMMA's p_reg); None =
-      load them from the target's data config.
-    progress: show a progress bar.
-    overwrite: replace an existing ``results.json`` (and a saved state of another config).
-    stop_at_step: raises ``Interrupted`` once chunk index * steps + step reaches it, as a kill would there:
-      the saved attack state stays and a rerun continues from it (for tests).
+  cfg: AttackConfig
+  target: Any
+  evaluator: Any
+  gan: Any
+  attacked: list  # the target, then each surrogate
+  splits: Splits
+  labels: tuple
+  variables: dict
+  inverter: Any
+  fid_features: Any
 
-  Returns:
-    The summary written to ``results.json`` (metrics, prior baseline, run stats, config).
 
-  Raises:
-    ConfigError, CheckpointError: bad config or missing models, before anything is written.
-    NonFiniteError: the optimisation diverged (naming the step and quantity); nothing saved from that state.
-    Interrupted: Ctrl-C or ``stop_at_step``, after saving the attack state (rerunning resumes).
-  """
-  workdir = Workdir.of(workdir)
-  writer = jax.process_index() == 0
-  # Multi-host: every process computes, the first one reports.
-  say, warn = (log.info, log.warning) if writer else ((lambda *_: None),) * 2
-  progress = progress and writer
+def _load_attack(
+  cfg: AttackConfig, workdir: Workdir, splits: Splits | None, overwrite: bool, cache: dict | None = None
+) -> _Loaded:
+  """Validates ``cfg`` and loads what it attacks with; ConfigError / CheckpointError before anything is written.
+  ``cache``: splits loaded before, by the target's data config (several attacks on one dataset)."""
   if (workdir / "results.json").exists() and not overwrite:
     raise ConfigError(f"{workdir / 'results.json'}: already exists; choose another --workdir or pass --overwrite")
   if cfg.attack not in ATTACKS:
@@ -203,7 +195,10 @@ def run_attack(
   for path, s in zip(cfg.surrogates, surrogates):
     if s.num_classes != target.num_classes:
       raise ConfigError(f"surrogates: {path} has {s.num_classes} classes but the target has {target.num_classes}")
-  splits = splits if splits is not None else load_splits(target.config.data)
+  if splits is None:
+    data_key = json.dumps(config_lib.to_dict(target.config.data), sort_keys=True)
+    cache = {} if cache is None else cache
+    splits = cache[data_key] = cache.get(data_key) or load_splits(target.config.data)
   attacked = [target, *surrogates]  # equal weights: the identity term averages over them
   models = AttackModels(
     generator=gan.generator,
@@ -230,30 +225,33 @@ def run_attack(
       )
   lomma = lomma_terms(cfg.inversion, target, public)  # LOMMA's feature regulariser, if weighted
   inverter = ATTACKS[cfg.attack](models, gan.config.z_dim, cfg.inversion, cfg.execution, lomma)
+  return _Loaded(cfg, target, evaluator, gan, attacked, splits, labels, variables, inverter, fid_features)
 
-  state = None
-  if cfg.execution.checkpoint_every:
-    state = AttackState(
-      workdir / "attack_state",
-      config_fingerprint(cfg, variables, inverter.terms),
-      cfg.execution.checkpoint_every,
-      write=writer,
-    )
-    foreign = state.foreign()
-    if foreign is not None:
-      if not overwrite:
-        raise ConfigError(
-          f"{state.directory}: holds the saved state of an attack with another config or other "
-          f"models (fingerprint {foreign}, this run {state.config_fp}); rerun the same command, "
-          "choose another --workdir, or pass --overwrite to start over"
-        )
-      say(f"[{cfg.name}] --overwrite: discarding {state.directory} (another config or other models)")
-      if writer:
-        state.clear()
-    elif state.exists():
-      say(f"[{cfg.name}] resuming from the attack state saved in {state.directory}")
 
-  total_latents = len(labels) * cfg.inversion.restarts
+def _open_state(directory: Path, config_fp: str, cfg: AttackConfig, overwrite: bool, writer: bool, say):
+  """The attack state in ``directory`` (None without checkpoints); a state of another config is refused unless
+  ``overwrite``, which discards it."""
+  if not cfg.execution.checkpoint_every:
+    return None
+  state = AttackState(directory, config_fp, cfg.execution.checkpoint_every, write=writer)
+  foreign = state.foreign()
+  if foreign is not None:
+    if not overwrite:
+      raise ConfigError(
+        f"{state.directory}: holds the saved state of an attack with another config or other "
+        f"models (fingerprint {foreign}, this run {state.config_fp}); rerun the same command, "
+        "choose another --workdir, or pass --overwrite to start over"
+      )
+    say(f"[{cfg.name}] --overwrite: discarding {state.directory} (another config or other models)")
+    if writer:
+      state.clear()
+  elif state.exists():
+    say(f"[{cfg.name}] resuming from the attack state saved in {state.directory}")
+  return state
+
+
+def _announce(a: _Loaded, say, warn, targets: int = 1) -> None:
+  cfg, gan = a.cfg, a.gan
   chunk_text = f"at most {cfg.execution.max_batch}" if cfg.execution.max_batch else "memory-fitted"
   prior = {"gmi": "WGAN critic -D(G(z))", "kedmi": "KEDMI K+1 discriminator -log P(real)"}.get(gan.kind, gan.kind)
   prior_text = f"{prior} of {cfg.gan} (weight {cfg.inversion.prior_weight})"
@@ -262,12 +260,13 @@ def run_attack(
   augmented = (
     f"; the attacked models see {cfg.inversion.augment_views} augmented views" if cfg.inversion.augment_views else ""
   )
+  stacked = f" x {targets} targets in one program" if targets > 1 else ""
   say(
-    f"[{cfg.name}] {cfg.attack}: {len(labels)} identities x {cfg.inversion.restarts} restarts x "
+    f"[{cfg.name}] {cfg.attack}: {len(a.labels)} identities x {cfg.inversion.restarts} restarts{stacked} x "
     f"{cfg.inversion.steps} steps, chunks of {chunk_text} latents over "
     f"{cfg.execution.devices or jax.device_count()} device(s), "
     f"{cfg.execution.compute_dtype}; prior: {prior_text}; "
-    f"attacking {len(attacked)} model(s){augmented}; restarts selected by target {cfg.inversion.select_by}"
+    f"attacking {len(a.attacked)} model(s){augmented}; restarts selected by target {cfg.inversion.select_by}"
   )
   if cfg.attack == "kedmi" and gan.kind != "kedmi":
     # A legitimate ablation (KEDMI's distributional latent with GMI's prior), but never a silent one.
@@ -276,17 +275,14 @@ def run_attack(
       f"(bin/jaxmi train-gan --kind kedmi); {cfg.gan} is a '{gan.kind}' GAN, so the prior is its {prior}"
     )
 
+
+def _invert(name: str, total: int, run: Callable, progress: bool) -> tuple[Any, float]:
+  """``run(update)`` (under a progress bar of ``total`` latent-steps) and its seconds; NaN/inf errors name ``name``."""
   bar = None
   if progress:
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-      total=total_latents * cfg.inversion.steps,
-      desc=cfg.name,
-      unit=" latent-steps",
-      unit_scale=True,
-      dynamic_ncols=True,
-    )
+    bar = tqdm(total=total, desc=name, unit=" latent-steps", unit_scale=True, dynamic_ncols=True)
   update = (
     None
     if bar is None
@@ -294,13 +290,147 @@ def run_attack(
   )
   t0 = time.time()
   try:
-    result = inverter.run(variables, labels, progress=update, state=state, stop_at_step=stop_at_step)
+    result = run(update)
   except NonFiniteError as e:
-    raise NonFiniteError(f"[{cfg.name}] {e}") from None
+    raise NonFiniteError(f"[{name}] {e}") from None
   finally:
     if bar is not None:
       bar.close()
-  seconds = time.time() - t0
+  return result, time.time() - t0
+
+
+def run_attack(
+  cfg: AttackConfig,
+  workdir: str | Path | Workdir,
+  *,
+  splits: Splits | None = None,
+  progress: bool = True,
+  overwrite: bool = False,
+  stop_at_step: int | None = None,
+) -> dict:
+  """Runs the attack ``cfg`` and writes its outputs to ``workdir`` (the caller holds its lock).
+
+  Args:
+    cfg: the attack: models to load, ``inversion`` (what is optimised) and ``execution`` (how it runs).
+    splits: the target's data splits (private images for the metrics, public ones for LOMMA's p_reg); None =
+      load them from the target's data config.
+    progress: show a progress bar.
+    overwrite: replace an existing ``results.json`` (and a saved state of another config).
+    stop_at_step: raises ``Interrupted`` once chunk index * steps + step reaches it, as a kill would there:
+      the saved attack state stays and a rerun continues from it (for tests).
+
+  Returns:
+    The summary written to ``results.json`` (metrics, prior baseline, run stats, config).
+
+  Raises:
+    ConfigError, CheckpointError: bad config or missing models, before anything is written.
+    NonFiniteError: the optimisation diverged (naming the step and quantity); nothing saved from that state.
+    Interrupted: Ctrl-C or ``stop_at_step``, after saving the attack state (rerunning resumes).
+  """
+  workdir = Workdir.of(workdir)
+  writer = jax.process_index() == 0
+  # Multi-host: every process computes, the first one reports.
+  say, warn = (log.info, log.warning) if writer else ((lambda *_: None),) * 2
+  a = _load_attack(cfg, workdir, splits, overwrite)
+  fp = config_fingerprint(cfg, a.variables, a.inverter.terms)
+  state = _open_state(workdir / "attack_state", fp, cfg, overwrite, writer, say)
+  _announce(a, say, warn)
+  result, seconds = _invert(
+    cfg.name,
+    len(a.labels) * cfg.inversion.restarts * cfg.inversion.steps,
+    lambda update: a.inverter.run(a.variables, a.labels, progress=update, state=state, stop_at_step=stop_at_step),
+    progress and writer,
+  )
+  summary = _finish(a, workdir, result, seconds, writer, say, warn)
+  if writer and state is not None:
+    state.clear()  # the outputs hold everything it had
+  return summary
+
+
+def stack_key(cfg: AttackConfig) -> str:
+  """Attacks with equal keys differ only in their target (and its surrogates), so ``run_attacks`` can run them as
+  one program: the same method, prior, evaluation model, identities, seed, inversion and execution."""
+  d = config_lib.to_dict(cfg)
+  for field in ("name", "target", "surrogates"):
+    d.pop(field)
+  return json.dumps({**d, "surrogate_count": len(cfg.surrogates)}, sort_keys=True, default=str)
+
+
+def run_attacks(
+  cfgs: Sequence[AttackConfig],
+  workdirs: Sequence[str | Path | Workdir],
+  state_dir: str | Path,
+  *,
+  progress: bool = True,
+  convs: str = "auto",
+  stop_at_step: int | None = None,
+) -> list[dict]:
+  """``run_attack`` of each ``cfgs[k]`` into ``workdirs[k]``, the targets of one architecture attacked in one
+  compiled program (``Inverter.run_many``: latents [targets x identities x restarts], the prior shared).
+
+  The configs must have equal ``stack_key``s (the same attack on other targets); targets of another architecture
+  than the first (another parameter layout) are run by themselves, in groups of their own. Each workdir gets what
+  ``run_attack`` writes, equal to its separate run up to float rounding (``Inverter.run_many``), plus
+  ``stacked_targets`` (K) in results.json; ``attack_seconds`` is the shared program's. The caller holds every
+  workdir's lock. The shared attack state lives in ``state_dir`` (group g of several in ``state_dir/group<g>``): a
+  rerun of the same call resumes it; a state of other configs or models there is discarded. Returns the summaries
+  in the order of ``cfgs``.
+  """
+  if len(cfgs) != len(workdirs) or not cfgs:
+    raise ConfigError(f"run_attacks: {len(cfgs)} configs for {len(workdirs)} workdirs; expected one each, at least one")
+  keys = {stack_key(c) for c in cfgs}
+  if len(keys) > 1:
+    raise ConfigError(
+      "run_attacks: the configs differ in more than their target and surrogates (name, target, surrogates); "
+      "attacks with other settings cannot share a program"
+    )
+  workdirs = [Workdir.of(w) for w in workdirs]
+  writer = jax.process_index() == 0
+  say, warn = (log.info, log.warning) if writer else ((lambda *_: None),) * 2
+  cache: dict = {}  # the targets' data is usually one dataset: its splits are loaded once
+  loaded = [_load_attack(cfg, w, None, False, cache) for cfg, w in zip(cfgs, workdirs)]
+  groups: dict[str, list[int]] = {}  # one architecture (the attacked models' parameter shapes) per program
+  for k, a in enumerate(loaded):
+    layout = json.dumps([shape_signature(v) for v in a.variables["targets"]], sort_keys=True)
+    groups.setdefault(layout, []).append(k)
+  summaries: dict[int, dict] = {}
+  for g, members in enumerate(groups.values()):
+    directory = Path(state_dir) / f"group{g}" if len(groups) > 1 else Path(state_dir)
+    group = [loaded[k] for k in members]
+    first = group[0]
+    fp = fingerprint(*(config_fingerprint(a.cfg, a.variables, a.inverter.terms) for a in group))
+    state = _open_state(directory, fp, first.cfg, True, writer, say)
+    if len(group) == 1:
+      variables, terms = first.variables, None
+    else:
+      variables = {
+        **first.variables,
+        "targets": tuple(
+          stack_variables([a.variables["targets"][i] for a in group]) for i in range(len(first.attacked))
+        ),
+      }
+      terms = [a.inverter.terms for a in group]
+
+    def run(update, first=first, variables=variables, terms=terms, state=state):
+      kwargs = {"progress": update, "state": state, "stop_at_step": stop_at_step}
+      if terms is None:
+        return [first.inverter.run(variables, first.labels, **kwargs)]
+      return first.inverter.run_many(variables, first.labels, terms=terms, convs=convs, **kwargs)
+
+    _announce(first, say, warn, len(group))
+    total = len(group) * len(first.labels) * first.cfg.inversion.restarts * first.cfg.inversion.steps
+    results, seconds = _invert(" + ".join(a.cfg.name for a in group), total, run, progress and writer)
+    for k, a, result in zip(members, group, results):
+      summaries[k] = _finish(a, workdirs[k], result, seconds, writer, say, warn, targets=len(group))
+    if writer and state is not None:
+      state.clear()
+  return [summaries[k] for k in range(len(cfgs))]
+
+
+def _finish(a: _Loaded, workdir: Workdir, result, seconds: float, writer: bool, say, warn, targets: int = 1) -> dict:
+  """Judges ``result`` and writes the workdir's outputs, results.json last; returns the summary."""
+  cfg, evaluator, splits, gan, ev = a.cfg, a.evaluator, a.splits, a.gan, a.cfg.evaluation
+  total_latents = targets * len(a.labels) * cfg.inversion.restarts
   collapse = draw_collapse(result, cfg.inversion.draw_clamp)
   if collapse is not None and collapse > 0.5:
     warn(
@@ -309,7 +439,7 @@ def run_attack(
       "draws are (nearly) the same image; see jaxmi.attacks.kedmi"
     )
 
-  judge = {"fid_features": fid_features, "resize": ev.resize, "prdc_k": ev.prdc_k}
+  judge = {"fid_features": a.fid_features, "resize": ev.resize, "prdc_k": ev.prdc_k}
   if tuple(result.images.shape[2:4]) != tuple(evaluator.image_shape[:2]):
     how = "uint8 PIL bilinear (the reference's low2high)" if ev.resize == "pil" else "in-graph bilinear"
     say(
@@ -332,6 +462,7 @@ def run_attack(
     "compilations": result.stats.compilations,
     "devices": result.stats.devices,
     "chunk_size": result.stats.chunk_size,
+    "stacked_targets": targets,  # targets attacked in this program (attack_seconds and the rate are the program's)
     "target": str(cfg.target),
     "evaluator": str(cfg.evaluator),
     "gan": str(cfg.gan),
@@ -377,8 +508,6 @@ def run_attack(
   plots.reconstructions(result, real, workdir / "grid.png", eval_predictions=metrics["eval_predictions"])
   plots.loss_terms(result.loss_parts, workdir / "loss.png", f"{cfg.name}: loss terms (mean over latents)")
   workdir.write_json("results.json", summary)
-  if state is not None:
-    state.clear()  # the outputs hold everything it had
   say(format_summary(summary))
   outputs = "results.json, Eval_results.csv, per_identity.csv, grid.png, loss.png, latents.npz"
   say(f"[{cfg.name}] results in {workdir.path.absolute()} ({outputs})")

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -606,44 +607,66 @@ def execute_stage(stage: Stage, progress: bool = True) -> None:
       run_attack(cfg, d, progress=progress)
 
 
+def execute_attacks(stages: list[Stage], workdir: Path, progress: bool = True) -> None:
+  """Attacks of one ``batch_key`` as one program (``run_attacks``: the targets stacked, each architecture a program
+  of its own), each in its locked directory; the shared attack state lives in <workdir>/stacks/<hash of the ids>/."""
+  from jaxmi.experiments.attack import run_attacks
+
+  with contextlib.ExitStack() as stack:
+    for s in stages:
+      stack.enter_context(locked(s.directory))
+    todo = [s for s in stages if not (s.directory / FINISHED[s.kind]).is_file()]
+    if todo:
+      group = hashlib.sha256(" ".join(s.id for s in todo).encode()).hexdigest()[:16]
+      run_attacks([s.config for s in todo], [s.directory for s in todo], workdir / "stacks" / group, progress=progress)
+      shutil.rmtree(workdir / "stacks" / group, ignore_errors=True)
+
+
 def batch_key(stage: Stage) -> tuple:
-  """Stages with equal keys could run as one program (issue 18, item 2): attacks of one prior, evaluator and
-  method on several targets or seeds. ``_run_batch`` runs them one at a time for now."""
-  if stage.kind != "attack":
+  """Stages with equal keys run as one program when the sweep stacks (``run_sweep``'s ``stack``): attacks that
+  differ only in their target and its surrogates (one method, prior, evaluation model, seed and settings), e.g. GMI
+  against every defended target of one seed. Others, and an attack with saved state of its own, run alone."""
+  if stage.kind != "attack" or state(stage) == "resume":
     return (stage.id,)
-  cfg = stage.config
-  return ("attack", cfg.attack, cfg.gan, cfg.evaluator, cfg.surrogates)
+  from jaxmi.experiments.attack import stack_key
+
+  return ("attack", stack_key(stage.config))
 
 
-def _run_batch(batch: list, workdir: Path, execute: Callable[[Stage], None]) -> None:
-  """Runs claimed stages, marking each done as it finishes (a kill mid-batch keeps the finished ones).
-
-  The place where a batch of attacks becomes one vmapped program: everything else sees stages only."""
-  for stage, claim in batch:
-    with claim:
-      if is_done(stage):  # made by another process between our check and our claim
-        continue
-      now = state(stage)
-      fresh = now == "make"
-      stage.directory.mkdir(parents=True, exist_ok=True)
-      if not (stage.directory / STAGE).is_file():
-        write_json(
-          stage.directory / STAGE,
-          {"id": stage.id, "kind": stage.kind, "key": stage.key, "label": stage.label, "content": stage.content},
-        )
+def _run_batch(batch: list, workdir: Path, execute: Callable[[Stage], None], execute_many: Callable) -> None:
+  """Runs claimed stages, several of one ``batch_key`` as one program (``execute_many``), and marks each done (a
+  kill mid-batch keeps the finished ones; the caller releases the claims)."""
+  todo = [stage for stage, _ in batch if not is_done(stage)]  # made by another process between check and claim
+  fresh = {s.id: state(s) == "make" for s in todo}
+  for stage in todo:
+    stage.directory.mkdir(parents=True, exist_ok=True)
+    if not (stage.directory / STAGE).is_file():
+      write_json(
+        stage.directory / STAGE,
+        {"id": stage.id, "kind": stage.kind, "key": stage.key, "label": stage.label, "content": stage.content},
+      )
+  seconds = {}
+  if len(todo) > 1:
+    log.info(f"[sweep] {len(todo)} attacks in one program: {', '.join(s.label for s in todo)}")
+    start = time.time()
+    execute_many(todo)
+    seconds = dict.fromkeys((s.id for s in todo), (time.time() - start) / len(todo))  # each its share
+  for stage in todo:
+    now = state(stage)
+    if stage.id not in seconds:
       start = time.time()
       if now != "finished":  # "finished": killed after its outputs, before done.json
-        log.info(f"[sweep] {'running' if fresh else 'resuming'} {stage.id}: {stage.label}")
+        log.info(f"[sweep] {'running' if fresh[stage.id] else 'resuming'} {stage.id}: {stage.label}")
         execute(stage)
-      seconds = time.time() - start
-      if not (stage.directory / FINISHED[stage.kind]).is_file():
-        raise ConfigError(f"{stage.directory}: the {stage.kind} stage ended without its {FINISHED[stage.kind]}")
-      write_json(
-        stage.directory / DONE,
-        {"id": stage.id, "seconds": round(seconds, 3), "finished": time.time(), "host": socket.gethostname()},
-      )
-      if fresh:
-        record_rate(workdir, stage.kind, seconds)
+      seconds[stage.id] = time.time() - start
+    if not (stage.directory / FINISHED[stage.kind]).is_file():
+      raise ConfigError(f"{stage.directory}: the {stage.kind} stage ended without its {FINISHED[stage.kind]}")
+    write_json(
+      stage.directory / DONE,
+      {"id": stage.id, "seconds": round(seconds[stage.id], 3), "finished": time.time(), "host": socket.gethostname()},
+    )
+    if fresh[stage.id]:
+      record_rate(workdir, stage.kind, seconds[stage.id])
 
 
 def run_sweep(
@@ -656,11 +679,14 @@ def run_sweep(
   claim_ttl: float = 600.0,
   poll_seconds: float = 5.0,
   execute: Callable[[Stage], None] | None = None,
-  max_batch: int = 1,
+  execute_many: Callable[[list], None] | None = None,
+  stack: int = 1,
 ) -> list[dict]:
   """Plans the grid, makes what this process's cells need (skipping what is done, waiting for what another process
   holds) and writes the table and plots of every finished cell; returns the table's rows. ``dry_run``: log the plan
-  and return [] (nothing written). ``execute`` replaces the stage runner (tests)."""
+  and return [] (nothing written). ``stack``: at most this many attacks of one ``batch_key`` (one method and seed
+  on several targets) run as one program (``run_attacks``; 1: each alone). ``execute`` / ``execute_many`` replace
+  the stage runner and the stacked-attack runner (tests)."""
   workdir = Path(workdir).absolute()
   p = plan(cfg, workdir)
   cells = shard_cells(p.cells, shard)
@@ -670,7 +696,10 @@ def run_sweep(
   )
   if dry_run:
     return []
+  if stack < 1:
+    raise ConfigError(f"stack: expected at least 1 attack per program, got {stack}")
   run = execute or (lambda stage: execute_stage(stage, progress))
+  run_many = execute_many or (lambda stages: execute_attacks(stages, workdir, progress))
   workdir.mkdir(parents=True, exist_ok=True)
   _atomic(workdir / "sweep.json", json.dumps({"name": cfg.name, "config": _sweep_dict(cfg)}, indent=2) + "\n")
   claims = Claims(workdir / CLAIMS, ttl=claim_ttl)
@@ -681,7 +710,7 @@ def run_sweep(
     for s in pending:
       if is_done(s) or not all(is_done(p.stages[i]) for i in s.inputs):
         continue
-      if batch and (batch_key(s) != batch_key(batch[0][0]) or len(batch) >= max_batch):
+      if batch and (batch_key(s) != batch_key(batch[0][0]) or len(batch) >= stack):
         continue
       claim = claims.try_claim(s.id)
       if claim is None:
@@ -692,7 +721,7 @@ def run_sweep(
       batch.append((s, claim))
     if batch:
       try:
-        _run_batch(batch, workdir, run)
+        _run_batch(batch, workdir, run, run_many)
       except WorkdirBusyError as e:  # the directory is locked by a process whose claim we judged expired
         log.warning(f"jaxmi: warning: {e}; waiting for it")
         time.sleep(poll_seconds)
