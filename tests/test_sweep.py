@@ -236,13 +236,12 @@ def test_stacking_runs_one_methods_attacks_on_several_targets_together_and_the_s
       inner(s)
 
   rows = sweep.run_sweep(cfg, tmp_path / "s", execute=fake_execute(singles), execute_many=run_many, stack=8)
-  # GMI's prior is shared: per seed, its attacks on the 3 targets are one program; KEDMI's GAN is the target's own
+  # GMI's prior is shared: per seed, its attacks on the 3 targets are one program; KEDMI's GAN is the target's own.
+  # MID's two betas train as one grid (no first stage, only the hyper-parameter differs).
   gmi = {seed: {c.stage for c in p.cells if c.attack == "gmi" and c.seed == seed} for seed in (0, 1)}
-  assert sorted(map(set, batches), key=len) == [gmi[0], gmi[1]] or sorted(map(set, batches), key=len) == [
-    gmi[1],
-    gmi[0],
-  ]
-  assert not set(singles) & (gmi[0] | gmi[1]) and all(sweep.is_done(s) for s in p.stages.values())
+  mid = {c.target for c in p.cells if c.defense == "mid"}
+  assert sorted(map(frozenset, batches), key=sorted) == sorted(map(frozenset, (gmi[0], gmi[1], mid)), key=sorted)
+  assert not set(singles) & (gmi[0] | gmi[1] | mid) and all(sweep.is_done(s) for s in p.stages.values())
   no_grid = lambda rows: [{k: v for k, v in r.items() if k != "grid"} for r in rows]  # a path into its own sweep
   assert no_grid(rows) == no_grid(sweep.run_sweep(cfg, tmp_path / "u", execute=fake_execute()))  # one at a time
 
@@ -254,7 +253,8 @@ def test_stacking_runs_one_methods_attacks_on_several_targets_together_and_the_s
   (q.stages[resuming].directory / "attack_state" / "chunk_0").write_text("x")
   singles[:] = []
   sweep.run_sweep(two, tmp_path / "t", execute=fake_execute(singles), execute_many=run_many, stack=2)
-  assert resuming in singles and [len(b) for b in batches] == [2] and resuming not in batches[0]
+  attack_batches = [b for b in batches if b[0].startswith("attack-")]
+  assert resuming in singles and [len(b) for b in attack_batches] == [2] and resuming not in attack_batches[0]
   with pytest.raises(ConfigError, match="stack: expected at least 1"):
     sweep.run_sweep(two, tmp_path / "t", stack=0)
 
@@ -267,6 +267,9 @@ def test_a_stacked_real_tiny_sweep_gives_the_table_of_one_at_a_time(tmp_path):
   results = sorted((tmp_path / "stacked" / "artifacts").glob("attack-*/results.json"))
   # the two MID targets share an architecture (VIB) and ran as one program; the undefended one in its own
   assert sorted(json.loads(r.read_text())["stacked_targets"] for r in results) == [1, 2, 2]
+  # MID's two betas trained as one grid, each released into its stage's directory
+  released = sorted((tmp_path / "stacked" / "artifacts").glob("defense-*/summary.json"))
+  assert len(released) == 2 and all(json.loads(r.read_text())["grid"] for r in released)
   assert not (tmp_path / "stacked" / "stacks").exists() or not any((tmp_path / "stacked" / "stacks").iterdir())
   drop = ("seconds", "grid")
   strip = lambda rows: [{k: v for k, v in r.items() if not any(d in k for d in drop)} for r in rows]

@@ -622,15 +622,53 @@ def execute_attacks(stages: list[Stage], workdir: Path, progress: bool = True) -
       shutil.rmtree(workdir / "stacks" / group, ignore_errors=True)
 
 
+def execute_grid(stages: list[Stage], workdir: Path, progress: bool = True) -> None:
+  """Settings of one defense that differ only in its numeric hyper-parameters (``batch_key``) as one vmapped
+  training program (``jaxmi.train.grid.train_grid``), each setting released into its stage's directory as the
+  ``defend`` command would write it; the grid's own checkpoints live in <workdir>/grids/<hash of the ids>/."""
+  from jaxmi.train.grid import train_grid
+
+  with contextlib.ExitStack() as stack:
+    for s in stages:
+      stack.enter_context(locked(s.directory))
+    todo = [s for s in stages if not (s.directory / FINISHED[s.kind]).is_file()]
+    if todo:
+      group = workdir / "grids" / hashlib.sha256(" ".join(s.id for s in todo).encode()).hexdigest()[:16]
+      train_grid(
+        todo[0].config.target,
+        [s.config.defense for s in todo],
+        group,
+        progress=progress,
+        release_to=[s.directory for s in todo],
+      )
+      shutil.rmtree(group, ignore_errors=True)
+
+
+def execute_stages(stages: list[Stage], workdir: Path, progress: bool = True) -> None:
+  """Stages of one ``batch_key`` as one program: attacks (``execute_attacks``) or a defense's settings
+  (``execute_grid``)."""
+  (execute_attacks if stages[0].kind == "attack" else execute_grid)(stages, workdir, progress)
+
+
 def batch_key(stage: Stage) -> tuple:
   """Stages with equal keys run as one program when the sweep stacks (``run_sweep``'s ``stack``): attacks that
-  differ only in their target and its surrogates (one method, prior, evaluation model, seed and settings), e.g. GMI
-  against every defended target of one seed. Others, and an attack with saved state of its own, run alone."""
-  if stage.kind != "attack" or state(stage) == "resume":
+  differ only in their target and its surrogates (one method, prior, evaluation model, seed and settings: GMI
+  against every defended target of one seed), and settings of one defense that differ only in its numeric
+  hyper-parameters (MID's betas: ``jaxmi.train.grid``) with no first stage and the last epoch released. Every other
+  stage, and one with saved state of its own (it resumes alone), is a batch of one."""
+  if state(stage) == "resume":
     return (stage.id,)
-  from jaxmi.experiments.attack import stack_key
+  if stage.kind == "attack":
+    from jaxmi.experiments.attack import stack_key
 
-  return ("attack", stack_key(stage.config))
+    return ("attack", stack_key(stage.config))
+  cfg = stage.config
+  if stage.kind == "defense" and cfg.pretrain is None and cfg.target.train.release == "last":
+    from jaxmi.train.grid import grid_key
+
+    if cfg.defense.hyper_fields:
+      return ("defense", grid_key(cfg.target, cfg.defense))
+  return (stage.id,)
 
 
 def _run_batch(batch: list, workdir: Path, execute: Callable[[Stage], None], execute_many: Callable) -> None:
@@ -647,7 +685,7 @@ def _run_batch(batch: list, workdir: Path, execute: Callable[[Stage], None], exe
       )
   seconds = {}
   if len(todo) > 1:
-    log.info(f"[sweep] {len(todo)} attacks in one program: {', '.join(s.label for s in todo)}")
+    log.info(f"[sweep] {len(todo)} {todo[0].kind} stages in one program: {', '.join(s.label for s in todo)}")
     start = time.time()
     execute_many(todo)
     seconds = dict.fromkeys((s.id for s in todo), (time.time() - start) / len(todo))  # each its share
@@ -684,9 +722,9 @@ def run_sweep(
 ) -> list[dict]:
   """Plans the grid, makes what this process's cells need (skipping what is done, waiting for what another process
   holds) and writes the table and plots of every finished cell; returns the table's rows. ``dry_run``: log the plan
-  and return [] (nothing written). ``stack``: at most this many attacks of one ``batch_key`` (one method and seed
-  on several targets) run as one program (``run_attacks``; 1: each alone). ``execute`` / ``execute_many`` replace
-  the stage runner and the stacked-attack runner (tests)."""
+  and return [] (nothing written). ``stack``: at most this many stages of one ``batch_key`` run as one program: one
+  method and seed on several targets (``run_attacks``), one defense's settings (``train_grid``); 1: each alone. ``execute`` / ``execute_many`` replace
+  the stage runner and the runner of stacked stages (tests)."""
   workdir = Path(workdir).absolute()
   p = plan(cfg, workdir)
   cells = shard_cells(p.cells, shard)
@@ -697,9 +735,9 @@ def run_sweep(
   if dry_run:
     return []
   if stack < 1:
-    raise ConfigError(f"stack: expected at least 1 attack per program, got {stack}")
+    raise ConfigError(f"stack: expected at least 1 stage per program, got {stack}")
   run = execute or (lambda stage: execute_stage(stage, progress))
-  run_many = execute_many or (lambda stages: execute_attacks(stages, workdir, progress))
+  run_many = execute_many or (lambda stages: execute_stages(stages, workdir, progress))
   workdir.mkdir(parents=True, exist_ok=True)
   _atomic(workdir / "sweep.json", json.dumps({"name": cfg.name, "config": _sweep_dict(cfg)}, indent=2) + "\n")
   claims = Claims(workdir / CLAIMS, ttl=claim_ttl)
