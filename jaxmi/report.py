@@ -23,13 +23,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from jaxmi import config as config_lib
 from jaxmi import plots
 from jaxmi.errors import ConfigError
 from jaxmi.experiments.attack import AttackConfig
-from jaxmi.metrics.attack import sample_std
+from jaxmi.metrics.attack import over_seeds
 
 COLUMNS = (
   "target",
@@ -197,10 +196,6 @@ def _short(value) -> str:
   return str(value)
 
 
-def _mean(values: list[float]) -> float:
-  return float(np.mean(values))
-
-
 def collect(attack_dirs: list[str | Path], warn: Callable[[str], None] | None = None) -> list[dict]:
   """Rows, one per (target, attack settings), in the order they first appear in ``attack_dirs``."""
   warn = warn or (lambda line: print(line, file=sys.stderr))
@@ -257,15 +252,14 @@ def collect(attack_dirs: list[str | Path], warn: Callable[[str], None] | None = 
     others = [k for k, lab in labels.items() if lab == labels[key] and k != key]
     other_methods = [groups[k][0]["method"] for k in others]
     differ = [f for f in method if f not in ("attack", "prior") and any(m.get(f) != method[f] for m in other_methods)]
-    col = lambda name: [r["values"][name] for r in runs]
     paired = [r for r in runs if r["baseline"] is not None]
     if paired and len(paired) < len(runs):
       warn(
         f"jaxmi: warning: {target} ({labels[key]}): {len(runs) - len(paired)} of {len(runs)} runs have no "
         f"prior_baseline (made before it existed); the baseline columns use the other {len(paired)}"
       )
-    base = lambda name: [r["baseline"].get(name, math.nan) for r in paired]
-    delta = lambda name: [r["values"][name] - r["baseline"].get(name, math.nan) for r in paired]
+    numbers = over_seeds([(r["values"], r["baseline"]) for r in runs])
+    attack_keys = ("acc1", "acc1_std", "acc5", "acc5_std")
     row = {
       "target": target,
       "defense": summary.get("defense", "none"),
@@ -273,36 +267,10 @@ def collect(attack_dirs: list[str | Path], warn: Callable[[str], None] | None = 
       "attack": labels[key],
       "attack_setting": ", ".join(f"{f.removeprefix('inversion.')}={_short(method[f])}" for f in differ),
       "natural_acc": natural,
-      "attack_acc1": _mean(col("acc1_all_restarts_mean")),
-      "attack_acc1_std": sample_std(col("acc1_all_restarts_mean")),
-      "attack_acc5": _mean(col("acc5_all_restarts_mean")),
-      "attack_acc5_std": sample_std(col("acc5_all_restarts_mean")),
-      "selected_acc1": _mean(col("acc1")),
-      "knn_dist": _mean(col("knn_dist_all_restarts")),
-      "knn_dist_std": sample_std(col("knn_dist_all_restarts")),
-      "baseline_acc1": None,
-      "baseline_acc5": None,
-      "baseline_knn_dist": None,
-      "delta_acc1": None,
-      "delta_acc1_std": None,
-      "delta_acc5": None,
-      "delta_acc5_std": None,
-      "baseline_seeds": len(paired),
-      "seeds": len(runs),
+      **{f"attack_{k}": numbers[k] for k in attack_keys},
+      **{k: v for k, v in numbers.items() if k not in attack_keys},
       "epsilon": epsilon,
     }
-    if paired:
-      row.update(
-        {
-          "baseline_acc1": _mean(base("acc1_all_restarts_mean")),
-          "baseline_acc5": _mean(base("acc5_all_restarts_mean")),
-          "baseline_knn_dist": _mean(base("knn_dist_all_restarts")),
-          "delta_acc1": _mean(delta("acc1_all_restarts_mean")),
-          "delta_acc1_std": sample_std(delta("acc1_all_restarts_mean")),
-          "delta_acc5": _mean(delta("acc5_all_restarts_mean")),
-          "delta_acc5_std": sample_std(delta("acc5_all_restarts_mean")),
-        }
-      )
     rows.append(row)
   return rows
 

@@ -819,9 +819,7 @@ def table_rows(p: Plan) -> list[dict]:
   """One row per (defense setting, attack) with a finished seed: the mean and sample std (ddof=1, as jaxmi.report)
   over its finished seeds of the attack's acc@1, acc@5 and KNN distance over all reconstructions, and the prior
   baseline's acc@1 with the attack's gain over it."""
-  import numpy as np
-
-  from jaxmi.metrics.attack import sample_std
+  from jaxmi.metrics.attack import over_seeds
 
   groups: dict[tuple, list[Cell]] = {}
   for c in p.cells:
@@ -833,25 +831,16 @@ def table_rows(p: Plan) -> list[dict]:
       continue
     results = [json.loads((d / "results.json").read_text()) for d in finished]
     summary = json.loads((p.stages[cells[0].target].directory / "summary.json").read_text())
-    col = lambda key, rs=results: [_number(r[key]) for r in rs]
-    paired = [r for r in results if isinstance(r.get("prior_baseline"), dict)]
-    base = [_number(r["prior_baseline"]["acc1_all_restarts_mean"]) for r in paired]
-    gain = [a - b for a, b in zip(col("acc1_all_restarts_mean", paired), base)]
-    mean = lambda values: float(np.mean(values)) if values else None
+    baseline = lambda r: r["prior_baseline"] if isinstance(r.get("prior_baseline"), dict) else None
+    n = over_seeds([(r, baseline(r)) for r in results])
     rows.append(
       {
         "defense": defense,
         "setting": _effective_setting(summary, cells[0].setting) if defense != "none" else "",
         "natural_acc": _number(summary["natural_accuracy"]),
         "attack": attack,
-        "acc1": mean(col("acc1_all_restarts_mean")),
-        "acc1_std": sample_std(col("acc1_all_restarts_mean")),
-        "acc5": mean(col("acc5_all_restarts_mean")),
-        "acc5_std": sample_std(col("acc5_all_restarts_mean")),
-        "knn_dist": mean(col("knn_dist_all_restarts")),
-        "knn_dist_std": sample_std(col("knn_dist_all_restarts")),
-        "baseline_acc1": mean(base),
-        "delta_acc1": mean(gain),
+        **{k: n[k] for k in ("acc1", "acc1_std", "acc5", "acc5_std", "knn_dist", "knn_dist_std")},
+        **{k: n[k] for k in ("baseline_acc1", "delta_acc1")},
         "seeds": len(finished),
         "seeds_planned": len(cells),
         "target": cells[0].target,

@@ -8,6 +8,7 @@ from jaxmi.metrics.attack import (
   frechet_distance,
   pil_resize,
   real_images_of,
+  over_seeds,
   sample_std,
   topk_correct,
 )
@@ -22,6 +23,7 @@ __all__ = [
   "pil_resize",
   "prdc",
   "real_images_of",
+  "over_seeds",
   "sample_std",
   "topk_correct",
 ]

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable, Literal
 
@@ -55,6 +56,49 @@ def sample_std(values) -> float | None:
   than two values, where it is undefined (never NaN, which would be reported as a number)."""
   values = np.asarray(values, np.float64)
   return float(values.std(ddof=1)) if values.size > 1 else None
+
+
+def over_seeds(runs: list[tuple[dict, dict | None]]) -> dict:
+  """One table row's numbers from attack runs (one per seed): ``runs`` holds each run's (metrics, prior-baseline
+  metrics or None) as in results.json. Means, and sample stds (ddof=1; None for one run), of acc@1 / acc@5 / KNN
+  distance over all reconstructions and the selected restart's acc@1; the baseline's means and the attack's gain
+  over it, from the runs that have a baseline (``baseline_seeds``; the baseline keys are None without any)."""
+  col = lambda name, rs=runs: [float(v[name]) for v, _ in rs]
+  mean = lambda values: float(np.mean(values)) if values else None
+  paired = [(v, b) for v, b in runs if b is not None]
+  base = lambda name: [float(b.get(name, math.nan)) for _, b in paired]
+  delta = lambda name: [float(v[name]) - float(b.get(name, math.nan)) for v, b in paired]
+  row = {
+    "acc1": mean(col("acc1_all_restarts_mean")),
+    "acc1_std": sample_std(col("acc1_all_restarts_mean")),
+    "acc5": mean(col("acc5_all_restarts_mean")),
+    "acc5_std": sample_std(col("acc5_all_restarts_mean")),
+    "selected_acc1": mean(col("acc1")) if all("acc1" in v for v, _ in runs) else None,
+    "knn_dist": mean(col("knn_dist_all_restarts")),
+    "knn_dist_std": sample_std(col("knn_dist_all_restarts")),
+    "baseline_acc1": None,
+    "baseline_acc5": None,
+    "baseline_knn_dist": None,
+    "delta_acc1": None,
+    "delta_acc1_std": None,
+    "delta_acc5": None,
+    "delta_acc5_std": None,
+    "baseline_seeds": len(paired),
+    "seeds": len(runs),
+  }
+  if paired:
+    row.update(
+      {
+        "baseline_acc1": mean(base("acc1_all_restarts_mean")),
+        "baseline_acc5": mean(base("acc5_all_restarts_mean")),
+        "baseline_knn_dist": mean(base("knn_dist_all_restarts")),
+        "delta_acc1": mean(delta("acc1_all_restarts_mean")),
+        "delta_acc1_std": sample_std(delta("acc1_all_restarts_mean")),
+        "delta_acc5": mean(delta("acc5_all_restarts_mean")),
+        "delta_acc5_std": sample_std(delta("acc5_all_restarts_mean")),
+      }
+    )
+  return row
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
