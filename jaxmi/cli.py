@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: the papers' FID and PRDC in Inception-v3 features "
     "(sets evaluation.fid_weights)",
   )
+  p.add_argument(
+    "--targets",
+    help="W1,W2,...: attack these target workdirs (instead of the config's target) in one compiled program per "
+    "architecture; each one's results go to WORKDIR/<its directory name>/",
+  )
 
   p = sub.add_parser(
     "protocol",
@@ -360,8 +365,37 @@ def _attack(args) -> int:
     import dataclasses
 
     cfg = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, fid_weights=args.fid_weights))
+  if args.targets:
+    return _attack_targets(cfg, args)
   with locked(args.workdir if jax.process_index() == 0 else None):  # only process 0 writes the workdir
     run_attack(cfg, args.workdir, progress=not args.no_progress, overwrite=args.overwrite)
+  return 0
+
+
+def _attack_targets(cfg, args) -> int:
+  """``attack --targets W1,W2,...``: the config's attack on several targets, stacked per architecture."""
+  import dataclasses
+  from pathlib import Path
+
+  from jaxmi.errors import ConfigError
+  from jaxmi.experiments.attack import run_attacks
+  from jaxmi.workdir import locked
+
+  targets = [t for t in args.targets.split(",") if t]
+  names = [Path(t.rstrip("/")).name for t in targets]
+  if len(set(names)) < len(names):
+    raise ConfigError(f"--targets: directory names must differ (each names its results directory), got {names}")
+  if cfg.surrogates:
+    raise ConfigError(
+      "surrogates: LOMMA's surrogates are distilled from one target; with --targets attack each target with its "
+      "own surrogates through bin/jaxmi sweep, or run them one at a time"
+    )
+  if args.overwrite:
+    raise ConfigError("--overwrite: not with --targets; remove the result directories to attack those targets again")
+  cfgs = [dataclasses.replace(cfg, name=f"{cfg.name}_{n}", target=t) for n, t in zip(names, targets)]
+  root = Path(args.workdir)
+  with locked(root):
+    run_attacks(cfgs, [root / n for n in names], root / "stack_state", progress=not args.no_progress)
   return 0
 
 

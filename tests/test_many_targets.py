@@ -5,6 +5,7 @@ architecture are refused naming the mismatch."""
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -230,3 +231,36 @@ def test_run_attacks_writes_each_targets_separate_results_and_resumes_a_stopped_
 
   with pytest.raises(ConfigError, match="differ in more than their target"):
     run_attacks([cfgs[0], dataclasses.replace(cfgs[1], identities=(0, 1))], dirs[:2], tmp_path / "x", progress=False)
+
+
+def test_attack_targets_on_the_command_line_refuses_what_it_cannot_stack_before_writing(tmp_path, capsys):
+  from jaxmi import cli
+
+  recipe = str(Path(__file__).resolve().parents[1] / "configs" / "attack.py") + ":method=gmi,data=mnist"
+  out = tmp_path / "out"
+  for extra, message in (
+    (["--targets", "a/t,b/t"], "--targets: directory names must differ"),
+    (["--targets", "a,b", "surrogates=s1"], "surrogates: LOMMA's surrogates are distilled from one target"),
+    (["--targets", "a,b", "--overwrite"], "--overwrite: not with --targets"),
+  ):
+    assert cli.main(["attack", "--config", recipe, "--workdir", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+  assert not out.exists()
+
+
+@pytest.mark.slow  # two tiny attacks stacked through the command line (~30 s on top of the session fixture)
+def test_attack_targets_on_the_command_line_writes_each_targets_results(tiny, tmp_path):
+  import json
+
+  from jaxmi import cli
+
+  root, splits = tiny
+  other = _second_target(tmp_path, "target_b", 4, splits)
+  recipe = str(Path(__file__).resolve().parents[1] / "configs" / "attack.py") + ":method=gmi,data=mnist"
+  fields = [f"evaluator={root / 'eval'}", f"gan={root / 'gan'}", "inversion.steps=4", "inversion.restarts=2"]
+  fields += ["execution.log_every=2", "execution.unroll=2"]
+  args = ["attack", "--config", recipe, "--workdir", str(tmp_path / "out"), "--no-progress"]
+  assert cli.main([*args, "--targets", f"{root / 'target'},{other}", *fields]) == 0
+  for name, target in (("target", str(root / "target")), ("target_b", other)):
+    result = json.loads((tmp_path / "out" / name / "results.json").read_text())
+    assert result["target"] == target and result["stacked_targets"] == 2 and result["optimisation_steps_run"] == 4
