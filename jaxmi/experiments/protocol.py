@@ -292,30 +292,13 @@ def describe(p: Plan) -> str:
 
 def _make(model: Model, progress: bool) -> None:
   """Trains (or resumes) one network in its own locked workdir."""
-  from jaxmi.experiments.defend import defend
-  from jaxmi.train import train_classifier
-  from jaxmi.train.distill import distill_surrogate
-  from jaxmi.train.gan import train_gan
+  from jaxmi.experiments.make import make
 
-  cfg, workdir = model.config, model.workdir
-  kind = _kind(cfg)
-  log.info(f"[protocol] {'resuming' if model.state == 'resume' else 'training'} {kind} {workdir} ({model.arg})")
-  with locked(workdir):
-    if kind in ("target", "evaluation"):
-      train_classifier(cfg, workdir, progress=progress)
-    elif kind == "defense":
-      defend(cfg, workdir, progress=progress)
-    elif kind == "gan":
-      train_gan(cfg, workdir, progress=progress)
-    else:
-      distill_surrogate(
-        cfg.student,
-        workdir,
-        cfg.teacher,
-        temperature=cfg.temperature,
-        holdout_fraction=cfg.holdout_fraction,
-        progress=progress,
-      )
+  log.info(
+    f"[protocol] {'resuming' if model.state == 'resume' else 'training'} {_kind(model.config)} {model.workdir} ({model.arg})"
+  )
+  with locked(model.workdir):
+    make(model.config, model.workdir, progress=progress)
 
 
 def natural_accuracy(target: str | Path, splits: Splits) -> float:

@@ -578,33 +578,11 @@ class Claims:
 
 def execute_stage(stage: Stage, progress: bool = True) -> None:
   """Makes one stage through its ordinary entry point, in its locked directory (each resumes after a kill)."""
-  from jaxmi.experiments.attack import run_attack
-  from jaxmi.experiments.defend import defend
-  from jaxmi.train import train_classifier
-  from jaxmi.train.distill import distill_surrogate
-  from jaxmi.train.gan import train_gan
+  from jaxmi.experiments.make import make
 
-  cfg, d = stage.config, stage.directory
-  with locked(d):
-    if (d / FINISHED[stage.kind]).is_file():  # finished before a kill that came before done.json
-      return
-    if stage.kind in ("eval", "target"):
-      train_classifier(cfg, d, progress=progress)
-    elif stage.kind == "defense":
-      defend(cfg, d, progress=progress)
-    elif stage.kind == "gan":
-      train_gan(cfg, d, progress=progress)
-    elif stage.kind == "surrogate":
-      distill_surrogate(
-        cfg.student,
-        d,
-        cfg.teacher,
-        temperature=cfg.temperature,
-        holdout_fraction=cfg.holdout_fraction,
-        progress=progress,
-      )
-    else:
-      run_attack(cfg, d, progress=progress)
+  with locked(stage.directory):
+    if not (stage.directory / FINISHED[stage.kind]).is_file():  # else finished before a kill that came before done.json
+      make(stage.config, stage.directory, progress=progress)
 
 
 def execute_attacks(stages: list[Stage], workdir: Path, progress: bool = True) -> None:
