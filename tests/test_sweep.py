@@ -225,6 +225,19 @@ def test_a_stage_that_fails_midway_resumes_and_finished_stages_are_not_redone(tm
   assert sweep.is_done(done)
 
 
+def test_cells_finish_as_soon_as_their_inputs_exist(tmp_path):
+  cfg = tiny(seeds=(0,))  # none + mid at 2 betas x gmi, kedmi
+  p, ran = sweep.plan(cfg, tmp_path), []
+  sweep.run_sweep(cfg, tmp_path, execute=fake_execute(ran))
+  kind = lambda sid: p.stages[sid].kind
+  gmi = [c.stage for c in p.cells if c.attack == "gmi"]
+  kedmi_gans = [i for i, sid in enumerate(ran) if kind(sid) == "gan" and p.stages[sid].inputs]
+  # GMI's attacks need only the targets, the evaluation model and the one WGAN-GP: they run before the per-target
+  # KEDMI GANs, and each KEDMI attack right after its GAN, not after all of them
+  assert max(ran.index(g) for g in gmi) < min(kedmi_gans)
+  assert all(kind(ran[i + 1]) == "attack" for i in kedmi_gans)
+
+
 def test_stacking_runs_one_methods_attacks_on_several_targets_together_and_the_same_table(tmp_path):
   cfg = tiny(seeds=(0, 1))  # none + mid at 2 betas x gmi, kedmi
   p = sweep.plan(cfg, tmp_path / "s")

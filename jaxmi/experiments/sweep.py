@@ -719,7 +719,9 @@ def run_sweep(
   workdir.mkdir(parents=True, exist_ok=True)
   _atomic(workdir / "sweep.json", json.dumps({"name": cfg.name, "config": _sweep_dict(cfg)}, indent=2) + "\n")
   claims = Claims(workdir / CLAIMS, ttl=claim_ttl)
-  pending = [s for s in p.needed(cells) if not is_done(s)]
+  # A ready attack goes before any training that other cells still need: cells finish one by one and the table
+  # fills up from the start (GMI's cells need no GAN per target and finish first), instead of every GAN first.
+  pending = sorted((s for s in p.needed(cells) if not is_done(s)), key=lambda s: s.kind != "attack")
   waited = set()
   while pending:
     batch = []
