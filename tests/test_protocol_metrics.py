@@ -80,11 +80,32 @@ def test_prdc_radii_never_build_the_whole_real_by_real_matrix(monkeypatch):
   points = rng.normal(size=(50, 8))
   whole = np.sort(prdc_lib.pairwise_distances(points, points), axis=1)[:, 3]
   shapes = []
-  original = prdc_lib.pairwise_distances
-  monkeypatch.setattr(prdc_lib, "pairwise_distances", lambda a, b: shapes.append((len(a), len(b))) or original(a, b))
+  original = prdc_lib.pairwise_sq_distances
+  monkeypatch.setattr(prdc_lib, "pairwise_sq_distances", lambda a, b: shapes.append((len(a), len(b))) or original(a, b))
   blocked = prdc_lib.kth_neighbour_radii(points, 3, block_bytes=8 * 50 * 7)  # 7 rows of 50 distances per block
   np.testing.assert_array_equal(blocked, whole)
   assert max(rows for rows, _ in shapes) == 7 and sum(rows for rows, _ in shapes) == 50
+
+
+def test_prdc_radii_of_a_set_seen_before_are_not_recomputed(monkeypatch):
+  """An attack's evaluation and its prior baseline's, and every attack of a sweep on one evaluation model, judge
+  against the same private set: at 30,000 MNIST images its radii cost about a minute each time. They are kept by
+  content: the same points are not recomputed; a changed point is."""
+  prdc_lib = sys.modules[prdc.__module__]
+  points = np.random.default_rng(1).normal(size=(40, 6))
+  first = prdc_lib.kth_neighbour_radii(points, 3)
+  calls = []
+  original = prdc_lib.pairwise_sq_distances
+  monkeypatch.setattr(prdc_lib, "pairwise_sq_distances", lambda a, b: calls.append(len(a)) or original(a, b))
+  again = prdc_lib.kth_neighbour_radii(points.copy(), 3)
+  assert calls == [] and np.array_equal(again, first)
+  again[0] = -1.0  # the caller's copy: the kept radii stay as they were
+  assert np.array_equal(prdc_lib.kth_neighbour_radii(points, 3), first) and calls == []
+  moved = points.copy()
+  moved[5, 2] += 1.0
+  changed = prdc_lib.kth_neighbour_radii(moved, 3)
+  assert calls == [40] and not np.array_equal(changed, first)
+  assert np.array_equal(prdc_lib.kth_neighbour_radii(points, 4), np.sqrt(np.sort(original(points, points), 1)[:, 4]))
 
 
 def test_prdc_is_absent_when_a_set_has_no_kth_neighbour():
@@ -392,3 +413,46 @@ def test_fid_weights_file_gives_the_networks_features(tmp_path):
   direct = np.asarray(jax.jit(FIDInceptionV3().apply)(variables, jnp.asarray(images)))
   np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-5)
   assert features(images) is got  # the second call (the prior baseline's private images) is not recomputed
+
+
+def test_an_evaluation_against_a_private_set_seen_before_reuses_its_features(monkeypatch):
+  """The attack's and its prior baseline's evaluations judge against the same private images: the evaluation model
+  runs on them once (kept by content: the evaluator's variables and the images), and again for other images or
+  another evaluator."""
+  import jaxmi.metrics.attack as attack_metrics
+  from jaxmi.attacks.engine import InversionResult
+  from jaxmi.nets import ModelConfig, build_classifier, init_variables
+  from jaxmi.train.inference import classifier_outputs
+
+  class Evaluator:  # what evaluate_inversion reads of a loaded classifier
+    def __init__(self, seed):
+      self.module = build_classifier(ModelConfig(arch="cnn", width=2, feature_dim=4), 3)
+      self.variables = init_variables(self.module, jax.random.PRNGKey(seed), (8, 8, 1))
+      self.num_classes, self.image_shape = 3, (8, 8, 1)
+
+  rng = np.random.default_rng(0)
+  private = rng.uniform(size=(30, 8, 8, 1)).astype(np.float32)
+  labels = np.repeat(np.arange(3), 10)
+  result = InversionResult(
+    labels=np.arange(3),
+    latents=np.zeros((3, 5, 2), np.float32),
+    images=rng.uniform(size=(3, 5, 8, 8, 1)).astype(np.float32),
+    target_confidence=np.ones((3, 5), np.float32),
+    best_restart=np.zeros(3, np.int32),
+    loss_curve=np.zeros(1),
+    loss_parts={},
+  )
+  seen = []
+  monkeypatch.setattr(
+    attack_metrics, "classifier_outputs", lambda m, x: seen.append(len(x)) or classifier_outputs(m, x)
+  )
+  ev = Evaluator(0)
+  first = attack_metrics.evaluate_inversion(result, ev, private, labels)
+  assert seen == [15, 30]  # the reconstructions, then the private images
+  again = attack_metrics.evaluate_inversion(result, ev, private.copy(), labels)
+  assert seen == [15, 30, 15] and again["knn_dist"] == first["knn_dist"] and again["prdc"] == first["prdc"]
+  attack_metrics.evaluate_inversion(result, Evaluator(1), private, labels)  # another evaluator: its own features
+  other = private.copy()
+  other[0] += 0.5
+  attack_metrics.evaluate_inversion(result, ev, other, labels)  # another private set
+  assert seen == [15, 30, 15, 15, 30, 15, 30]
