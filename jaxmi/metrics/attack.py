@@ -166,7 +166,7 @@ def batch_std(per_identity: np.ndarray, batch: int = 60) -> float | None:
 # and its prior baseline's evaluations, and every attack of a sweep on one evaluation model, judge against the
 # same images (30,000 MNIST images: ~20 s of evaluation-model forward passes each time on 2 cores).
 _KEPT: OrderedDict = OrderedDict()
-_KEPT_ENTRIES = 4
+_KEPT_ENTRIES = 3  # the evaluation model's outputs and the FID features of one private set, and one more
 
 
 def _digest(*parts) -> str:
