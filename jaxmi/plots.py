@@ -258,7 +258,7 @@ def sweep_knn(rows: list[dict], path: Path) -> None:
     for r, x, y in zip(sub, xs, ys):
       ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
   ax.set_xlabel("natural accuracy (%)")
-  ax.set_ylabel("KNN distance to the private images  - higher is more private")
+  ax.set_ylabel("KNN distance to private images\n(higher is more private)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()

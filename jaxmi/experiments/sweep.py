@@ -817,6 +817,7 @@ def table_rows(p: Plan) -> list[dict]:
       {
         "defense": defense,
         "setting": _effective_setting(summary, cells[0].setting) if defense != "none" else "",
+        "grid_setting": _setting_text(cells[0].setting),  # as the recipe spells it: what the plots label
         "natural_acc": _number(summary["natural_accuracy"]),
         "attack": attack,
         **{k: n[k] for k in ("acc1", "acc1_std", "acc5", "acc5_std", "knn_dist", "knn_dist_std")},
@@ -893,4 +894,5 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _row_label(r: dict) -> str:
-  return r["defense"] if not r["setting"] or r["defense"] == "none" else f"{r['defense']} {r['setting']}"
+  """The defense and the setting's fields the recipe names (not every field of the defense: labels stay short)."""
+  return f"{r['defense']} {r['grid_setting']}" if r.get("grid_setting") else r["defense"]
