@@ -145,6 +145,31 @@ def run_facts(cfg: ClassifierConfig, num_examples: int, image_shape: tuple, num_
   )
 
 
+def initial_variables(cfg: ClassifierConfig, facts: RunFacts) -> dict:
+  """The step-0 variables: the seed's initialisation, or ``cfg.init_from``'s weights."""
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
+  variables = init_variables(facts.module, init_rng, facts.image_shape)
+  return _start_from(cfg, variables, facts.num_classes) if cfg.init_from else variables
+
+
+def initial_state(cfg: ClassifierConfig, variables: dict, defense: Defense, facts: RunFacts):
+  """Step 0 of a run from ``variables`` with ``defense``: (TrainState, the optimiser the defense wraps around the
+  run's). One definition for ``train_classifier`` and each setting of the grid trainer, which must start alike."""
+  rng = jax.random.PRNGKey(cfg.train.seed)
+  _, state_rng = jax.random.split(rng)
+  tx = defense.optimizer(facts.optimizer, variables["params"], facts)
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(variables["params"]),
+    # Its own key: split(rng) above uses counters 0 and 1, so a tag far from them leaves every other key as it was.
+    defense_state=defense.init_state(jax.random.fold_in(rng, DEFENSE_KEY_TAG), variables, facts),
+    rng=state_rng,
+  )
+  return state, tx
+
+
 def _validate(cfg: ClassifierConfig) -> None:
   t = cfg.train
   for field in ("epochs", "batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -268,22 +293,10 @@ def train_classifier(
   module, tx, spe, total_steps = facts.module, facts.optimizer, facts.steps_per_epoch, facts.total_steps
   defense.check(cfg, facts)
 
-  rng = jax.random.PRNGKey(cfg.train.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  variables = init_variables(module, init_rng, image_shape)
+  variables = initial_variables(cfg, facts)
   if cfg.init_from:
-    variables = _start_from(cfg, variables, num_classes)
     log.info(f"[{cfg.name}] starting from the weights in {cfg.init_from}" + ("" if cfg.init_head else " (fresh head)"))
-  tx = defense.optimizer(tx, variables["params"], facts)
-  state = TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=variables["params"],
-    batch_stats=variables["batch_stats"],
-    opt_state=tx.init(variables["params"]),
-    # Its own key: split(rng) above uses counters 0 and 1, so a tag far from them leaves every other key as it was.
-    defense_state=defense.init_state(jax.random.fold_in(rng, DEFENSE_KEY_TAG), variables, facts),
-    rng=state_rng,
-  )
+  state, tx = initial_state(cfg, variables, defense, facts)
   meta = {
     "kind": "classifier",
     "defense": defense.name,

@@ -31,18 +31,18 @@ import jax.numpy as jnp
 from jaxmi import config as config_lib
 from jaxmi.data import Splits, load_splits, train_batches
 from jaxmi.errors import ConfigError, Interrupted
-from jaxmi.nets import init_variables, shape_signature
+from jaxmi.nets import shape_signature
 from jaxmi.train.checkpoint import Checkpointer
 from jaxmi.train.classifier import (
-  DEFENSE_KEY_TAG,
   RESUMABLE_CHANGES,
   ClassifierConfig,
-  _start_from,
   _validate,
   arch_meta,
   changed_fields,
   check_restored_finite,
   evaluate,
+  initial_state,
+  initial_variables,
   refuse_config_change,
   run_facts,
 )
@@ -158,26 +158,10 @@ def make_grid_step(
 
 
 def init_grid_state(cfg: ClassifierConfig, defenses: Sequence[Defense], module, tx, facts: RunFacts, num_classes):
-  """The stacked [K, ...] step-0 state: each setting's is what ``train_classifier`` starts from with it."""
-  rng = jax.random.PRNGKey(cfg.train.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  variables = init_variables(module, init_rng, facts.image_shape)
-  if cfg.init_from:
-    variables = _start_from(cfg, variables, num_classes)
-  states = []
-  for defense in defenses:
-    wrapped = defense.optimizer(tx, variables["params"], facts)
-    states.append(
-      TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        opt_state=wrapped.init(variables["params"]),
-        defense_state=defense.init_state(jax.random.fold_in(rng, DEFENSE_KEY_TAG), variables, facts),
-        rng=state_rng,
-      )
-    )
-  return stack(states), variables
+  """The stacked [K, ...] step-0 state: each setting's is what ``train_classifier`` starts from with it
+  (``initial_state``; the variables initialised once). ``module``, ``tx`` and ``num_classes`` are ``facts``'."""
+  variables = initial_variables(cfg, facts)
+  return stack([initial_state(cfg, variables, defense, facts)[0] for defense in defenses]), variables
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,10 +85,6 @@ class Defense:
     if final:
       raise TypeError(f"{cls.__name__}: {final[0]} is final; subclass Defense instead")
 
-  def hyper(self) -> dict[str, float]:
-    """This setting's ``hyper_fields`` as {name: value}."""
-    return {name: getattr(self, name) for name in self.hyper_fields}
-
   def with_hyper(self, hyper: dict) -> Defense:
     """A copy whose ``hyper_fields`` hold ``hyper``'s values (traced arrays inside the grid's vmapped step).
 
