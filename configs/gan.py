@@ -40,7 +40,7 @@ ARGS = {"kind": typing.Literal["gmi", "kedmi", "plg"], "data": typing.Literal["m
 STAGES = {"mnist": 3, "att": 4}
 # AT&T's 200 images: small batches and many epochs give ~500 generator steps.
 TRAIN = {
-  "mnist": GANTrainConfig(epochs=5, batch_size=64, n_critic=5, gp_weight=10.0, learning_rate=2e-4),
+  "mnist": GANTrainConfig(epochs=5, batch_size=64, n_critic=5, gp_weight=10.0, learning_rate=2e-4, checkpoint_every=50),
   "att": GANTrainConfig(
     epochs=250, batch_size=20, n_critic=5, gp_weight=10.0, learning_rate=2e-4, checkpoint_every=100
   ),
