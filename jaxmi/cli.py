@@ -395,7 +395,12 @@ def _attack_targets(cfg, args) -> int:
   cfgs = [dataclasses.replace(cfg, name=f"{cfg.name}_{n}", target=t) for n, t in zip(names, targets)]
   root = Path(args.workdir)
   with locked(root):
-    run_attacks(cfgs, [root / n for n in names], root / "stack_state", progress=not args.no_progress)
+    dirs = [root / n for n in names]
+    # a rerun after a kill between two targets' outputs: those written stay, the others resume from the shared state
+    finish = [not (d / "results.json").exists() for d in dirs]
+    if not any(finish):
+      raise ConfigError(f"{root}: every target already has its results.json; choose another --workdir")
+    run_attacks(cfgs, dirs, root / "stack_state", progress=not args.no_progress, finish=finish)
   return 0
 
 

@@ -192,9 +192,10 @@ def _second_target(root, name: str, width: int, splits):
 
 
 @pytest.mark.slow  # ~60 s: five tiny attacks, two of them stacked, on top of the session fixture
-def test_run_attacks_writes_each_targets_separate_results_and_resumes_a_stopped_group(tiny, tmp_path):
+def test_run_attacks_writes_each_targets_separate_results_and_resumes_a_stopped_group(tiny, tmp_path, monkeypatch):
   import json
 
+  from jaxmi.experiments import attack as attack_module
   from jaxmi.experiments.attack import run_attack, run_attacks
 
   from test_attacks import tiny_attack
@@ -212,13 +213,30 @@ def test_run_attacks_writes_each_targets_separate_results_and_resumes_a_stopped_
   with pytest.raises(Interrupted):  # as a kill in the second checkpoint interval of the stacked group
     run_attacks(cfgs, dirs, tmp_path / "stack", progress=False, stop_at_step=3)
   assert not any((d / "results.json").exists() for d in dirs) and any((tmp_path / "stack").rglob("chunk_*"))
-  many = run_attacks(cfgs, dirs, tmp_path / "stack", progress=False)
+  finish, written = attack_module._finish, []
+
+  def killed_in_the_second_finish(a, workdir, *rest, **kw):
+    if written:
+      raise KeyboardInterrupt
+    written.append(finish(a, workdir, *rest, **kw))
+    return written[-1]
+
+  monkeypatch.setattr(attack_module, "_finish", killed_in_the_second_finish)
+  with pytest.raises(KeyboardInterrupt):  # as a kill between the stacked group's two results
+    run_attacks(cfgs, dirs, tmp_path / "stack", progress=False)
+  monkeypatch.setattr(attack_module, "_finish", finish)
+  first_written = (dirs[0] / "results.json").read_bytes()
+  assert not (dirs[1] / "results.json").exists()
+  many = run_attacks(cfgs, dirs, tmp_path / "stack", progress=False, finish=[False, True, True])
+  assert many[0] is None and (dirs[0] / "results.json").read_bytes() == first_written  # left as written
+  many[0] = json.loads(first_written)
   assert [s["stacked_targets"] for s in many] == [2, 2, 1]
   assert not any((tmp_path / "stack").rglob("chunk_*"))  # the shared state goes once the outputs are written
+  # the stacked group resumed from the state saved when it stopped (after it, target 0's outputs from the finished
+  # state, target 1's from the same state with no step run again); the group after it had not started
+  assert [m["optimisation_steps_run"] for m in many][1:] == [0, 6] and many[0]["optimisation_steps_run"] < 6
   for k, (m, a) in enumerate(zip(many, alone)):
     assert m["target"] == cfgs[k].target and json.loads((dirs[k] / "results.json").read_text()) == m
-    # the stacked group resumed from the state saved when it stopped (the group after it had not started)
-    assert (m["optimisation_steps_run"] < 6) if k < 2 else (m["optimisation_steps_run"] == 6)
     got, want = np.load(dirs[k] / "latents.npz"), np.load(tmp_path / f"alone{k}" / "latents.npz")
     np.testing.assert_array_equal(got["baseline_latents"], want["baseline_latents"])
     # stacked convolutions may sum in another order (see the first test for the derived bound); 8 Adam steps of
@@ -264,3 +282,10 @@ def test_attack_targets_on_the_command_line_writes_each_targets_results(tiny, tm
   for name, target in (("target", str(root / "target")), ("target_b", other)):
     result = json.loads((tmp_path / "out" / name / "results.json").read_text())
     assert result["target"] == target and result["stacked_targets"] == 2 and result["optimisation_steps_run"] == 4
+  # a rerun writes only the targets still without results (here: the state is gone, so both are attacked again)
+  (tmp_path / "out" / "target_b" / "results.json").unlink()
+  kept = (tmp_path / "out" / "target" / "results.json").read_bytes()
+  assert cli.main([*args, "--targets", f"{root / 'target'},{other}", *fields]) == 0
+  assert (tmp_path / "out" / "target" / "results.json").read_bytes() == kept
+  assert json.loads((tmp_path / "out" / "target_b" / "results.json").read_text())["stacked_targets"] == 2
+  assert cli.main([*args, "--targets", f"{root / 'target'},{other}", *fields]) == 2  # nothing left to do

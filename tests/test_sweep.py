@@ -272,6 +272,63 @@ def test_stacking_runs_one_methods_attacks_on_several_targets_together_and_the_s
     sweep.run_sweep(two, tmp_path / "t", stack=0)
 
 
+def test_a_program_killed_between_two_cells_outputs_is_taken_up_again_not_restarted(tmp_path, monkeypatch):
+  """A stacked program (attacks on several targets, a defense's grid) writes its cells' outputs one after another; a
+  kill in between used to start a new program for the cells left, its optimisation or training from step 0."""
+  from jaxmi.experiments import attack
+  from jaxmi.train import grid
+
+  p = sweep.plan(tiny(seeds=(0,)), tmp_path / "s")
+  gmi = [p.stages[c.stage] for c in p.cells if c.attack == "gmi"]
+  mid = [p.stages[c.target] for c in p.cells if c.defense == "mid" and c.attack == "gmi"]
+  assert len(gmi) == 3 and len(mid) == 2
+  calls, write = [], fake_execute()
+
+  def fake_run_attacks(cfgs, dirs, state_dir, progress, finish):
+    calls.append(("attacks", [Path(d) for d in dirs], Path(state_dir), list(finish)))
+    Path(state_dir).mkdir(parents=True, exist_ok=True)  # the optimisation's saved state
+    for d, f in zip(dirs, finish):
+      if f:
+        write(next(s for s in gmi if s.directory == Path(d)))
+        if len(calls) == 1:
+          raise KeyboardInterrupt  # killed after the first cell's results.json
+
+  def fake_train_grid(target, defenses, directory, progress, release_to):
+    calls.append(("grid", list(release_to), Path(directory), [r is not None for r in release_to]))
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for r in release_to:
+      if r is not None:
+        write(next(s for s in mid if s.directory == Path(r)))
+        if len(calls) == 3:
+          raise KeyboardInterrupt
+
+  monkeypatch.setattr(attack, "run_attacks", fake_run_attacks)
+  monkeypatch.setattr(grid, "train_grid", fake_train_grid)
+  for execute, stages in ((sweep.execute_attacks, gmi), (sweep.execute_grid, mid)):
+    with pytest.raises(KeyboardInterrupt):
+      execute(stages, (tmp_path / "s"), progress=False)
+    execute(stages, (tmp_path / "s"), progress=False)
+    first, again = calls[-2], calls[-1]
+    # the same program and state: every stage rides along, only the unfinished ones are written
+    assert again[2] == first[2] and len(again[3]) == len(stages) and again[3] == [False] + [True] * (len(stages) - 1)
+    assert (
+      all((s.directory / sweep.FINISHED[s.kind]).is_file() for s in stages) and not first[2].exists()
+    )  # the shared state went at the end
+    execute(stages, (tmp_path / "s"), progress=False)  # all finished: nothing runs
+    assert calls[-1] is again
+
+  # a program whose stages no longer all belong to the batch is not taken up: the cells left start one of their own
+  target = (tmp_path / "s") / "stacks"
+  stale = target / "stale"
+  stale.mkdir(parents=True)
+  (stale / "members.json").write_text(json.dumps({"stages": [gmi[0].id, "attack-gone"]}))
+  for s in gmi:
+    (s.directory / "results.json").unlink()
+  monkeypatch.setattr(attack, "run_attacks", lambda cfgs, dirs, state_dir, progress, finish: calls.append(state_dir))
+  sweep.execute_attacks(gmi, (tmp_path / "s"), progress=False)
+  assert calls[-1].parent != stale and calls[-1].parent.parent == target
+
+
 @pytest.mark.slow  # trains and attacks real tiny networks twice: ~2-3 min of CPU
 def test_a_stacked_real_tiny_sweep_gives_the_table_of_one_at_a_time(tmp_path):
   cfg = tiny(defenses={"none": ({},), "mid": ({"beta": 0.01}, {"beta": 0.1})}, attacks=("gmi",), seeds=(0,))

@@ -364,7 +364,8 @@ def run_attacks(
   progress: bool = True,
   convs: str = "auto",
   stop_at_step: int | None = None,
-) -> list[dict]:
+  finish: Sequence[bool] | None = None,
+) -> list[dict | None]:
   """``run_attack`` of each ``cfgs[k]`` into ``workdirs[k]``, the targets of one architecture attacked in one
   compiled program (``Inverter.run_many``: latents [targets x identities x restarts], the prior shared).
 
@@ -375,9 +376,17 @@ def run_attacks(
   workdir's lock. The shared attack state lives in ``state_dir`` (group g of several in ``state_dir/group<g>``): a
   rerun of the same call resumes it; a state of other configs or models there is discarded. Returns the summaries
   in the order of ``cfgs``.
+
+  ``finish[k]`` False: target k is attacked again with its group (the saved state was made with it, so leaving it
+  out would change the group and start over) but its workdir is not written and its summary is None. A rerun after
+  a kill that came between two targets' outputs passes this for the targets already written; a group with nothing
+  left to write is not run at all.
   """
   if len(cfgs) != len(workdirs) or not cfgs:
     raise ConfigError(f"run_attacks: {len(cfgs)} configs for {len(workdirs)} workdirs; expected one each, at least one")
+  finish = [True] * len(cfgs) if finish is None else list(finish)
+  if len(finish) != len(cfgs):
+    raise ConfigError(f"run_attacks: {len(finish)} finish flags for {len(cfgs)} configs; expected one each")
   keys = {stack_key(c) for c in cfgs}
   if len(keys) > 1:
     raise ConfigError(
@@ -388,13 +397,16 @@ def run_attacks(
   writer = jax.process_index() == 0
   say, warn = (log.info, log.warning) if writer else ((lambda *_: None),) * 2
   cache: dict = {}  # the targets' data is usually one dataset: its splits are loaded once
-  loaded = [_load_attack(cfg, w, None, False, cache) for cfg, w in zip(cfgs, workdirs)]
+  # a target whose outputs are not written again may have them already
+  loaded = [_load_attack(cfg, w, None, not f, cache) for cfg, w, f in zip(cfgs, workdirs, finish)]
   groups: dict[str, list[int]] = {}  # one architecture (the attacked models' parameter shapes) per program
   for k, a in enumerate(loaded):
     layout = json.dumps([shape_signature(v) for v in a.variables["targets"]], sort_keys=True)
     groups.setdefault(layout, []).append(k)
-  summaries: dict[int, dict] = {}
+  summaries: dict[int, dict | None] = {k: None for k in range(len(cfgs))}
   for g, members in enumerate(groups.values()):
+    if not any(finish[k] for k in members):
+      continue
     directory = Path(state_dir) / f"group{g}" if len(groups) > 1 else Path(state_dir)
     group = [loaded[k] for k in members]
     first = group[0]
@@ -421,7 +433,8 @@ def run_attacks(
     total = len(group) * len(first.labels) * first.cfg.inversion.restarts * first.cfg.inversion.steps
     results, seconds = _invert(" + ".join(a.cfg.name for a in group), total, run, progress and writer)
     for k, a, result in zip(members, group, results):
-      summaries[k] = _finish(a, workdirs[k], result, seconds, writer, say, warn, targets=len(group))
+      if finish[k]:
+        summaries[k] = _finish(a, workdirs[k], result, seconds, writer, say, warn, targets=len(group))
     if writer and state is not None:
       state.clear()
   return [summaries[k] for k in range(len(cfgs))]

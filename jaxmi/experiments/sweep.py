@@ -585,41 +585,64 @@ def execute_stage(stage: Stage, progress: bool = True) -> None:
       make(stage.config, stage.directory, progress=progress)
 
 
-def execute_attacks(stages: list[Stage], workdir: Path, progress: bool = True) -> None:
-  """Attacks of one ``batch_key`` as one program (``run_attacks``: the targets stacked, each architecture a program
-  of its own), each in its locked directory; the shared attack state lives in <workdir>/stacks/<hash of the ids>/."""
-  from jaxmi.experiments.attack import run_attacks
+def _shared_directory(todo: list[Stage], stages: list[Stage], root: Path) -> tuple[list[Stage], Path]:
+  """The stages to run as one program and the directory of its shared state.
 
+  A stopped program's directory (``members.json`` naming its stages) is taken up again when its stages are all in
+  this batch and include every unfinished one: a kill between two stages' outputs then loses nothing (the
+  finished ones ride along unwritten, so the saved state still fits). Otherwise a new program of ``todo``."""
+  by_id = {s.id: s for s in stages}
+  wanted = {s.id for s in todo}
+  for members_file in sorted(root.glob("*/members.json")) if root.is_dir() else ():
+    try:
+      ids = json.loads(members_file.read_text())["stages"]
+    except (OSError, ValueError, KeyError, TypeError):
+      continue  # written atomically, so only a damaged disk gets here: that program starts over
+    if isinstance(ids, list) and wanted <= set(ids) <= set(by_id):
+      return [by_id[i] for i in ids], members_file.parent
+  directory = root / hashlib.sha256(" ".join(s.id for s in todo).encode()).hexdigest()[:16]
+  directory.mkdir(parents=True, exist_ok=True)
+  write_json(directory / "members.json", {"stages": [s.id for s in todo]})  # atomic
+  return todo, directory
+
+
+def _execute_together(stages: list[Stage], root: Path, run: Callable[[list[Stage], list[bool], Path], None]) -> None:
+  """Locks every stage, runs the unfinished ones (``run(members, finish flags, shared state directory)``) as one
+  program, and removes the shared state once every stage's outputs are written."""
   with contextlib.ExitStack() as stack:
     for s in stages:
       stack.enter_context(locked(s.directory))
     todo = [s for s in stages if not (s.directory / FINISHED[s.kind]).is_file()]
     if todo:
-      group = hashlib.sha256(" ".join(s.id for s in todo).encode()).hexdigest()[:16]
-      run_attacks([s.config for s in todo], [s.directory for s in todo], workdir / "stacks" / group, progress=progress)
-      shutil.rmtree(workdir / "stacks" / group, ignore_errors=True)
+      members, directory = _shared_directory(todo, stages, root)
+      run(members, [s in todo for s in members], directory)
+      shutil.rmtree(directory, ignore_errors=True)
+
+
+def execute_attacks(stages: list[Stage], workdir: Path, progress: bool = True) -> None:
+  """Attacks of one ``batch_key`` as one program (``run_attacks``: the targets stacked, each architecture a program
+  of its own), each in its locked directory; the shared attack state lives in <workdir>/stacks/."""
+  from jaxmi.experiments.attack import run_attacks
+
+  def run(members: list[Stage], finish: list[bool], directory: Path) -> None:
+    configs, directories = [s.config for s in members], [s.directory for s in members]
+    run_attacks(configs, directories, directory / "state", progress=progress, finish=finish)
+
+  _execute_together(stages, workdir / "stacks", run)
 
 
 def execute_grid(stages: list[Stage], workdir: Path, progress: bool = True) -> None:
   """Settings of one defense that differ only in its numeric hyper-parameters (``batch_key``) as one vmapped
   training program (``jaxmi.train.grid.train_grid``), each setting released into its stage's directory as the
-  ``defend`` command would write it; the grid's own checkpoints live in <workdir>/grids/<hash of the ids>/."""
+  ``defend`` command would write it; the grid's own checkpoints live in <workdir>/grids/."""
   from jaxmi.train.grid import train_grid
 
-  with contextlib.ExitStack() as stack:
-    for s in stages:
-      stack.enter_context(locked(s.directory))
-    todo = [s for s in stages if not (s.directory / FINISHED[s.kind]).is_file()]
-    if todo:
-      group = workdir / "grids" / hashlib.sha256(" ".join(s.id for s in todo).encode()).hexdigest()[:16]
-      train_grid(
-        todo[0].config.target,
-        [s.config.defense for s in todo],
-        group,
-        progress=progress,
-        release_to=[s.directory for s in todo],
-      )
-      shutil.rmtree(group, ignore_errors=True)
+  def run(members: list[Stage], finish: list[bool], directory: Path) -> None:
+    release_to = [s.directory if f else None for s, f in zip(members, finish)]
+    defenses = [s.config.defense for s in members]
+    train_grid(members[0].config.target, defenses, directory / "grid", progress=progress, release_to=release_to)
+
+  _execute_together(stages, workdir / "grids", run)
 
 
 def execute_stages(stages: list[Stage], workdir: Path, progress: bool = True) -> None:

@@ -179,7 +179,7 @@ def train_grid(
   splits: Splits | None = None,
   progress: bool = True,
   stop_at_step: int | None = None,
-  release_to: Sequence[str | Path] | None = None,
+  release_to: Sequence[str | Path | None] | None = None,
 ) -> GridResult:
   """Trains (or resumes) ``cfg`` once per setting in ``defenses`` as one vmapped program, in ``workdir``.
 
@@ -192,6 +192,8 @@ def train_grid(
   ``release_to``: one directory per setting, where its final model is released as ``train_classifier`` releases
   one (a checkpoint of its own state and meta, and a ``summary.json``): ``load_classifier`` and the attacks read it,
   and ``train_classifier`` with that setting finds it finished. This is how a sweep turns a grid into its cells.
+  A None entry releases nothing for that setting: a rerun after a kill between two releases resumes the finished
+  grid and writes only the settings still missing.
   """
   _validate(cfg)
   check_grid(cfg, defenses)
@@ -298,7 +300,8 @@ def train_grid(
     "config": config_lib.to_dict(cfg),
   }
   for i, directory in enumerate(release_to or ()):
-    _release(Workdir.of(directory), unstack(state, i), step, cfg, defenses[i], meta, summary, per_setting[i])
+    if directory is not None:
+      _release(Workdir.of(directory), unstack(state, i), step, cfg, defenses[i], meta, summary, per_setting[i])
   workdir.write_json("summary.json", summary)  # last: a kill before it leaves a grid that resumes (and re-releases)
   log.info(
     f"[{cfg.name}] {K} {defenses[0].name} settings in one program, {step} steps, {elapsed:.1f}s: natural accuracy "
