@@ -1,7 +1,9 @@
-"""Results on disk: JSON-lines metrics and JSON summaries (pictures: ``jaxmi.plots``)."""
+"""Results on disk: JSON-lines metrics and JSON summaries (pictures: ``jaxmi.plots``), and the content fingerprint
+that saved state and cached evaluations are keyed by."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+import jax
 import numpy as np
 
 
@@ -63,3 +66,20 @@ def write_json(path: str | Path, data: dict) -> None:
 def mean_metrics(records: Iterable[dict]) -> dict:
   records = list(records)
   return {k: float(np.mean([r[k] for r in records])) for k in records[0]} if records else {}
+
+
+def fingerprint(*parts) -> str:
+  """A short hash of JSON-able values and pytrees of arrays (by their bytes, shapes and dtypes, and the tree's
+  structure): the one content key of saved attack state, sweep programs and the evaluation caches."""
+  h = hashlib.blake2b(digest_size=12)
+  for part in parts:
+    leaves, treedef = jax.tree_util.tree_flatten(part)
+    h.update(str(treedef).encode())
+    for leaf in leaves:
+      if isinstance(leaf, (np.ndarray, jax.Array)):
+        a = np.ascontiguousarray(jax.device_get(leaf))
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+      else:
+        h.update(json.dumps(leaf, sort_keys=True, default=str).encode())
+  return h.hexdigest()

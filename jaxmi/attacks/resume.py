@@ -13,36 +13,18 @@ refuses to resume with one line instead of mixing states.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import zipfile
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from jaxmi.errors import ConfigError
+from jaxmi.records import fingerprint
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(*parts) -> str:
-  """A short hash of JSON-able values and pytrees of arrays (by their bytes, shapes and dtypes)."""
-  h = hashlib.blake2b(digest_size=12)
-  for part in parts:
-    leaves, treedef = jax.tree_util.tree_flatten(part)
-    h.update(str(treedef).encode())
-    for leaf in leaves:
-      if isinstance(leaf, (np.ndarray, jax.Array)):
-        a = np.ascontiguousarray(jax.device_get(leaf))
-        h.update(f"{a.shape}{a.dtype}".encode())
-        h.update(a.tobytes())
-      else:
-        h.update(json.dumps(leaf, sort_keys=True, default=str).encode())
-  return h.hexdigest()
 
 
 class AttackState:

@@ -21,13 +21,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from collections import OrderedDict
 from typing import Callable, Literal
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
@@ -35,6 +33,7 @@ import scipy.linalg
 from jaxmi.attacks.engine import InversionResult
 from jaxmi.metrics.prdc import prdc
 from jaxmi.nets.resize import resize_to
+from jaxmi.records import fingerprint
 from jaxmi.train.inference import batched_apply, classifier_outputs  # re-exported by jaxmi.metrics
 
 
@@ -169,16 +168,6 @@ _KEPT: OrderedDict = OrderedDict()
 _KEPT_ENTRIES = 3  # the evaluation model's outputs and the FID features of one private set, and one more
 
 
-def _digest(*parts) -> str:
-  h = hashlib.blake2b(digest_size=16)
-  for part in parts:
-    for leaf in jax.tree.leaves(part):
-      a = np.ascontiguousarray(np.asarray(leaf))
-      h.update(f"{a.shape}{a.dtype}".encode())
-      h.update(a.tobytes())
-  return h.hexdigest()
-
-
 def _kept(key: tuple, owner, compute: Callable):
   """``compute()``, or its kept value for ``key`` when ``owner`` (None: the key says everything) is the same
   object as when it was kept."""
@@ -232,11 +221,11 @@ def evaluate_inversion(
 
   attacked = np.isin(private_labels, result.labels)
   private = private_images[attacked]
-  private_key = _digest(private)
+  private_key = fingerprint(private)
   priv_logits, priv_feats = _kept(
     (
       "evaluator",
-      _digest(evaluator.variables),
+      fingerprint(evaluator.variables),
       repr(evaluator.module),
       tuple(evaluator.image_shape),
       resize,

@@ -8,7 +8,6 @@ The Frechet distance itself is ``jaxmi.metrics.attack.frechet_distance`` (scipy 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import jax
@@ -18,6 +17,7 @@ import numpy as np
 from jaxmi.errors import ConfigError
 from jaxmi.nets.inception import FIDInceptionV3, from_torch
 from jaxmi.nets.torch_import import read_checkpoint
+from jaxmi.records import fingerprint
 from jaxmi.train.inference import batched_apply
 
 FEATURE_SPACE = "inception-v3"
@@ -58,7 +58,7 @@ class InceptionFeatures:
 
   def __call__(self, images) -> np.ndarray:
     images = np.ascontiguousarray(images)
-    key = hashlib.blake2b(f"{images.shape}{images.dtype}".encode() + images.tobytes(), digest_size=16).hexdigest()
+    key = fingerprint(images)
     if key not in self._cache:
       if len(self._cache) >= self.keep:
         self._cache.pop(next(iter(self._cache)))

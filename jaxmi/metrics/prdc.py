@@ -17,10 +17,11 @@ on the pooled sets (``jaxmi.metrics.attack.evaluate_inversion`` says which sets)
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 
 import numpy as np
+
+from jaxmi.records import fingerprint
 
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
 
@@ -53,7 +54,7 @@ def kth_neighbour_radii(points: np.ndarray, k: int, block_bytes: int = 2**28) ->
   its prior baseline's evaluation and for every attack of a sweep on one evaluation model, and at 30,000 points it
   costs about a minute of CPU."""
   points = np.ascontiguousarray(points, np.float64)
-  key = (hashlib.blake2b(points.tobytes(), digest_size=16).hexdigest(), points.shape, k, block_bytes)
+  key = (fingerprint(points), k, block_bytes)
   if key in _RADII:
     _RADII.move_to_end(key)
     return _RADII[key].copy()
