@@ -35,13 +35,14 @@ from jaxmi import config as config_lib
 from jaxmi import plots
 from jaxmi.attacks import ATTACKS, AttackModels, ExecutionConfig, InversionConfig
 from jaxmi.attacks.lomma import lomma_terms
-from jaxmi.attacks.resume import AttackState, fingerprint
+from jaxmi.attacks.resume import AttackState
 from jaxmi.attacks.stacked import stack_variables
 from jaxmi.data import Splits, load_splits
 from jaxmi.errors import CheckpointError, ConfigError, NonFiniteError
 from jaxmi.metrics import evaluate_inversion, real_images_of
 from jaxmi.metrics.fid import InceptionFeatures, load_fid_weights
 from jaxmi.nets import path_name, shape_signature
+from jaxmi.records import fingerprint
 from jaxmi.train import load_classifier
 from jaxmi.train.gan import load_gan
 from jaxmi.workdir import Workdir

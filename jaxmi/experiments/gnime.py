@@ -39,7 +39,6 @@ from jaxmi import config as config_lib
 from jaxmi import plots, records
 from jaxmi.attacks.expmi import InverterConfig, StopHook, reconstruct, train_inverter
 from jaxmi.attacks.expmi import validate as validate_inverter
-from jaxmi.attacks.resume import fingerprint
 from jaxmi.data import load_splits
 from jaxmi.defenses.gnime import GNIMEConfig, release, train_gnime
 from jaxmi.defenses.gnime import validate as validate_gnime
@@ -48,6 +47,7 @@ from jaxmi.explain import METHODS, make_explainer, postprocess
 from jaxmi.explain.gradcam import LAYERS as GRADCAM_LAYERS
 from jaxmi.metrics import image as image_metrics
 from jaxmi.metrics.attack import batched_apply, classifier_outputs
+from jaxmi.records import fingerprint
 from jaxmi.train import load_classifier
 from jaxmi.train.classifier import refuse_config_change
 from jaxmi.workdir import Workdir
