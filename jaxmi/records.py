@@ -8,8 +8,9 @@ import json
 import math
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 import jax
 import numpy as np
@@ -83,3 +84,36 @@ def fingerprint(*parts) -> str:
       else:
         h.update(json.dumps(leaf, sort_keys=True, default=str).encode())
   return h.hexdigest()
+
+
+class Kept:
+  """The last ``entries`` values of an expensive computation, by key, least recently used dropped first.
+
+  ``get(key, compute, owner)`` returns the kept value only when ``owner`` is the same object as when it was kept
+  (None: the key alone says what the value is); otherwise it computes and keeps it. The evaluation caches (the
+  private set's evaluation outputs, FID features, PRDC radii) hold a few large arrays each, keyed by content.
+  """
+
+  def __init__(self, entries: int):
+    if entries < 1:
+      raise ValueError(f"entries: expected at least 1, got {entries}")
+    self.entries = entries
+    self._values: OrderedDict = OrderedDict()
+
+  def get(self, key: Hashable, compute: Callable[[], Any], owner: Any = None) -> Any:
+    hit = self._values.get(key)
+    if hit is not None and hit[0] is owner:
+      self._values.move_to_end(key)
+      return hit[1]
+    value = compute()
+    self._values[key] = (owner, value)
+    self._values.move_to_end(key)
+    while len(self._values) > self.entries:
+      self._values.popitem(last=False)
+    return value
+
+  def __len__(self) -> int:
+    return len(self._values)
+
+  def clear(self) -> None:
+    self._values.clear()

@@ -108,6 +108,28 @@ def test_prdc_radii_of_a_set_seen_before_are_not_recomputed(monkeypatch):
   assert np.array_equal(prdc_lib.kth_neighbour_radii(points, 4), np.sqrt(np.sort(original(points, points), 1)[:, 4]))
 
 
+def test_kept_values_are_the_last_few_used_and_belong_to_their_owner():
+  """The evaluation caches' one rule: at most ``entries`` values, the least recently used dropped first, and a value
+  kept for one owner (a feature function) is never handed to another under the same key."""
+  from jaxmi.records import Kept
+
+  kept, computed = Kept(2), []
+
+  def compute(name):
+    return lambda: computed.append(name) or name.upper()
+
+  assert kept.get("a", compute("a")) == "A" and kept.get("b", compute("b")) == "B"
+  assert kept.get("a", compute("a")) == "A" and computed == ["a", "b"]  # kept, and now the most recent
+  kept.get("c", compute("c"))  # drops b, the least recently used
+  assert len(kept) == 2 and kept.get("a", compute("a")) == "A" and computed == ["a", "b", "c"]
+  assert kept.get("b", compute("b")) == "B" and computed == ["a", "b", "c", "b"]
+  one, other = object(), object()
+  assert kept.get("f", compute("f"), owner=one) == "F" and kept.get("f", compute("g"), owner=one) == "F"
+  assert kept.get("f", compute("g"), owner=other) == "G" and computed[-2:] == ["f", "g"]
+  with pytest.raises(ValueError, match="entries"):
+    Kept(0)
+
+
 def test_prdc_is_absent_when_a_set_has_no_kth_neighbour():
   assert prdc(np.zeros((3, 2)), np.ones((10, 2)), k=3) is None
   assert prdc(np.ones((10, 2)), np.zeros((3, 2)), k=3) is None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
 from typing import Callable, Literal
 
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ import scipy.linalg
 from jaxmi.attacks.engine import InversionResult
 from jaxmi.metrics.prdc import prdc
 from jaxmi.nets.resize import resize_to
-from jaxmi.records import fingerprint
+from jaxmi.records import Kept, fingerprint
 from jaxmi.train.inference import batched_apply, classifier_outputs  # re-exported by jaxmi.metrics
 
 
@@ -164,22 +163,7 @@ def batch_std(per_identity: np.ndarray, batch: int = 60) -> float | None:
 # The private set's evaluation outputs, kept by content for the next evaluation against the same set: an attack's
 # and its prior baseline's evaluations, and every attack of a sweep on one evaluation model, judge against the
 # same images (30,000 MNIST images: ~20 s of evaluation-model forward passes each time on 2 cores).
-_KEPT: OrderedDict = OrderedDict()
-_KEPT_ENTRIES = 3  # the evaluation model's outputs and the FID features of one private set, and one more
-
-
-def _kept(key: tuple, owner, compute: Callable):
-  """``compute()``, or its kept value for ``key`` when ``owner`` (None: the key says everything) is the same
-  object as when it was kept."""
-  hit = _KEPT.get(key)
-  if hit is not None and hit[0] is owner:
-    _KEPT.move_to_end(key)
-    return hit[1]
-  value = compute()
-  _KEPT[key] = (owner, value)
-  while len(_KEPT) > _KEPT_ENTRIES:
-    _KEPT.popitem(last=False)
-  return value
+_KEPT = Kept(3)  # the evaluation model's outputs and the FID features of one private set, and one more
 
 
 def evaluate_inversion(
@@ -222,16 +206,9 @@ def evaluate_inversion(
   attacked = np.isin(private_labels, result.labels)
   private = private_images[attacked]
   private_key = fingerprint(private)
-  priv_logits, priv_feats = _kept(
-    (
-      "evaluator",
-      fingerprint(evaluator.variables),
-      repr(evaluator.module),
-      tuple(evaluator.image_shape),
-      resize,
-      private_key,
-    ),
-    None,
+  evaluator_key = ("evaluator", fingerprint(evaluator.variables), repr(evaluator.module), tuple(evaluator.image_shape))
+  priv_logits, priv_feats = _KEPT.get(
+    (*evaluator_key, resize, private_key),
     lambda: classifier_outputs(evaluator, evaluation_inputs(private, evaluator, resize)),
   )
   priv_labels = private_labels[attacked]
@@ -247,7 +224,7 @@ def evaluate_inversion(
     fid_rec, fid_priv, fid_space = feats, priv_feats, "evaluation-model features"
   else:
     fid_rec, fid_space = feature_fn(flat), "custom features"
-    fid_priv = _kept(("feature_fn", private_key), feature_fn, lambda: feature_fn(private))
+    fid_priv = _KEPT.get(("feature_fn", private_key), lambda: feature_fn(private), owner=feature_fn)
   per_restart_acc1 = top1.mean(axis=0)
   predictions = np.argmax(logits, -1).reshape(num_ids, restarts)
   per_restart_acc5 = top5.mean(axis=0)
@@ -255,7 +232,7 @@ def evaluate_inversion(
   prdc_rec, prdc_priv, prdc_space = feats, priv_feats, "evaluation-model features"
   if fid_features is not None:
     prdc_rec = fid_features(flat)
-    prdc_priv = _kept(("fid_features", private_key), fid_features, lambda: fid_features(private))
+    prdc_priv = _KEPT.get(("fid_features", private_key), lambda: fid_features(private), owner=fid_features)
     prdc_space = getattr(fid_features, "space", "custom features")
     success = top1.reshape(-1)  # identity-major, as ``flat``
     fid = frechet_distance(prdc_rec[success], prdc_priv) if success.sum() >= 2 else None  # a covariance needs 2

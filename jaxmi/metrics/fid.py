@@ -17,7 +17,7 @@ import numpy as np
 from jaxmi.errors import ConfigError
 from jaxmi.nets.inception import FIDInceptionV3, from_torch
 from jaxmi.nets.torch_import import read_checkpoint
-from jaxmi.records import fingerprint
+from jaxmi.records import Kept, fingerprint
 from jaxmi.train.inference import batched_apply
 
 FEATURE_SPACE = "inception-v3"
@@ -45,8 +45,7 @@ class InceptionFeatures:
   def __init__(self, variables: dict, *, image_size: int = 299, batch_size: int = 50, keep: int = 2):
     self.variables = variables
     self.batch_size = batch_size
-    self.keep = keep
-    self._cache: dict[str, np.ndarray] = {}
+    self._kept = Kept(keep)
     module = FIDInceptionV3(image_size=image_size)
 
     @jax.jit
@@ -58,9 +57,6 @@ class InceptionFeatures:
 
   def __call__(self, images) -> np.ndarray:
     images = np.ascontiguousarray(images)
-    key = fingerprint(images)
-    if key not in self._cache:
-      if len(self._cache) >= self.keep:
-        self._cache.pop(next(iter(self._cache)))
-      self._cache[key] = batched_apply(self._apply, self.variables, images, self.batch_size)
-    return self._cache[key]
+    return self._kept.get(
+      fingerprint(images), lambda: batched_apply(self._apply, self.variables, images, self.batch_size)
+    )

@@ -17,11 +17,9 @@ on the pooled sets (``jaxmi.metrics.attack.evaluate_inversion`` says which sets)
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 
-from jaxmi.records import fingerprint
+from jaxmi.records import Kept, fingerprint
 
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
 
@@ -40,8 +38,7 @@ def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.sqrt(pairwise_sq_distances(a, b))
 
 
-_RADII: OrderedDict = OrderedDict()  # (content hash, k) -> radii; the last few sets, see kth_neighbour_radii
-_RADII_KEPT = 4
+_RADII = Kept(4)  # (content hash, k, block) -> radii of the last few point sets, see kth_neighbour_radii
 
 
 def kth_neighbour_radii(points: np.ndarray, k: int, block_bytes: int = 2**28) -> np.ndarray:
@@ -55,22 +52,19 @@ def kth_neighbour_radii(points: np.ndarray, k: int, block_bytes: int = 2**28) ->
   costs about a minute of CPU."""
   points = np.ascontiguousarray(points, np.float64)
   key = (fingerprint(points), k, block_bytes)
-  if key in _RADII:
-    _RADII.move_to_end(key)
-    return _RADII[key].copy()
   rows = max(1, block_bytes // (8 * len(points)))
-  radii = np.sqrt(
-    np.concatenate(
-      [
-        np.partition(pairwise_sq_distances(points[i : i + rows], points), k, axis=1)[:, k]
-        for i in range(0, len(points), rows)
-      ]
+
+  def radii():
+    return np.sqrt(
+      np.concatenate(
+        [
+          np.partition(pairwise_sq_distances(points[i : i + rows], points), k, axis=1)[:, k]
+          for i in range(0, len(points), rows)
+        ]
+      )
     )
-  )
-  _RADII[key] = radii
-  while len(_RADII) > _RADII_KEPT:
-    _RADII.popitem(last=False)
-  return radii.copy()
+
+  return _RADII.get(key, radii).copy()
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict | None:
