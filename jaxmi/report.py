@@ -143,12 +143,15 @@ def _setting(summary: dict) -> str:
   return ", ".join(parts)
 
 
-# Attack-config fields renamed since older results.json files were written: read under their current name.
+# Attack-config fields renamed since older results.json files were written: read under their current name. The
+# old clip_z was split by meaning: GMI's z clip after each update, KEDMI's clamp of each sampled z.
 RENAMED_SETTINGS = {"inversion.clip_z": "inversion.z_clip"}
+RENAMED_SETTINGS_BY_ATTACK = {"kedmi": {"inversion.clip_z": "inversion.draw_clamp"}}
 
 
-def _settings(config: dict) -> dict:
+def _settings(config: dict, attack: str = "") -> dict:
   """Flat {dotted field: value} of an attack config's settings (NOT_ATTACK_SETTINGS left out, renames applied)."""
+  renamed = {**RENAMED_SETTINGS, **RENAMED_SETTINGS_BY_ATTACK.get(attack, {})}
   flat = {}
 
   def walk(d: dict, prefix: str = ""):
@@ -158,7 +161,7 @@ def _settings(config: dict) -> dict:
       if isinstance(v, dict):
         walk(v, prefix + k + ".")
       else:
-        flat.setdefault(RENAMED_SETTINGS.get(prefix + k, prefix + k), v)
+        flat.setdefault(renamed.get(prefix + k, prefix + k), v)
 
   walk(config)
   return flat
@@ -169,7 +172,7 @@ def _method(result: dict) -> dict:
   added after the run was made counts as its default (the run could not set it), so old and new runs of one
   attack share a row."""
   method = {"attack": result.get("attack", "?"), "prior": result.get("gan_kind", "")}
-  method.update(_settings(result.get("config") or {}))
+  method.update(_settings(result.get("config") or {}, method["attack"]))
   for k, v in _settings(config_lib.to_dict(AttackConfig())).items():
     method.setdefault(k, v)
   return method

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +266,26 @@ def test_a_run_made_before_a_field_existed_shares_the_row_of_its_default(tmp_pat
   _, _, rows = report(tmp_path, [old, new, views], capsys)
   assert [(r["attack"], r["seeds"]) for r in rows] == [("gmi", "2"), ("gmi", "1")]
   assert rows[1]["attack_setting"] == "augment_views=2"
+
+
+def test_an_old_kedmi_runs_clip_z_is_read_as_its_draw_clamp(tmp_path, capsys):
+  """The old clip_z was split by meaning: GMI's became z_clip, KEDMI's (the clamp of each sampled z) draw_clamp. An
+  old KEDMI run with clip_z=0 is KEDMI's own recipe, the same attack as a new run with draw_clamp=0 (whose z_clip is
+  its unused default): one row. Read as z_clip it was a row of its own labelled z_clip=0.0."""
+  write_target(tmp_path, "none", "none", 0.99)
+
+  def kedmi(workdir, seed, **inversion):
+    path = write_attack(tmp_path, workdir, "none", 0.6, seed=seed, attack=dict(attack="kedmi", inversion=inversion))
+    data = json.loads((Path(path) / "results.json").read_text())
+    return path, data
+
+  old, data = kedmi("old", 0, draw_clamp=0.0)
+  inversion = dict(data["config"]["inversion"])
+  inversion.pop("z_clip")
+  inversion["clip_z"] = inversion.pop("draw_clamp")
+  (Path(old) / "results.json").write_text(json.dumps({**data, "config": {**data["config"], "inversion": inversion}}))
+  new, _ = kedmi("new", 1, draw_clamp=0.0)
+  clamped, _ = kedmi("clamped", 2, draw_clamp=1.0)
+  _, _, rows = report(tmp_path, [old, new, clamped], capsys)
+  assert [(r["attack"], r["seeds"]) for r in rows] == [("kedmi", "2"), ("kedmi", "1")]
+  assert rows[1]["attack_setting"] == "draw_clamp=1.0"
