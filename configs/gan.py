@@ -13,8 +13,13 @@ kind=kedmi: KEDMI's inversion-specific GAN. Its discriminator predicts the targe
 kind=plg: PLG-MI's conditional GAN (ResNet generator with class-conditional BN, SN projection discriminator; hinge
   loss + 0.2 x the target's max-margin loss on augmented fakes; Adam 2e-4 (0.0, 0.9), batch 64, 5 discriminator
   steps per generator step, as the reference) on the public images pseudo-labelled by the trained target
-  (runs/<data>_target): the top plg.top_n per class. The generator's raw tanh output goes to the target and the
-  discriminator, as the reference's (plg.output=tanh; plg.output=unit, (tanh + 1) / 2, collapses on MNIST).
+  (runs/<data>_target): the top plg.top_n per class. What the generator hands the target and the discriminator
+  (PLG_OUTPUT) is chosen per dataset, by where the untrained generator's output starts against the real images in
+  [0, 1]. MNIST: the raw tanh, as the reference (its black digits' background is the untrained tanh's 0;
+  plg.output=unit, (tanh + 1) / 2, starts at grey, the discriminator wins within 10 steps and one image per class
+  is left). AT&T: unit, the issue's (x + 1) / 2, for the same reason the other way round: faces are mid-grey, and
+  with the raw tanh the discriminator's hinge loss reached 0 by step 90 and the generator collapsed to one grey
+  square for every class (target accuracy on its samples 5%, chance; runs/tables/gan_plg_att_tanh_collapsed).
   z 128 as the reference; widths nf = 16 (the reference: 64), which keeps a generator step (with its 5
   discriminator steps) at ~1.3 s (MNIST) on a 2-core CPU. MNIST: top 1000 per class (the reference's 30 would
   give 150 images for 5 classes; it selects 30k images from 30-70k public ones), 40 epochs of the pseudo-labelled
@@ -55,6 +60,7 @@ PLG_TRAIN = {
   ),
 }
 PLG_TOP_N = {"mnist": 1000, "att": 30}
+PLG_OUTPUT = {"mnist": "tanh", "att": "unit"}  # see kind=plg above
 
 
 def get_config(arg: str | None = None) -> GANExperimentConfig:
@@ -70,7 +76,7 @@ def get_config(arg: str | None = None) -> GANExperimentConfig:
       data=target.data,
       gan=GANConfig(z_dim=128, base_width=16, stages=STAGES[data], channels=1, upsample="bilinear"),
       train=PLG_TRAIN[data],
-      plg=PLGConfig(top_n=PLG_TOP_N[data]),
+      plg=PLGConfig(top_n=PLG_TOP_N[data], output=PLG_OUTPUT[data]),
     )
   return GANExperimentConfig(
     name=name,
