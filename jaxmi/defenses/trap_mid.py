@@ -32,8 +32,9 @@ MNIST's 5 classes a model without any trapdoor scores about 20%), so ``trapdoor_
 reports it over the images with t != y alone.
 
 Where this differs from the reference, and why:
-  * The defaults are the reference's (alpha 0.02); jaxmi's defense configs blend with alpha 0.1, because 0.02 forms
-    no trapdoor on its 32x32 grey MNIST recipe (configs/defense.py has the measurements).
+  * The defaults are the reference's (alpha 0.02); jaxmi's defense configs blend with alpha 0.1 on MNIST and 0.3 on
+    AT&T, because 0.02 forms no trapdoor on its 32x32 grey MNIST recipe and 0.1 barely one on AT&T's 300 steps
+    (configs/defense.py has the measurements).
   * The trapdoor labels are a function of (run key, epoch, position in the epoch), not a host-side draw, so a
     resumed run draws the same ones; the epoch's last partial batch does not exist here (jaxmi drops it). The test
     split's draw is fixed per run (the reference draws it again at every evaluation), so epochs compare.
