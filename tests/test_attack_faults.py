@@ -302,8 +302,38 @@ def test_restarts_are_selected_by_raw_logit_by_default():
   by_prob = select_restarts(np.array([0]), outs, flat, restarts=2, draws=1, select_by="probability")
   assert by_logit.best_restart.tolist() == [0] and by_prob.best_restart.tolist() == [1]
   np.testing.assert_allclose(by_logit.target_logit, [[5.0, 3.0]])
+  assert InversionConfig().select_by == "logit"  # the default, as the test's name says
   with pytest.raises(ConfigError, match="select_by"):
     build_gmi(models, 100, InversionConfig(select_by="confidence"))
+
+
+def test_kedmi_draws_that_coincide_beyond_the_clamp_are_measured():
+  """Item 20: KEDMI+LOMMA on Fashion-MNIST returned 5 identical draws per identity. The cause: mu moved beyond
+  draw_clamp, so every clamped draw of that dimension is the same value. draw_collapse measures the fraction of
+  (identity, dimension) pairs where all draws coincide; an attack warns when it exceeds one half (_finish)."""
+  from jaxmi.experiments.attack import draw_collapse
+
+  def result(latents, draws):
+    ids = latents.shape[0]
+    return InversionResult(
+      labels=np.arange(ids),
+      latents=latents,
+      images=np.zeros((*latents.shape[:2], 2, 2, 1), np.float32),
+      target_confidence=np.ones(latents.shape[:2]),
+      best_restart=np.zeros(ids, int),
+      loss_curve=np.zeros(1),
+      loss_parts={},
+      draws=draws,
+    )
+
+  rng = np.random.default_rng(0)
+  spread = rng.uniform(-0.9, 0.9, (2, 5, 4))  # 2 identities x 5 draws x 4 dimensions, inside the clamp
+  assert draw_collapse(result(spread, 5), clip=1.0) == 0.0
+  collapsed = spread.copy()
+  collapsed[:, :, :3] = 1.0  # mu far beyond +1 in 3 of 4 dimensions: every draw clamped to the bound
+  assert draw_collapse(result(collapsed, 5), clip=1.0) == 0.75
+  assert draw_collapse(result(collapsed, 5), clip=0.0) is None  # no clamp (KEDMI's own recipe): not measured
+  assert draw_collapse(result(collapsed[:, :1], 1), clip=1.0) is None  # GMI's point latents: nothing to compare
 
 
 def test_grid_shows_every_restart(tmp_path):
