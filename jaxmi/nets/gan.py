@@ -160,6 +160,12 @@ class GANConfig:
     return 4 * 2**self.stages
 
 
+def statistics_dtype(x) -> jnp.dtype:
+  """Normalisation statistics are computed in at least float32 (bfloat16 loses them to cancellation) and in
+  float64 when the input is: the float64 comparisons with PyTorch then hold to float64 rounding."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
 class TorchBatchNorm(nn.Module):
   """BatchNorm with ``nn.BatchNorm``'s variables whose running variance averages the UNBIASED batch variance.
 
@@ -178,7 +184,8 @@ class TorchBatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (n,))
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((n,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((n,), jnp.float32))
-    h = x.astype(jnp.float32)
+    stat = statistics_dtype(x)
+    h = x.astype(stat)
     row = lambda v: v.reshape((1,) * (x.ndim - 1) + (n,))
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
@@ -190,7 +197,7 @@ class TorchBatchNorm(nn.Module):
         count = h.size // n
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * (count / max(count - 1, 1))
-    y = (h - row(mean)) * row(scale.astype(jnp.float32) * lax.rsqrt(var + self.epsilon)) + row(bias.astype(jnp.float32))
+    y = (h - row(mean)) * row(scale.astype(stat) * lax.rsqrt(var + self.epsilon)) + row(bias.astype(stat))
     return y.astype(jnp.result_type(x, scale))
 
 
@@ -228,13 +235,14 @@ class InstanceNorm(nn.Module):
   def __call__(self, x):
     # Statistics (and their backward pass, a difference of near-equal sums) in float32 even under
     # bfloat16 compute: in bf16 they lose most of the gradient to cancellation.
-    h = x.astype(jnp.float32)
+    stat = statistics_dtype(x)
+    h = x.astype(stat)
     mean = jnp.mean(h, axis=(1, 2), keepdims=True)
     var = jnp.var(h, axis=(1, 2), keepdims=True)
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-    h = (h - mean) * lax.rsqrt(var + self.epsilon) * scale[None, None, None, :].astype(jnp.float32)
-    return (h + bias[None, None, None, :].astype(jnp.float32)).astype(x.dtype)
+    h = (h - mean) * lax.rsqrt(var + self.epsilon) * scale[None, None, None, :].astype(stat)
+    return (h + bias[None, None, None, :].astype(stat)).astype(x.dtype)
 
 
 class Critic(nn.Module):
