@@ -154,3 +154,31 @@ def test_distill_prepares_data_where_the_config_says(tmp_path, cache_root, data_
   assert [(c.cache_dir, c.data_dir) for c in seen] == [(own.cache_dir, own.data_dir)]
   assert dataclasses.replace(seen[0], cache_dir=None, data_dir=None) == data
   assert summary["config"]["data"]["cache_dir"] == own.cache_dir and 0 <= summary["public_agreement"] <= 1
+
+
+def test_a_diverging_distillation_stops_with_one_line_and_keeps_only_finite_checkpoints(tiny, tmp_path):
+  """Distillation runs on the classifier trainer; this checks that its divergence takes the same stop (issue 13's
+  item 14 had only the classifier's test): the error names the run and the step, no summary is written, and the
+  checkpoint left is the last finite one."""
+  from jaxmi.errors import NonFiniteError
+  from jaxmi.train import OptimConfig, TrainConfig, load_classifier
+  from jaxmi.train.distill import distill_surrogate
+
+  root, splits = tiny
+  cfg = ClassifierConfig(
+    name="surrogate",
+    role="surrogate",
+    model=ModelConfig(arch="cnn", width=4, feature_dim=8),
+    # 1e30: the first update sends the weights to ~1e30 and the KL to inf/NaN within a step or two.
+    optim=OptimConfig(learning_rate=1e30),
+    train=TrainConfig(epochs=2, batch_size=8, checkpoint_every=1, log_every=100),
+  )
+  with pytest.raises(NonFiniteError) as e:
+    distill_surrogate(cfg, tmp_path / "s", str(root / "target"), splits=splits, progress=False)
+  msg = str(e.value)
+  assert "[surrogate] non-finite" in msg and "at step" in msg and "nothing saved" in msg and "\n" not in msg
+  assert not (tmp_path / "s" / "summary.json").exists()
+  # Step 1 (from the finite initial weights) was saved; the diverged state after it was not.
+  assert sorted(p.name for p in (tmp_path / "s" / "checkpoints").glob("[0-9]*")) == ["1"]
+  clf = load_classifier(tmp_path / "s")  # refuses a non-finite checkpoint
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(clf.variables))
