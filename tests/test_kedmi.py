@@ -194,3 +194,55 @@ def test_kedmi_attack_prior_is_the_k_plus_1_discriminators_minus_log_p_real():
   # Without a prior term the discriminator is never evaluated: the curves carry only the identity term.
   no_prior = build_kedmi(models, 16, dataclasses.replace(cfg, prior_weight=0.0), run).run(variables, [0, 1])
   assert set(no_prior.loss_parts) == {"identity"}
+
+
+@pytest.mark.slow  # a tiny KEDMI GAN and attack (~30 s of compiling on 2 cores)
+def test_run_attack_hands_kedmi_its_gans_k_plus_1_discriminator_as_the_prior(tiny, tmp_path, monkeypatch):
+  """Item 24 through `run_attack`, not only `build_kedmi`: a KEDMI attack on a KEDMI GAN's workdir evaluates
+  -log P(real) of THAT GAN's K+1 discriminator (weights loaded from its checkpoint), checked in float64."""
+  from jaxmi.attacks.engine import Inverter
+  from jaxmi.experiments.attack import run_attack
+  from jaxmi.train.gan import GANExperimentConfig, GANTrainConfig, load_gan, train_gan
+  from test_attacks import TINY_DATA, TINY_GAN, stopped, tiny_attack
+
+  root, splits = tiny
+  gan_cfg = GANExperimentConfig(
+    name="kgan",
+    kind="kedmi",
+    target=str(root / "target"),
+    data=TINY_DATA,
+    gan=TINY_GAN,
+    train=GANTrainConfig(batch_size=8),
+  )
+  stopped(train_gan, gan_cfg, tmp_path / "kgan", splits=splits, progress=False, stop_at_step=2)
+  seen = {}
+  original = Inverter.run
+
+  def spy(self, variables, labels, **kwargs):
+    seen["inverter"], seen["variables"] = self, variables
+    return original(self, variables, labels, **kwargs)
+
+  monkeypatch.setattr(Inverter, "run", spy)
+  cfg = dataclasses.replace(
+    tiny_attack(root, optimizer="adam", draw_clamp=0.0, eval_draws=2, restarts=1, z_clip=0.0),
+    attack="kedmi",
+    gan=str(tmp_path / "kgan"),
+  )
+  result = run_attack(cfg, tmp_path / "attack", splits=splits, progress=False)
+  assert result["gan_kind"] == "kedmi" and result["draws_per_latent"] == 2
+  inv, variables = seen["inverter"], seen["variables"]
+  gan = load_gan(tmp_path / "kgan")
+  assert isinstance(inv.models.critic, KEDMIDiscriminator)
+
+  params = {"mu": 0.3 * jnp.ones(TINY_GAN.z_dim), "logvar": jnp.zeros(TINY_GAN.z_dim)}
+  key = jax.random.PRNGKey(3)
+  _, parts = inv.loss(params, jnp.asarray(1), key, variables, inv.terms)
+  image = gan.generator.apply(gan.g_variables, inv.latent.sample(params, key)[None], train=False)
+  _, logits = gan.critic.apply(gan.d_variables, image)
+  with jax.enable_x64(True):
+    l = np.asarray(logits, np.float64)[0]
+    lse = np.log(np.sum(np.exp(l - l.max()))) + l.max()
+    want = np.log1p(np.exp(lse)) - lse
+  # float32 logits of size ~1: the float32 softplus/LSE carry ~1e-6 relative error.
+  assert float(parts["prior"]) == pytest.approx(want, rel=1e-5, abs=1e-6)
+  assert want > 1e-3
