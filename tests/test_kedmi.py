@@ -161,6 +161,13 @@ def test_kedmi_engine_learns_distributions_in_one_compilation_independent_of_chu
   assert {"prior", "identity"} <= set(a.loss_parts)
 
 
+def minus_log_p_real(logits) -> float:
+  """KEDMI's prior on one image, in float64 numpy: -log sigmoid(LSE(l)) = softplus(LSE(l)) - LSE(l)."""
+  l = np.asarray(logits, np.float64)
+  lse = np.log(np.sum(np.exp(l - l.max()))) + l.max()
+  return float(np.log1p(np.exp(lse)) - lse)
+
+
 @pytest.mark.slow  # issue 14: the fast tier stays under 5 minutes; CI runs this in the slow tier
 def test_kedmi_attack_prior_is_the_k_plus_1_discriminators_minus_log_p_real():
   """Item 24: the attack's prior term is -log P(real) = softplus(LSE(l)) - LSE(l) of the K+1 discriminator's
@@ -177,10 +184,7 @@ def test_kedmi_attack_prior_is_the_k_plus_1_discriminators_minus_log_p_real():
   z = inv.latent.sample(params, key)
   image = models.generator.apply(variables["generator"], z[None], train=False)
   _, logits = models.critic.apply(variables["critic"], image)
-  with jax.enable_x64(True):
-    l = np.asarray(logits, np.float64)[0]
-    lse = np.log(np.sum(np.exp(l - l.max()))) + l.max()
-    want = np.log1p(np.exp(lse)) - lse
+  want = minus_log_p_real(logits[0])
   # float32 logits of size ~1: the float32 softplus/LSE carry ~1e-6 relative error.
   assert float(parts["prior"]) == pytest.approx(want, rel=1e-5, abs=1e-6)
   assert want > 1e-3  # not a vanishing term that any prior would match
@@ -239,10 +243,7 @@ def test_run_attack_hands_kedmi_its_gans_k_plus_1_discriminator_as_the_prior(tin
   _, parts = inv.loss(params, jnp.asarray(1), key, variables, inv.terms)
   image = gan.generator.apply(gan.g_variables, inv.latent.sample(params, key)[None], train=False)
   _, logits = gan.critic.apply(gan.d_variables, image)
-  with jax.enable_x64(True):
-    l = np.asarray(logits, np.float64)[0]
-    lse = np.log(np.sum(np.exp(l - l.max()))) + l.max()
-    want = np.log1p(np.exp(lse)) - lse
+  want = minus_log_p_real(logits[0])
   # float32 logits of size ~1: the float32 softplus/LSE carry ~1e-6 relative error.
   assert float(parts["prior"]) == pytest.approx(want, rel=1e-5, abs=1e-6)
   assert want > 1e-3
