@@ -332,6 +332,22 @@ def make_tiny_workdirs(root, kedmi_gan: bool = False):
   return splits
 
 
+def spy_on_inverter(monkeypatch) -> dict:
+  """A dict that ``Inverter.run`` fills with the inverter and the variables it was given (the last call's): what
+  ``run_attack`` really hands the engine, for tests to recompute terms from."""
+  from jaxmi.attacks.engine import Inverter
+
+  seen = {}
+  original = Inverter.run
+
+  def spy(self, variables, labels, **kwargs):
+    seen["inverter"], seen["variables"] = self, variables
+    return original(self, variables, labels, **kwargs)
+
+  monkeypatch.setattr(Inverter, "run", spy)
+  return seen
+
+
 def tiny_attack(root, **fields) -> AttackConfig:
   """A tiny attack on ``make_tiny_workdirs(root)``; ``fields``: InversionConfig or ExecutionConfig fields."""
   return AttackConfig(
@@ -355,20 +371,12 @@ def test_lomma_attacks_target_and_surrogate_with_p_reg(tiny, tmp_path, monkeypat
   logits) and p_reg = the target's mean feature on public images (feature term = mean (phi_T - p_reg)^2),
   in one compiled program. Checked against a hand computation from the loaded models on fixed latents, so
   dropping the surrogate or p_reg (or computing p_reg from anything else) fails."""
-  from jaxmi.attacks.engine import Inverter
   from jaxmi.metrics import classifier_outputs
   from jaxmi.train import load_classifier
   from jaxmi.train.gan import load_gan
 
   root, splits = tiny
-  seen = {}
-  original = Inverter.run
-
-  def spy(self, variables, labels, **kwargs):
-    seen["inverter"], seen["variables"] = self, variables
-    return original(self, variables, labels, **kwargs)
-
-  monkeypatch.setattr(Inverter, "run", spy)
+  seen = spy_on_inverter(monkeypatch)
   cfg = dataclasses.replace(
     tiny_attack(root, identity_loss="logit", feature_reg_weight=100.0),
     surrogates=(str(root / "surrogate"),),

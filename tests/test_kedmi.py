@@ -204,10 +204,9 @@ def test_kedmi_attack_prior_is_the_k_plus_1_discriminators_minus_log_p_real():
 def test_run_attack_hands_kedmi_its_gans_k_plus_1_discriminator_as_the_prior(tiny, tmp_path, monkeypatch):
   """Item 24 through `run_attack`, not only `build_kedmi`: a KEDMI attack on a KEDMI GAN's workdir evaluates
   -log P(real) of THAT GAN's K+1 discriminator (weights loaded from its checkpoint), checked in float64."""
-  from jaxmi.attacks.engine import Inverter
   from jaxmi.experiments.attack import run_attack
   from jaxmi.train.gan import GANExperimentConfig, GANTrainConfig, load_gan, train_gan
-  from test_attacks import TINY_DATA, TINY_GAN, stopped, tiny_attack
+  from test_attacks import TINY_DATA, TINY_GAN, spy_on_inverter, stopped, tiny_attack
 
   root, splits = tiny
   gan_cfg = GANExperimentConfig(
@@ -219,14 +218,7 @@ def test_run_attack_hands_kedmi_its_gans_k_plus_1_discriminator_as_the_prior(tin
     train=GANTrainConfig(batch_size=8),
   )
   stopped(train_gan, gan_cfg, tmp_path / "kgan", splits=splits, progress=False, stop_at_step=2)
-  seen = {}
-  original = Inverter.run
-
-  def spy(self, variables, labels, **kwargs):
-    seen["inverter"], seen["variables"] = self, variables
-    return original(self, variables, labels, **kwargs)
-
-  monkeypatch.setattr(Inverter, "run", spy)
+  seen = spy_on_inverter(monkeypatch)
   cfg = dataclasses.replace(
     tiny_attack(root, optimizer="adam", draw_clamp=0.0, eval_draws=2, restarts=1, z_clip=0.0),
     attack="kedmi",
